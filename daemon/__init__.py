@@ -1,0 +1,1 @@
+"""lazylayer front side: the FUSE filesystem, worker pool, control socket and CLI."""

@@ -1,0 +1,78 @@
+"""Random-access blob sources: the one interface the format reader needs from storage.
+
+The reader never knows whether bytes come from a local file or a registry (workers' registry
+client implements the same protocol), so the same parsing and verification code serves
+`lazylayer cat BLOB` and the daemon's lazy reads.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol, runtime_checkable
+
+from lazylayer.shared.errors import FormatError
+
+
+@runtime_checkable
+class BlobSource(Protocol):
+    """Random access to one blob's compressed bytes."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset``, or an error: a short read is a truncated blob."""
+        ...
+
+
+class FileSource:
+    """A blob in a local file, read with pread (safe to share between threads)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._size = os.fstat(self._fd).st_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > self._size:
+            raise FormatError(
+                f"{self.path}: read of {size} bytes at offset {offset} is outside the "
+                f"{self._size}-byte blob (truncated blob?)"
+            )
+        data = os.pread(self._fd, size, offset)
+        if len(data) != size:
+            raise FormatError(f"{self.path}: short read at offset {offset} (file changed?)")
+        return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "FileSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BytesSource:
+    """A blob held in memory (tests, freshly written blobs)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > len(self._data):
+            raise FormatError(
+                f"read of {size} bytes at offset {offset} is outside the {len(self._data)}-byte blob"
+            )
+        return self._data[offset : offset + size]

@@ -1,0 +1,97 @@
+"""Typed errors shared by every process.
+
+Every failure a user can cause or meet (bad blob, wrong digest, registry trouble) is one of these,
+so the CLI can print one clear line and the daemon can map it to an errno and record it for
+`status`, instead of leaking a traceback. `kind` is the stable machine name used in protocol
+error replies and `--json` output.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class LazyLayerError(Exception):
+    """Base of every error lazylayer raises on purpose."""
+
+    kind = "error"
+    errno = errno.EIO
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "message": str(self)}
+
+
+class FormatError(LazyLayerError):
+    """The blob or its TOC is not what the eStargz/stargz/zstd:chunked format allows."""
+
+    kind = "format"
+
+
+class NotEStargzError(FormatError):
+    """No recognised footer: the blob is not eStargz, legacy stargz or stargz zstd:chunked."""
+
+    kind = "not-estargz"
+
+
+class TOCError(FormatError):
+    """The TOC parsed but describes something invalid or hostile; the message names the entry."""
+
+    kind = "toc"
+
+
+class TOCLimitError(TOCError):
+    """The TOC is larger, or has more entries, than the configured limit allows."""
+
+    kind = "toc-limit"
+
+
+class DigestMismatchError(LazyLayerError):
+    """Bytes did not hash to the digest that vouches for them; nothing of them was used."""
+
+    kind = "digest"
+
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        super().__init__(f"{what}: digest mismatch: expected {expected}, got {actual}")
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+
+
+class NotFoundError(LazyLayerError):
+    """A path, layer, blob or manifest does not exist."""
+
+    kind = "not-found"
+    errno = errno.ENOENT
+
+
+class RegistryError(LazyLayerError):
+    """The registry answered with an error, or could not be reached."""
+
+    kind = "registry"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "status": self.status}
+
+
+class AuthError(RegistryError):
+    """The registry refused our credentials (or we had none to offer)."""
+
+    kind = "auth"
+    errno = errno.EACCES
+
+
+class ConfigError(LazyLayerError):
+    """A config file, environment variable or flag has an unknown key or a wrong value."""
+
+    kind = "config"
+    errno = errno.EINVAL
+
+
+class CacheError(LazyLayerError):
+    """The LMDB cache could not be opened or written."""
+
+    kind = "cache"

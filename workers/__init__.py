@@ -1,0 +1,1 @@
+"""lazylayer fetcher side: registry client and worker jobs."""
