@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from lazylayer.shared.config import Config, load_config
+from lazylayer.shared.errors import ConfigError
+
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "config" / "lazylayer.toml"
+
+
+def test_default_file_documents_every_knob_with_its_default():
+    document = tomllib.loads(DEFAULT_FILE.read_text())
+    text = DEFAULT_FILE.read_text()
+    defaults = Config()
+    for section in fields(Config):
+        values = getattr(defaults, section.name)
+        assert set(document[section.name]) == {f.name for f in fields(values)}, section.name
+        for f in fields(values):
+            value = getattr(values, f.name)
+            assert document[section.name][f.name] == (list(value) if isinstance(value, tuple) else value)
+            assert f"# {f.metadata['doc']}" in text
+    loaded = load_config(DEFAULT_FILE, env={})
+    assert loaded.config == defaults
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[workers]\ncount = 3\nrequest_timeout = 5\n[cache]\nmax_size = 1000\n")
+    loaded = load_config(
+        path,
+        env={"LAZYLAYER_WORKERS_COUNT": "5", "LAZYLAYER_CACHE_MAX_SIZE": "2000", "HOME": "/root"},
+        overrides={"workers.count": 7},
+    )
+    c = loaded.config
+    assert (c.workers.count, c.cache.max_size, c.workers.request_timeout, c.fuse.attr_timeout) == (7, 2000, 5.0, 1.0)
+    assert loaded.sources["workers.count"] == "flag"
+    assert loaded.sources["cache.max_size"] == "LAZYLAYER_CACHE_MAX_SIZE"
+    assert loaded.sources["workers.request_timeout"] == f"file {path}"
+    assert "fuse.attr_timeout" not in loaded.sources
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("[workers]\ncuont = 3\n", "unknown config key 'workers.cuont'"),
+        ("[wrokers]\ncount = 3\n", "unknown config section 'wrokers'"),
+        ("[workers]\ncount = 'many'\n", "config key 'workers.count': 'many' is not an integer"),
+        ("[fuse]\nallow_other = 1\n", "config key 'fuse.allow_other': 1 is not true or false"),
+        ("[fuse]\nopaque_type = 'both'\n", "'both' is not one of trusted, user, all"),
+        ("[registry]\nmirrors = ['x']\n", "not a table of HOST = [strings]"),
+        ("[workers\n", "config file"),
+        ("count = 3\n", "must be a [section] table"),
+    ],
+)
+def test_bad_files_are_refused_naming_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(path, env={})
+
+
+def test_bad_environment_is_refused():
+    with pytest.raises(ConfigError, match="LAZYLAYER_NOPE_X"):
+        load_config(None, env={"LAZYLAYER_NOPE_X": "1"})
+    with pytest.raises(ConfigError, match="'prefetch.enabled': 'maybe' is not true or false"):
+        load_config(None, env={"LAZYLAYER_PREFETCH_ENABLED": "maybe"})
+
+
+def test_env_tables_and_lists():
+    c = load_config(None, env={"LAZYLAYER_REGISTRY_MIRRORS": "docker.io=http://a:5000,http://b;quay.io=c",
+                               "LAZYLAYER_REGISTRY_PLAIN_HTTP": "r1:5000;r2"}).config
+    assert c.registry.mirrors == {"docker.io": ("http://a:5000", "http://b"), "quay.io": ("c",)}
+    assert c.registry.plain_http == ("r1:5000", "r2")
+
+
+def test_config_show_cli(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[workers]\ncount = 3\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "lazylayer.daemon.cli.main", "config", "show", "--config", str(path), "--json"],
+        capture_output=True, text=True, check=True, env={"LAZYLAYER_FUSE_ATTR_TIMEOUT": "2.5", "PATH": "/usr/bin"},
+    ).stdout
+    import json
+
+    rows = {row["key"]: row for row in json.loads(out)}
+    assert rows["workers.count"]["value"] == 3 and rows["workers.count"]["source"] == f"file {path}"
+    assert rows["fuse.attr_timeout"]["value"] == 2.5 and rows["fuse.attr_timeout"]["source"] == "LAZYLAYER_FUSE_ATTR_TIMEOUT"
+    assert rows["cache.max_size"]["source"] == "default"
+    bad = subprocess.run(
+        [sys.executable, "-m", "lazylayer.daemon.cli.main", "config", "show", "--config", str(tmp_path / "nope.toml")],
+        capture_output=True, text=True,
+    )
+    assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
