@@ -1,0 +1,273 @@
+"""Content-addressed chunk data: chunk digest -> verified, decompressed bytes.
+
+Why content-addressed: the same chunk in another layer or image is fetched and stored once.
+Chunks of legacy layers without digests (only when verification is explicitly skipped) are keyed
+by (layer digest, blob offset, inner offset) instead and are never shared.
+
+A chunk is stored as parts of at most 1 MiB (LMDB's get cost grows with the value size even with
+buffers=True, limits §4.1) plus one index record. Parts, index record, LRU entry and the byte
+counter are written in ONE transaction, so a writer killed mid-put leaves nothing readable and
+a reader either sees the whole chunk or a miss. Every chunk's footprint is accounted in whole
+pages against the budget; a put that would exceed it evicts the oldest chunks in the same
+transaction, so the store never holds more than its budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import lmdb
+
+from lazylayer.shared.errors import CacheError, DigestMismatchError, FormatError
+from lazylayer.shared.store.env import Store
+
+PART_SIZE = 1 << 20
+_PAGE = 4096
+_RECORD = struct.Struct(">QQIQ")  # size, accounted bytes, parts, access time (ms)
+_PART_NO = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_TOTAL_KEY = b"chunk_bytes"
+
+
+def chunk_key(digest: str) -> bytes:
+    """Store key of a chunk with a digest (``sha256:<64 hex>``)."""
+    algo, _, hexdigest = digest.partition(":")
+    if algo != "sha256" or len(hexdigest) != 64:
+        raise FormatError(f"chunk digest {digest!r} is not a sha256 digest")
+    try:
+        return b"D" + bytes.fromhex(hexdigest)
+    except ValueError:
+        raise FormatError(f"chunk digest {digest!r} is not hex") from None
+
+
+def unverified_key(layer_digest: str, blob_offset: int, inner_offset: int = 0) -> bytes:
+    """Store key of a digest-less chunk: private to its layer, never shared."""
+    layer = hashlib.sha256(layer_digest.encode()).digest()[:16]
+    return b"U" + layer + _U64.pack(blob_offset) + _U64.pack(inner_offset)
+
+
+def footprint(size: int) -> int:
+    """Bytes a chunk of ``size`` is charged: each part rounded up to whole pages (with headroom
+    for LMDB's overflow-page header), so many small chunks cannot sneak past the budget."""
+    parts = max(1, -(-size // PART_SIZE))
+    last = size - (parts - 1) * PART_SIZE
+    return (parts - 1) * _pages(PART_SIZE) + _pages(last)
+
+
+def _pages(nbytes: int) -> int:
+    return -(-(nbytes + 64) // _PAGE) * _PAGE
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    size: int
+    accounted: int
+    parts: int
+    atime_ms: int
+
+    @classmethod
+    def decode(cls, raw: bytes | memoryview) -> "ChunkRecord":
+        return cls(*_RECORD.unpack(raw))
+
+    def encode(self) -> bytes:
+        return _RECORD.pack(self.size, self.accounted, self.parts, self.atime_ms)
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    chunks: int
+    accounted_bytes: int
+    budget: int
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def verify(digest: str, data: bytes | memoryview) -> None:
+    """Raise DigestMismatchError unless ``data`` hashes to ``digest``."""
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise DigestMismatchError("chunk", digest, actual)
+
+
+def _lru_key(atime_ms: int, key: bytes) -> bytes:
+    return _U64.pack(atime_ms) + key
+
+
+def _put_parts(txn: lmdb.Transaction, db: lmdb._Database, key: bytes, data: memoryview) -> int:
+    """Write the parts of one chunk; returns how many. Inside the caller's put transaction."""
+    count = max(1, -(-len(data) // PART_SIZE))
+    for i in range(count):
+        txn.put(key + _PART_NO.pack(i), data[i * PART_SIZE : (i + 1) * PART_SIZE], db=db)
+    return count
+
+
+class ChunkStore:
+    """Chunk data in the shared environment. Readers and writers each use their own Store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._index = store.db("chunk_index")
+        self._parts = store.db("chunk_parts")
+        self._lru = store.db("chunk_lru")
+        self._meta = store.db("meta")
+
+    # -- writing (workers) ------------------------------------------------------------------
+
+    def put(self, digest: str, data: bytes | memoryview) -> bool:
+        """Store a chunk under its digest after re-checking it; False if it was already there.
+
+        The hash is re-checked here (about 3 ms per 4 MiB) so that no caller bug can ever put
+        unverified bytes under a digest that every later reader trusts.
+        """
+        verify(digest, data)
+        return self._store(chunk_key(digest), memoryview(data))
+
+    def put_unverified(self, layer_digest: str, blob_offset: int, inner_offset: int, data: bytes) -> bool:
+        """Store a digest-less chunk. Only for layers whose verification was explicitly skipped."""
+        return self._store(unverified_key(layer_digest, blob_offset, inner_offset), memoryview(data))
+
+    def _store(self, key: bytes, data: memoryview) -> bool:
+        accounted = footprint(len(data))
+        if accounted > self.store.budget:
+            raise CacheError(
+                f"a {len(data)}-byte chunk does not fit in the cache budget of {self.store.budget} bytes"
+            )
+
+        def put(txn: lmdb.Transaction) -> bool:
+            if txn.get(key, db=self._index) is not None:
+                return False
+            total = self._total(txn)
+            excess = total + accounted - self.store.budget
+            if excess > 0:
+                total -= self._evict_in(txn, excess)
+            parts = _put_parts(txn, self._parts, key, data)
+            record = ChunkRecord(len(data), accounted, parts, now_ms())
+            txn.put(key, record.encode(), db=self._index)
+            txn.put(_lru_key(record.atime_ms, key), b"", db=self._lru)
+            self._set_total(txn, total + accounted)
+            return True
+
+        return self.store.write(put, make_room=lambda: self.evict(max(2 * accounted, self.store.budget // 100)) > 0)
+
+    def delete(self, key: bytes) -> bool:
+        def delete(txn: lmdb.Transaction) -> bool:
+            raw = txn.get(key, db=self._index)
+            if raw is None:
+                return False
+            record = ChunkRecord.decode(raw)
+            self._delete_in(txn, key, record)
+            self._set_total(txn, self._total(txn) - record.accounted)
+            return True
+
+        return self.store.write(delete)
+
+    def evict(self, nbytes: int) -> int:
+        """Evict least-recently-used chunks worth at least ``nbytes``; returns bytes freed."""
+
+        def evict(txn: lmdb.Transaction) -> int:
+            freed = self._evict_in(txn, nbytes)
+            self._set_total(txn, self._total(txn) - freed)
+            return freed
+
+        return self.store.write(evict)
+
+    def evict_to(self, target: int) -> int:
+        """Evict oldest chunks until at most ``target`` bytes are accounted; returns bytes freed."""
+
+        def evict(txn: lmdb.Transaction) -> int:
+            total = self._total(txn)
+            freed = self._evict_in(txn, total - target) if total > target else 0
+            self._set_total(txn, total - freed)
+            return freed
+
+        return self.store.write(evict)
+
+    def record_accesses(self, accesses: Iterable[tuple[bytes, int]]) -> int:
+        """Move chunks up the LRU from a batch of (key, access time ms); returns how many moved.
+
+        Batched because one write txn per read would put every reader behind the write lock.
+        """
+
+        def apply(txn: lmdb.Transaction) -> int:
+            moved = 0
+            for key, atime in accesses:
+                raw = txn.get(key, db=self._index)
+                if raw is None:
+                    continue
+                record = ChunkRecord.decode(raw)
+                if atime <= record.atime_ms:
+                    continue
+                txn.delete(_lru_key(record.atime_ms, key), db=self._lru)
+                txn.put(_lru_key(atime, key), b"", db=self._lru)
+                txn.put(key, ChunkRecord(record.size, record.accounted, record.parts, atime).encode(), db=self._index)
+                moved += 1
+            return moved
+
+        return self.store.write(apply)
+
+    def _evict_in(self, txn: lmdb.Transaction, need: int) -> int:
+        victims: list[tuple[bytes, ChunkRecord]] = []
+        freed = 0
+        with txn.cursor(db=self._lru) as cursor:
+            for lru_key in cursor.iternext(keys=True, values=False):
+                key = bytes(lru_key[_U64.size :])
+                record = ChunkRecord.decode(txn.get(key, db=self._index))
+                victims.append((key, record))
+                freed += record.accounted
+                if freed >= need:
+                    break
+        for key, record in victims:
+            self._delete_in(txn, key, record)
+        return freed
+
+    def _delete_in(self, txn: lmdb.Transaction, key: bytes, record: ChunkRecord) -> None:
+        for i in range(record.parts):
+            txn.delete(key + _PART_NO.pack(i), db=self._parts)
+        txn.delete(key, db=self._index)
+        txn.delete(_lru_key(record.atime_ms, key), db=self._lru)
+
+    def _total(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(_TOTAL_KEY, db=self._meta)
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
+    def _set_total(self, txn: lmdb.Transaction, total: int) -> None:
+        txn.put(_TOTAL_KEY, _U64.pack(total), db=self._meta)
+
+    # -- reading (front and workers) -----------------------------------------------------------
+
+    def has(self, key: bytes) -> bool:
+        return self.store.read(lambda txn: txn.get(key, db=self._index) is not None)
+
+    def read(self, key: bytes, offset: int = 0, size: int | None = None) -> bytes | None:
+        """``size`` bytes (clipped to the chunk) from ``offset`` of a stored chunk; None on a miss."""
+        return self.store.read(lambda txn: self.read_in(txn, key, offset, size))
+
+    def read_in(self, txn: lmdb.Transaction, key: bytes, offset: int, size: int | None) -> bytes | None:
+        """Like read(), inside the caller's read txn; copies only the requested slice."""
+        raw = txn.get(key, db=self._index)
+        if raw is None:
+            return None
+        total = _RECORD.unpack(raw)[0]
+        end = total if size is None else min(total, offset + size)
+        if offset >= end:
+            return b""
+        pieces = []
+        for part in range(offset // PART_SIZE, (end - 1) // PART_SIZE + 1):
+            buf = txn.get(key + _PART_NO.pack(part), db=self._parts)
+            if buf is None:
+                raise CacheError(f"chunk {key.hex()}: part {part} missing (corrupt cache; wipe it)")
+            base = part * PART_SIZE
+            pieces.append(bytes(buf[max(offset - base, 0) : min(end - base, PART_SIZE)]))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def stats(self) -> ChunkStats:
+        def stats(txn: lmdb.Transaction) -> ChunkStats:
+            return ChunkStats(txn.stat(self._index)["entries"], self._total(txn), self.store.budget)
+
+        return self.store.read(stats)

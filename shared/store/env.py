@@ -1,0 +1,234 @@
+"""Opening the one LMDB environment every process shares, and the rules that keep it healthy.
+
+The rules come from what LMDB did on these machines (limits.md §4):
+
+* Each process opens the environment itself, after exec. A handle inherited through fork() seems
+  to work but registers its reader slots under the parent's pid, so a crashed child leaks them
+  for as long as the parent lives; we refuse to use a handle in a forked child.
+* The same environment must not be opened twice in one process (closing one handle drops the
+  other's fcntl locks), so a second open of the same path in a process is refused.
+* Every process uses the same ``map_size`` and ``max_readers``: a process with a smaller map gets
+  ``MapFullError`` (not ``MapResizedError``) when another grew the file, and the first opener fixes
+  ``max_readers``. MapFull is still handled: adopt the current size with ``set_mapsize(0)``, clear
+  stale readers, let the caller make room, and retry.
+* Writers use ``sync=False, metasync=False`` and no writemap (4x the write rate; the cache is
+  disposable: every chunk is keyed by, and re-checkable against, its digest). The front opens
+  read-only and never begins a write transaction, so it never waits on the write lock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import lmdb
+
+from lazylayer.shared.errors import CacheError, ConfigError
+
+T = TypeVar("T")
+
+#: Named databases, created on first open by a writer. Order is irrelevant; names are stable.
+DB_NAMES = (
+    "meta",  # store-wide counters: next layer id, accounted chunk bytes, format version
+    "layers",  # layer digest -> LayerRecord
+    "layer_ids",  # layer id -> layer digest
+    "nodes",  # (layer id, node id) -> node attributes
+    "dirents",  # (layer id, parent node id, name) -> (layer id, node id)
+    "file_chunks",  # (layer id, node id, chunk offset) -> chunk location and digest
+    "chunk_index",  # chunk key -> (size, accounted bytes, parts, access time)
+    "chunk_parts",  # chunk key + part number -> <= 1 MiB of verified bytes
+    "chunk_lru",  # (access time, chunk key) -> b"" (oldest first)
+    "views",  # merged-view key -> view layer id
+)
+FORMAT_VERSION = 1
+
+GiB = 1 << 30
+#: Largest share of the map the chunk budget may take: freed pages are reusable only two commits
+#: later and mixed value sizes fragment, so a fuller map hit MapFull (limits §4.4).
+MAX_BUDGET_FRACTION = 0.85
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """How every process opens the cache. All processes must pass identical values."""
+
+    path: str
+    #: Address space reserved for the map (the file only grows with use).
+    map_size: int = 64 * GiB
+    max_readers: int = 1024
+    #: Byte budget for chunk data (accounted in whole pages); None = MAX_BUDGET_FRACTION of the map.
+    chunk_budget: int | None = None
+
+    def budget(self) -> int:
+        limit = int(self.map_size * MAX_BUDGET_FRACTION)
+        if self.chunk_budget is None:
+            return limit
+        if self.chunk_budget <= 0 or self.chunk_budget > limit:
+            raise ConfigError(
+                f"cache chunk budget {self.chunk_budget} must be positive and at most "
+                f"{MAX_BUDGET_FRACTION:.0%} of map_size {self.map_size} (= {limit})"
+            )
+        return self.chunk_budget
+
+
+# Paths opened in this process: LMDB forbids two handles on one environment per process.
+_OPEN: dict[str, "Store"] = {}
+
+
+def _forget_after_fork() -> None:
+    """In a forked child every inherited handle is poisoned, never closed (the parent owns it)."""
+    for store in _OPEN.values():
+        store._forked = True
+    _OPEN.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class Store:
+    """One process's handle on the shared environment and its named databases."""
+
+    def __init__(self, options: StoreOptions, *, readonly: bool) -> None:
+        self.options = options
+        self.readonly = readonly
+        self.budget = options.budget()
+        self._forked = False
+        key = os.path.realpath(options.path)
+        if key in _OPEN:
+            raise CacheError(f"{options.path}: the cache is already open in this process")
+        if readonly:
+            _initialise(options)
+        else:
+            os.makedirs(options.path, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                options.path,
+                map_size=options.map_size,
+                max_readers=options.max_readers,
+                max_dbs=len(DB_NAMES),
+                readonly=readonly,
+                sync=False,
+                metasync=False,
+                readahead=False,
+                lock=True,
+            )
+            self.dbs = {name: self._open_db(name) for name in DB_NAMES}
+        except lmdb.Error as exc:
+            raise CacheError(f"{options.path}: cannot open the cache: {exc}") from exc
+        if not readonly:
+            self._check_format()
+        self._key = key
+        _OPEN[key] = self
+
+    def _open_db(self, name: str) -> lmdb._Database:
+        if self.readonly:
+            with self.env.begin() as txn:
+                return self.env.open_db(name.encode(), txn=txn, create=False)
+        return self.env.open_db(name.encode())
+
+    def _check_format(self) -> None:
+        def check(txn: lmdb.Transaction) -> None:
+            stored = txn.get(b"format", db=self.dbs["meta"])
+            if stored is None:
+                txn.put(b"format", str(FORMAT_VERSION).encode(), db=self.dbs["meta"])
+            elif int(stored) != FORMAT_VERSION:
+                raise CacheError(
+                    f"{self.options.path}: cache format {int(stored)} is not {FORMAT_VERSION}; wipe the cache"
+                )
+
+        self.write(check)
+
+    def db(self, name: str) -> lmdb._Database:
+        return self.dbs[name]
+
+    def _alive(self) -> None:
+        if self._forked:
+            raise CacheError("LMDB handle used in a forked child; open the cache after exec instead")
+
+    def read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn`` in a short read transaction (buffers=True: copy what you keep)."""
+        self._alive()
+        try:
+            txn = self.env.begin(buffers=True)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            txn = self.env.begin(buffers=True)
+        try:
+            return fn(txn)
+        finally:
+            txn.abort()
+
+    def write(self, fn: Callable[[lmdb.Transaction], T], *, make_room: Callable[[], bool] | None = None) -> T:
+        """Run ``fn`` in one write transaction, committed only if it returns normally.
+
+        ``fn`` must only touch LMDB: all network and CPU work happens before, because every other
+        writer waits on this lock. On MapFull the map size is re-adopted, stale reader slots are
+        cleared, ``make_room`` (eviction) runs if given, and ``fn`` is retried on a fresh txn.
+        """
+        self._alive()
+        if self.readonly:
+            raise CacheError("write on a read-only cache handle (the front never writes)")
+        for attempt in range(4):
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+            except lmdb.MapFullError:
+                if attempt == 3 or not self._relieve(attempt, make_room):
+                    break
+        raise CacheError(
+            f"{self.options.path}: the LMDB map ({self.options.map_size} bytes) is full; "
+            "raise cache.map_size or lower the chunk budget"
+        )
+
+    def _relieve(self, attempt: int, make_room: Callable[[], bool] | None) -> bool:
+        """One step of MapFull recovery; False when there is nothing left to try."""
+        self.env.set_mapsize(0)  # another process may have grown the file
+        self.env.reader_check()  # dead readers pin old pages (limits §4.5)
+        if attempt == 0:
+            return True
+        if make_room is None or not make_room():
+            return False
+        # Pages freed by a commit are reusable only after the next one (limits §4.4).
+        try:
+            with self.env.begin(write=True) as txn:
+                txn.put(b"tick", b"", db=self.dbs["meta"])
+        except lmdb.MapFullError:
+            pass  # the retry will tell
+        return True
+
+    def reader_check(self) -> int:
+        """Free the reader slots of dead processes; returns how many were freed."""
+        self._alive()
+        return self.env.reader_check()
+
+    def close(self) -> None:
+        if self._forked:
+            return
+        if _OPEN.get(self._key) is self:
+            del _OPEN[self._key]
+        self.env.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _initialise(options: StoreOptions) -> None:
+    """Create the environment and its databases if missing, so a read-only opener finds them.
+
+    Opened, set up and closed before the read-only handle exists: never two at once.
+    """
+    if os.path.exists(os.path.join(options.path, "data.mdb")):
+        return
+    Store(options, readonly=False).close()
+
+
+def open_store(options: StoreOptions, *, readonly: bool = False) -> Store:
+    """Open the cache in this process. Writers (workers, janitor) pass readonly=False."""
+    return Store(options, readonly=readonly)
