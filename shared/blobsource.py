@@ -8,9 +8,10 @@ client implements the same protocol), so the same parsing and verification code 
 from __future__ import annotations
 
 import os
+import stat
 from typing import Protocol, runtime_checkable
 
-from lazylayer.shared.errors import FormatError
+from lazylayer.shared.errors import FormatError, LazyLayerError, NotFoundError
 
 
 @runtime_checkable
@@ -30,8 +31,17 @@ class FileSource:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        self._size = os.fstat(self._fd).st_size
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.path}: no such file") from None
+        except OSError as exc:
+            raise LazyLayerError(f"{self.path}: cannot open: {exc.strerror}") from None
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(self._fd)
+            raise LazyLayerError(f"{self.path}: not a regular file")
+        self._size = info.st_size
 
     @property
     def size(self) -> int:

@@ -1,0 +1,356 @@
+"""Random-access reading of eStargz, legacy stargz and stargz zstd:chunked blobs.
+
+Opening costs at most two reads of the source: one of the tail (footer, and usually the whole
+TOC with it) and, only for a TOC that does not fit in that tail, one of the TOC. Reads of file
+bytes decompress only the chunks covering the range, and every chunk is checked whole against
+its digest before any byte of it is handed out.
+
+`decompress_chunk` is the one place that turns compressed bytes into verified chunk bytes; the
+workers call it on ranges they fetch from a registry, so local and remote reads are checked by
+the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import tarfile
+import zlib
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import zstandard
+
+from lazylayer.shared.blobsource import BlobSource
+from lazylayer.shared.errors import (
+    DigestMismatchError, FormatError, NotFoundError, TOCError, TOCLimitError,
+)
+from lazylayer.shared.estargz.footer import (
+    MAX_FOOTER_SIZE, ZSTD_SKIPPABLE_HEADER_SIZE, ZSTD_SKIPPABLE_MAGIC, Footer, FooterKind,
+    parse_footer,
+)
+from lazylayer.shared.estargz.toc import (
+    TOC, TOC_TAR_NAME, Chunk, EntryType, TOCEntry, TOCLimits, check_digest, parse_toc,
+)
+
+#: Bytes read from the end of the blob when opening: the footer plus, for most layers, the TOC.
+TAIL_READ_SIZE = 64 << 10
+#: Largest compressed range fetched in one read when several chunks are needed at once.
+MAX_FETCH_SIZE = 8 << 20
+# The tar around a gzip TOC: header, padding and end-of-archive blocks (PAX headers are small).
+_TOC_TAR_OVERHEAD = 64 << 10
+
+
+@dataclass(frozen=True)
+class VerifySummary:
+    """What `BlobReader.verify_all` checked."""
+
+    files: int
+    chunks: int
+    bytes: int
+
+
+class BlobReader:
+    """An opened blob: its footer, its validated TOC, and verified random access to its files."""
+
+    def __init__(
+        self, source: BlobSource, footer: Footer, toc: TOC, *, allow_unverified: bool = False
+    ) -> None:
+        self.source = source
+        self.footer = footer
+        self.toc = toc
+        self.toc_digest = toc.json_bytes_digest
+        self.allow_unverified = allow_unverified
+
+    @classmethod
+    def open(
+        cls,
+        source: BlobSource,
+        *,
+        toc_digest: str | None = None,
+        limits: TOCLimits = TOCLimits(),
+        allow_unverified: bool = False,
+    ) -> "BlobReader":
+        """Read footer and TOC; check the TOC against ``toc_digest`` when one is given.
+
+        ``allow_unverified`` lets reads return chunks that have no digest at all (legacy stargz);
+        without it such chunks are refused.
+        """
+        if toc_digest is not None:
+            check_digest(toc_digest, "expected TOC digest")
+        size = source.size
+        tail_start = max(0, size - max(TAIL_READ_SIZE, MAX_FOOTER_SIZE))
+        tail = source.read_at(tail_start, size - tail_start)
+        footer = parse_footer(tail, size)
+        toc_start, toc_end = _toc_range(footer)
+        _check_compressed_toc_size(footer, limits)
+        if toc_start >= tail_start:
+            raw = tail[toc_start - tail_start : toc_end - tail_start]
+        else:
+            raw = source.read_at(toc_start, toc_end - toc_start)
+        json_bytes = _toc_json(footer, raw, limits)
+        toc = parse_toc(json_bytes, payload_end=toc_start, limits=limits)
+        if toc_digest is not None and toc.json_bytes_digest != toc_digest:
+            raise DigestMismatchError("TOC", toc_digest, toc.json_bytes_digest)
+        return cls(source, footer, toc, allow_unverified=allow_unverified)
+
+    def prefetch_size(self) -> int | None:
+        """Compressed bytes ``[0, N)`` to prefetch: 0 when the layer says "no prefetch", None when
+        it has no landmark at all (legacy layers; the caller's configured size applies)."""
+        if self.toc.has_no_prefetch_landmark:
+            return 0
+        return self.toc.prefetch_landmark_offset
+
+    def file_entry(self, path: str) -> TOCEntry:
+        """The regular file ``path`` names (a hardlink's target), or NotFoundError."""
+        entry = self.toc.entry(path)
+        if entry is None:
+            raise NotFoundError(f"{path}: no such file in the layer")
+        target = self.toc.hardlink_target(path)
+        if target is not None:
+            entry = self.toc.entry(target)
+            assert entry is not None  # parse_toc resolved every hardlink
+        if entry.type is not EntryType.REG:
+            raise NotFoundError(f"{path}: not a regular file (it is a {entry.type.value})")
+        return entry
+
+    def iter_read(self, path: str, offset: int = 0, size: int = -1) -> Iterator[bytes]:
+        """Verified bytes of ``[offset, offset+size)`` of a file (size -1: to EOF), piece by piece,
+        clipped at EOF; each piece comes from one chunk that was verified whole."""
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        file_size = self.file_entry(path).size
+        end = file_size if size < 0 else min(file_size, offset + size)
+        if offset >= end:
+            return
+        chunks = self.toc.chunks(path)
+        first = bisect_right(chunks, offset, key=lambda c: c.chunk_offset) - 1
+        last = bisect_left(chunks, end, key=lambda c: c.chunk_offset)
+        for chunk, compressed in self._fetch(chunks[first:last]):
+            data = self.read_chunk(chunk, compressed)
+            lo = max(offset, chunk.chunk_offset) - chunk.chunk_offset
+            hi = min(end, chunk.end) - chunk.chunk_offset
+            yield data[lo:hi]
+
+    def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
+        """Verified bytes of ``[offset, offset+size)`` of a file (size -1: to EOF), clipped at EOF."""
+        return b"".join(self.iter_read(path, offset, size))
+
+    def read_file(self, path: str) -> bytes:
+        return self.read(path)
+
+    def read_chunk(self, chunk: Chunk, compressed: bytes | memoryview | None = None) -> bytes:
+        """One whole chunk, decompressed and verified. ``compressed`` is the blob range
+        ``[blob_offset, blob_end)`` when the caller has it already."""
+        if compressed is None:
+            compressed = self.source.read_at(chunk.blob_offset, chunk.blob_end - chunk.blob_offset)
+        return decompress_chunk(
+            self.footer.compression, compressed, chunk, allow_unverified=self.allow_unverified
+        )
+
+    def verify_all(self, progress: Callable[[int], None] | None = None) -> VerifySummary:
+        """Check every chunk of every regular file, and each file's whole digest where the TOC
+        gives one that the chunk digests do not already prove. The TOC digest was checked by
+        `open` when one was given. Raises DigestMismatchError at the first mismatch;
+        ``progress`` is called with the uncompressed bytes of each chunk checked."""
+        files = chunks = total = 0
+        for entry in self.toc.nodes():
+            if entry.type is not EntryType.REG:
+                continue
+            pieces = self.toc.chunks(entry.name)
+            whole = None
+            if entry.digest and (len(pieces) != 1 or pieces[0].digest != entry.digest):
+                whole = hashlib.sha256()
+            for chunk, compressed in self._fetch(pieces):
+                data = self.read_chunk(chunk, compressed)
+                if whole is not None:
+                    whole.update(data)
+                chunks += 1
+                total += chunk.size
+                if progress is not None:
+                    progress(chunk.size)
+            if whole is not None:
+                actual = "sha256:" + whole.hexdigest()
+                if actual != entry.digest:
+                    raise DigestMismatchError(f"{entry.name}: whole file", entry.digest, actual)
+            files += 1
+        return VerifySummary(files, chunks, total)
+
+    def _fetch(self, chunks: list[Chunk]) -> Iterator[tuple[Chunk, memoryview]]:
+        """Each chunk with its compressed range, reading neighbouring ranges together."""
+        index = 0
+        while index < len(chunks):
+            start, end = chunks[index].blob_offset, chunks[index].blob_end
+            stop = index + 1
+            while stop < len(chunks):
+                nxt = chunks[stop]
+                if not start <= nxt.blob_offset <= end or max(end, nxt.blob_end) - start > MAX_FETCH_SIZE:
+                    break
+                end = max(end, nxt.blob_end)
+                stop += 1
+            data = memoryview(self.source.read_at(start, end - start))
+            for chunk in chunks[index:stop]:
+                yield chunk, data[chunk.blob_offset - start : chunk.blob_end - start]
+            index = stop
+
+
+def decompress_chunk(
+    compression: str,
+    compressed: bytes | memoryview,
+    chunk: Chunk,
+    *,
+    allow_unverified: bool = False,
+) -> bytes:
+    """Decompress one chunk from bytes starting at its ``blob_offset`` and verify it.
+
+    ``compression`` is ``Footer.compression`` ("gzip" or "zstd"). Only ``inner_offset + size``
+    bytes are ever inflated: a member that holds more (the next tar header always follows a
+    payload) is cut off there, so a hostile member cannot balloon. Raises FormatError when the
+    data is corrupt or too short, DigestMismatchError when it hashes wrong, and FormatError for
+    a digest-less chunk unless ``allow_unverified``.
+    """
+    what = f"{chunk.path}: chunk at file offset {chunk.chunk_offset}"
+    if not chunk.digest and not allow_unverified:
+        raise FormatError(f"{what} has no digest; refusing to return unverified bytes")
+    want = chunk.inner_offset + chunk.size
+    try:
+        if compression == "gzip":
+            data = _gunzip_prefix(compressed, want)
+        elif compression == "zstd":
+            data = _unzstd_prefix(compressed, want)
+        else:
+            raise ValueError(f"unknown compression {compression!r}")
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise FormatError(
+            f"{what}: corrupt {compression} data at blob offset {chunk.blob_offset}: {exc}"
+        ) from None
+    if len(data) < want:
+        raise FormatError(
+            f"{what}: {compression} data at blob offset {chunk.blob_offset} inflates to only "
+            f"{len(data)} of {want} bytes (truncated or corrupt blob)"
+        )
+    payload = bytes(data[chunk.inner_offset :])
+    if chunk.digest:
+        actual = "sha256:" + hashlib.sha256(payload).hexdigest()
+        if actual != chunk.digest:
+            raise DigestMismatchError(what, chunk.digest, actual)
+    return payload
+
+
+def _gunzip_prefix(compressed: bytes | memoryview, want: int) -> bytearray:
+    """The first ``want`` bytes of concatenated gzip members (fewer if the data ends first)."""
+    out = bytearray()
+    rest = bytes(compressed)
+    while len(out) < want and rest:
+        member = zlib.decompressobj(31)
+        out += member.decompress(rest, want - len(out))
+        if not member.eof:
+            break  # output full, or input used up mid-member (the caller sees it is short)
+        rest = member.unused_data
+    return out
+
+
+def _unzstd_prefix(compressed: bytes | memoryview, want: int) -> bytearray:
+    """The first ``want`` bytes of concatenated zstd frames (fewer if the data ends first)."""
+    out = bytearray()
+    reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True)
+    while len(out) < want:
+        piece = reader.read(want - len(out))
+        if not piece:
+            break
+        out += piece
+    return out
+
+
+def _toc_range(footer: Footer) -> tuple[int, int]:
+    """Compressed ``[start, end)`` of the TOC; for zstd it includes the skippable frame header,
+    so ``start`` is also where the payload ends."""
+    end = footer.toc_offset + footer.toc_size
+    if footer.kind is FooterKind.ZSTD_CHUNKED:
+        if footer.toc_offset < ZSTD_SKIPPABLE_HEADER_SIZE:
+            raise FormatError(f"zstd:chunked TOC offset {footer.toc_offset} leaves no room for its frame header")
+        return footer.toc_offset - ZSTD_SKIPPABLE_HEADER_SIZE, end
+    return footer.toc_offset, end
+
+
+def _check_compressed_toc_size(footer: Footer, limits: TOCLimits) -> None:
+    """Refuse before reading a TOC that cannot decompress within the limit: compressed data is
+    at most a little larger than what it holds (stored blocks add a few bytes per 64 KiB)."""
+    bound = limits.max_toc_bytes + limits.max_toc_bytes // 256 + _TOC_TAR_OVERHEAD
+    if footer.toc_size > bound:
+        raise TOCLimitError(
+            f"compressed TOC is {footer.toc_size} bytes; the {limits.max_toc_bytes}-byte TOC limit "
+            f"allows at most {bound}"
+        )
+    if footer.toc_json_size is not None and footer.toc_json_size > limits.max_toc_bytes:
+        raise TOCLimitError(
+            f"footer says the TOC is {footer.toc_json_size} bytes, over the limit of "
+            f"{limits.max_toc_bytes}"
+        )
+
+
+def _toc_json(footer: Footer, raw: bytes, limits: TOCLimits) -> bytes:
+    """The uncompressed TOC JSON from its compressed bytes (see `_toc_range`)."""
+    if footer.kind is FooterKind.ZSTD_CHUNKED:
+        return _zstd_toc_json(footer, raw)
+    return _gzip_toc_json(raw, limits)
+
+
+def _zstd_toc_json(footer: Footer, raw: bytes) -> bytes:
+    magic, length = raw[:4], struct.unpack_from("<I", raw, 4)[0]
+    if magic != ZSTD_SKIPPABLE_MAGIC or length != footer.toc_size:
+        raise FormatError(
+            f"zstd:chunked TOC at offset {footer.toc_offset} is not inside a skippable frame of "
+            f"{footer.toc_size} bytes"
+        )
+    assert footer.toc_json_size is not None  # zstd footers state it
+    try:
+        data = _unzstd_prefix(raw[ZSTD_SKIPPABLE_HEADER_SIZE:], footer.toc_json_size + 1)
+    except zstandard.ZstdError as exc:
+        raise TOCError(f"zstd:chunked TOC does not decompress: {exc}") from None
+    if len(data) != footer.toc_json_size:
+        raise TOCError(
+            f"zstd:chunked TOC decompresses to {'more than ' if len(data) > footer.toc_json_size else ''}"
+            f"{len(data)} bytes, but the footer says {footer.toc_json_size}"
+        )
+    return bytes(data)
+
+
+def _gzip_toc_json(raw: bytes, limits: TOCLimits) -> bytes:
+    """The TOC is one gzip member holding a tar with exactly one file, stargz.index.json."""
+    limit = limits.max_toc_bytes + _TOC_TAR_OVERHEAD
+    member = zlib.decompressobj(31)
+    try:
+        tar_bytes = member.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise TOCError(f"TOC gzip member is corrupt: {exc}") from None
+    if len(tar_bytes) > limit:
+        raise TOCLimitError(f"TOC inflates past {limit} bytes, over the TOC size limit")
+    if not member.eof:
+        raise TOCError("TOC gzip member is truncated")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
+            first = tar.next()
+            if first is None:
+                raise TOCError("TOC tar is empty")
+            if first.name != TOC_TAR_NAME or not first.isreg():
+                raise TOCError(
+                    f"TOC tar holds {first.name!r}, expected a regular file {TOC_TAR_NAME!r}"
+                )
+            if first.size > limits.max_toc_bytes:
+                raise TOCLimitError(
+                    f"TOC JSON is {first.size} bytes, over the limit of {limits.max_toc_bytes}"
+                )
+            stream = tar.extractfile(first)
+            assert stream is not None  # a regular file
+            json_bytes = stream.read()
+            if len(json_bytes) != first.size:
+                raise TOCError(f"TOC tar is truncated ({len(json_bytes)} of {first.size} bytes)")
+            extra = tar.next()
+            if extra is not None:
+                raise TOCError(f"TOC tar holds a second entry {extra.name!r}; expected only one")
+    except (tarfile.TarError, EOFError, UnicodeError) as exc:
+        raise TOCError(f"TOC tar is malformed: {exc}") from None
+    return json_bytes
