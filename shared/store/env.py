@@ -114,7 +114,7 @@ class Store:
                 readahead=False,
                 lock=True,
             )
-            self.dbs = {name: self._open_db(name) for name in DB_NAMES}
+            self.dbs = self._open_dbs()
         except lmdb.Error as exc:
             raise CacheError(f"{options.path}: cannot open the cache: {exc}") from exc
         if not readonly:
@@ -122,11 +122,10 @@ class Store:
         self._key = key
         _OPEN[key] = self
 
-    def _open_db(self, name: str) -> lmdb._Database:
-        if self.readonly:
-            with self.env.begin() as txn:
-                return self.env.open_db(name.encode(), txn=txn, create=False)
-        return self.env.open_db(name.encode())
+    def _open_dbs(self) -> dict[str, lmdb._Database]:
+        # No txn= here: py-lmdb then opens each handle in its own txn and keeps it (a handle
+        # opened in a caller's read-only txn came back unusable).
+        return {name: self.env.open_db(name.encode(), create=not self.readonly) for name in DB_NAMES}
 
     def _check_format(self) -> None:
         def check(txn: lmdb.Transaction) -> None:
