@@ -290,6 +290,7 @@ class TOC:
         version: int,
         entries: list[TOCEntry],
         json_bytes_digest: str,
+        json_size: int,
         nodes: dict[str, TOCEntry],
         implicit: set[str],
         hardlinks: dict[str, str],
@@ -298,6 +299,8 @@ class TOC:
         self.version = version
         self.entries = entries
         self.json_bytes_digest = json_bytes_digest
+        #: Length of the uncompressed TOC JSON.
+        self.json_size = json_size
         self._nodes = nodes
         self._implicit = implicit
         self._hardlinks = hardlinks
@@ -385,7 +388,7 @@ def parse_toc(json_bytes: bytes, *, payload_end: int, limits: TOCLimits = TOCLim
         if node.type is EntryType.REG:
             chunks[path] = _file_chunks(tree.pieces[path], starts, payload_end, limits)
     hardlinks = _resolve_hardlinks(tree.nodes)
-    return TOC(version, entries, digest, tree.nodes, tree.implicit, hardlinks, chunks)
+    return TOC(version, entries, digest, len(json_bytes), tree.nodes, tree.implicit, hardlinks, chunks)
 
 
 def check_digest(value: str, what: str) -> str:
