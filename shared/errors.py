@@ -95,3 +95,35 @@ class CacheError(LazyLayerError):
     """The LMDB cache could not be opened or written."""
 
     kind = "cache"
+
+
+class ProtocolError(LazyLayerError):
+    """A ZeroMQ message between front and worker is malformed or speaks another protocol version."""
+
+    kind = "protocol"
+
+
+class WorkerError(LazyLayerError):
+    """A worker could not run a job: unknown job kind, or the handler failed unexpectedly."""
+
+    kind = "worker"
+
+
+class WorkerLostError(WorkerError):
+    """Every worker that tried the job died while running it (the attempt limit was reached)."""
+
+    kind = "worker-lost"
+
+
+class PoolUnavailableError(LazyLayerError):
+    """No worker is connected, so the request could not be served within its timeout."""
+
+    kind = "pool-unavailable"
+    errno = errno.EAGAIN
+
+
+class RequestTimeoutError(LazyLayerError):
+    """Workers are connected but the request got no answer within its timeout."""
+
+    kind = "timeout"
+    errno = errno.ETIMEDOUT
