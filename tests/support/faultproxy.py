@@ -1,0 +1,190 @@
+"""A fault-injecting HTTP proxy in front of a real registry.
+
+The real registry cannot misbehave on demand, so tests put this proxy in front of it and add
+rules: each rule matches some requests (method, path, Range) a number of times and does one
+thing wrong - answers an error status, ignores Range (200 with the whole body), refuses
+multi-range (400), corrupts a byte, drops the Content-Type of a 206, or cuts the body short.
+`redirect_blobs` makes blob GETs answer 307 to a "storage" URL on the proxy, like registries
+backed by object storage; `expire_redirects()` makes previously issued storage URLs answer 403.
+
+Everything not matched is forwarded unchanged (the Host header too, so upload Locations the
+registry builds point back at the proxy). Sockets set TCP_NODELAY (limits §5.2: Nagle trap).
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+               "proxy-authorization", "proxy-authenticate", "content-length"}
+_BLOB_GET = re.compile(r"^/v2/.+/blobs/sha256:[0-9a-f]{64}$")
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    range: str | None
+    status: int
+
+
+@dataclass
+class Rule:
+    """Do ``action`` to the next ``times`` matching requests (None: to all of them).
+
+    Actions: "status" (answer ``status`` with ``headers``, not forwarded), "full_body" (forward
+    without Range, answer 200), "reject_multirange" (400 when Range lists several ranges),
+    "corrupt" (flip one body byte), "strip_content_type" (on 206), "truncate" (promise the
+    full Content-Length, send half, close).
+    """
+
+    action: str
+    times: int | None = 1
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    method: str | None = "GET"
+    path: str = r"^/v2/.+/blobs/"
+    ranged: bool | None = None
+
+    def matches(self, method: str, path: str, range_header: str | None) -> bool:
+        if self.times is not None and self.times <= 0:
+            return False
+        if self.method and method != self.method:
+            return False
+        if not re.search(self.path, path.split("?")[0]):
+            return False
+        if self.action == "reject_multirange" and not (range_header and "," in range_header):
+            return False
+        return self.ranged is None or self.ranged == (range_header is not None)
+
+
+class FaultProxy:
+    def __init__(self, upstream_host: str) -> None:
+        self.upstream = upstream_host
+        self.rules: list[Rule] = []
+        self.seen: list[Seen] = []
+        self.redirect_blobs = False
+        self.generation = 0
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="faultproxy").start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def add(self, rule: Rule) -> Rule:
+        with self.lock:
+            self.rules.append(rule)
+        return rule
+
+    def reset(self) -> None:
+        with self.lock:
+            self.rules.clear()
+            self.seen.clear()
+            self.redirect_blobs = False
+
+    def expire_redirects(self) -> None:
+        with self.lock:
+            self.generation += 1
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def take_rule(self, method: str, path: str, range_header: str | None) -> Rule | None:
+        with self.lock:
+            for rule in self.rules:
+                if rule.matches(method, path, range_header):
+                    if rule.times is not None:
+                        rule.times -= 1
+                    return rule
+        return None
+
+    def record(self, method: str, path: str, range_header: str | None, status: int) -> None:
+        with self.lock:
+            self.seen.append(Seen(method, path, range_header, status))
+
+
+def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes, *, length: int | None = None) -> None:
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            proxy.record(self.command, self.path, self.headers.get("Range"), status)
+
+        def _forward(self, path: str, *, drop: tuple[str, ...] = ()) -> tuple[int, list[tuple[str, str]], bytes]:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in _HOP_BY_HOP and k.lower() not in drop}
+            conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+            try:
+                conn.request(self.command, path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                return response.status, [(k, v) for k, v in response.getheaders()
+                                          if k.lower() not in _HOP_BY_HOP], data
+            finally:
+                conn.close()
+
+        def _handle(self) -> None:
+            range_header = self.headers.get("Range")
+            storage = re.match(r"^/_storage/(\d+)(/.*)$", self.path)
+            if storage:
+                if int(storage.group(1)) != proxy.generation:
+                    self._answer(403, [("Content-Type", "text/plain")], b"request has expired")
+                    return
+                status, headers, body = self._forward(storage.group(2), drop=("authorization",))
+                self._answer(status, headers, body)
+                return
+            if proxy.redirect_blobs and self.command == "GET" and _BLOB_GET.match(self.path.split("?")[0]):
+                location = f"http://{proxy.host}/_storage/{proxy.generation}{self.path}"
+                self._answer(307, [("Location", location)], b"")
+                return
+            rule = proxy.take_rule(self.command, self.path, range_header)
+            if rule is not None and rule.action == "status":
+                self._answer(rule.status, list(rule.headers.items()), b'{"errors":[{"code":"INJECTED"}]}')
+                return
+            if rule is not None and rule.action == "reject_multirange":
+                self._answer(400, [("Content-Type", "text/plain")], b"multiple ranges not supported")
+                return
+            drop = ("range",) if rule is not None and rule.action == "full_body" else ()
+            status, headers, body = self._forward(self.path, drop=drop)
+            if rule is not None and rule.action == "corrupt" and body:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
+            if rule is not None and rule.action == "strip_content_type" and status == 206:
+                headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
+            if rule is not None and rule.action == "truncate" and len(body) > 1:
+                self._answer(status, headers, body[: len(body) // 2], length=len(body))
+                self.close_connection = True
+                return
+            self._answer(status, headers, body)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
+
+    return Handler
