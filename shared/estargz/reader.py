@@ -41,6 +41,7 @@ TAIL_READ_SIZE = 64 << 10
 MAX_FETCH_SIZE = 8 << 20
 # The tar around a gzip TOC: header, padding and end-of-archive blocks (PAX headers are small).
 _TOC_TAR_OVERHEAD = 64 << 10
+_GZIP_TRAILER_SIZE = 8  # CRC32 + ISIZE
 
 
 @dataclass(frozen=True)
@@ -240,16 +241,41 @@ def decompress_chunk(
 
 
 def _gunzip_prefix(compressed: bytes | memoryview, want: int) -> bytearray:
-    """The first ``want`` bytes of concatenated gzip members (fewer if the data ends first)."""
+    """The first ``want`` bytes of concatenated gzip members (fewer if the data ends first).
+
+    Members are inflated as raw deflate after skipping their header, and their CRC trailers are
+    not checked: the chunk's sha256 is the check, so a corrupt byte is reported the same way
+    (DigestMismatchError) whether or not the member happens to end inside the chunk.
+    """
     out = bytearray()
-    rest = bytes(compressed)
-    while len(out) < want and rest:
-        member = zlib.decompressobj(31)
-        out += member.decompress(rest, want - len(out))
+    rest = memoryview(compressed)
+    while len(out) < want and len(rest):
+        member = zlib.decompressobj(-zlib.MAX_WBITS)
+        out += member.decompress(rest[_gzip_header_size(rest) :], want - len(out))
         if not member.eof:
             break  # output full, or input used up mid-member (the caller sees it is short)
-        rest = member.unused_data
+        rest = memoryview(member.unused_data)[_GZIP_TRAILER_SIZE:]
     return out
+
+
+def _gzip_header_size(data: memoryview) -> int:
+    """Length of the RFC 1952 member header at the start of ``data``."""
+    if bytes(data[:3]) != b"\x1f\x8b\x08" or len(data) < 10:
+        raise zlib.error("not a gzip member")
+    flags, pos = data[3], 10
+    if flags & 0x04:  # FEXTRA
+        pos += 2 + int.from_bytes(data[pos : pos + 2], "little")
+    for flag in (0x08, 0x10):  # FNAME, FCOMMENT: NUL-terminated
+        if flags & flag:
+            end = bytes(data[pos:]).find(b"\0")
+            if end < 0:
+                raise zlib.error("truncated gzip header")
+            pos += end + 1
+    if flags & 0x02:  # FHCRC
+        pos += 2
+    if pos > len(data):
+        raise zlib.error("truncated gzip header")
+    return pos
 
 
 def _unzstd_prefix(compressed: bytes | memoryview, want: int) -> bytearray:
