@@ -40,7 +40,8 @@ class Rule:
     Actions: "status" (answer ``status`` with ``headers``, not forwarded), "full_body" (forward
     without Range, answer 200), "reject_multirange" (400 when Range lists several ranges),
     "corrupt" (flip one body byte), "strip_content_type" (on 206), "truncate" (promise the
-    full Content-Length, send half, close).
+    full Content-Length, send half, close). ``corrupt=True`` also flips a byte after another
+    forwarding action (e.g. a corrupt 200 full-body answer).
     """
 
     action: str
@@ -50,6 +51,7 @@ class Rule:
     method: str | None = "GET"
     path: str = r"^/v2/.+/blobs/"
     ranged: bool | None = None
+    corrupt: bool = False
 
     def matches(self, method: str, path: str, range_header: str | None) -> bool:
         if self.times is not None and self.times <= 0:
@@ -175,7 +177,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             drop = ("range",) if rule is not None and rule.action == "full_body" else ()
             status, headers, body = self._forward(self.path, drop=drop)
-            if rule is not None and rule.action == "corrupt" and body:
+            if rule is not None and (rule.action == "corrupt" or rule.corrupt) and body:
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
             if rule is not None and rule.action == "strip_content_type" and status == 206:
                 headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
