@@ -1,0 +1,443 @@
+"""Per-layer filesystem metadata: nodes, directory entries and file chunk tables.
+
+Built once from a parsed TOC (`build_metadata`, pure computation, no LMDB) and written by
+`layers.register_layer`; afterwards every process answers lookup/getattr/readdir/readlink/xattr
+and "which chunks cover this range" from LMDB alone.
+
+Why the choices:
+
+* Node ids follow the resolved tree's order (root = 1, then TOC order; hardlinks share their
+  target's node), so they are the same in every process and after every restart, and an inode
+  (`inode_of`) is a pure function of (layer id, node id).
+* Overlay semantics are decided here, at registration, as upstream's node.go does at lookup time
+  (reference §2.3): every ``.wh.*`` name and the root landmarks are hidden; ``.wh.x`` shows as a
+  whiteout (char 0/0, mode exactly S_IFCHR) named ``x`` only if no real ``x`` is beside it; a
+  directory holding ``.wh..wh..opq`` is flagged opaque. Storing the result keeps the read path a
+  plain key lookup.
+* A directory entry points at a (layer id, node id) pair, not just a node id, so merged image
+  views (merged.py) reuse the same tables and code.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import NamedTuple
+
+import lmdb
+import msgpack
+
+from lazylayer.shared.errors import FormatError, NotFoundError, TOCError, TOCLimitError
+from lazylayer.shared.estargz.toc import (
+    NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, TOC, WHITEOUT_PREFIX, EntryType,
+    TOCEntry, normalize_name,
+)
+from lazylayer.shared.store.chunks import chunk_key, unverified_key
+from lazylayer.shared.store.env import Store
+
+ROOT_ID = 1
+MAX_NODE_ID = (1 << 32) - 1
+BLOCK_SIZE = 4096
+_ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
+_WHITEOUT_MODE = stat.S_IFCHR  # permission bits 0: what overlayfs recognises as a whiteout
+
+_NODE_KEY = struct.Struct(">II")  # layer id, node id (also a dirent's value)
+_DIRENT_PREFIX = struct.Struct(">II")  # layer id, parent node id; the name follows
+_CHUNK_KEY = struct.Struct(">IIQ")  # layer id, node id, chunk offset
+
+_TYPE_BITS = {
+    EntryType.DIR: stat.S_IFDIR,
+    EntryType.REG: stat.S_IFREG,
+    EntryType.SYMLINK: stat.S_IFLNK,
+    EntryType.CHAR: stat.S_IFCHR,
+    EntryType.BLOCK: stat.S_IFBLK,
+    EntryType.FIFO: stat.S_IFIFO,
+}
+
+
+class NodeFlag(IntFlag):
+    NONE = 0
+    #: A directory that held ``.wh..wh..opq``: lower layers' contents are hidden under it.
+    OPAQUE = 1
+    #: A whiteout shown as char 0/0: hides the lower layers' entry of the same name.
+    WHITEOUT = 2
+    #: A real entry with a ``.wh.`` sibling of its own name: lower layers' entry is replaced, not
+    #: merged into (OCI: a whiteout applies to lower layers even when the name is re-added).
+    HIDES_LOWER = 4
+
+
+class OpaqueXattr(IntEnum):
+    """Which xattr(s) report an opaque directory (upstream's OverlayOpaqueType)."""
+
+    ALL = 0  # trusted.overlay.opaque and user.overlay.opaque (upstream library default)
+    TRUSTED = 1
+    USER = 2
+
+
+_OPAQUE_KEYS = {
+    OpaqueXattr.ALL: ("trusted.overlay.opaque", "user.overlay.opaque"),
+    OpaqueXattr.TRUSTED: ("trusted.overlay.opaque",),
+    OpaqueXattr.USER: ("user.overlay.opaque",),
+}
+
+
+class NodeRef(NamedTuple):
+    layer_id: int
+    node_id: int
+
+    @property
+    def inode(self) -> int:
+        return inode_of(self.layer_id, self.node_id)
+
+
+def inode_of(layer_id: int, node_id: int) -> int:
+    """Stable inode: never 1 (FUSE's root) because layer ids start at 1."""
+    return (layer_id << 32) | node_id
+
+
+def split_inode(inode: int) -> NodeRef:
+    return NodeRef(inode >> 32, inode & MAX_NODE_ID)
+
+
+@dataclass(slots=True)
+class NodeAttr:
+    """What getattr/readlink/getxattr report for one node (``mode`` includes the type bits)."""
+
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime: int = 0
+    rdev: int = 0
+    nlink: int = 1
+    link_target: str = ""
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    flags: NodeFlag = NodeFlag.NONE
+
+    @property
+    def blocks(self) -> int:
+        """st_blocks in 512-byte units of whole 4 KiB blocks (upstream HEAD)."""
+        return -(-self.size // BLOCK_SIZE) * (BLOCK_SIZE // 512)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_whiteout(self) -> bool:
+        return bool(self.flags & NodeFlag.WHITEOUT)
+
+    @property
+    def is_opaque(self) -> bool:
+        return bool(self.flags & NodeFlag.OPAQUE)
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            [self.mode, self.uid, self.gid, self.size, self.mtime, self.rdev, self.nlink,
+             self.link_target, self.xattrs, int(self.flags)]
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | memoryview) -> "NodeAttr":
+        mode, uid, gid, size, mtime, rdev, nlink, link, xattrs, flags = msgpack.unpackb(raw)
+        return cls(mode, uid, gid, size, mtime, rdev, nlink, link, xattrs, NodeFlag(flags))
+
+
+def visible_xattrs(attr: NodeAttr, opaque: OpaqueXattr) -> dict[str, bytes]:
+    """The xattrs getxattr/listxattr show, in listxattr order: opaque key(s) first, then the
+    TOC's. One helper so the FUSE front and the conformance suite cannot disagree."""
+    out: dict[str, bytes] = {}
+    if attr.is_opaque:
+        out.update((key, b"y") for key in _OPAQUE_KEYS[opaque])
+    out.update(attr.xattrs)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class FileChunk:
+    """One chunk of a regular file: where it is in the file, the blob, and the chunk store."""
+
+    chunk_offset: int
+    size: int
+    blob_offset: int
+    inner_offset: int
+    blob_end: int
+    digest: str  # "" only for digest-less legacy chunks
+    data_key: bytes  # key in the chunk store
+
+    @property
+    def end(self) -> int:
+        return self.chunk_offset + self.size
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            [self.size, self.blob_offset, self.inner_offset, self.blob_end, self.digest, self.data_key]
+        )
+
+    @classmethod
+    def decode(cls, chunk_offset: int, raw: bytes | memoryview) -> "FileChunk":
+        size, blob_offset, inner, blob_end, digest, data_key = msgpack.unpackb(raw)
+        return cls(chunk_offset, size, blob_offset, inner, blob_end, digest, data_key)
+
+
+@dataclass
+class LayerMetadata:
+    """Everything a layer's registration writes, computed before any write txn begins.
+
+    Keys lack the layer-id prefix (unknown until the txn allocates it) and are sorted so the
+    write can append.
+    """
+
+    nodes: list[tuple[bytes, bytes]]
+    dirents: list[tuple[bytes, int]]
+    chunks: list[tuple[bytes, bytes]]
+    node_count: int
+    chunk_count: int
+    payload_bytes: int
+
+
+def _name_bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def build_metadata(toc: TOC, layer_digest: str, *, allow_unverified: bool = False) -> LayerMetadata:
+    """Nodes, dirents and chunk tables of one layer, with the overlay rules applied."""
+    entries = toc.nodes()  # root first, then TOC order
+    ids: dict[str, int] = {}
+    for entry in entries:
+        if toc.hardlink_target(entry.name) is None:
+            ids[entry.name] = ROOT_ID + len(ids)
+    if len(ids) > MAX_NODE_ID - ROOT_ID:
+        raise TOCLimitError(f"layer has {len(ids)} nodes; at most {MAX_NODE_ID - ROOT_ID} fit")
+
+    def node_of(path: str) -> int:
+        return ids[toc.hardlink_target(path) or path]
+
+    names: dict[str, set[str]] = {}  # dir path -> child names (raw, before hiding)
+    for entry in entries:
+        if entry.name:
+            names.setdefault(posixpath.dirname(entry.name), set()).add(posixpath.basename(entry.name))
+
+    attrs: dict[int, NodeAttr] = {}
+    for entry in entries:
+        if entry.name in ids:
+            attrs[ids[entry.name]] = _attr_of(entry)
+    names_of: Counter[int] = Counter()
+    dirents: list[tuple[bytes, int]] = []
+    for entry in entries:
+        if not entry.name:
+            continue
+        parent, base = posixpath.split(entry.name)
+        parent_attr = attrs[ids[parent]]
+        node_id = node_of(entry.name)
+        names_of[node_id] += 1
+        if base == OPAQUE_WHITEOUT:
+            parent_attr.flags |= NodeFlag.OPAQUE
+            continue
+        if base.startswith(WHITEOUT_PREFIX):
+            hidden = base[len(WHITEOUT_PREFIX):]
+            if not hidden:
+                continue
+            if hidden in names[parent]:
+                attrs[node_of(posixpath.join(parent, hidden))].flags |= NodeFlag.HIDES_LOWER
+                continue
+            attrs[node_id] = NodeAttr(_WHITEOUT_MODE, mtime=entry.mtime, flags=NodeFlag.WHITEOUT)
+            base = hidden
+        elif not parent and base in _ROOT_LANDMARKS:
+            continue
+        elif attrs[node_id].is_dir:
+            parent_attr.nlink += 1
+        dirents.append((struct.pack(">I", ids[parent]) + _name_bytes(base), node_id))
+    for node_id, attr in attrs.items():
+        if not attr.is_dir and not attr.is_whiteout:
+            attr.nlink = max(1, names_of[node_id])  # files: one link per name (hardlinks)
+
+    chunks: list[tuple[bytes, bytes]] = []
+    payload = 0
+    for entry in entries:
+        if entry.name not in ids or entry.type is not EntryType.REG:
+            continue
+        for piece in toc.chunks(entry.name):
+            key = (
+                chunk_key(piece.digest) if piece.digest
+                else unverified_key(layer_digest, piece.blob_offset, piece.inner_offset)
+            )
+            if not piece.digest and not allow_unverified:
+                raise FormatError(f"{entry.name}: chunk at {piece.chunk_offset} has no digest")
+            record = FileChunk(piece.chunk_offset, piece.size, piece.blob_offset, piece.inner_offset,
+                               piece.blob_end, piece.digest, key)
+            chunks.append((struct.pack(">IQ", ids[entry.name], piece.chunk_offset), record.encode()))
+            payload += piece.size
+    dirents.sort()
+    chunks.sort()
+    nodes = sorted((struct.pack(">I", node_id), attr.encode()) for node_id, attr in attrs.items())
+    return LayerMetadata(nodes, dirents, chunks, len(ids), len(chunks), payload)
+
+
+def _attr_of(entry: TOCEntry) -> NodeAttr:
+    kind = _TYPE_BITS[entry.type]
+    size = entry.size if entry.type is EntryType.REG else 0
+    if entry.type is EntryType.SYMLINK:
+        size = len(_name_bytes(entry.link_name))
+    rdev = os.makedev(entry.dev_major, entry.dev_minor) if entry.type in (EntryType.CHAR, EntryType.BLOCK) else 0
+    nlink = 2 if entry.type is EntryType.DIR else 1
+    return NodeAttr(kind | entry.mode, entry.uid, entry.gid, size, entry.mtime, rdev, nlink,
+                    entry.link_name if entry.type is EntryType.SYMLINK else "", dict(entry.xattrs))
+
+
+def write_metadata(txn: lmdb.Transaction, store: Store, layer_id: int, meta: LayerMetadata) -> None:
+    """Append one layer's metadata inside the registration txn (keys sorted: append mode)."""
+    prefix = struct.pack(">I", layer_id)
+    ref = _NODE_KEY.pack
+    with txn.cursor(db=store.db("nodes")) as cursor:
+        cursor.putmulti(((prefix + k, v) for k, v in meta.nodes), append=_appendable(txn, store, "nodes", prefix))
+    with txn.cursor(db=store.db("dirents")) as cursor:
+        cursor.putmulti(((prefix + k, ref(layer_id, n)) for k, n in meta.dirents),
+                        append=_appendable(txn, store, "dirents", prefix))
+    with txn.cursor(db=store.db("file_chunks")) as cursor:
+        cursor.putmulti(((prefix + k, v) for k, v in meta.chunks),
+                        append=_appendable(txn, store, "file_chunks", prefix))
+
+
+def _appendable(txn: lmdb.Transaction, store: Store, db: str, prefix: bytes) -> bool:
+    """Append mode is only legal when every existing key sorts before the new layer's keys."""
+    with txn.cursor(db=store.db(db)) as cursor:
+        return not cursor.last() or bytes(cursor.key()) < prefix
+
+
+def delete_metadata(txn: lmdb.Transaction, store: Store, layer_id: int) -> None:
+    prefix = struct.pack(">I", layer_id)
+    for db in ("nodes", "dirents", "file_chunks"):
+        with txn.cursor(db=store.db(db)) as cursor:
+            if not cursor.set_range(prefix):
+                continue
+            while bytes(cursor.key()).startswith(prefix):
+                if not cursor.delete():
+                    break
+
+
+class Metadata:
+    """Read-only queries; each opens its own short read transaction (or uses the one given)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._nodes = store.db("nodes")
+        self._dirents = store.db("dirents")
+        self._chunks = store.db("file_chunks")
+
+    def getattr(self, ref: NodeRef, txn: lmdb.Transaction | None = None) -> NodeAttr | None:
+        if txn is None:
+            return self.store.read(lambda t: self.getattr(ref, t))
+        raw = txn.get(_NODE_KEY.pack(*ref), db=self._nodes)
+        return None if raw is None else NodeAttr.decode(raw)
+
+    def lookup(self, parent: NodeRef, name: bytes, txn: lmdb.Transaction | None = None) -> NodeRef | None:
+        if txn is None:
+            return self.store.read(lambda t: self.lookup(parent, name, t))
+        raw = txn.get(_DIRENT_PREFIX.pack(*parent) + name, db=self._dirents)
+        return None if raw is None else NodeRef(*_NODE_KEY.unpack(raw))
+
+    def readdir(
+        self, parent: NodeRef, after: bytes | None = None, limit: int | None = None
+    ) -> list[tuple[bytes, NodeRef]]:
+        """Entries of a directory sorted by name, starting after ``after`` (a cursor, so a
+        large directory can be listed in pieces)."""
+        prefix = _DIRENT_PREFIX.pack(*parent)
+
+        def scan(txn: lmdb.Transaction) -> list[tuple[bytes, NodeRef]]:
+            out: list[tuple[bytes, NodeRef]] = []
+            with txn.cursor(db=self._dirents) as cursor:
+                start = prefix + (after + b"\x00" if after is not None else b"")
+                if not cursor.set_range(start):
+                    return out
+                for key, value in cursor:
+                    if bytes(key[: len(prefix)]) != prefix or (limit is not None and len(out) >= limit):
+                        break
+                    out.append((bytes(key[len(prefix):]), NodeRef(*_NODE_KEY.unpack(value))))
+            return out
+
+        return self.store.read(scan)
+
+    def resolve(self, root: NodeRef, path: str) -> NodeRef:
+        """The node a path names, from ``root``; NotFoundError otherwise. Lookups see only
+        visible names, so ``.wh.*`` and root landmarks are not found, as through FUSE."""
+        try:
+            parts = [p for p in normalize_name(path).split("/") if p]
+        except TOCError:
+            raise NotFoundError(f"{path}: no such file or directory") from None
+
+        def walk(txn: lmdb.Transaction) -> NodeRef:
+            ref = root
+            for part in parts:
+                found = self.lookup(ref, _name_bytes(part), txn)
+                if found is None:
+                    raise NotFoundError(f"{path}: no such file or directory")
+                ref = found
+            return ref
+
+        return self.store.read(walk)
+
+    def chunks_covering(self, ref: NodeRef, offset: int, size: int,
+                        txn: lmdb.Transaction | None = None) -> list[FileChunk]:
+        """The file's chunks that overlap ``[offset, offset+size)``, in file order."""
+        if txn is None:
+            return self.store.read(lambda t: self.chunks_covering(ref, offset, size, t))
+        prefix = _NODE_KEY.pack(*ref)
+        out: list[FileChunk] = []
+        if size <= 0:
+            return out
+        with txn.cursor(db=self._chunks) as cursor:
+            if not _seek_floor(cursor, _CHUNK_KEY.pack(*ref, offset), prefix):
+                return out
+            for key, value in cursor:
+                if bytes(key[: len(prefix)]) != prefix:
+                    break
+                chunk = FileChunk.decode(_CHUNK_KEY.unpack(key)[2], value)
+                if chunk.chunk_offset >= offset + size:
+                    break
+                if chunk.end > offset:
+                    out.append(chunk)
+        return out
+
+    def all_chunks(self, ref: NodeRef) -> list[FileChunk]:
+        return self.chunks_covering(ref, 0, 1 << 62)
+
+    def prefetch_chunks(self, layer_id: int, prefetch_end: int) -> list[FileChunk]:
+        """Every chunk of every file whose first payload starts before ``prefetch_end`` (the
+        landmark's compressed offset): upstream filters per file, not per chunk (reference §2.2)."""
+        prefix = struct.pack(">I", layer_id)
+
+        def scan(txn: lmdb.Transaction) -> list[FileChunk]:
+            out: list[FileChunk] = []
+            taking = False
+            with txn.cursor(db=self._chunks) as cursor:
+                if not cursor.set_range(prefix):
+                    return out
+                for key, value in cursor:
+                    if bytes(key[:4]) != prefix:
+                        break
+                    chunk = FileChunk.decode(_CHUNK_KEY.unpack(key)[2], value)
+                    if chunk.chunk_offset == 0:
+                        taking = chunk.blob_offset < prefetch_end
+                    if taking:
+                        out.append(chunk)
+            return out
+
+        return self.store.read(scan)
+
+
+def _seek_floor(cursor: lmdb.Cursor, key: bytes, prefix: bytes) -> bool:
+    """Position at the last key <= ``key`` that starts with ``prefix`` (the chunk holding an
+    offset starts at or before it), else at the first key > ``key``; False if there is none."""
+    if cursor.set_range(key):
+        if bytes(cursor.key()) == key:
+            return True
+        if cursor.prev() and bytes(cursor.key()).startswith(prefix):
+            return True
+        return cursor.set_range(key)
+    return cursor.last() and bytes(cursor.key()).startswith(prefix)
