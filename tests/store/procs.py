@@ -127,7 +127,33 @@ def bench_4k(path: str, map_mib: str, budget_mib: str, key_hex: str, chunk_size:
     say(json.dumps({"p50_us": samples[len(samples) // 2] / 1000, "p99_us": samples[len(samples) * 99 // 100] / 1000}))
 
 
+def register(path: str, map_mib: str, budget_mib: str, blob_path: str, digest: str) -> None:
+    """Register a layer and print its id and every visible path's node id."""
+    from lazylayer.shared.blobsource import FileSource
+    from lazylayer.shared.estargz.reader import BlobReader
+    from lazylayer.shared.store.layers import Layers
+    from lazylayer.shared.store.metadata import Metadata
+
+    store = open_store(options(path, int(map_mib), int(budget_mib)))
+    with FileSource(blob_path) as source:
+        reader = BlobReader.open(source)
+        record = Layers(store).register(digest, source.size, reader.toc, verified=True)
+    meta = Metadata(store)
+    ids: dict[str, int] = {}
+    stack = [("", record.root)]
+    while stack:
+        prefix, ref = stack.pop()
+        for name, child in meta.readdir(ref):
+            path = prefix + name.decode()
+            ids[path] = child.node_id
+            attr = meta.getattr(child)
+            if attr is not None and attr.is_dir:
+                stack.append((path + "/", child))
+    say(json.dumps({"layer_id": record.layer_id, "ids": ids}))
+
+
 ROLES = {
+    "register": register,
     "writer": writer,
     "reader": reader,
     "hold-read": hold_read,

@@ -1,0 +1,50 @@
+"""Port of upstream's testPrefetch: the prefetch range from the landmarks, and that reading a
+prefetched file afterwards never touches the blob."""
+
+from __future__ import annotations
+
+import pytest
+
+from lazylayer.shared.store.env import StoreOptions, open_store
+from tests.conformance.store_view import StoreLayerView
+from tests.store.procs import MiB
+from tests.support.layers import build_layer, directory, file
+
+FOO = b"0123456789"
+BAR = b"abcdefghij"
+
+
+@pytest.fixture
+def store(tmp_path):
+    with open_store(StoreOptions(str(tmp_path / "cache"), map_size=64 * MiB)) as s:
+        yield s
+
+
+def view_of(store, items, prefetch=()):
+    layer = build_layer(items, chunk_size=3, prefetch=prefetch)
+    return StoreLayerView(store, layer.blob, layer.digest)
+
+
+def test_no_prefetch_list_means_no_prefetch(store):
+    view = view_of(store, [file("foo.txt", FOO), file("bar.txt", BAR)])
+    assert view.record.prefetch_end == 0  # .no.prefetch.landmark
+    reads = view.source.reads
+    assert view.prefetch() == 0
+    assert view.source.reads == reads
+    assert view.chunks.stats().chunks == 0
+
+
+@pytest.mark.parametrize("items,target", [
+    ([file("foo.txt", FOO), file("bar.txt", BAR)], "foo.txt"),
+    ([directory("dir/"), file("dir/foo.txt", FOO), file("bar.txt", BAR)], "dir/foo.txt"),
+])
+def test_prefetch_caches_exactly_the_listed_files(store, items, target):
+    view = view_of(store, items, prefetch=(target,))
+    assert view.record.prefetch_end and view.record.prefetch_end > 0
+    assert view.prefetch() == 4  # ceil(10 / 3)
+    assert view.chunks.stats().chunks == 4
+    reads = view.source.reads
+    assert view.read(target, 0, 100) == FOO
+    assert view.source.reads == reads  # served from the store alone
+    assert view.read("bar.txt", 0, 100) == BAR
+    assert view.source.reads > reads
