@@ -212,7 +212,8 @@ def decompress_chunk(
     data is corrupt or too short, DigestMismatchError when it hashes wrong, and FormatError for
     a digest-less chunk unless ``allow_unverified``.
     """
-    what = f"{chunk.path}: chunk at file offset {chunk.chunk_offset}"
+    what = f"chunk at file offset {chunk.chunk_offset}"
+    what = f"{chunk.path}: {what}" if chunk.path else f"{what} (blob offset {chunk.blob_offset})"
     if not chunk.digest and not allow_unverified:
         raise FormatError(f"{what} has no digest; refusing to return unverified bytes")
     want = chunk.inner_offset + chunk.size
