@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
 import tarfile
 import zlib
 from typing import BinaryIO
@@ -78,14 +79,19 @@ def read_tar(src: BinaryIO, spool: BinaryIO, spool_path: str) -> EntryList:
     """Every entry of the tar stream ``src``, payloads appended to ``spool`` (at ``spool_path``)."""
     entries = EntryList()
     try:
-        with tarfile.open(fileobj=decompressed(src), mode="r|", encoding="utf-8",
-                          errors="surrogateescape") as tar:
+        stream = decompressed(src)
+        with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
             for info in tar:
                 entry = _entry(info, entries)
                 if entry.type is EntryType.REG and info.size:
                     entry.payload = Payload(spool_path, spool.tell(), info.size)
-                    _copy(tar.extractfile(info), spool, info.size, entry.name)  # type: ignore[arg-type]
+                    # tarfile raises ReadError if the stream ends inside the data.
+                    shutil.copyfileobj(tar.extractfile(info), spool, _COPY_SIZE)  # type: ignore[misc]
                 entries.add(entry)
+        # Read on to the end, so a truncated or corrupt compressed stream (CRC) is noticed even
+        # when the tar inside ended cleanly.
+        while stream.read(_COPY_SIZE):
+            pass
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as exc:
         raise FormatError(f"input is not a readable tar stream: {exc}") from exc
     return entries
@@ -121,12 +127,3 @@ def _entry(info: tarfile.TarInfo, entries: EntryList) -> SourceEntry:
         entry.dev_major, entry.dev_minor = info.devmajor, info.devminor
     return entry
 
-
-def _copy(src: BinaryIO, dst: BinaryIO, size: int, name: str) -> None:
-    remaining = size
-    while remaining:
-        data = src.read(min(_COPY_SIZE, remaining))
-        if not data:
-            raise FormatError(f"input entry {name!r}: tar stream ends inside its data")
-        dst.write(data)
-        remaining -= len(data)
