@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from lazylayer.shared.errors import NotFoundError
 from lazylayer.shared.estargz.reader import BlobReader
 from lazylayer.workers.registry.blobsource import RegistryBlobSource
+from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION
 from lazylayer.workers.registry.manifests import (
-    TOC_DIGEST_ANNOTATION, Index, Platform, fetch_config, fetch_document, parse_platform, resolve_manifest,
+    Index, Platform, fetch_config, fetch_document, parse_platform, resolve_manifest,
 )
 from lazylayer.workers.registry.ranges import ByteRange
 from lazylayer.workers.registry.reference import parse_reference

@@ -377,6 +377,10 @@ class RegistryClient:
                 raise
 
 
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def check_digest(data: bytes, expected: str, what: str) -> None:
     algorithm, _, want = expected.partition(":")
     if algorithm not in ("sha256", "sha512"):

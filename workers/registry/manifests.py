@@ -7,14 +7,13 @@ manifest we rewrite is serialised anew and gets a new digest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform as host
 from dataclasses import dataclass, field
 from typing import Any
 
 from lazylayer.shared.errors import FormatError, NotFoundError
-from lazylayer.workers.registry.client import RegistryClient, check_digest
+from lazylayer.workers.registry.client import RegistryClient, check_digest, sha256_digest
 from lazylayer.workers.registry.reference import Reference
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -36,9 +35,6 @@ TAR_LAYER_TYPES = frozenset({
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 })
-
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
-UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
@@ -137,10 +133,6 @@ class Index:
         raise NotFoundError(f"no manifest for platform {wanted} in the index (available: {available})")
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def parse_document(raw: bytes, media_type: str | None, digest: str) -> Manifest | Index:
     """Parse manifest or index bytes; the document's own mediaType wins over the header's."""
     try:
@@ -189,15 +181,16 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
     return Descriptor(media_type, digest, size, dict(annotations), platform, extra, platform_extra)
 
 
-def fetch_document(client: RegistryClient, ref: Reference) -> Manifest | Index:
-    """The manifest or index ``ref`` names, its digest checked (against the ref's digest when
-    it has one, and against the registry's Docker-Content-Digest header)."""
+def get_manifest_bytes(client: RegistryClient, ref: Reference) -> tuple[bytes, str | None, str]:
+    """(bytes, Content-Type, digest) of the manifest or index ``ref`` names. The bytes are checked
+    against the ref's digest when it has one, and against the registry's Docker-Content-Digest."""
     body, response = client.get_document(ref, f"manifests/{ref.reference}", ACCEPT,
                                          f"manifest {ref}", ref.digest)
-    digest = ref.digest or response.headers.get("Docker-Content-Digest") or sha256_digest(body)
-    if ref.digest is None:
-        check_digest(body, digest, f"manifest {ref}")
-    return parse_document(body, response.headers.get("Content-Type"), digest)
+    return body, response.headers.get("Content-Type"), ref.digest or sha256_digest(body)
+
+
+def fetch_document(client: RegistryClient, ref: Reference) -> Manifest | Index:
+    return parse_document(*get_manifest_bytes(client, ref))
 
 
 def resolve_manifest(client: RegistryClient, ref: Reference,
