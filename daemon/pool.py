@@ -1,0 +1,585 @@
+"""The worker pool, front side: a ROUTER socket, a ready set of workers, and job bookkeeping.
+
+Usable without FUSE: ``async with WorkerPool(endpoint, spawn=2) as pool: await pool.submit(...)``.
+
+Why it is built this way:
+- **Load-aware dispatch, not round-robin.** Each worker announces a capacity; the pool counts
+  what it has in flight per worker and sends a job only to a worker with a free slot (the least
+  loaded one). A DEALER's round-robin would queue work behind a busy or dead peer (limits §3.4).
+- **Nothing queued on a dead peer.** The ROUTER is ROUTER_MANDATORY + IMMEDIATE: sending to a
+  peer whose pipe is gone raises EHOSTUNREACH, which the pool treats as that worker's death.
+- **Deaths are expected.** Heartbeats run both ways; a worker silent for ``liveness`` of its
+  announced intervals (or whose spawned process exited) is dropped and its in-flight jobs go back
+  to the head of their queue, up to ``max_attempts`` dispatches per job.
+- **Dedup.** Concurrent submits with the same ``(kind, dedup_key)`` share one job and its result.
+- **Priorities.** foreground > prefetch > background; background jobs are held while any
+  foreground job is live and for ``quiet_period`` after the last one ended (upstream: 5 s).
+- **One thread.** Everything runs in the trio thread: messages arrive through the synchronous
+  pump callback (daemon/zmqtrio.py) and every state change is followed by a synchronous
+  dispatch, so there are no locks and no window between "slot freed" and "job sent".
+- **exec, never fork.** Spawned workers are new processes (``subprocess`` via trio) running
+  ``worker_command``; they make their own zmq context. Dead ones restart with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import itertools
+import logging
+import signal
+import sys
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+import trio
+import zmq
+
+from lazylayer.daemon.zmqtrio import TrioSocket
+from lazylayer.shared import protocol
+from lazylayer.shared.errors import (LazyLayerError, PoolUnavailableError, ProtocolError,
+                                     RequestTimeoutError, WorkerLostError)
+
+log = logging.getLogger(__name__)
+
+
+class Priority(enum.IntEnum):
+    """Lower value = served first."""
+
+    FOREGROUND = 0
+    PREFETCH = 1
+    BACKGROUND = 2
+
+
+@dataclass(frozen=True)
+class PoolReply:
+    """A job's answer. Payloads are zero-copy views of the received frames."""
+
+    result: dict[str, Any]
+    payloads: list[memoryview]
+    worker: str
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    id: str
+    pid: int
+    capacity: int
+    in_flight: int
+    jobs_done: int
+    jobs_failed: int
+    last_heartbeat_age: float
+    restarts: int
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    slot: int
+    pid: int | None
+    running: bool
+    restarts: int
+    backoff: float
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    endpoint: str
+    workers: list[WorkerStatus]
+    processes: list[ProcessStatus]
+    queued: dict[str, int]
+    in_flight: int
+    foreground_active: bool
+    background_held: bool
+    workers_lost: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(eq=False)
+class _Job:
+    id: int
+    kind: str
+    params: dict[str, Any]
+    payloads: list[protocol.Buffer]
+    priority: Priority
+    dedup_key: Hashable | None
+    done: trio.Event = field(default_factory=trio.Event)
+    outcome: PoolReply | LazyLayerError | None = None
+    waiters: int = 0
+    attempts: int = 0
+    queued: bool = False
+    worker: _Worker | None = None
+
+
+@dataclass(eq=False)
+class _Worker:
+    identity: bytes
+    pid: int
+    capacity: int
+    kinds: frozenset[str]
+    heartbeat: float
+    last_seen: float
+    in_flight: set[int] = field(default_factory=set)
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    last_dispatch: int = 0
+    blocked: bool = False  # its pipe was full at our last send; wait for a sign of life
+
+    @property
+    def name(self) -> str:
+        return self.identity.decode(errors="replace")
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    backoff: float
+    process: trio.Process | None = None
+    restarts: int = 0
+    started: float = 0.0
+
+
+def default_worker_command(endpoint: str, heartbeat_interval: float, heartbeat_liveness: int) -> list[str]:
+    return [sys.executable, "-m", "lazylayer.workers.main", "--endpoint", endpoint,
+            "--heartbeat-interval", str(heartbeat_interval), "--heartbeat-liveness", str(heartbeat_liveness)]
+
+
+class WorkerPool:
+    """Front side of the worker protocol. Enter it with ``async with`` inside trio."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        spawn: int = 0,
+        worker_command: Sequence[str] | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_liveness: int = 3,
+        max_attempts: int = 3,
+        quiet_period: float = 5.0,
+        restart_backoff: float = 0.5,
+        restart_backoff_max: float = 30.0,
+        restart_stable_after: float = 10.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_liveness = heartbeat_liveness
+        self.max_attempts = max_attempts
+        self.quiet_period = quiet_period
+        self.restart_backoff = restart_backoff
+        self.restart_backoff_max = restart_backoff_max
+        self.restart_stable_after = restart_stable_after
+        self.stop_timeout = stop_timeout
+        self.worker_command = list(worker_command or default_worker_command(
+            endpoint, heartbeat_interval, heartbeat_liveness))
+        self._slots = [_Slot(i, restart_backoff) for i in range(spawn)]
+        self._workers: dict[bytes, _Worker] = {}
+        self._jobs: dict[int, _Job] = {}
+        self._dedup: dict[tuple[str, Hashable], _Job] = {}
+        self._queues: dict[Priority, deque[_Job]] = {p: deque() for p in Priority}
+        self._ids = itertools.count(1)
+        self._dispatch_seq = itertools.count(1)
+        self._foreground_live = 0
+        self._foreground_last = -float("inf")
+        self._workers_lost = 0
+        self._dispatching = False
+        self._closing = False
+        self._refused: set[bytes] = set()
+        self._wake = trio.Event()
+        self._changed = trio.Event()
+        self._stack = contextlib.AsyncExitStack()
+        self._context: zmq.Context | None = None
+        self._socket: TrioSocket | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> WorkerPool:
+        await self._stack.__aenter__()
+        try:
+            self._context = zmq.Context()
+            self._stack.callback(self._context.term)
+            raw = self._context.socket(zmq.ROUTER)
+            self._socket = TrioSocket(raw, self._on_message)
+            self._stack.callback(self._socket.close)
+            raw.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            try:
+                raw.bind(self.endpoint)
+            except zmq.ZMQError as exc:
+                raise PoolUnavailableError(f"cannot listen for workers on {self.endpoint}: {exc}") from None
+            self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+            self._stack.push_async_callback(self._shutdown)
+            await self._nursery.start(self._socket.pump)
+            self._nursery.start_soon(self._maintain)
+            for slot in self._slots:
+                self._nursery.start_soon(self._supervise, slot)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._stack.__aexit__(*exc_info)
+
+    async def _shutdown(self) -> None:
+        """Stop spawned workers (the pump still runs, so their last answers arrive), fail what
+        is left, then stop our tasks."""
+        self._closing = True
+        with trio.CancelScope(shield=True):
+            await self._stop_processes()
+        for job in list(self._jobs.values()):
+            self._finish(job, PoolUnavailableError("the worker pool is shutting down"))
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        kind: str,
+        params: dict[str, Any] | None = None,
+        payloads: Sequence[protocol.Buffer] = (),
+        *,
+        priority: Priority = Priority.FOREGROUND,
+        dedup_key: Hashable | None = None,
+        timeout: float = 30.0,
+    ) -> PoolReply:
+        """Run one job on some worker and return its reply.
+
+        Raises the worker's typed error (by ``kind``), WorkerLostError when ``max_attempts``
+        workers died running it, PoolUnavailableError when no worker was there to take it within
+        ``timeout`` seconds, RequestTimeoutError when workers were there but no answer came.
+        Submits with the same ``(kind, dedup_key)`` while the first is live share its job (the
+        job takes the highest priority among them); params of later ones are ignored.
+        """
+        if self._closing or self._socket is None:
+            raise PoolUnavailableError("the worker pool is not running")
+        job = self._dedup.get((kind, dedup_key)) if dedup_key is not None else None
+        if job is None:
+            job = _Job(next(self._ids), kind, dict(params or {}), list(payloads), Priority(priority), dedup_key)
+            self._jobs[job.id] = job
+            if dedup_key is not None:
+                self._dedup[(kind, dedup_key)] = job
+            if job.priority is Priority.FOREGROUND:
+                self._foreground_live += 1
+            self._enqueue(job)
+        elif priority < job.priority:
+            self._promote(job, Priority(priority))
+        job.waiters += 1
+        self._dispatch()
+        try:
+            with trio.move_on_after(timeout):
+                await job.done.wait()
+        finally:
+            job.waiters -= 1
+            if job.waiters == 0 and not job.done.is_set():
+                self._abandon(job)
+        if job.outcome is None:
+            raise self._timeout_error(job, timeout)
+        if isinstance(job.outcome, LazyLayerError):
+            raise job.outcome
+        return job.outcome
+
+    async def wait_workers(self, count: int = 1) -> PoolStatus:
+        """Return once at least ``count`` workers are connected and accepting jobs."""
+        return await self.wait_for(lambda s: sum(1 for w in s.workers if w.capacity > 0) >= count)
+
+    async def wait_for(self, predicate: Callable[[PoolStatus], bool]) -> PoolStatus:
+        """Wait until ``predicate(status())`` holds; re-checked whenever a worker connects,
+        changes capacity or leaves, and whenever a job ends. Wrap it in a trio timeout."""
+        while not predicate(status := self.status()):
+            await self._changed.wait()
+        return status
+
+    def status(self) -> PoolStatus:
+        now = trio.current_time()
+        restarts = {s.process.pid: s.restarts for s in self._slots if s.process is not None}
+        return PoolStatus(
+            endpoint=self.endpoint,
+            workers=[WorkerStatus(w.name, w.pid, w.capacity, len(w.in_flight), w.jobs_done, w.jobs_failed,
+                                  round(now - w.last_seen, 3), restarts.get(w.pid, 0))
+                     for w in self._workers.values()],
+            processes=[ProcessStatus(s.index, s.process.pid if s.process else None,
+                                     s.process is not None and s.process.returncode is None,
+                                     s.restarts, s.backoff) for s in self._slots],
+            queued={p.name.lower(): len(q) for p, q in self._queues.items()},
+            in_flight=sum(1 for j in self._jobs.values() if j.worker is not None),
+            foreground_active=self._foreground_live > 0,
+            background_held=not self._background_allowed(now),
+            workers_lost=self._workers_lost,
+        )
+
+    # -- incoming messages (synchronous, from the pump) ----------------------------------------
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        try:
+            message = protocol.decode(frames[1:])
+        except ProtocolError as exc:
+            if identity not in self._refused:
+                log.error("worker %s speaks a broken or foreign protocol: %s", identity.decode(errors="replace"), exc)
+                self._refused.add(identity)
+            self._send(identity, protocol.Disconnect(str(exc), fatal=True))
+            return
+        now = trio.current_time()
+        worker = self._workers.get(identity)
+        if isinstance(message, protocol.Ready):
+            self._on_ready(identity, worker, message, now)
+        elif isinstance(message, (protocol.Reply, protocol.ErrorReply)):
+            if worker is not None:
+                worker.last_seen, worker.blocked = now, False
+            self._on_answer(worker, message)
+        elif worker is None:
+            # Declared dead earlier, or it connected to a previous front: make it announce again.
+            if not (isinstance(message, protocol.Disconnect)):
+                self._send(identity, protocol.Disconnect("unknown worker; announce again"))
+        elif isinstance(message, protocol.Heartbeat):
+            worker.last_seen, worker.blocked, worker.heartbeat = now, False, message.interval
+            self._dispatch()
+        elif isinstance(message, protocol.Disconnect):
+            log.info("worker %s (pid %d) leaves: %s", worker.name, worker.pid, message.reason)
+            self._drop(worker, handback=set(message.handback))
+        else:
+            log.warning("worker %s sent a %s message; ignored", worker.name, message.TYPE)
+
+    def _on_ready(self, identity: bytes, worker: _Worker | None, ready: protocol.Ready, now: float) -> None:
+        if worker is None:
+            worker = _Worker(identity, ready.pid, ready.capacity, frozenset(ready.kinds), ready.heartbeat, now)
+            self._workers[identity] = worker
+            log.info("worker %s (pid %d) connected, capacity %d", worker.name, worker.pid, worker.capacity)
+        else:
+            worker.capacity, worker.kinds, worker.heartbeat = ready.capacity, frozenset(ready.kinds), ready.heartbeat
+            worker.last_seen, worker.blocked = now, False
+        self._notify_changed()
+        self._dispatch()
+
+    def _on_answer(self, worker: _Worker | None, answer: protocol.Reply | protocol.ErrorReply) -> None:
+        if worker is not None and answer.id in worker.in_flight:
+            worker.in_flight.discard(answer.id)
+            if isinstance(answer, protocol.Reply):
+                worker.jobs_done += 1
+            else:
+                worker.jobs_failed += 1
+        job = self._jobs.get(answer.id)
+        if job is not None:
+            name = worker.name if worker is not None else "(departed worker)"
+            if isinstance(answer, protocol.Reply):
+                self._finish(job, PoolReply(answer.result, list(answer.payloads), name))
+            else:
+                self._finish(job, answer.to_exception())
+        self._dispatch()
+
+    # -- job bookkeeping -----------------------------------------------------------------------
+
+    def _enqueue(self, job: _Job, front: bool = False) -> None:
+        queue = self._queues[job.priority]
+        queue.appendleft(job) if front else queue.append(job)
+        job.queued = True
+
+    def _unqueue(self, job: _Job) -> None:
+        if job.queued:
+            self._queues[job.priority].remove(job)
+            job.queued = False
+
+    def _promote(self, job: _Job, priority: Priority) -> None:
+        was_queued = job.queued
+        self._unqueue(job)
+        if priority is Priority.FOREGROUND:
+            self._foreground_live += 1
+        job.priority = priority
+        if was_queued:
+            self._enqueue(job)
+
+    def _retire(self, job: _Job) -> None:
+        """Forget a job that is finished or that nobody waits for any more."""
+        self._unqueue(job)
+        self._jobs.pop(job.id, None)
+        if job.dedup_key is not None and self._dedup.get((job.kind, job.dedup_key)) is job:
+            del self._dedup[(job.kind, job.dedup_key)]
+        if job.priority is Priority.FOREGROUND:
+            self._foreground_live -= 1
+            self._foreground_last = trio.current_time()
+            self._wake.set()  # the background timer starts now
+        # A worker still running it keeps it in its in_flight set until it answers or dies.
+        job.worker = None
+
+    def _finish(self, job: _Job, outcome: PoolReply | LazyLayerError) -> None:
+        if job.done.is_set():
+            return
+        job.outcome = outcome
+        self._retire(job)
+        job.done.set()
+        self._notify_changed()
+
+    def _abandon(self, job: _Job) -> None:
+        self._retire(job)
+
+    def _retry(self, job: _Job, count_attempt: bool) -> None:
+        job.worker = None
+        if not count_attempt:
+            job.attempts -= 1
+        if job.attempts >= self.max_attempts:
+            self._finish(job, WorkerLostError(
+                f"{job.kind} request {job.id}: {job.attempts} worker(s) died while running it"))
+        else:
+            self._enqueue(job, front=True)
+
+    def _timeout_error(self, job: _Job, timeout: float) -> LazyLayerError:
+        able = [w for w in self._workers.values() if w.capacity > 0 and job.kind in w.kinds]
+        if not able:
+            return PoolUnavailableError(
+                f"no worker able to run {job.kind!r} connected to {self.endpoint} within {timeout:g} s")
+        return RequestTimeoutError(
+            f"{job.kind} request got no answer within {timeout:g} s ({len(able)} worker(s) connected)")
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _background_allowed(self, now: float) -> bool:
+        return self._foreground_live == 0 and now >= self._foreground_last + self.quiet_period
+
+    def _pick(self, kind: str) -> _Worker | None:
+        best, best_key = None, None
+        for w in self._workers.values():
+            if w.blocked or len(w.in_flight) >= w.capacity or kind not in w.kinds:
+                continue
+            key = (len(w.in_flight) / w.capacity, w.last_dispatch)
+            if best_key is None or key < best_key:
+                best, best_key = w, key
+        return best
+
+    def _next_assignment(self) -> tuple[_Job, _Worker] | None:
+        now = trio.current_time()
+        for priority, queue in self._queues.items():
+            if not queue or (priority is Priority.BACKGROUND and not self._background_allowed(now)):
+                continue
+            worker = self._pick(queue[0].kind)
+            if worker is not None:
+                return queue[0], worker
+        return None
+
+    def _dispatch(self) -> None:
+        """Send queued jobs to free workers until one side runs out. Re-entrant calls (a send
+        drains the socket, which may deliver answers) return at once: this loop re-reads state
+        after every send."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while (assignment := self._next_assignment()) is not None:
+                self._send_job(*assignment)
+        finally:
+            self._dispatching = False
+
+    def _send_job(self, job: _Job, worker: _Worker) -> None:
+        self._unqueue(job)
+        job.worker = worker
+        job.attempts += 1
+        worker.in_flight.add(job.id)
+        worker.last_dispatch = next(self._dispatch_seq)
+        sent = self._send(worker.identity, protocol.Request(job.id, job.kind, job.params, job.payloads))
+        if sent is True:
+            return
+        worker.in_flight.discard(job.id)
+        if job.worker is worker:  # still ours to put back (the drain inside the send may have moved it)
+            self._retry(job, count_attempt=False)
+        if sent is False:
+            worker.blocked = True
+        else:
+            self._drop(worker, reason="unreachable")
+
+    def _send(self, identity: bytes, message: protocol.Message) -> bool | None:
+        """True if sent, False if the peer's pipe is full, None if the peer is gone."""
+        assert self._socket is not None
+        try:
+            return self._socket.try_send([identity, *protocol.encode(message)])
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                return None
+            raise
+
+    # -- worker deaths -------------------------------------------------------------------------
+
+    def _drop(self, worker: _Worker, handback: set[int] = frozenset(), reason: str = "") -> None:
+        """Forget a worker; its unfinished jobs go back to the head of their queues. Handed-back
+        jobs do not count as attempts; jobs lost with a dead worker do."""
+        if self._workers.get(worker.identity) is not worker:
+            return
+        del self._workers[worker.identity]
+        if reason:
+            self._workers_lost += 1
+            log.warning("worker %s (pid %d) declared dead: %s; re-dispatching %d job(s)",
+                        worker.name, worker.pid, reason, len(worker.in_flight))
+        for job_id in sorted(worker.in_flight, reverse=True):  # appendleft: keep submit order
+            job = self._jobs.get(job_id)
+            if job is not None and job.worker is worker:
+                self._retry(job, count_attempt=job_id not in handback)
+        worker.in_flight.clear()
+        self._notify_changed()
+        self._dispatch()
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _maintain(self) -> None:
+        """Heartbeats out, liveness checks in, and the timer that resumes background work."""
+        next_beat = trio.current_time()
+        while True:
+            now = trio.current_time()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_interval
+                beat = protocol.Heartbeat(self.heartbeat_interval)
+                for worker in list(self._workers.values()):
+                    if now - worker.last_seen > worker.heartbeat * self.heartbeat_liveness:
+                        self._drop(worker, reason=f"silent for {now - worker.last_seen:.1f} s")
+                    elif self._send(worker.identity, beat) is None:
+                        self._drop(worker, reason="unreachable")
+            self._dispatch()
+            deadline = next_beat
+            resume = self._foreground_last + self.quiet_period
+            if self._queues[Priority.BACKGROUND] and self._foreground_live == 0 and now < resume:
+                deadline = min(deadline, resume)
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    # -- spawned workers -----------------------------------------------------------------------
+
+    async def _supervise(self, slot: _Slot) -> None:
+        while not self._closing:
+            try:
+                process = await trio.lowlevel.open_process(self.worker_command)
+            except OSError as exc:
+                log.error("cannot start worker %s: %s", self.worker_command, exc)
+            else:
+                slot.process, slot.started = process, trio.current_time()
+                await process.wait()
+                if self._closing:
+                    return
+                log.warning("worker process %d exited with status %s", process.pid, process.returncode)
+                for worker in list(self._workers.values()):
+                    if worker.pid == process.pid:
+                        self._drop(worker, reason="process exited")
+                if trio.current_time() - slot.started >= self.restart_stable_after:
+                    slot.backoff = self.restart_backoff
+            slot.restarts += 1
+            await trio.sleep(slot.backoff)
+            slot.backoff = min(slot.backoff * 2, self.restart_backoff_max)
+
+    async def _stop_processes(self) -> None:
+        """SIGTERM (workers finish or hand back their jobs), then SIGKILL after stop_timeout."""
+        running = [s.process for s in self._slots if s.process is not None and s.process.returncode is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(self.stop_timeout):
+            for process in running:
+                await process.wait()
+        for process in running:
+            if process.returncode is None:
+                log.warning("worker process %d ignored SIGTERM; killing it", process.pid)
+                process.kill()
+                await process.wait()

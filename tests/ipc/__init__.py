@@ -1,0 +1,1 @@
+"""Worker pool, protocol and trio<->ZeroMQ pump, with real processes and sockets."""

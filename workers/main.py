@@ -1,0 +1,304 @@
+"""The worker process: connect to the front, announce, heartbeat, run jobs, reply; `lazylayer worker`.
+
+Why blocking pyzmq plus threads, not trio: every job is blocking work (HTTP, zlib/zstd, LMDB write
+transactions) that would need ``to_thread`` under trio anyway, and limits §3.2 measured to_thread
+as the slowest hop. Here the **main thread alone owns the DEALER socket** (limits §3.4 pitfall 2)
+and sleeps in ``zmq.Poller`` on the socket plus a wake-up pipe; ``capacity`` job threads run
+handlers and hand finished replies back through a queue and one byte on the pipe. Handlers never
+touch ZeroMQ.
+
+Liveness: the worker heartbeats every ``heartbeat_interval``; any message from the front proves it
+alive. After ``liveness`` silent intervals (judged by the interval the front announces) the worker
+drops its socket, makes a new one and announces itself again, so a restarted front gets its
+workers back without anyone restarting them.
+
+SIGTERM/SIGINT: announce ``capacity 0`` (the front stops dispatching here), let running jobs
+finish for up to ``drain_timeout``, hand back whatever is still running with a DISCONNECT, exit 0.
+
+The DEALER keeps ``ZMQ_IMMEDIATE=0``, unlike the front: it has exactly one peer, so there is no
+round-robin onto a dead pipe to fear, and the first READY is queued until the connection is up
+instead of being refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import queue
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Sequence
+
+import zmq
+
+from lazylayer.shared import protocol
+from lazylayer.shared.config import load_config
+from lazylayer.shared.errors import LazyLayerError, ProtocolError, WorkerError
+from lazylayer.workers.jobs import BUILTIN_HANDLERS, Handlers, Job, JobResult
+
+log = logging.getLogger(__name__)
+
+# Sending the final DISCONNECT must not be dropped by LINGER=0, nor hang on a dead front.
+_FINAL_LINGER_MS = 1000
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    endpoint: str
+    capacity: int = 2
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+    drain_timeout: float = 30.0
+
+
+class Worker:
+    """One worker process's loop. Create it after exec: it makes its own zmq Context."""
+
+    def __init__(self, settings: WorkerSettings, handlers: Handlers) -> None:
+        if settings.capacity < 1:
+            raise WorkerError("worker capacity must be at least 1")
+        self.settings = settings
+        self.handlers = dict(handlers)
+        self._context = zmq.Context()
+        self._poller = zmq.Poller()
+        self._socket: zmq.Socket | None = None
+        self._socket_ids = itertools.count(1)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._finished: queue.SimpleQueue[protocol.Message] = queue.SimpleQueue()
+        self._executor = ThreadPoolExecutor(settings.capacity, thread_name_prefix="job")
+        self._running: set[int] = set()
+        self._need_announce = True
+        self._front_interval = settings.heartbeat_interval
+        self._last_front = time.monotonic()
+        self._front_missing_logged = False
+        self._stopping = False
+        self._fatal: str | None = None
+
+    # -- socket --------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._socket is not None:
+            self._poller.unregister(self._socket)
+            self._socket.close(linger=0)
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # A readable, unique id per socket: the front shows it in `status`; never reused, so a
+        # reconnect is never refused as a duplicate routing id.
+        sock.setsockopt(zmq.ROUTING_ID, f"w{os.getpid()}.{next(self._socket_ids)}".encode())
+        sock.connect(self.settings.endpoint)
+        self._poller.register(sock, zmq.POLLIN)
+        self._socket = sock
+        self._need_announce = True
+        self._last_front = time.monotonic()
+
+    def _send(self, message: protocol.Message) -> bool:
+        """Send without blocking; False if the socket cannot take it now (front gone, HWM)."""
+        assert self._socket is not None
+        try:
+            self._socket.send_multipart(protocol.encode(message), zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def _announce(self) -> None:
+        capacity = 0 if self._stopping else self.settings.capacity
+        ready = protocol.Ready(os.getpid(), capacity, self.settings.heartbeat_interval, sorted(self.handlers))
+        if self._send(ready):
+            self._need_announce = False
+
+    # -- messages from the front ---------------------------------------------------------------
+
+    def _receive_all(self) -> None:
+        assert self._socket is not None
+        while True:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._last_front = time.monotonic()
+            if self._front_missing_logged:
+                log.info("front is back")
+                self._front_missing_logged = False
+            try:
+                message = protocol.decode(frames)
+            except ProtocolError as exc:
+                log.warning("ignoring a malformed message from the front: %s", exc)
+                continue
+            self._handle(message)
+
+    def _handle(self, message: protocol.Message) -> None:
+        if isinstance(message, protocol.Request):
+            self._start(Job(message.id, message.kind, message.params, message.payloads))
+        elif isinstance(message, protocol.Heartbeat):
+            self._front_interval = message.interval
+        elif isinstance(message, protocol.Disconnect):
+            if message.fatal:
+                self._fatal = message.reason
+            else:
+                log.info("front asks us to announce again: %s", message.reason)
+                self._need_announce = True
+                self._announce()
+        else:
+            log.warning("ignoring a %s message: only workers send those", message.TYPE)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            self._send(protocol.ErrorReply.from_exception(job.id, WorkerError(f"unknown job kind {job.kind!r}")))
+            return
+        self._running.add(job.id)
+        self._executor.submit(self._run_job, handler, job)
+
+    def _run_job(self, handler, job: Job) -> None:  # runs in a job thread
+        try:
+            outcome = handler(job)
+            if not isinstance(outcome, JobResult):
+                raise TypeError(f"handler for {job.kind!r} returned {type(outcome).__name__}, not JobResult")
+            message: protocol.Message = protocol.Reply(job.id, outcome.result, list(outcome.payloads))
+        except Exception as exc:
+            if not isinstance(exc, LazyLayerError):
+                log.exception("job %d (%s) failed", job.id, job.kind)
+            message = protocol.ErrorReply.from_exception(job.id, exc)
+        self._finished.put(message)
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def _send_finished(self) -> None:
+        while True:
+            try:
+                message = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            self._running.discard(message.id)
+            if not self._send(message):
+                log.warning("reply to request %d dropped: front unreachable (it will re-dispatch)", message.id)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _tick(self, now: float) -> None:
+        if self._need_announce:
+            self._announce()
+        else:
+            self._send(protocol.Heartbeat(self.settings.heartbeat_interval))
+        if now - self._last_front > self._front_interval * self.settings.heartbeat_liveness:
+            if not self._front_missing_logged:
+                log.warning("no word from the front at %s; reconnecting", self.settings.endpoint)
+                self._front_missing_logged = True
+            self._connect()
+            self._announce()
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit 0) or a fatal DISCONNECT from the front (exit 1)."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self._connect()
+        self._announce()
+        interval = self.settings.heartbeat_interval
+        next_tick = time.monotonic() + interval
+        drain_deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            wait_until = next_tick if drain_deadline is None else min(next_tick, drain_deadline)
+            ready = dict(self._poller.poll(max(0.0, wait_until - now) * 1000))
+            if self._wake_r in ready:
+                while True:
+                    try:
+                        if not os.read(self._wake_r, 4096):
+                            break
+                    except BlockingIOError:
+                        break
+            if self._socket in ready:
+                self._receive_all()
+            self._send_finished()
+            if self._fatal is not None:
+                log.error("front refused this worker: %s", self._fatal)
+                return self._exit(1, [])
+            now = time.monotonic()
+            if self._stopping and drain_deadline is None:
+                log.info("stopping: finishing %d running job(s)", len(self._running))
+                drain_deadline = now + self.settings.drain_timeout
+                self._announce()
+            if drain_deadline is not None and (not self._running or now >= drain_deadline):
+                return self._exit(0, sorted(self._running))
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + interval
+
+    def _exit(self, code: int, handback: list[int]) -> int:
+        assert self._socket is not None
+        if handback:
+            log.warning("handing back %d unfinished job(s) to the front", len(handback))
+        self._send(protocol.Disconnect("worker exiting", handback))
+        self._socket.close(linger=_FINAL_LINGER_MS)
+        self._context.term()
+        if handback:
+            # Job threads are still inside handlers; they cannot be interrupted and must not
+            # keep the process alive (nor send anything: their jobs now belong to others).
+            logging.shutdown()
+            os._exit(code)
+        self._executor.shutdown(wait=True)
+        return code
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=os.environ.get("LAZYLAYER_CONFIG"), help="config file (TOML)")
+    parser.add_argument("--endpoint", help="front's worker endpoint (default: ipc://RUN_DIR/workers.sock)")
+    parser.add_argument("--capacity", type=int, default=2, help="jobs run at once (default 2)")
+    parser.add_argument("--heartbeat-interval", type=float, help="seconds (default: workers.heartbeat_interval)")
+    parser.add_argument("--heartbeat-liveness", type=int, help="missed beats before the front counts as dead")
+    parser.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="on SIGTERM, seconds to let running jobs finish before handing them back")
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    config = load_config(args.config).config
+    return WorkerSettings(
+        endpoint=args.endpoint or f"ipc://{config.daemon.run_dir}/workers.sock",
+        capacity=args.capacity,
+        heartbeat_interval=args.heartbeat_interval or config.workers.heartbeat_interval,
+        heartbeat_liveness=args.heartbeat_liveness or config.workers.heartbeat_liveness,
+        drain_timeout=args.drain_timeout,
+    )
+
+
+def run_worker(settings: WorkerSettings, handlers: Handlers) -> int:
+    return Worker(settings, handlers).run()
+
+
+def main(argv: Sequence[str] | None = None, handlers: Handlers = BUILTIN_HANDLERS) -> int:
+    """Entry point for ``python -m lazylayer.workers.main`` (what the front execs) and for test
+    workers that bring their own handler table."""
+    parser = argparse.ArgumentParser(prog="lazylayer-worker", description="lazylayer fetcher worker")
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s worker[{os.getpid()}] %(name)s: %(message)s")
+    try:
+        return run_worker(settings_from_args(args), handlers)
+    except LazyLayerError as exc:
+        print(f"lazylayer worker: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
