@@ -194,7 +194,8 @@ class LayerMetadata:
     """
 
     nodes: list[tuple[bytes, bytes]]
-    dirents: list[tuple[bytes, int]]
+    #: (parent id + name, target); a target with layer id 0 is a node of the layer being written.
+    dirents: list[tuple[bytes, NodeRef]]
     chunks: list[tuple[bytes, bytes]]
     node_count: int
     chunk_count: int
@@ -228,7 +229,7 @@ def build_metadata(toc: TOC, layer_digest: str, *, allow_unverified: bool = Fals
         if entry.name in ids:
             attrs[ids[entry.name]] = _attr_of(entry)
     names_of: Counter[int] = Counter()
-    dirents: list[tuple[bytes, int]] = []
+    dirents: list[tuple[bytes, NodeRef]] = []
     for entry in entries:
         if not entry.name:
             continue
@@ -252,7 +253,7 @@ def build_metadata(toc: TOC, layer_digest: str, *, allow_unverified: bool = Fals
             continue
         elif attrs[node_id].is_dir:
             parent_attr.nlink += 1
-        dirents.append((struct.pack(">I", ids[parent]) + _name_bytes(base), node_id))
+        dirents.append((struct.pack(">I", ids[parent]) + _name_bytes(base), NodeRef(0, node_id)))
     for node_id, attr in attrs.items():
         if not attr.is_dir and not attr.is_whiteout:
             attr.nlink = max(1, names_of[node_id])  # files: one link per name (hardlinks)
@@ -297,7 +298,7 @@ def write_metadata(txn: lmdb.Transaction, store: Store, layer_id: int, meta: Lay
     with txn.cursor(db=store.db("nodes")) as cursor:
         cursor.putmulti(((prefix + k, v) for k, v in meta.nodes), append=_appendable(txn, store, "nodes", prefix))
     with txn.cursor(db=store.db("dirents")) as cursor:
-        cursor.putmulti(((prefix + k, ref(layer_id, n)) for k, n in meta.dirents),
+        cursor.putmulti(((prefix + k, ref(t.layer_id or layer_id, t.node_id)) for k, t in meta.dirents),
                         append=_appendable(txn, store, "dirents", prefix))
     with txn.cursor(db=store.db("file_chunks")) as cursor:
         cursor.putmulti(((prefix + k, v) for k, v in meta.chunks),

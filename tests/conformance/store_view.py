@@ -36,18 +36,21 @@ def to_toc_chunk(chunk: FileChunk) -> Chunk:
                  chunk.blob_end, chunk.digest)
 
 
-class StoreLayerView:
-    def __init__(self, store: Store, blob: bytes, digest: str, opaque: OpaqueXattr = OpaqueXattr.ALL) -> None:
-        self.source = CountingSource(blob)
-        self.reader = BlobReader.open(self.source)
+class StoreTreeView:
+    """A tree in the store (a layer, or a merged view) rooted at ``root``; chunk misses are
+    fetched from the blob reader of the layer the file belongs to."""
+
+    def __init__(self, store: Store, root: NodeRef, readers: dict[int, BlobReader],
+                 opaque: OpaqueXattr = OpaqueXattr.ALL) -> None:
         self.meta = Metadata(store)
         self.chunks = ChunkStore(store)
-        self.record: LayerRecord = Layers(store).register(digest, len(blob), self.reader.toc, verified=True)
+        self.root = root
+        self.readers = readers
         self.opaque = opaque
 
     def _node(self, path: str) -> tuple[NodeRef, NodeAttr]:
         try:
-            ref = self.meta.resolve(self.record.root, path)
+            ref = self.meta.resolve(self.root, path)
         except NotFoundError:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
         attr = self.meta.getattr(ref)
@@ -92,19 +95,29 @@ class StoreLayerView:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         result = read_range(self.meta, self.chunks, ref, attr.size, offset, size)
         if result.data is None:
-            self.fetch(result.missing)
+            self.fetch(self.readers[ref.layer_id], result.missing)
             result = read_range(self.meta, self.chunks, ref, attr.size, offset, size)
             assert result.data is not None, "chunks stored but not readable"
         return result.data
 
-    def fetch(self, missing: tuple[FileChunk, ...] | list[FileChunk]) -> None:
+    def fetch(self, reader: BlobReader, missing: tuple[FileChunk, ...] | list[FileChunk]) -> None:
         """What a worker does for a miss: decompress and verify, then put."""
         for chunk in missing:
-            self.chunks.put(chunk.digest, self.reader.read_chunk(to_toc_chunk(chunk)))
+            self.chunks.put(chunk.digest, reader.read_chunk(to_toc_chunk(chunk)))
+
+
+class StoreLayerView(StoreTreeView):
+    """One layer: registered from its blob (kept in memory, reads counted)."""
+
+    def __init__(self, store: Store, blob: bytes, digest: str, opaque: OpaqueXattr = OpaqueXattr.ALL) -> None:
+        self.source = CountingSource(blob)
+        self.reader = BlobReader.open(self.source)
+        self.record: LayerRecord = Layers(store).register(digest, len(blob), self.reader.toc, verified=True)
+        super().__init__(store, self.record.root, {self.record.layer_id: self.reader}, opaque)
 
     def prefetch(self) -> int:
         """Cache the layer's prefetch range; returns how many chunks it covered."""
         end = self.record.prefetch_end or 0
         wanted = self.meta.prefetch_chunks(self.record.layer_id, end) if end else []
-        self.fetch(wanted)
+        self.fetch(self.reader, wanted)
         return len(wanted)

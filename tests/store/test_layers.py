@@ -13,6 +13,7 @@ from lazylayer.shared.estargz.reader import BlobReader
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import LayerState, Layers
+from lazylayer.shared.store.merged import MergedViews
 from lazylayer.shared.store.metadata import Metadata
 from lazylayer.shared.store.reads import read_range
 from tests.conformance.store_view import to_toc_chunk
@@ -161,3 +162,19 @@ def test_readonly_front_reads_what_a_writer_registered(tmp_path):
         record = Layers(front).require(layer.digest)
         attr = Metadata(front).getattr(Metadata(front).resolve(record.root, "f"))
         assert attr is not None and attr.size == 5
+
+
+def test_merged_view_records(store):
+    bottom, top = build_layer([file("a", b"1")]), build_layer([file("b", b"2")])
+    register(store, bottom), register(store, top)
+    views = MergedViews(store)
+    stack = [bottom.digest, top.digest]
+    with pytest.raises(NotFoundError):
+        views.create([bottom.digest, "sha256:" + "0" * 64])
+    view = views.create(stack)
+    assert views.create(stack) == view == views.get(stack)
+    assert views.get(list(reversed(stack))) is None  # order matters
+    meta = Metadata(store)
+    assert [name for name, _ in meta.readdir(view.root)] == [b"a", b"b"]
+    assert views.remove(stack) and views.get(stack) is None
+    assert meta.getattr(view.root) is None and meta.readdir(view.root) == []
