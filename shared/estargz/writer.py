@@ -298,6 +298,7 @@ def _compress(plan: _Plan, sink: _Sink, options: WriterOptions, progress: Progre
                 if progress is not None:
                     progress.advance(sum(m.uncompressed_size for m in plan.members[start:end]))
         except BaseException:
+            hashing.stop()
             for future in futures:
                 future.cancel()
             raise
@@ -336,10 +337,17 @@ class _HashThread(threading.Thread):
         super().__init__(name="estargz-hash", daemon=True)
         self._members, self._stream = members, stream
         self._error: BaseException | None = None
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Give up early (the conversion failed elsewhere)."""
+        self._stopped.set()
 
     def run(self) -> None:
         try:
             for index, member in enumerate(self._members):
+                if self._stopped.is_set():
+                    return
                 for piece, is_payload in member_pieces(member):
                     self._stream.feed(index, piece, is_payload)
         except BaseException as exc:  # handed to the caller by reraise()

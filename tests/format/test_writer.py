@@ -332,3 +332,23 @@ def test_missing_directory_and_bad_options():
     for bad in ({"chunk_size": 0}, {"compression_level": 10}, {"workers": 0}):
         with pytest.raises(ConfigError):
             WriterOptions(**bad)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_file_shrinking_during_conversion_is_a_clear_error(tmp_path, monkeypatch, workers):
+    """A source file cut short after the walk (a real race, injected here at its moment) fails
+    the conversion with the file's name, in worker processes as in-process."""
+    from lazylayer.shared.estargz import writer
+
+    for number in range(4):
+        (tmp_path / f"f{number}").write_bytes(os.urandom(100_000))
+    real_read_dir = writer.read_dir
+
+    def read_then_truncate(path):
+        entries = real_read_dir(path)
+        os.truncate(tmp_path / "f2", 10)
+        return entries
+
+    monkeypatch.setattr(writer, "read_dir", read_then_truncate)
+    with pytest.raises(FormatError, match="f2: ended .* early"):
+        convert_dir(tmp_path, io.BytesIO(), WriterOptions(workers=workers, part_size=50_000))
