@@ -129,8 +129,7 @@ class OCILayout:
 
     # ---- writing ------------------------------------------------------------------------
 
-    def put_blob(self, digest: str, size: int, data: BinaryIO, *, mount_from: str | None = None,
-                 progress: Progress | None = None) -> bool:
+    def put_blob(self, digest: str, size: int, data: BinaryIO, *, progress: Progress | None = None) -> bool:
         """Store ``size`` bytes of ``data`` as ``digest``; False when it was already there."""
         target = self.blob_path(digest)
         if target.is_file():

@@ -1,7 +1,8 @@
-"""Pushing to a registry: blobs (monolithic or chunked upload), manifests and indexes.
+"""Pushing to a registry: blobs (monolithic or chunked upload, or cross-repository mount),
+manifests and indexes.
 
 A blob the registry already has (HEAD 200) is not sent again; one in another repository of the
-same registry is mounted instead of uploaded when the caller names that repository. Uploads go to
+same registry can be mounted instead of uploaded. Uploads go to
 the registry itself, never to a mirror, with a `pull,push` token.
 """
 
@@ -23,25 +24,37 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 64 << 20
 
 
+def mount_blob(client: RegistryClient, ref: Reference, digest: str, from_repository: str) -> bool:
+    """Ask the registry to link blob ``digest`` of ``from_repository`` into ``ref``'s repository.
+
+    True when mounted; False when the registry declined (the upload it opened instead is
+    cancelled), and the caller uploads the bytes.
+    """
+    response, endpoint = client.api("POST", ref, "blobs/uploads/", push=True, ok=(201, 202),
+                                    params={"mount": digest, "from": from_repository},
+                                    what=f"mount {digest} into {ref.name}")
+    response.close()
+    if response.status_code == 201:
+        return True
+    location = _location(response.url, response.headers.get("Location"), digest)
+    client.send("DELETE", location, ref=ref, endpoint=endpoint, push=True).close()
+    return False
+
+
 def push_blob(client: RegistryClient, ref: Reference, digest: str, size: int, data: BinaryIO, *,
-              chunk_size: int | None = DEFAULT_CHUNK_SIZE, mount_from: str | None = None,
-              progress: Progress | None = None) -> bool:
+              chunk_size: int | None = DEFAULT_CHUNK_SIZE, progress: Progress | None = None) -> bool:
     """Upload ``size`` bytes of ``data`` (from its current position) as blob ``digest``.
 
-    Returns False when the registry already had the blob (or mounted it), True when uploaded.
-    ``chunk_size`` None (or a blob no larger than it) means one monolithic PUT.
-    The registry checks the digest itself and refuses a mismatch (surfaced as RegistryError).
+    Returns False when the registry already had the blob, True when uploaded. ``chunk_size``
+    None (or a blob no larger than it) means one monolithic PUT. The registry checks the digest
+    itself and refuses a mismatch (surfaced as RegistryError).
     """
     if client.blob_exists(ref, digest, push=True):
         log.debug("blob %s already in %s", digest, ref.name)
         return False
-    params = {"mount": digest, "from": mount_from} if mount_from else None
-    response, endpoint = client.api("POST", ref, "blobs/uploads/", push=True, ok=(201, 202),
-                                    params=params, what=f"start upload of {digest} to {ref.name}")
+    response, endpoint = client.api("POST", ref, "blobs/uploads/", push=True, ok=(202,),
+                                    what=f"start upload of {digest} to {ref.name}")
     response.close()
-    if response.status_code == 201:
-        log.debug("blob %s mounted from %s", digest, mount_from)
-        return False
     location = _location(response.url, response.headers.get("Location"), digest)
     start = data.tell()
     if chunk_size and size > chunk_size:

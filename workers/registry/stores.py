@@ -14,7 +14,7 @@ from lazylayer.workers.registry.blobsource import RegistryBlobSource
 from lazylayer.workers.registry.client import MAX_DOCUMENT_SIZE, Progress, RegistryClient, sha256_digest
 from lazylayer.workers.registry.layout import OCILayout
 from lazylayer.workers.registry.manifests import get_manifest_bytes
-from lazylayer.workers.registry.push import push_blob, push_manifest
+from lazylayer.workers.registry.push import mount_blob, push_blob, push_manifest
 from lazylayer.workers.registry.reference import Reference, parse_reference
 
 LAYOUT_PREFIX = "oci:"
@@ -41,8 +41,7 @@ class ImageStore(Protocol):
 
     def has_blob(self, digest: str) -> bool: ...
 
-    def put_blob(self, digest: str, size: int, data: BinaryIO, *, mount_from: str | None = None,
-                 progress: Progress | None = None) -> bool: ...
+    def put_blob(self, digest: str, size: int, data: BinaryIO, *, progress: Progress | None = None) -> bool: ...
 
     def put_document(self, raw: bytes, media_type: str, tag: str | None, platform: dict | None = None) -> str: ...
 
@@ -82,9 +81,11 @@ class RegistryStore:
     def has_blob(self, digest: str) -> bool:
         return self.client.blob_exists(self.ref, digest)
 
-    def put_blob(self, digest: str, size: int, data: BinaryIO, *, mount_from: str | None = None,
-                 progress: Progress | None = None) -> bool:
-        return push_blob(self.client, self.ref, digest, size, data, mount_from=mount_from, progress=progress)
+    def put_blob(self, digest: str, size: int, data: BinaryIO, *, progress: Progress | None = None) -> bool:
+        return push_blob(self.client, self.ref, digest, size, data, progress=progress)
+
+    def mount_blob(self, digest: str, from_repository: str) -> bool:
+        return mount_blob(self.client, self.ref, digest, from_repository)
 
     def put_document(self, raw: bytes, media_type: str, tag: str | None, platform: dict | None = None) -> str:
         return push_manifest(self.client, self.ref, raw, media_type, tag or sha256_digest(raw))
