@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from lazylayer.shared.errors import FormatError
 
@@ -58,6 +58,10 @@ class MemberResult:
     chunk_digest: str  # "sha256:..." of the payload chunk, "" when the member has none
 
 
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
 #: Called with (member index within the run, uncompressed piece, whether the piece is payload).
 PieceObserver = Callable[[int, bytes, bool], None]
 
@@ -93,17 +97,17 @@ def _read_payload(chunk: Payload) -> Iterator[tuple[bytes, bool]]:
 
 
 def compress_members(
-    members: list[Member], out: BinaryIO, level: int, observe: PieceObserver | None = None
+    members: list[Member], out: Writable, level: int, observe: PieceObserver | None = None
 ) -> list[MemberResult]:
     """Write each member as its own gzip member to ``out``; report sizes and chunk digests."""
     results: list[MemberResult] = []
     for index, member in enumerate(members):
         compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
-        digest = hashlib.sha256() if member.chunk is not None else None
+        digest = hashlib.sha256()
         size = 0
         for piece, is_payload in member_pieces(member):
             if is_payload:
-                digest.update(piece)  # type: ignore[union-attr]
+                digest.update(piece)
             if observe is not None:
                 observe(index, piece, is_payload)
             data = compressor.compress(piece)
@@ -112,7 +116,7 @@ def compress_members(
         data = compressor.flush()
         out.write(data)
         size += len(data)
-        results.append(MemberResult(size, "sha256:" + digest.hexdigest() if digest else ""))
+        results.append(MemberResult(size, "sha256:" + digest.hexdigest() if member.chunk else ""))
     return results
 
 

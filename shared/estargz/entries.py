@@ -76,12 +76,6 @@ class EntryList:
         self._entries: dict[SourceEntry, None] = {}  # insertion-ordered set
         self._by_name: dict[str, SourceEntry] = {}
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, name: str) -> SourceEntry | None:
-        return self._by_name.get(name)
-
     def add(self, entry: SourceEntry) -> None:
         """Append ``entry``, replacing any earlier entry with the same path."""
         if entry.name in _RESERVED_ROOT_NAMES:

@@ -16,7 +16,9 @@ How it is built:
    members of about ``part_size`` bytes. Members are independent, so the blob is byte-identical
    whatever the number of workers (upstream's depends on GOMAXPROCS). Meanwhile the parent
    hashes the uncompressed stream (DiffID, digests of multi-chunk files: sha256 does not combine
-   across processes);
+   across processes). Workers are started with ``spawn`` (no fork of a process that may hold
+   threads, zmq or LMDB state), so a script calling the writer needs the usual
+   ``if __name__ == "__main__":`` guard;
 4. offsets are the running sum of compressed member sizes; the TOC is built from them and
    written with the footer.
 
@@ -36,11 +38,12 @@ import tarfile
 import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from typing import Any, BinaryIO, Protocol
 
-from lazylayer.shared.errors import ConfigError, FormatError
+from lazylayer.shared.errors import ConfigError, FormatError, LazyLayerError
 from lazylayer.shared.estargz.compress import (
     Member, MemberResult, compress_members, compress_members_to_file, member_pieces,
 )
@@ -280,7 +283,7 @@ def _compress(plan: _Plan, sink: _Sink, options: WriterOptions, progress: Progre
             stream.feed(index, piece, is_payload)
             if progress is not None:
                 progress.advance(len(piece))
-        return compress_members(plan.members, sink, level, observe), stream  # type: ignore[arg-type]
+        return compress_members(plan.members, sink, level, observe), stream
 
     hashing = _HashThread(plan.members, stream)
     results: list[MemberResult] = []
@@ -293,7 +296,13 @@ def _compress(plan: _Plan, sink: _Sink, options: WriterOptions, progress: Progre
         hashing.start()
         try:
             for number, ((start, end), future) in enumerate(zip(parts, futures)):
-                results += future.result()
+                try:
+                    results += future.result()
+                except BrokenProcessPool as exc:
+                    raise LazyLayerError(
+                        "a compression worker process died (a script calling the writer must "
+                        f"guard its entry point with `if __name__ == '__main__'`): {exc}"
+                    ) from exc
                 _append_file(os.path.join(work, f"part-{number}.gz"), sink)
                 if progress is not None:
                     progress.advance(sum(m.uncompressed_size for m in plan.members[start:end]))
@@ -379,7 +388,7 @@ def _write(entries: EntryList, out: BinaryIO, options: WriterOptions, progress: 
     toc_member = Member(None, _toc_tar(toc_json))
     toc_offset = sink.size
     stream.feed(-1, toc_member.tail, False)
-    compress_members([toc_member], sink, options.compression_level)  # type: ignore[arg-type]
+    compress_members([toc_member], sink, options.compression_level)
     sink.write(estargz_footer(toc_offset))
 
     prefetch_size = next(
@@ -437,9 +446,10 @@ def _toc_mtime(entry: SourceEntry) -> int:
     seconds = int(mtime) if isinstance(mtime, int) else int(mtime + (0.5 if mtime >= 0 else -0.5))
     try:
         text = format_modtime(seconds)
+        representable = text is None or bool(_RFC3339_SECONDS.fullmatch(text))
     except (ValueError, OverflowError, OSError):
-        text = "?"
-    if text is not None and not _RFC3339_SECONDS.fullmatch(text):
+        representable = False
+    if not representable:
         raise FormatError(
             f"input entry {entry.name!r}: mtime {mtime} is outside what the TOC's RFC 3339 "
             "modtime can state (years 1000-9999)"

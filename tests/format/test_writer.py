@@ -352,3 +352,18 @@ def test_file_shrinking_during_conversion_is_a_clear_error(tmp_path, monkeypatch
     monkeypatch.setattr(writer, "read_dir", read_then_truncate)
     with pytest.raises(FormatError, match="f2: ended .* early"):
         convert_dir(tmp_path, io.BytesIO(), WriterOptions(workers=workers, part_size=50_000))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_every_input_tar_dialect(fmt):
+    """ustar (prefix field), GNU (././@LongLink records) and PAX inputs all read back."""
+    long_dir = "d" * 90 + "/" + "e" * 60  # fits ustar's prefix+name split
+    entries = [(long_dir + "/", tarfile.DIRTYPE, None), (long_dir + "/f", tarfile.REGTYPE, b"ustar ok")]
+    if fmt != tarfile.USTAR_FORMAT:
+        entries += [("n" * 200, tarfile.REGTYPE, b"long"), ("s", tarfile.SYMTYPE, "t" * 300)]
+    blob, _ = convert(make_tar(*entries, fmt=fmt))
+    reader = BlobReader.open(BytesSource(blob))
+    assert reader.read_file(long_dir + "/f") == b"ustar ok"
+    if fmt != tarfile.USTAR_FORMAT:
+        assert reader.read_file("n" * 200) == b"long"
+        assert reader.toc.entry("s").link_name == "t" * 300
