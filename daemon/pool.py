@@ -267,6 +267,7 @@ class WorkerPool:
             if job.priority is Priority.FOREGROUND:
                 self._foreground_live += 1
             self._enqueue(job)
+            self._notify_changed()
         elif priority < job.priority:
             self._promote(job, Priority(priority))
         job.waiters += 1
@@ -290,7 +291,8 @@ class WorkerPool:
 
     async def wait_for(self, predicate: Callable[[PoolStatus], bool]) -> PoolStatus:
         """Wait until ``predicate(status())`` holds; re-checked whenever a worker connects,
-        changes capacity or leaves, and whenever a job ends. Wrap it in a trio timeout."""
+        changes capacity or leaves, and whenever a job is submitted or ends. Wrap it in a trio
+        timeout."""
         while not predicate(status := self.status()):
             await self._changed.wait()
         return status
@@ -371,6 +373,8 @@ class WorkerPool:
                 self._finish(job, PoolReply(answer.result, list(answer.payloads), name))
             else:
                 self._finish(job, answer.to_exception())
+        else:
+            self._notify_changed()  # an abandoned job's slot came back
         self._dispatch()
 
     # -- job bookkeeping -----------------------------------------------------------------------

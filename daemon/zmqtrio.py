@@ -38,7 +38,8 @@ class TrioSocket:
     """A zmq socket whose incoming messages are delivered to ``on_message`` by :meth:`pump`.
 
     ``on_message`` runs synchronously inside drain(); it may call :meth:`try_send` (drain is
-    re-entrancy safe) but must not await.
+    re-entrancy safe) but must not await. Wrap the socket *before* bind/connect: IMMEDIATE only
+    applies to connections made after it is set.
     """
 
     def __init__(self, socket: zmq.Socket, on_message: OnMessage) -> None:

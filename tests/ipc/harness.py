@@ -40,9 +40,10 @@ def worker_command(endpoint: str, capacity: int = 1, drain_timeout: float = 30.0
 
 def make_pool(endpoint: str, spawn: int = 0, capacity: int = 1, **options: Any) -> WorkerPool:
     settings: dict[str, Any] = dict(heartbeat_interval=HEARTBEAT, heartbeat_liveness=3, quiet_period=QUIET,
-                                    restart_backoff=0.1, stop_timeout=10.0)
+                                    restart_backoff=0.1, stop_timeout=10.0,
+                                    worker_command=worker_command(endpoint, capacity))
     settings.update(options)
-    return WorkerPool(endpoint, spawn=spawn, worker_command=worker_command(endpoint, capacity), **settings)
+    return WorkerPool(endpoint, spawn=spawn, **settings)
 
 
 class Workers:

@@ -1,0 +1,24 @@
+"""`lazylayer worker [--config F] [--endpoint E] [--capacity N]`: one fetcher process.
+
+For running workers outside the daemon (supervisord ``numprocs``, systemd templates); the daemon's
+own ``--workers N`` execs the same loop. It connects to the front's endpoint (by default
+``ipc://RUN_DIR/workers.sock`` from the config), announces itself and serves jobs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lazylayer.workers.jobs import BUILTIN_HANDLERS
+from lazylayer.workers.main import add_arguments as _worker_arguments
+from lazylayer.workers.main import run_worker, settings_from_args
+
+HELP = "run one fetcher worker connected to the daemon (for supervisord)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _worker_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_worker(settings_from_args(args), BUILTIN_HANDLERS)

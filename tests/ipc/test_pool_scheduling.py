@@ -1,0 +1,135 @@
+"""Dispatch policy: dedup, priorities with the background quiet period, load spreading, typed errors."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import trio
+
+from lazylayer.daemon.pool import Priority
+from lazylayer.shared.errors import DigestMismatchError, PoolUnavailableError, RegistryError, WorkerError
+from tests.ipc.harness import DEADLINE, make_pool, trio_test
+
+
+@trio_test
+async def test_dedup_runs_one_job_for_concurrent_submits(endpoint, notifier, run_dir):
+    gate = run_dir / "gate"
+    params = {"gate": str(gate), "notify": notifier.path, "tag": "shared"}
+    async with make_pool(endpoint, spawn=2, capacity=2) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(2)
+            replies = []
+
+            async def submit(priority: Priority) -> None:
+                replies.append(await pool.submit("gate", params, priority=priority, dedup_key=("chunk", "sha256:x")))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(submit, list(Priority)[i % 3])
+                await notifier.next()
+                gate.touch()
+            assert len(replies) == 20 and len({id(r) for r in replies}) == 1
+            assert notifier.pending() == []  # exactly one job ran
+            # Once finished, the key is free again: a later submit runs a new job.
+            await pool.submit("gate", params, dedup_key=("chunk", "sha256:x"))
+            assert len(await notifier.take(1)) == 1
+            assert sum(w.jobs_done for w in pool.status().workers) == 2
+
+
+@trio_test
+async def test_background_waits_while_foreground_is_active(endpoint, notifier, run_dir):
+    gate = run_dir / "gate"
+    async with make_pool(endpoint, spawn=1, capacity=2) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+            order = []
+
+            async def submit(kind: str, tag: str, priority: Priority) -> None:
+                params = {"gate": str(gate), "notify": notifier.path, "tag": tag}
+                await pool.submit(kind, params, priority=priority)
+                order.append(tag)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(submit, "gate", "hold", Priority.FOREGROUND)
+                assert (await notifier.next()).tag == "hold"
+                nursery.start_soon(submit, "echo", "bg", Priority.BACKGROUND)
+                # A foreground round trip proves the dispatcher ran with a free slot...
+                await submit("echo", "fg", Priority.FOREGROUND)
+                # ...and still held the background job back.
+                status = pool.status()
+                assert status.queued["background"] == 1 and status.background_held and status.foreground_active
+                gate.touch()
+            assert order == ["fg", "hold", "bg"]
+            assert [n.tag for n in notifier.pending()] == ["fg", "bg"]
+            assert not pool.status().background_held  # the quiet period has passed
+
+
+@trio_test
+async def test_foreground_then_prefetch_then_background(endpoint, notifier, run_dir):
+    gate = run_dir / "gate"
+    async with make_pool(endpoint, spawn=1, capacity=1) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+
+            async def submit(tag: str, priority: Priority, kind: str = "echo") -> None:
+                await pool.submit(kind, {"gate": str(gate), "notify": notifier.path, "tag": tag}, priority=priority)
+
+            async with trio.open_nursery() as nursery:
+                # Background work runs when nothing else is there...
+                nursery.start_soon(submit, "b0", Priority.BACKGROUND, "gate")
+                assert (await notifier.next()).tag == "b0"
+                # ...but cannot be preempted; everything queued behind it is served by priority.
+                for i in range(1, 4):
+                    nursery.start_soon(submit, f"b{i}", Priority.BACKGROUND)
+                    nursery.start_soon(submit, f"p{i}", Priority.PREFETCH)
+                nursery.start_soon(submit, "f1", Priority.FOREGROUND)
+                await pool.wait_for(lambda s: sum(s.queued.values()) == 7)
+                gate.touch()
+            tags = [n.tag for n in notifier.pending()]
+            assert tags == ["f1", "p1", "p2", "p3", "b1", "b2", "b3"]
+
+
+@trio_test
+async def test_workers_run_disjoint_jobs_concurrently(endpoint, notifier, run_dir):
+    gate = run_dir / "gate"
+    async with make_pool(endpoint, spawn=2, capacity=2) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(2)
+            replies = []
+
+            async def submit(tag: str) -> None:
+                replies.append(await pool.submit("gate", {"gate": str(gate), "notify": notifier.path, "tag": tag}))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(submit, f"j{i}")
+                started = await notifier.take(4)  # all four run at once: nobody waits for the gate
+                assert sorted(n.tag for n in started) == ["j0", "j1", "j2", "j3"]
+                per_worker = Counter(n.pid for n in started)
+                assert sorted(per_worker.values()) == [2, 2]
+                assert sorted(w.in_flight for w in pool.status().workers) == [2, 2]
+                gate.touch()
+            assert Counter(r.result["pid"] for r in replies) == per_worker
+            assert sorted(w.jobs_done for w in pool.status().workers) == [2, 2]
+
+
+@trio_test
+async def test_worker_errors_arrive_typed(endpoint):
+    async with make_pool(endpoint, spawn=1) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+            with pytest.raises(RegistryError, match="registry said no") as registry:
+                await pool.submit("fail", {"error": "registry", "status": 503})
+            assert registry.value.status == 503
+            with pytest.raises(DigestMismatchError) as digest:
+                await pool.submit("fail", {"error": "digest"})
+            assert (digest.value.expected, digest.value.actual) == ("sha256:aa", "sha256:bb")
+            with pytest.raises(WorkerError, match="ValueError: an untyped bug"):
+                await pool.submit("fail", {"error": "other"})
+            with pytest.raises(PoolUnavailableError, match="no worker able to run 'no-such-job'"):
+                await pool.submit("no-such-job", timeout=0.3)
+            status = pool.status()
+            assert [(w.jobs_done, w.jobs_failed) for w in status.workers] == [(0, 3)]
+            assert (await pool.submit("echo", {"x": 1})).result["params"] == {"x": 1}
+            assert status.to_dict()["workers"][0]["pid"] == status.workers[0].pid
