@@ -130,6 +130,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes, *, length: int | None = None) -> None:
+            # Recorded before answering, so a test that got the answer also sees the record.
+            proxy.record(self.command, self.path, self.headers.get("Range"), status)
             self.send_response(status)
             for name, value in headers:
                 self.send_header(name, value)
@@ -137,7 +139,6 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
-            proxy.record(self.command, self.path, self.headers.get("Range"), status)
 
         def _forward(self, path: str, *, drop: tuple[str, ...] = ()) -> tuple[int, list[tuple[str, str]], bytes]:
             length = int(self.headers.get("Content-Length") or 0)

@@ -66,11 +66,18 @@ class RunningRegistry:
     auth: str | None = None
     users: dict[str, str] = field(default_factory=dict)
     token_server: TokenServer | None = None
+    #: CA that signed the registry's certificate when it serves TLS (None: plain HTTP)
+    ca_file: Path | None = None
     _tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.ca_file else 'http'}://{self.host}"
+
+    @property
+    def verify(self) -> str | bool:
+        """What to pass as requests' ``verify=`` for this registry."""
+        return str(self.ca_file) if self.ca_file else True
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -96,8 +103,26 @@ class RunningRegistry:
         return {}
 
 
-def start_registry(tmp_path: Path, auth: str | None = None, *, token_lifetime: int = 300) -> RunningRegistry:
-    """Start a registry storing under ``tmp_path``; ``auth`` is None, "htpasswd" or "token"."""
+def make_tls_certificate(workdir: Path, ip: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for ``ip`` signed by it: (ca, cert, key)."""
+    ca_key, ca, key, csr, cert, ext = (workdir / n for n in
+                                       ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt", "san.ext"))
+    ext.write_text(f"subjectAltName=IP:{ip}\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=lazylayer-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={ip}"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def start_registry(tmp_path: Path, auth: str | None = None, *, token_lifetime: int = 300,
+                   tls: bool = False) -> RunningRegistry:
+    """Start a registry storing under ``tmp_path``; ``auth`` is None, "htpasswd" or "token";
+    ``tls`` serves HTTPS with a certificate from a fresh test CA (``RunningRegistry.ca_file``)."""
     root = tmp_path / "registry"
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -113,23 +138,28 @@ def start_registry(tmp_path: Path, auth: str | None = None, *, token_lifetime: i
                      f"    issuer: {ISSUER}\n    rootcertbundle: {token_server.cert_path}\n")
     elif auth is not None:
         raise ValueError(f"unknown registry auth {auth!r}")
+    ca_file, tls_yaml = None, ""
+    if tls:
+        ca_file, cert, key = make_tls_certificate(root)
+        tls_yaml = f"  tls:\n    certificate: {cert}\n    key: {key}\n"
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n  secret: lazylayer-test-secret\n"
-        + auth_yaml
+        + tls_yaml + auth_yaml
     )
     log = open(root / "registry.log", "wb")
     process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     log.close()
-    running = RunningRegistry(f"127.0.0.1:{port}", process, root, auth, dict(USERS) if auth else {}, token_server)
+    running = RunningRegistry(f"127.0.0.1:{port}", process, root, auth, dict(USERS) if auth else {}, token_server,
+                              ca_file)
     deadline = time.monotonic() + 15
     while True:
         try:
-            if requests.get(f"{running.url}/v2/", timeout=1).status_code in (200, 401):
+            if requests.get(f"{running.url}/v2/", timeout=1, verify=str(ca_file or True)).status_code in (200, 401):
                 return running
         except requests.ConnectionError:
             pass
@@ -164,17 +194,17 @@ def push_blob(reg: RunningRegistry, repository: str, data: bytes) -> str:
     """Upload ``data`` as a blob (monolithic POST+PUT); returns its digest."""
     digest = digest_of(data)
     headers = reg.admin_headers(repository)
-    start = requests.post(f"{reg.url}/v2/{repository}/blobs/uploads/", headers=headers, timeout=30)
+    start = requests.post(f"{reg.url}/v2/{repository}/blobs/uploads/", headers=headers, timeout=30, verify=reg.verify)
     assert start.status_code == 202, start.text
     location = requests.compat.urljoin(reg.url, start.headers["Location"])
-    put = requests.put(location, params={"digest": digest}, data=data, timeout=60,
+    put = requests.put(location, params={"digest": digest}, data=data, timeout=60, verify=reg.verify,
                        headers={**headers, "Content-Type": "application/octet-stream"})
     assert put.status_code == 201, put.text
     return digest
 
 
 def push_manifest(reg: RunningRegistry, repository: str, reference: str, body: bytes, media_type: str) -> str:
-    put = requests.put(f"{reg.url}/v2/{repository}/manifests/{reference}", data=body, timeout=30,
+    put = requests.put(f"{reg.url}/v2/{repository}/manifests/{reference}", data=body, timeout=30, verify=reg.verify,
                        headers={**reg.admin_headers(repository), "Content-Type": media_type})
     assert put.status_code == 201, put.text
     return digest_of(body)

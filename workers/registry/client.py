@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable
@@ -90,6 +91,10 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._locations: dict[tuple[str, str, str], _Location] = {}
         self._single_range_hosts: set[str] = set()
+        if self.options.skip_verify:
+            # Said once here instead of urllib3 warning on every request.
+            log.warning("TLS certificates are not verified for %s", ", ".join(self.options.skip_verify))
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
     def close(self) -> None:
         self.session.close()
@@ -133,6 +138,8 @@ class RegistryClient:
                     allow_redirects=allow_redirects, timeout=self.options.request_timeout,
                     verify=endpoint.verify,
                 )
+            except requests.exceptions.SSLError as exc:  # a certificate problem does not go away
+                raise RegistryError(f"{method} {safe_url(url)}: {_describe(exc)}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= self.backoff.max_retries:
                     raise RegistryError(f"{method} {safe_url(url)}: {_describe(exc)} "
@@ -177,10 +184,10 @@ class RegistryClient:
             try:
                 response = self.send(method, url, ref=ref, endpoint=endpoint, push=push,
                                      params=params or None, **kwargs)
-            except RegistryError:
+            except RegistryError as exc:
                 if last:
                     raise
-                log.warning("mirror %s failed; trying the next host", endpoint.base)
+                log.warning("mirror %s failed (%s); trying the next host", endpoint.base, exc)
                 continue
             if response.status_code in ok:
                 return response, endpoint
@@ -462,11 +469,11 @@ def _registry_message(response: requests.Response) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    """An exception's kind and short reason, without URLs (which may carry signatures)."""
+    """An exception's kind and innermost reason, without URLs (which may carry signatures)."""
     text = str(exc)
-    for marker in ("Max retries exceeded", "(Caused by"):
-        if marker in text:
-            reason = text.split("Caused by", 1)[-1].strip(" ()")
-            return f"{type(exc).__name__}: {reason.split(':')[0][:120]}"
-    return f"{type(exc).__name__}" + (f": {text[:160]}" if text and "://" not in text else "")
-
+    if "Caused by" in text:
+        text = text.split("Caused by", 1)[1]
+        text = text.rsplit(">: ", 1)[-1] if ">: " in text else text
+        text = text.strip(" ()\"'")
+    text = re.sub(r"\w+://\S+", "<url>", text)
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
