@@ -13,6 +13,7 @@ import requests
 
 from lazylayer.shared.errors import AuthError
 from lazylayer.workers.registry.auth import Credentials, DockerConfigCredentials, parse_challenges
+from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.manifests import resolve_manifest
 from lazylayer.workers.registry.ranges import ByteRange
 from lazylayer.workers.registry.reference import parse_reference
@@ -142,3 +143,16 @@ def test_identity_token_from_docker_config(token_registry, token_images, tmp_pat
     client = make_client(credentials=DockerConfigCredentials(path))
     assert resolve_manifest(client, private)[0].layers
     assert token_registry.token_server.issued[-1]["user"] == "alice"
+
+
+def test_mirror_gets_its_own_credentials_not_the_origins(htpasswd_registry, basic_image):
+    asked = []
+
+    def lookup(host):
+        asked.append(host)
+        return ALICE if host == htpasswd_registry.host else Credentials("origin-user", "origin-secret")
+
+    options = RegistryOptions(max_retries=0, mirrors={"origin.invalid": (htpasswd_registry.url,)})
+    client = make_client(options, credentials=lookup)
+    assert resolve_manifest(client, parse_reference("origin.invalid/team/app:v1"))[0].layers
+    assert set(asked) == {htpasswd_registry.host}

@@ -121,13 +121,15 @@ class RegistryClient:
         RegistryError when the host cannot be reached within the retry budget.
         """
         scope = self._scope(ref, push)
+        # A mirror gets its own credentials, never the origin's.
+        credentials_for = endpoint.host if endpoint.is_mirror else ref.registry
         attempt = 0
         answered_challenge = False
         start = data.tell() if hasattr(data, "tell") else None
         while True:
             sent = dict(headers or {})
             if authenticate:
-                header = self.auth.header(endpoint.host, ref.registry, scope)
+                header = self.auth.header(endpoint.host, credentials_for, scope)
                 if header:
                     sent["Authorization"] = header
             if start is not None:
@@ -152,7 +154,7 @@ class RegistryClient:
                 raise RegistryError(f"{method} {safe_url(url)}: {_describe(exc)}") from None
             if response.status_code == 401 and authenticate and not answered_challenge:
                 response.close()
-                self.auth.challenge(endpoint.host, ref.registry, scope, response)
+                self.auth.challenge(endpoint.host, credentials_for, scope, response)
                 answered_challenge = True
                 continue
             if is_retryable_status(response.status_code) and attempt < self.backoff.max_retries:
