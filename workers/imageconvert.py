@@ -32,7 +32,7 @@ from lazylayer.workers.registry.auth import CredentialLookup
 from lazylayer.workers.registry.client import RegistryClient, sha256_digest
 from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.manifests import (
-    DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_LAYER_GZIP, TAR_LAYER_TYPES, Descriptor, Index, Manifest,
+    DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_LAYER_GZIP, TAR_LAYER_TYPES, Descriptor, Manifest,
     Platform, host_platform, parse_document, parse_platform,
 )
 from lazylayer.workers.registry.stores import ImageStore, RegistryStore, open_store

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lazylayer.shared.errors import FormatError, NotFoundError
-from lazylayer.workers.registry.client import RegistryClient, check_digest, sha256_digest
+from lazylayer.workers.registry.client import RegistryClient, sha256_digest
 from lazylayer.workers.registry.reference import Reference
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
