@@ -278,7 +278,7 @@ class WorkerPool:
         finally:
             job.waiters -= 1
             if job.waiters == 0 and not job.done.is_set():
-                self._abandon(job)
+                self._retire(job)  # nobody waits any more
         if job.outcome is None:
             raise self._timeout_error(job, timeout)
         if isinstance(job.outcome, LazyLayerError):
@@ -418,9 +418,6 @@ class WorkerPool:
         self._retire(job)
         job.done.set()
         self._notify_changed()
-
-    def _abandon(self, job: _Job) -> None:
-        self._retire(job)
 
     def _retry(self, job: _Job, count_attempt: bool) -> None:
         job.worker = None

@@ -200,3 +200,19 @@ async def test_shutdown_fails_pending_requests_and_stops_spawned_workers(endpoin
     assert process.pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(process.pid, 0)
+
+
+@trio_test
+async def test_a_vanished_peer_is_dropped_on_send_not_after_silence(endpoint, workers):
+    """ROUTER_MANDATORY: the first send to a peer whose pipe is gone fails (EHOSTUNREACH), so the
+    worker is dropped then, even though heartbeat silence alone would take ~forever here."""
+    worker = workers.start()
+    async with make_pool(endpoint, heartbeat_liveness=10_000) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+            worker.kill()
+            await _reap(worker)
+            with pytest.raises(PoolUnavailableError):
+                await pool.submit("ping", timeout=2.0)
+            status = pool.status()
+            assert status.workers == [] and status.workers_lost == 1

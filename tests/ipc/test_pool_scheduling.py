@@ -86,8 +86,9 @@ async def test_foreground_then_prefetch_then_background(endpoint, notifier, run_
                 nursery.start_soon(submit, "f1", Priority.FOREGROUND)
                 await pool.wait_for(lambda s: sum(s.queued.values()) == 7)
                 gate.touch()
-            tags = [n.tag for n in notifier.pending()]
-            assert tags == ["f1", "p1", "p2", "p3", "b1", "b2", "b3"]
+            # (trio does not promise FIFO start order of tasks, so only the classes are compared)
+            classes = [n.tag[0] for n in notifier.pending()]
+            assert classes == ["f", "p", "p", "p", "b", "b", "b"]
 
 
 @trio_test
