@@ -48,6 +48,9 @@ class WorkersConfig:
     request_timeout: float = knob(60.0, "one fetch request, including re-dispatch", "s")
     max_attempts: int = knob(3, "dispatches of one request before it fails", "attempts")
     restart_backoff_max: float = knob(30.0, "ceiling of the restart backoff of spawned workers", "s")
+    restart_stable_after: float = knob(10.0, "uptime after which a restarted worker's backoff resets", "s")
+    capacity: int = knob(2, "jobs one worker runs at once (threads; HTTP waits overlap)", "jobs")
+    drain_timeout: float = knob(30.0, "on SIGTERM, how long a worker finishes its jobs before handing them back", "s")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class RegistryConfig:
     max_retries: int = knob(5, "retries on connection errors, 429 and 5xx", "retries")
     min_backoff: float = knob(0.03, "first retry backoff (doubles, with jitter)", "s")
     max_backoff: float = knob(30.0, "largest retry backoff", "s")
+    coalesce_gap: int = knob(64 << 10, "ranges closer than this are fetched as one", "bytes")
 
 
 @dataclass(frozen=True)

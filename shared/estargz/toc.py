@@ -23,7 +23,7 @@ import posixpath
 import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
@@ -108,7 +108,9 @@ def format_modtime(mtime: int) -> str | None:
     """RFC 3339 UTC, as Go's time.Time marshals a seconds-rounded UTC time; None for epoch 0."""
     if mtime == 0:
         return None
-    return datetime.fromtimestamp(mtime, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=mtime)
+    # strftime's %Y does not zero-pad years below 1000; RFC 3339 needs four digits.
+    return f"{when.year:04d}-" + when.strftime("%m-%dT%H:%M:%SZ")
 
 
 def parse_modtime(value: str, name: str) -> int:

@@ -284,3 +284,12 @@ def test_corrupted_fixture_chunk_is_named(fixtures_dir, tmp_path):
             reader.read("data/random-5MiB.bin", 4194304 + 5, 10)
         with pytest.raises(DigestMismatchError, match="data/random-5MiB.bin"):
             reader.verify_all()
+
+
+@pytest.mark.parametrize("mtime", [1, -1000, 1_700_000_000, -62_101_036_800])
+def test_modtime_round_trips_rfc3339_with_four_digit_years(mtime):
+    from lazylayer.shared.estargz.toc import format_modtime, parse_modtime
+
+    text = format_modtime(mtime)
+    assert text is not None and len(text.split("-", 1)[0]) == 4
+    assert parse_modtime(text, "f") == mtime

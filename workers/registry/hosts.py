@@ -8,9 +8,10 @@ config/lazylayer.toml one to one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
+from lazylayer.shared.config import RegistryConfig
 from lazylayer.shared.errors import ConfigError
 from lazylayer.workers.registry.reference import DOCKER_HUB, DOCKER_HUB_API, host_without_port
 
@@ -41,6 +42,11 @@ class RegistryOptions:
     max_backoff: float = 30.0
     #: largest gap between two wanted ranges that is fetched rather than split [bytes]
     coalesce_gap: int = 0
+
+    @classmethod
+    def from_config(cls, section: RegistryConfig) -> "RegistryOptions":
+        """The `[registry]` config section, knob for knob (the names are the same)."""
+        return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
