@@ -177,12 +177,15 @@ def load_config(
     the environment and ``overrides`` (``{"section.key": value}`` from CLI flags)."""
     env = os.environ if env is None else env
     config, sources = Config(), {}
+    path = path or None  # LAZYLAYER_CONFIG="" means "no file given", as unset does
     file_path = Path(path) if path is not None else Path(DEFAULT_CONFIG_PATH)
     if path is not None or file_path.exists():
         try:
             document = tomllib.loads(file_path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {file_path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {file_path}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file_path}: {exc}") from None
         config = _apply(config, _flatten(document, str(file_path)), f"file {file_path}", sources)

@@ -1,8 +1,16 @@
-"""`lazylayer convert SRC OUT`: make an eStargz blob from a directory or a layer tar.
+"""`lazylayer convert SRC OUT`: make an eStargz blob from a directory or a layer tar, or an
+eStargz image from an image.
 
-SRC is a directory, a tar file (plain, gzip or zstd, detected by its first bytes), or ``-`` for a
-tar on stdin. OUT is the blob file to write; it appears only when the conversion succeeded (the
-blob is written beside it under a temporary name and renamed).
+Layer form: SRC is a directory, a tar file (plain, gzip or zstd, detected by its first bytes), or
+``-`` for a tar on stdin. OUT is the blob file to write; it appears only when the conversion
+succeeded (the blob is written beside it under a temporary name and renamed).
+
+Image form: SRC is an image reference (``registry/repo:tag``, ``...@sha256:...``) or an OCI image
+layout (``oci:PATH[:TAG]``); OUT is a reference or layout too. Every layer tar becomes eStargz
+(eStargz layers are kept, their TOC digest checked); ``--platform os/arch[/variant]`` picks one
+manifest of a multi-platform image (default: this machine's), ``--all-platforms`` converts them
+all into a new index. Registry settings come from the config file's ``[registry]`` section
+(``--config``). ``--json`` prints ``ImageConvertResult.to_dict()`` (workers/imageconvert.py).
 
 Options: ``--chunk-size N`` (bytes, suffixes K/M/G allowed; default 4M), ``--prefetch PATH``
 (repeatable) and ``--prefetch-list FILE`` (one path per line, ``#`` comments; lines that are JSON
@@ -31,20 +39,22 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from lazylayer.daemon.cli import output
+from lazylayer.daemon.cli._image import is_image_spec, registry_options
 from lazylayer.shared.errors import ConfigError, LazyLayerError, NotFoundError
 from lazylayer.shared.estargz.writer import (
     ConvertResult, Progress, WriterOptions, convert_dir, convert_tar,
 )
 
-HELP = "convert a directory or a layer tar (plain, gzip, zstd) into an eStargz blob"
+HELP = "convert a directory, layer tar or whole image (registry ref, oci:PATH) into eStargz"
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SRC", help="directory, tar file (plain/gzip/zstd) or - for stdin")
-    parser.add_argument("output", metavar="OUT", help="blob file to write")
+    parser.add_argument("source", metavar="SRC",
+                        help="directory, tar file (plain/gzip/zstd), - for stdin, image ref or oci:PATH[:TAG]")
+    parser.add_argument("output", metavar="OUT", help="blob file to write (image SRC: image ref or oci:PATH[:TAG])")
     parser.add_argument("--chunk-size", type=_size, default=WriterOptions.chunk_size, metavar="N",
                         help="chunk size in bytes, K/M/G suffixes allowed (default 4M)")
     parser.add_argument("--prefetch", action="append", default=[], metavar="PATH",
@@ -55,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help="gzip level 0-9 (default 6: 9 is far slower for ~1%% less)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="compression processes (default: one per CPU)")
+    parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                        help="image SRC: the platform to convert (default: this machine's)")
+    parser.add_argument("--all-platforms", action="store_true", help="image SRC: convert every platform")
+    parser.add_argument("--config", default=os.environ.get("LAZYLAYER_CONFIG"),
+                        help="config file (TOML) for the [registry] settings")
     parser.add_argument("--json", action="store_true", help="machine-readable output (see module doc)")
 
 
@@ -103,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size, compression_level=args.compression_level,
         prefetch=tuple(args.prefetch) + _prefetch_list(args.prefetch_list), workers=args.workers,
     )
+    if is_image_spec(args.source):
+        return _run_image(args, options)
+    if args.platform or args.all_platforms:
+        raise ConfigError("--platform and --all-platforms apply to an image SRC (a reference or oci:PATH)")
     kind = next((k for k in _SOURCES if k.matches(args.source)), None)
     if kind is None:
         raise NotFoundError(f"{args.source}: no such file or directory")
@@ -116,6 +135,23 @@ def run(args: argparse.Namespace) -> int:
                            "output": args.output})
     else:
         _print_human(args.output, result)
+    return 0
+
+
+def _run_image(args: argparse.Namespace, options: WriterOptions) -> int:
+    from lazylayer.workers.imageconvert import convert_image
+
+    result = convert_image(args.source, args.output, platform=args.platform, all_platforms=args.all_platforms,
+                           options=options, progress_factory=output.progress,
+                           registry_options=registry_options(args.config))
+    if args.json:
+        output.print_json(result.to_dict())
+        return 0
+    rows = [[m.platform or "-", layer.source_digest[:19], layer.action, layer.digest[:19], _human(layer.size),
+             (layer.toc_digest or "")[:19]]
+            for m in result.manifests for layer in m.layers]
+    output.print_table(None, ["platform", "source layer", "action", "layer", "size", "TOC digest"], rows)
+    print(f"wrote {result.destination}@{result.digest} ({result.media_type})")
     return 0
 
 

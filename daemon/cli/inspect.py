@@ -1,4 +1,9 @@
-"""`lazylayer inspect BLOB [--json]`: what a blob's footer and TOC say.
+"""`lazylayer inspect BLOB|IMAGE [--json]`: what a blob's footer and TOC say.
+
+IMAGE (a registry reference or ``oci:PATH[:TAG]``; ``--platform``, ``--all-platforms``) prints
+per layer its media type, size, footer kind, TOC digest and whether it matches the descriptor's
+annotation, entry count and prefetch size -- reading only each layer's tail and TOC. Its
+``--json`` is ``inspect_image()``'s document (workers/imageconvert.py).
 
 Prints the footer kind, where the TOC is and its digest, the prefetch landmark and range, entry
 counts, and a table of every path of the layer as the reader resolves it (duplicates resolved,
@@ -29,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import stat
 from typing import Any
 
 from lazylayer.daemon.cli import output
 from lazylayer.daemon.cli._blob import open_blob
+from lazylayer.daemon.cli._image import is_image_spec, registry_options
 from lazylayer.shared.estargz.reader import BlobReader
 from lazylayer.shared.estargz.toc import EntryType, TOCEntry
 
@@ -47,11 +54,18 @@ _TYPE_BITS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="BLOB", help="eStargz / stargz / zstd:chunked blob file")
+    parser.add_argument("source", metavar="BLOB|IMAGE",
+                        help="eStargz / stargz / zstd:chunked blob file, image ref or oci:PATH[:TAG]")
+    parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="IMAGE: platform (default: this machine's)")
+    parser.add_argument("--all-platforms", action="store_true", help="IMAGE: every platform of an index")
+    parser.add_argument("--config", default=os.environ.get("LAZYLAYER_CONFIG"),
+                        help="config file (TOML) for the [registry] settings")
     parser.add_argument("--json", action="store_true", help="machine-readable output (see module doc)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_image_spec(args.source):
+        return _run_image(args)
     with open_blob(args.source) as reader:
         report = describe(args.source, reader)
     if args.json:
@@ -59,6 +73,34 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_human(report)
     return 0
+
+
+def _run_image(args: argparse.Namespace) -> int:
+    from lazylayer.workers.imageconvert import inspect_image
+
+    report = inspect_image(args.source, platform=args.platform, all_platforms=args.all_platforms,
+                           registry_options=registry_options(args.config))
+    if args.json:
+        output.print_json(report)
+        return 0
+    print(f"{report['reference']}@{report['digest']} ({report['media_type']})")
+    for manifest in report["manifests"]:
+        rows = [[layer["digest"][:19], layer["media_type"].rsplit(".", 2)[-1], layer["size"], layer["footer"] or "-",
+                 layer["entries"] if layer["entries"] is not None else "-", _toc_state(layer),
+                 layer["prefetch_size"] if layer["prefetch_size"] is not None else "-", layer["error"] or ""]
+                for layer in manifest["layers"]]
+        title = f"{manifest['platform'] or 'manifest'} {manifest['digest'][:19]}"
+        output.print_table(title, ["layer", "type", "size", "footer", "entries", "TOC digest", "prefetch", "error"],
+                           rows)
+    return 0
+
+
+def _toc_state(layer: dict[str, Any]) -> str:
+    if layer["toc_digest"] is None:
+        return "-"
+    if layer["toc_digest_matches"] is None:
+        return f"{layer['toc_digest'][:19]} (no annotation)"
+    return f"{layer['toc_digest'][:19]} ({'matches' if layer['toc_digest_matches'] else 'MISMATCH'})"
 
 
 def describe(source: str, reader: BlobReader) -> dict[str, Any]:
