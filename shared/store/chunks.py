@@ -31,6 +31,8 @@ _RECORD = struct.Struct(">QQIQ")  # size, accounted bytes, parts, access time (m
 _PART_NO = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TOTAL_KEY = b"chunk_bytes"
+_EVICTED_CHUNKS_KEY = b"evicted_chunks"
+_EVICTED_BYTES_KEY = b"evicted_bytes"
 
 
 def chunk_key(digest: str) -> bytes:
@@ -82,6 +84,9 @@ class ChunkStats:
     chunks: int
     accounted_bytes: int
     budget: int
+    #: since the store was created, by every process (puts evicting inline and the janitor)
+    evicted_chunks: int = 0
+    evicted_bytes: int = 0
 
 
 def now_ms() -> int:
@@ -224,6 +229,9 @@ class ChunkStore:
                     break
         for key, record in victims:
             self._delete_in(txn, key, record)
+        if victims:
+            self._bump(txn, _EVICTED_CHUNKS_KEY, len(victims))
+            self._bump(txn, _EVICTED_BYTES_KEY, freed)
         return freed
 
     def _delete_in(self, txn: lmdb.Transaction, key: bytes, record: ChunkRecord) -> None:
@@ -238,6 +246,13 @@ class ChunkStore:
 
     def _set_total(self, txn: lmdb.Transaction, total: int) -> None:
         txn.put(_TOTAL_KEY, _U64.pack(total), db=self._meta)
+
+    def _counter(self, txn: lmdb.Transaction, key: bytes) -> int:
+        raw = txn.get(key, db=self._meta)
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
+    def _bump(self, txn: lmdb.Transaction, key: bytes, amount: int) -> None:
+        txn.put(key, _U64.pack(self._counter(txn, key) + amount), db=self._meta)
 
     # -- reading (front and workers) -----------------------------------------------------------
 
@@ -268,6 +283,7 @@ class ChunkStore:
 
     def stats(self) -> ChunkStats:
         def stats(txn: lmdb.Transaction) -> ChunkStats:
-            return ChunkStats(txn.stat(self._index)["entries"], self._total(txn), self.store.budget)
+            return ChunkStats(txn.stat(self._index)["entries"], self._total(txn), self.store.budget,
+                              self._counter(txn, _EVICTED_CHUNKS_KEY), self._counter(txn, _EVICTED_BYTES_KEY))
 
         return self.store.read(stats)

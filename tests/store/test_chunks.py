@@ -83,9 +83,13 @@ def test_janitor_trims_to_low_watermark(chunks):
     for _ in range(60):
         data = os.urandom(MiB)
         chunks.put(digest_of(data), data)
+    before = chunks.stats()
     report = Janitor(chunks, low_watermark=0.5).run_once()
     assert report.accounted_bytes <= chunks.store.budget // 2
     assert report.bytes_evicted > 0
+    after = chunks.stats()
+    assert after.evicted_bytes - before.evicted_bytes == report.bytes_evicted
+    assert after.evicted_chunks - before.evicted_chunks == before.chunks - after.chunks
 
 
 def test_chunk_bigger_than_budget_is_refused(tmp_path):
