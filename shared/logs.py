@@ -1,0 +1,51 @@
+"""Logging for every lazylayer process: one line per event, text or JSON, level from config.
+
+Why here: the front, each worker and the CLI must log the same way (supervisord collects their
+stderr side by side), and the level must be changeable at run time (SIGHUP reload), so the
+handler is installed once and `set_level` only touches the root logger's level. Secrets never
+reach a log line: the registry code keeps tokens and passwords out of its messages and errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import TextIO
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time (RFC 3339 UTC), level, logger, pid, message, and the
+    exception text when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Replace the root logger's handlers with one line-per-event handler on ``stream`` (stderr)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    set_level(level)
+    logging.captureWarnings(True)
+
+
+def set_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
