@@ -127,3 +127,11 @@ class RequestTimeoutError(LazyLayerError):
 
     kind = "timeout"
     errno = errno.ETIMEDOUT
+
+
+class UnverifiedLayerError(LazyLayerError):
+    """A layer has nothing that vouches for its TOC (no TOC digest annotation) and the config
+    does not allow unverified layers."""
+
+    kind = "unverified"
+    errno = errno.EACCES

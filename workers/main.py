@@ -37,8 +37,9 @@ from typing import Sequence
 import zmq
 
 from lazylayer.shared import protocol
-from lazylayer.shared.config import load_config
+from lazylayer.shared.config import Config, load_config
 from lazylayer.shared.errors import LazyLayerError, ProtocolError, WorkerError
+from lazylayer.workers.fetcher import fetcher_handlers
 from lazylayer.workers.jobs import BUILTIN_HANDLERS, Handlers, Job, JobResult
 
 log = logging.getLogger(__name__)
@@ -262,31 +263,43 @@ class Worker:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=os.environ.get("LAZYLAYER_CONFIG"), help="config file (TOML)")
     parser.add_argument("--endpoint", help="front's worker endpoint (default: ipc://RUN_DIR/workers.sock)")
-    parser.add_argument("--capacity", type=int, default=2, help="jobs run at once (default 2)")
+    parser.add_argument("--cache-dir", help="LMDB cache directory (default: cache.dir)")
+    parser.add_argument("--capacity", type=int, help="jobs run at once (default: workers.capacity)")
     parser.add_argument("--heartbeat-interval", type=float, help="seconds (default: workers.heartbeat_interval)")
     parser.add_argument("--heartbeat-liveness", type=int, help="missed beats before the front counts as dead")
-    parser.add_argument("--drain-timeout", type=float, default=30.0,
-                        help="on SIGTERM, seconds to let running jobs finish before handing them back")
+    parser.add_argument("--drain-timeout", type=float,
+                        help="on SIGTERM, seconds to let running jobs finish before handing them back "
+                             "(default: workers.drain_timeout)")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config or None).config
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
-    config = load_config(args.config).config
+    config = _config(args)
     return WorkerSettings(
         endpoint=args.endpoint or f"ipc://{config.daemon.run_dir}/workers.sock",
-        capacity=args.capacity,
+        capacity=config.workers.capacity if args.capacity is None else args.capacity,
         heartbeat_interval=args.heartbeat_interval or config.workers.heartbeat_interval,
         heartbeat_liveness=args.heartbeat_liveness or config.workers.heartbeat_liveness,
-        drain_timeout=args.drain_timeout,
+        drain_timeout=config.workers.drain_timeout if args.drain_timeout is None else args.drain_timeout,
     )
+
+
+def default_handlers(args: argparse.Namespace) -> Handlers:
+    """What `lazylayer worker` runs: the built-in jobs plus the fetcher jobs (workers/fetcher.py).
+    Nothing is opened here: the cache is opened by the first job that needs it."""
+    return {**BUILTIN_HANDLERS, **fetcher_handlers(_config(args), args.cache_dir)}
 
 
 def run_worker(settings: WorkerSettings, handlers: Handlers) -> int:
     return Worker(settings, handlers).run()
 
 
-def main(argv: Sequence[str] | None = None, handlers: Handlers = BUILTIN_HANDLERS) -> int:
+def main(argv: Sequence[str] | None = None, handlers: Handlers | None = None) -> int:
     """Entry point for ``python -m lazylayer.workers.main`` (what the front execs) and for test
-    workers that bring their own handler table."""
+    workers that bring their own handler table (default: `default_handlers`)."""
     parser = argparse.ArgumentParser(prog="lazylayer-worker", description="lazylayer fetcher worker")
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
@@ -294,7 +307,8 @@ def main(argv: Sequence[str] | None = None, handlers: Handlers = BUILTIN_HANDLER
     logging.basicConfig(level=args.log_level.upper(),
                         format=f"%(asctime)s %(levelname)s worker[{os.getpid()}] %(name)s: %(message)s")
     try:
-        return run_worker(settings_from_args(args), handlers)
+        settings = settings_from_args(args)
+        return run_worker(settings, default_handlers(args) if handlers is None else handlers)
     except LazyLayerError as exc:
         print(f"lazylayer worker: {exc}", file=sys.stderr)
         return 1

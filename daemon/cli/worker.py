@@ -1,4 +1,4 @@
-"""`lazylayer worker [--config F] [--endpoint E] [--capacity N]`: one fetcher process.
+"""`lazylayer worker [--config F] [--endpoint E] [--cache-dir D] [--capacity N]`: one fetcher process.
 
 For running workers outside the daemon (supervisord ``numprocs``, systemd templates); the daemon's
 own ``--workers N`` execs the same loop. It connects to the front's endpoint (by default
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from lazylayer.workers.jobs import BUILTIN_HANDLERS
 from lazylayer.workers.main import add_arguments as _worker_arguments
-from lazylayer.workers.main import run_worker, settings_from_args
+from lazylayer.workers.main import default_handlers, run_worker, settings_from_args
 
 HELP = "run one fetcher worker connected to the daemon (for supervisord)"
 
@@ -21,4 +20,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_worker(settings_from_args(args), BUILTIN_HANDLERS)
+    return run_worker(settings_from_args(args), default_handlers(args))

@@ -1,0 +1,394 @@
+"""The fetcher jobs a worker runs: resolve images and layers, fetch chunks, prefetch, background
+fetch, check and refresh (the contract between the front and the workers).
+
+Why it is shaped like this:
+- **Stateless.** Every job carries what it needs (image ref, layer digest and size, the chunk
+  descriptors, the running blob hash), so any worker can run any job and a job re-dispatched
+  after a worker died runs the same anywhere. What a worker keeps is only what makes it faster:
+  one `RegistryClient` per registry/repository (HTTP session, tokens, blob locations).
+- **Only verified bytes are stored.** Each chunk is decompressed and its sha256 checked whole
+  (`decompress_chunk`) before `ChunkStore.put`, which re-checks it; a bad chunk is a
+  DigestMismatchError (or FormatError for undecodable data) and nothing of it is stored. Good
+  chunks of the same job are still stored, then the first error is raised.
+- **Few requests.** Wanted compressed ranges are handed to `RegistryClient.read_ranges`, which
+  coalesces them (`registry.coalesce_gap`) into one multi-range request; a job is split into
+  requests of at most ``max_request_bytes`` so a huge prefetch never sits in memory at once.
+- **Blocking and thread-safe.** Handlers run in the worker's job threads; the store is opened
+  once, after exec, on first use, and LMDB serialises writers. Network and CPU work happen
+  before any write transaction begins.
+- **Blob digest by pieces.** Background fetch walks the blob in order; the running sha256 state
+  (workers/blobhash.py) travels in the reply and comes back with the next piece, so the check
+  needs no worker affinity. A mismatch marks the layer FAILED and deletes its cached chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from lazylayer.shared.config import Config
+from lazylayer.shared.errors import (DigestMismatchError, FormatError, LazyLayerError, ProtocolError,
+                                     RegistryError, UnverifiedLayerError)
+from lazylayer.shared.estargz.reader import BlobReader, decompress_chunk
+from lazylayer.shared.estargz.toc import Chunk, TOCLimits
+from lazylayer.shared.store.chunks import ChunkStore, chunk_key, unverified_key
+from lazylayer.shared.store.env import Store, StoreOptions, open_store
+from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
+from lazylayer.shared.store.metadata import Metadata
+from lazylayer.workers.blobhash import PieceHash
+from lazylayer.workers.jobs import Handler, Job, JobResult
+from lazylayer.workers.registry.blobsource import RegistryBlobSource
+from lazylayer.workers.registry.client import RegistryClient
+from lazylayer.workers.registry.hosts import RegistryOptions
+from lazylayer.workers.registry.manifests import parse_platform, resolve_manifest
+from lazylayer.workers.registry.ranges import ByteRange
+from lazylayer.workers.registry.reference import Reference, parse_reference
+
+log = logging.getLogger(__name__)
+
+#: Compressed bytes one HTTP request of a job may ask for (several chunks coalesce up to it).
+MAX_REQUEST_BYTES = 16 << 20
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class FetcherSettings:
+    store: StoreOptions
+    registry: RegistryOptions
+    toc_limits: TOCLimits = TOCLimits()
+    max_request_bytes: int = MAX_REQUEST_BYTES
+
+    @classmethod
+    def from_config(cls, config: Config, cache_dir: str | None = None) -> "FetcherSettings":
+        """``cache_dir`` (the worker's ``--cache-dir``) overrides ``cache.dir``."""
+        cache = config.cache
+        return cls(
+            store=StoreOptions(cache_dir or cache.dir, cache.map_size, cache.max_readers, cache.max_size),
+            registry=RegistryOptions.from_config(config.registry),
+            toc_limits=TOCLimits(config.format.max_toc_bytes, config.format.max_entries),
+        )
+
+
+@dataclass(frozen=True)
+class WantedChunk:
+    """One chunk a job must have in the store, as the front describes it on the wire:
+    ``[blob_offset, blob_end, inner_offset, size, digest, data_key, chunk_offset]``."""
+
+    blob_offset: int
+    blob_end: int
+    inner_offset: int
+    size: int
+    digest: str
+    data_key: bytes
+    chunk_offset: int = 0
+
+    @classmethod
+    def from_wire(cls, item: Any, layer_digest: str) -> "WantedChunk":
+        try:
+            blob_offset, blob_end, inner, size, digest, data_key, *rest = item
+            chunk = cls(int(blob_offset), int(blob_end), int(inner), int(size), str(digest), bytes(data_key),
+                        int(rest[0]) if rest else 0)
+        except (TypeError, ValueError):
+            raise ProtocolError(f"malformed chunk descriptor {item!r:.200}") from None
+        if not 0 <= chunk.blob_offset < chunk.blob_end or chunk.inner_offset < 0 or chunk.size < 0:
+            raise ProtocolError(f"impossible chunk descriptor {item!r:.200}")
+        # The key is derived here, never trusted: a wrong key would file bytes under a digest.
+        expected = (chunk_key(chunk.digest) if chunk.digest
+                    else unverified_key(layer_digest, chunk.blob_offset, chunk.inner_offset))
+        if chunk.data_key != expected:
+            raise ProtocolError(f"chunk at blob offset {chunk.blob_offset}: data key does not match its digest")
+        return chunk
+
+    def toc_chunk(self) -> Chunk:
+        return Chunk(self.chunk_offset, self.size, self.blob_offset, self.inner_offset, self.blob_end, self.digest)
+
+
+@dataclass(frozen=True)
+class FetchOutcome:
+    stored: int
+    bytes: int
+    error: LazyLayerError | None = None
+
+
+def _param(params: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
+    """A job parameter of the given type; absent or None gives ``default`` (required if none)."""
+    value = params.get(name)
+    if value is None:
+        if default is ...:
+            raise ProtocolError(f"job parameter {name!r} is missing")
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"job parameter {name!r} must be {kind.__name__}")
+    return value
+
+
+def _compression(data: bytes) -> str:
+    """Chunk ranges start at a gzip member or a zstd frame: the magic says which."""
+    if data.startswith(_ZSTD_MAGIC):
+        return "zstd"
+    if data.startswith(_GZIP_MAGIC):
+        return "gzip"
+    raise FormatError("compressed chunk data starts with neither a gzip member nor a zstd frame")
+
+
+class Fetcher:
+    """The job handlers of one worker process. Create it after exec."""
+
+    def __init__(self, settings: FetcherSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._store: Store | None = None
+        self._clients: dict[tuple[str, str], RegistryClient] = {}
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "resolve_image": self.resolve_image,
+            "resolve_layer": self.resolve_layer,
+            "fetch_chunks": self.fetch_chunks,
+            "prefetch": self.prefetch,
+            "background_fetch": self.background_fetch,
+            "check": self.check,
+            "refresh": self.refresh,
+        }
+
+    # -- per-process resources -----------------------------------------------------------------
+
+    def store(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self.settings.store)
+            return self._store
+
+    def client(self, ref: Reference, fresh: bool = False) -> RegistryClient:
+        key = (ref.registry, ref.repository)
+        with self._lock:
+            if fresh or key not in self._clients:
+                # A replaced client is not closed: another job thread may still be using it.
+                self._clients[key] = RegistryClient(self.settings.registry)
+            return self._clients[key]
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def resolve_image(self, job: Job) -> JobResult:
+        ref = parse_reference(_param(job.params, "ref", str))
+        platform = _param(job.params, "platform", str, None)
+        manifest, _ = resolve_manifest(self.client(ref), ref, parse_platform(platform) if platform else None)
+        layers = [{"digest": d.digest, "size": d.size, "media_type": d.media_type, "annotations": d.annotations}
+                  for d in manifest.layers]
+        return JobResult({"ref": str(ref), "manifest_digest": manifest.digest,
+                          "config_digest": manifest.config.digest, "layers": layers})
+
+    def resolve_layer(self, job: Job) -> JobResult:
+        ref, digest, size = self._layer_params(job)
+        toc_digest = _param(job.params, "toc_digest", str, None)
+        allow_unverified = _param(job.params, "allow_unverified", bool, False)
+        require_toc_digest = _param(job.params, "require_toc_digest", bool, True)
+        layers = Layers(self.store())
+        existing = layers.get(digest)
+        if existing is not None and toc_digest is not None:
+            if existing.toc_digest != toc_digest:
+                raise DigestMismatchError(f"TOC of layer {digest}", toc_digest, existing.toc_digest)
+            if not existing.verified:  # its TOC hashes to the annotation: now it is vouched for
+                existing = layers.update(digest, verified=True)
+        if existing is not None:
+            return JobResult(_record_dict(existing))
+        if toc_digest is None and require_toc_digest and not allow_unverified:
+            raise UnverifiedLayerError(
+                f"layer {digest} has no TOC digest annotation; refusing it "
+                "(verification.require_toc_digest; allow with verification.allow_unverified)")
+        client = self.client(ref)
+        served = client.blob_size(ref, digest)
+        if served != size:
+            raise RegistryError(f"layer {digest}: the registry serves {served} bytes, the manifest says {size}")
+        reader = BlobReader.open(RegistryBlobSource(client, ref, digest, size), toc_digest=toc_digest,
+                                 limits=self.settings.toc_limits, allow_unverified=allow_unverified)
+        record = layers.register(digest, size, reader.toc, verified=toc_digest is not None,
+                                 allow_unverified=allow_unverified)
+        log.info("layer %s registered (%d nodes, %d chunks)", digest, record.node_count, record.chunk_count)
+        return JobResult(_record_dict(record))
+
+    def fetch_chunks(self, job: Job) -> JobResult:
+        ref, digest = parse_reference(_param(job.params, "ref", str)), _param(job.params, "digest", str)
+        wanted = [WantedChunk.from_wire(c, digest) for c in _param(job.params, "chunks", list)]
+        outcome = self._fetch(ref, digest, wanted)
+        self._account(digest, outcome)
+        return JobResult({"stored": outcome.stored, "bytes": outcome.bytes})
+
+    def prefetch(self, job: Job) -> JobResult:
+        ref, digest, _ = self._layer_params(job)
+        prefetch_size = _param(job.params, "prefetch_size", int, 0)
+        layers = Layers(self.store())
+        record = layers.require(digest)
+        end = record.prefetch_end if record.prefetch_end is not None else min(max(prefetch_size, 0), record.blob_size)
+        settled = record.state in (LayerState.FETCHED, LayerState.FAILED)
+        if end == 0:
+            if not settled:
+                layers.update(digest, state=LayerState.READY, prefetch_size=0)
+            return JobResult({"bytes": 0, "chunks": 0})
+        if not settled:
+            layers.update(digest, state=LayerState.PREFETCHING)
+        wanted = [_wanted_from_store(c) for c in Metadata(self.store()).prefetch_chunks(record.layer_id, end)]
+        try:
+            outcome = self._fetch(ref, digest, wanted)
+            if outcome.error is not None:
+                raise outcome.error
+        except LazyLayerError as exc:
+            layers.update(digest, state=record.state, last_error=str(exc))
+            raise
+        layers.add_fetched(digest, outcome.bytes)
+        layers.update(digest, prefetch_size=end, **({} if settled else {"state": LayerState.READY}))
+        return JobResult({"bytes": outcome.bytes, "chunks": outcome.stored})
+
+    def background_fetch(self, job: Job) -> JobResult:
+        ref, digest, size = self._layer_params(job)
+        start, end = _param(job.params, "start", int), _param(job.params, "end", int)
+        state = _param(job.params, "state", bytes, None)
+        if not 0 <= start < end <= size or (state is None) != (start == 0):
+            raise ProtocolError(f"background piece [{start}, {end}) of a {size}-byte blob "
+                                f"{'without' if state is None else 'with'} a running hash")
+        wanted = [WantedChunk.from_wire(c, digest) for c in _param(job.params, "chunks", list)]
+        outside = [c for c in wanted if c.blob_offset < start or c.blob_end > end]
+        if outside:
+            raise ProtocolError(f"chunk at blob offset {outside[0].blob_offset} is outside the piece [{start}, {end})")
+        client = self.client(ref)
+        data = client.read_ranges(ref, digest, [ByteRange(start, end - start)])[0]
+        running = PieceHash(state).update(data)
+        missing = self._missing(wanted)
+        stored, error = self._store_chunks(digest, missing, lambda c: data[c.blob_offset - start:c.blob_end - start])
+        outcome = FetchOutcome(stored, len(data), error)
+        complete = end == size
+        if complete:
+            actual = "sha256:" + running.hexdigest()
+            if actual != digest:
+                self._distrust(digest, f"blob digest mismatch: got {actual}")
+                raise DigestMismatchError(f"blob of layer {digest}", digest, actual)
+        self._account(digest, outcome)
+        if complete:
+            Layers(self.store()).update(digest, state=LayerState.FETCHED)
+        return JobResult({"bytes": len(data), "chunks": stored, "complete": complete,
+                          "state": None if complete else running.state()})
+
+    def check(self, job: Job) -> JobResult:
+        ref, digest, size = self._layer_params(job)
+        self._check_blob(self.client(ref), ref, digest, size)
+        return JobResult({"ok": True})
+
+    def refresh(self, job: Job) -> JobResult:
+        """A new client: no cached redirect URL, no tokens; then the blob is resolved again."""
+        ref, digest, size = self._layer_params(job)
+        self._check_blob(self.client(ref, fresh=True), ref, digest, size)
+        return JobResult({"ok": True})
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _layer_params(self, job: Job) -> tuple[Reference, str, int]:
+        return (parse_reference(_param(job.params, "ref", str)), _param(job.params, "digest", str),
+                _param(job.params, "size", int))
+
+    @staticmethod
+    def _check_blob(client: RegistryClient, ref: Reference, digest: str, size: int) -> None:
+        served = client.blob_size(ref, digest)
+        if served != size:
+            raise RegistryError(f"layer {digest}: the registry now serves {served} bytes, not {size}")
+        client.read_ranges(ref, digest, [ByteRange(0, 1)])
+
+    def _missing(self, wanted: list[WantedChunk]) -> list[WantedChunk]:
+        """Chunks not in the store yet, each key once, in blob order (one read txn)."""
+        index = self.store().db("chunk_index")
+
+        def scan(txn: Any) -> list[WantedChunk]:
+            seen: set[bytes] = set()
+            out = []
+            for chunk in sorted(wanted, key=lambda c: (c.blob_offset, c.inner_offset)):
+                if chunk.data_key not in seen and txn.get(chunk.data_key, db=index) is None:
+                    seen.add(chunk.data_key)
+                    out.append(chunk)
+            return out
+
+        return self.store().read(scan)
+
+    def _fetch(self, ref: Reference, digest: str, wanted: list[WantedChunk]) -> FetchOutcome:
+        """Fetch, verify and store the missing ones among ``wanted``; the first chunk error is
+        returned with the outcome (after every good chunk was stored), transport errors raise."""
+        missing = self._missing(wanted)
+        client = self.client(ref)
+        stored = fetched = 0
+        first_error: LazyLayerError | None = None
+        for batch in _batches(missing, self.settings.max_request_bytes):
+            ranges = sorted({(c.blob_offset, c.blob_end) for c in batch})
+            datas = client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges])
+            by_range = dict(zip(ranges, datas))
+            fetched += sum(len(d) for d in datas)
+            count, error = self._store_chunks(digest, batch, lambda c: by_range[(c.blob_offset, c.blob_end)])
+            stored += count
+            first_error = first_error or error
+        return FetchOutcome(stored, fetched, first_error)
+
+    def _store_chunks(self, digest: str, chunks: list[WantedChunk],
+                      compressed: Callable[[WantedChunk], bytes]) -> tuple[int, LazyLayerError | None]:
+        chunk_store = ChunkStore(self.store())
+        stored = 0
+        first_error: LazyLayerError | None = None
+        for chunk in chunks:
+            try:
+                data = compressed(chunk)
+                payload = decompress_chunk(_compression(data), data, chunk.toc_chunk(),
+                                           allow_unverified=not chunk.digest)
+                if chunk.digest:
+                    chunk_store.put(chunk.digest, payload)
+                else:
+                    chunk_store.put_unverified(digest, chunk.blob_offset, chunk.inner_offset, payload)
+                stored += 1
+            except (DigestMismatchError, FormatError) as exc:
+                log.warning("layer %s: %s", digest, exc)
+                first_error = first_error or exc
+        return stored, first_error
+
+    def _account(self, digest: str, outcome: FetchOutcome) -> None:
+        """Count what was fetched on the layer record; record and raise a chunk error."""
+        layers = Layers(self.store())
+        if outcome.bytes:
+            layers.add_fetched(digest, outcome.bytes, read_time=time.time())
+        if outcome.error is not None:
+            layers.set_error(digest, str(outcome.error))
+            raise outcome.error
+
+    def _distrust(self, digest: str, reason: str) -> None:
+        """The blob is not what its digest says: the layer is FAILED and no chunk it gave us stays."""
+        layers = Layers(self.store())
+        record = layers.update(digest, state=LayerState.FAILED, last_error=reason)
+        chunk_store = ChunkStore(self.store())
+        removed = sum(chunk_store.delete(c.data_key)
+                      for c in Metadata(self.store()).prefetch_chunks(record.layer_id, record.blob_size + 1))
+        log.error("layer %s: %s; marked failed, %d cached chunk(s) removed", digest, reason, removed)
+
+
+def _record_dict(record: LayerRecord) -> dict[str, Any]:
+    data = asdict(record)
+    data["state"] = record.state.value
+    return data
+
+
+def _wanted_from_store(chunk: Any) -> WantedChunk:
+    return WantedChunk(chunk.blob_offset, chunk.blob_end, chunk.inner_offset, chunk.size, chunk.digest,
+                       chunk.data_key, chunk.chunk_offset)
+
+
+def _batches(chunks: list[WantedChunk], limit: int) -> list[list[WantedChunk]]:
+    """Consecutive chunks (blob order) grouped so one group's compressed span stays near ``limit``."""
+    batches: list[list[WantedChunk]] = []
+    start = 0
+    for chunk in chunks:
+        if not batches or chunk.blob_end - start > limit:
+            batches.append([])
+            start = chunk.blob_offset
+        batches[-1].append(chunk)
+    return batches
+
+
+def fetcher_handlers(config: Config, cache_dir: str | None = None) -> dict[str, Handler]:
+    return Fetcher(FetcherSettings.from_config(config, cache_dir)).handlers()
