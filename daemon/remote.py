@@ -1,0 +1,335 @@
+"""The front side of fetching: what the daemon asks of the worker pool, and the cache reads around it.
+
+`Remote` turns "resolve this image", "register this layer", "read these bytes of this file" into
+jobs for the workers (workers/fetcher.py) and reads the results from the shared LMDB store. The
+front itself never writes the store and never touches the network.
+
+Why it is built this way:
+- **Hits never leave the process.** `read` first tries one LMDB read transaction
+  (shared/store/reads.read_range); only the chunks it reports missing become a job.
+- **Per-chunk dedup.** Every chunk being fetched is mapped to the job fetching it. A reader that
+  needs a chunk already in flight joins that job (`WorkerPool.submit` with the job's dedup key,
+  which also raises the job to the reader's priority) instead of fetching it again, even when
+  the two requests' chunk sets only overlap.
+- **Workers stay stateless.** Every job carries the chunk descriptors (and, for background
+  fetch, the running blob hash) so any worker can run it, and a re-dispatched job runs the same.
+- **Priorities.** Demand reads are FOREGROUND, prefetch and read-ahead PREFETCH, the walk over
+  the whole blob BACKGROUND (held by the pool while foreground work is active).
+- **Background fetch checks the blob.** The blob is walked in order in pieces of about
+  ``piece_size`` compressed bytes cut where no chunk spans the cut; each piece's reply carries
+  the sha256 state that the next piece resumes, and the last piece's worker compares the digest
+  (a mismatch marks the layer FAILED and removes its chunks, then raises DigestMismatchError).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+import msgpack
+import trio
+
+from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
+from lazylayer.shared.config import Config
+from lazylayer.shared.errors import CacheError, LazyLayerError
+from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION
+from lazylayer.shared.store.chunks import ChunkStore
+from lazylayer.shared.store.env import Store
+from lazylayer.shared.store.layers import LayerRecord, LayerState
+from lazylayer.shared.store.metadata import FileChunk, Metadata, NodeRef
+from lazylayer.shared.store.reads import read_range
+
+#: Reads retried after a fetch; more only when eviction keeps removing what was just fetched.
+READ_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class LayerDescriptor:
+    """One layer of a resolved image, as the manifest describes it."""
+
+    digest: str
+    size: int
+    media_type: str
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def toc_digest(self) -> str | None:
+        return self.annotations.get(TOC_DIGEST_ANNOTATION)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    ref: str
+    manifest_digest: str
+    config_digest: str
+    layers: tuple[LayerDescriptor, ...]
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """The knobs fetching follows; `from_config` maps them from the config file."""
+
+    #: one job, queueing and re-dispatch included [s]
+    request_timeout: float = 60.0
+    #: refuse layers whose descriptor lacks the TOC digest annotation
+    require_toc_digest: bool = True
+    #: accept layers without a TOC digest, and legacy chunks without digests
+    allow_unverified: bool = False
+    #: compressed bytes to prefetch for layers without landmarks (0: none) [bytes]
+    prefetch_size: int = 0
+    #: compressed bytes per background fetch job [bytes]
+    piece_size: int = 8 << 20
+    #: chunks `read_ahead` fetches ahead of a sequential reader [chunks]
+    read_ahead_chunks: int = 2
+
+    @classmethod
+    def from_config(cls, config: Config) -> "FetchSettings":
+        return cls(
+            request_timeout=config.workers.request_timeout,
+            require_toc_digest=config.verification.require_toc_digest,
+            allow_unverified=config.verification.allow_unverified,
+            prefetch_size=config.prefetch.size,
+            piece_size=config.background.piece_size,
+            read_ahead_chunks=config.fuse.read_ahead_chunks,
+        )
+
+
+@dataclass
+class FetchStats:
+    """Counters of chunk fetching on this front (for `status` and for tests)."""
+
+    #: fetch_chunks jobs this front started
+    jobs: int = 0
+    #: times a reader waited on a job another reader had started (per-chunk dedup)
+    joined: int = 0
+    #: chunks stored and compressed bytes fetched by those jobs
+    chunks: int = 0
+    bytes: int = 0
+    #: finished fetch_chunks jobs per worker id
+    by_worker: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One background fetch job: compressed ``[start, end)`` and the chunks lying inside it."""
+
+    start: int
+    end: int
+    chunks: tuple[FileChunk, ...]
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A fetch_chunks job in flight and the chunk keys it will store."""
+
+    dedup_key: Hashable
+    params: dict[str, Any]
+    keys: tuple[bytes, ...]
+    waiters: int = 0
+    counted: bool = False
+
+
+def chunk_wire(chunk: FileChunk) -> list[Any]:
+    """A chunk as the fetcher jobs expect it (workers/fetcher.WantedChunk)."""
+    return [chunk.blob_offset, chunk.blob_end, chunk.inner_offset, chunk.size, chunk.digest, chunk.data_key,
+            chunk.chunk_offset]
+
+
+def plan_pieces(chunks: Sequence[FileChunk], blob_size: int, piece_size: int) -> list[Piece]:
+    """Cut ``[0, blob_size)`` into consecutive pieces of about ``piece_size`` bytes, only where no
+    chunk's compressed range spans the cut, each with the chunks that lie inside it."""
+    pieces: list[Piece] = []
+    start = reach = 0
+    members: list[FileChunk] = []
+
+    def cut_before(limit: int) -> None:
+        # No chunk spans [reach, limit]: any cut in there is legal.
+        nonlocal start, members
+        while limit - start > piece_size:
+            cut = max(reach, start + piece_size)
+            if cut > limit:
+                return
+            pieces.append(Piece(start, cut, tuple(members)))
+            start, members = cut, []
+
+    for chunk in sorted(chunks, key=lambda c: (c.blob_offset, c.inner_offset)):
+        if chunk.blob_offset >= reach:
+            cut_before(chunk.blob_offset)
+        members.append(chunk)
+        reach = max(reach, chunk.blob_end)
+    cut_before(blob_size)
+    if start < blob_size:
+        pieces.append(Piece(start, blob_size, tuple(members)))
+    return pieces
+
+
+def _record(result: dict[str, Any]) -> LayerRecord:
+    return LayerRecord.decode(msgpack.packb(result))
+
+
+class Remote:
+    """Front side of fetching: the pool plus the store. All methods are trio async."""
+
+    def __init__(self, pool: WorkerPool, store: Store, settings: FetchSettings) -> None:
+        self.pool = pool
+        self.store = store
+        self.settings = settings
+        self.meta = Metadata(store)
+        self.chunks = ChunkStore(store)
+        self.stats = FetchStats()
+        self._index = store.db("chunk_index")
+        self._inflight: dict[bytes, _Pending] = {}
+        self._ids = itertools.count(1)
+
+    async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
+                      dedup_key: Hashable | None = None, timeout: float | None = None) -> PoolReply:
+        return await self.pool.submit(kind, params, priority=priority, dedup_key=dedup_key,
+                                      timeout=self.settings.request_timeout if timeout is None else timeout)
+
+    # -- images and layers ---------------------------------------------------------------------
+
+    async def resolve_image(self, ref: str, platform: str | None = None) -> ResolvedImage:
+        """Manifest (platform: "os/arch[/variant]", default the host's) and its layers, bottom first."""
+        reply = await self._submit("resolve_image", {"ref": ref, "platform": platform},
+                                   dedup_key=("resolve_image", ref, platform))
+        r = reply.result
+        layers = tuple(LayerDescriptor(l["digest"], l["size"], l["media_type"], dict(l["annotations"]))
+                       for l in r["layers"])
+        return ResolvedImage(r["ref"], r["manifest_digest"], r["config_digest"], layers)
+
+    async def resolve_layer(self, ref: str, desc: LayerDescriptor) -> LayerRecord:
+        """Footer + TOC fetched and checked against the TOC digest annotation, metadata
+        registered in the store (idempotent); the layer's record."""
+        params = {"ref": ref, "digest": desc.digest, "size": desc.size, "toc_digest": desc.toc_digest,
+                  "allow_unverified": self.settings.allow_unverified,
+                  "require_toc_digest": self.settings.require_toc_digest}
+        reply = await self._submit("resolve_layer", params, dedup_key=("resolve_layer", desc.digest))
+        return _record(reply.result)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def read(self, ref: str, layer: LayerRecord, node: NodeRef, file_size: int,
+                   offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset+size)`` of a regular file (clipped at ``file_size``): cached
+        chunks from one read txn, missing ones fetched (one FOREGROUND job) and read again."""
+        for _ in range(READ_ATTEMPTS):
+            got = read_range(self.meta, self.chunks, node, file_size, offset, size)
+            if got.data is not None:
+                return got.data
+            await self.fetch_chunks(ref, layer, got.missing, Priority.FOREGROUND)
+        raise CacheError(f"layer {layer.digest}: chunks were evicted again right after being fetched; "
+                         "the cache budget is too small for the data being read")
+
+    def chunks_ahead(self, node: NodeRef, offset: int, count: int | None = None) -> list[FileChunk]:
+        """The ``count`` (default ``read_ahead_chunks``) chunks of a file from the one holding
+        ``offset`` on, cached or not."""
+        out: list[FileChunk] = []
+        for _ in range(self.settings.read_ahead_chunks if count is None else count):
+            found = self.meta.chunks_covering(node, offset, 1)
+            if not found:
+                break
+            out.append(found[0])
+            offset = found[0].end
+        return out
+
+    async def read_ahead(self, ref: str, layer: LayerRecord, node: NodeRef, offset: int,
+                         count: int | None = None) -> None:
+        """Fetch, at PREFETCH priority, the uncached ones among `chunks_ahead`. Meant to be
+        started in the background after a sequential read ending at ``offset``; a demand read
+        that needs one of these chunks joins the job and raises it to FOREGROUND."""
+        chunks = self.chunks_ahead(node, offset, count)
+        if chunks:
+            await self.fetch_chunks(ref, layer, chunks, Priority.PREFETCH)
+
+    async def fetch_chunks(self, ref: str, layer: LayerRecord, chunks: Sequence[FileChunk],
+                           priority: Priority) -> None:
+        """Make sure ``chunks`` are in the store: cached ones are skipped, chunks already being
+        fetched are waited for, the rest are fetched by one new job. Raises the first typed
+        error among the jobs waited on."""
+        wanted = {c.data_key: c for c in chunks}
+        cached = self.store.read(lambda txn: {k for k in wanted if txn.get(k, db=self._index) is not None})
+        waits: dict[int, _Pending] = {}
+        mine: list[FileChunk] = []
+        for key, chunk in wanted.items():
+            if key in cached:
+                continue
+            pending = self._inflight.get(key)
+            if pending is None:
+                mine.append(chunk)
+            else:
+                waits[id(pending)] = pending
+                self.stats.joined += 1
+        if mine:
+            params = {"ref": ref, "digest": layer.digest, "chunks": [chunk_wire(c) for c in mine]}
+            pending = _Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
+            for key in pending.keys:
+                self._inflight[key] = pending
+            waits[id(pending)] = pending
+            self.stats.jobs += 1
+        errors: list[LazyLayerError] = []
+        async with trio.open_nursery() as nursery:
+            for pending in waits.values():
+                nursery.start_soon(self._wait, pending, priority, errors)
+        if errors:
+            raise errors[0]
+
+    async def _wait(self, pending: _Pending, priority: Priority, errors: list[LazyLayerError]) -> None:
+        pending.waiters += 1
+        try:
+            reply = await self._submit("fetch_chunks", pending.params, priority, pending.dedup_key)
+            if not pending.counted:
+                pending.counted = True
+                self.stats.chunks += reply.result["stored"]
+                self.stats.bytes += reply.result["bytes"]
+                self.stats.by_worker[reply.worker] += 1
+        except LazyLayerError as exc:
+            errors.append(exc)
+        finally:
+            pending.waiters -= 1
+            if pending.waiters == 0:
+                for key in pending.keys:
+                    if self._inflight.get(key) is pending:
+                        del self._inflight[key]
+
+    # -- whole-layer work ----------------------------------------------------------------------
+
+    async def prefetch(self, ref: str, layer: LayerRecord) -> int:
+        """The layer's landmark range (or ``prefetch_size`` bytes for landmark-less layers) in
+        one job; returns the compressed bytes fetched. Moves the layer to READY."""
+        params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size,
+                  "prefetch_size": self.settings.prefetch_size}
+        reply = await self._submit("prefetch", params, Priority.PREFETCH, ("prefetch", layer.digest))
+        return reply.result["bytes"]
+
+    async def background_fetch(self, ref: str, layer: LayerRecord,
+                               progress: Callable[[int, int], None] | None = None) -> None:
+        """Walk the whole blob in order at BACKGROUND priority (held while foreground reads are
+        active), storing every missing chunk and checking the blob digest at the end; the layer
+        is then FETCHED. ``progress(done, total)`` gets compressed bytes. No timeout: waiting
+        behind foreground work is the point; cancel the task to stop it."""
+        if layer.state is LayerState.FETCHED:
+            return
+        all_chunks = self.meta.prefetch_chunks(layer.layer_id, layer.blob_size + 1)
+        state: bytes | None = None
+        for piece in plan_pieces(all_chunks, layer.blob_size, self.settings.piece_size):
+            params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size, "start": piece.start,
+                      "end": piece.end, "chunks": [chunk_wire(c) for c in piece.chunks], "state": state}
+            reply = await self._submit("background_fetch", params, Priority.BACKGROUND,
+                                       ("background_fetch", layer.digest, piece.start), timeout=math.inf)
+            state = reply.result["state"]
+            if progress is not None:
+                progress(piece.end, layer.blob_size)
+
+    async def check(self, ref: str, desc: LayerDescriptor) -> None:
+        """Connectivity: the blob still answers a 1-byte ranged read with the expected size."""
+        await self._submit("check", {"ref": ref, "digest": desc.digest, "size": desc.size},
+                           dedup_key=("check", desc.digest))
+
+    async def refresh(self, ref: str, desc: LayerDescriptor) -> None:
+        """Forget the cached blob URL and tokens and resolve the blob again (new redirect, new
+        credentials)."""
+        await self._submit("refresh", {"ref": ref, "digest": desc.digest, "size": desc.size},
+                           dedup_key=("refresh", desc.digest))
