@@ -250,6 +250,7 @@ async def open_fetch_stack(workdir: Path, *, workers: int = 2, capacity: int = 1
                            settings: FetchSettings | None = None) -> AsyncIterator[FetchStack]:
     """A cold cache in ``workdir``, a pool with ``workers`` spawned real worker processes (0:
     none) and a Remote over both. Waits until the spawned workers are connected."""
+    workdir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="ll-fetch-", dir="/tmp"))  # ipc paths must be short
     cache_dir = workdir / "cache"
     sections: dict[str, dict[str, Any]] = {
