@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 from lazylayer.shared.config import Config
@@ -65,9 +65,8 @@ class FetcherSettings:
     @classmethod
     def from_config(cls, config: Config, cache_dir: str | None = None) -> "FetcherSettings":
         """``cache_dir`` (the worker's ``--cache-dir``) overrides ``cache.dir``."""
-        cache = config.cache
         return cls(
-            store=StoreOptions(cache_dir or cache.dir, cache.map_size, cache.max_readers, cache.max_size),
+            store=StoreOptions.from_config(config.cache, cache_dir),
             registry=RegistryOptions.from_config(config.registry),
             toc_limits=TOCLimits(config.format.max_toc_bytes, config.format.max_entries),
         )
@@ -224,23 +223,20 @@ class Fetcher:
         layers = Layers(self.store())
         record = layers.require(digest)
         end = record.prefetch_end if record.prefetch_end is not None else min(max(prefetch_size, 0), record.blob_size)
-        settled = record.state in (LayerState.FETCHED, LayerState.FAILED)
         if end == 0:
-            if not settled:
-                layers.update(digest, state=LayerState.READY, prefetch_size=0)
+            layers.modify(digest, lambda r: _advance(r, LayerState.READY, prefetch_size=0))
             return JobResult({"bytes": 0, "chunks": 0})
-        if not settled:
-            layers.update(digest, state=LayerState.PREFETCHING)
+        layers.modify(digest, lambda r: _advance(r, LayerState.PREFETCHING))
         wanted = [_wanted_from_store(c) for c in Metadata(self.store()).prefetch_chunks(record.layer_id, end)]
         try:
             outcome = self._fetch(ref, digest, wanted)
             if outcome.error is not None:
                 raise outcome.error
         except LazyLayerError as exc:
-            layers.update(digest, state=record.state, last_error=str(exc))
+            layers.modify(digest, lambda r: _advance(r, LayerState.REGISTERED, last_error=str(exc)))
             raise
         layers.add_fetched(digest, outcome.bytes)
-        layers.update(digest, prefetch_size=end, **({} if settled else {"state": LayerState.READY}))
+        layers.modify(digest, lambda r: _advance(r, LayerState.READY, prefetch_size=end))
         return JobResult({"bytes": outcome.bytes, "chunks": outcome.stored})
 
     def background_fetch(self, job: Job) -> JobResult:
@@ -392,3 +388,11 @@ def _batches(chunks: list[WantedChunk], limit: int) -> list[list[WantedChunk]]:
 
 def fetcher_handlers(config: Config, cache_dir: str | None = None) -> dict[str, Handler]:
     return Fetcher(FetcherSettings.from_config(config, cache_dir)).handlers()
+
+
+def _advance(record: LayerRecord, state: LayerState, **changes: Any) -> LayerRecord:
+    """Prefetch's state moves (registered <-> prefetching -> ready) never undo a settled layer:
+    a background fetch may have finished (FETCHED) or failed it (FAILED) meanwhile."""
+    if record.state in (LayerState.FETCHED, LayerState.FAILED):
+        return replace(record, **changes)
+    return replace(record, state=state, **changes)

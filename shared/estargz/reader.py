@@ -233,7 +233,7 @@ def decompress_chunk(
             f"{what}: {compression} data at blob offset {chunk.blob_offset} inflates to only "
             f"{len(data)} of {want} bytes (truncated or corrupt blob)"
         )
-    payload = bytes(data[chunk.inner_offset :])
+    payload = data if chunk.inner_offset == 0 else data[chunk.inner_offset :]
     if chunk.digest:
         actual = "sha256:" + hashlib.sha256(payload).hexdigest()
         if actual != chunk.digest:
@@ -241,22 +241,26 @@ def decompress_chunk(
     return payload
 
 
-def _gunzip_prefix(compressed: bytes | memoryview, want: int) -> bytearray:
+def _gunzip_prefix(compressed: bytes | memoryview, want: int) -> bytes:
     """The first ``want`` bytes of concatenated gzip members (fewer if the data ends first).
 
     Members are inflated as raw deflate after skipping their header, and their CRC trailers are
     not checked: the chunk's sha256 is the check, so a corrupt byte is reported the same way
     (DigestMismatchError) whether or not the member happens to end inside the chunk.
+    The usual chunk is one member: its inflated bytes are returned as they are, uncopied.
     """
-    out = bytearray()
+    pieces: list[bytes] = []
+    have = 0
     rest = memoryview(compressed)
-    while len(out) < want and len(rest):
+    while have < want and len(rest):
         member = zlib.decompressobj(-zlib.MAX_WBITS)
-        out += member.decompress(rest[_gzip_header_size(rest) :], want - len(out))
+        piece = member.decompress(rest[_gzip_header_size(rest) :], want - have)
+        pieces.append(piece)
+        have += len(piece)
         if not member.eof:
             break  # output full, or input used up mid-member (the caller sees it is short)
         rest = memoryview(member.unused_data)[_GZIP_TRAILER_SIZE:]
-    return out
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _gzip_header_size(data: memoryview) -> int:
@@ -279,16 +283,18 @@ def _gzip_header_size(data: memoryview) -> int:
     return pos
 
 
-def _unzstd_prefix(compressed: bytes | memoryview, want: int) -> bytearray:
+def _unzstd_prefix(compressed: bytes | memoryview, want: int) -> bytes:
     """The first ``want`` bytes of concatenated zstd frames (fewer if the data ends first)."""
-    out = bytearray()
+    pieces: list[bytes] = []
+    have = 0
     reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True)
-    while len(out) < want:
-        piece = reader.read(want - len(out))
+    while have < want:
+        piece = reader.read(want - have)
         if not piece:
             break
-        out += piece
-    return out
+        pieces.append(piece)
+        have += len(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _toc_range(footer: Footer) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import lmdb
 
+from lazylayer.shared.config import CacheConfig
 from lazylayer.shared.errors import CacheError, ConfigError
 
 T = TypeVar("T")
@@ -60,6 +61,12 @@ class StoreOptions:
     max_readers: int = 1024
     #: Byte budget for chunk data (accounted in whole pages); None = MAX_BUDGET_FRACTION of the map.
     chunk_budget: int | None = None
+
+    @classmethod
+    def from_config(cls, cache: CacheConfig, path: str | None = None) -> "StoreOptions":
+        """The `[cache]` section; ``path`` (a `--cache-dir` flag) overrides ``cache.dir``.
+        Every process builds its options here, so they agree as LMDB requires."""
+        return cls(path or cache.dir, cache.map_size, cache.max_readers, cache.max_size)
 
     def budget(self) -> int:
         limit = int(self.map_size * MAX_BUDGET_FRACTION)

@@ -10,6 +10,7 @@ The metadata is built before the write transaction begins, so the lock is held o
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
@@ -164,11 +165,11 @@ class Layers:
 
     def update(self, digest: str, **changes: Any) -> LayerRecord:
         """Set record fields (state, verified, prefetch_size, last_read, last_error, ...)."""
-        return self._modify(digest, lambda record: replace(record, **changes))
+        return self.modify(digest, lambda record: replace(record, **changes))
 
     def add_fetched(self, digest: str, nbytes: int, *, read_time: float | None = None) -> LayerRecord:
         """Count compressed bytes fetched for this layer (and when it last hit the network)."""
-        return self._modify(
+        return self.modify(
             digest,
             lambda r: replace(r, fetched_bytes=r.fetched_bytes + nbytes,
                               last_read=r.last_read if read_time is None else read_time),
@@ -177,7 +178,10 @@ class Layers:
     def set_error(self, digest: str, message: str) -> LayerRecord:
         return self.update(digest, last_error=message)
 
-    def _modify(self, digest: str, change: Any) -> LayerRecord:
+    def modify(self, digest: str, change: Callable[[LayerRecord], LayerRecord]) -> LayerRecord:
+        """Apply ``change`` to the current record inside one write txn: a read-decide-write that
+        no other process can interleave with (state transitions depend on the current state)."""
+
         def modify(txn: lmdb.Transaction) -> LayerRecord:
             raw = txn.get(digest.encode(), db=self._layers)
             if raw is None:

@@ -264,9 +264,7 @@ async def open_fetch_stack(workdir: Path, *, workers: int = 2, capacity: int = 1
         sections.setdefault(section, {}).update(values)
     config_path = write_config(workdir / "lazylayer.toml", sections)
     loaded = load_config(config_path, env={}).config
-    cache = loaded.cache
-    store = open_store(StoreOptions(str(cache_dir), cache.map_size, cache.max_readers, cache.max_size),
-                       readonly=True)
+    store = open_store(StoreOptions.from_config(loaded.cache, str(cache_dir)), readonly=True)
     stack = FetchStack(run_dir, cache_dir, config_path, capacity, settings or FetchSettings.from_config(loaded),
                        store)
     try:
