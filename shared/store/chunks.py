@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import lmdb
 
 from lazylayer.shared.errors import CacheError, DigestMismatchError, FormatError
-from lazylayer.shared.store.env import Store
+from lazylayer.shared.store.env import Store, StoreOptions
 
 PART_SIZE = 1 << 20
 _PAGE = 4096
@@ -33,6 +33,7 @@ _U64 = struct.Struct(">Q")
 _TOTAL_KEY = b"chunk_bytes"
 _EVICTED_CHUNKS_KEY = b"evicted_chunks"
 _EVICTED_BYTES_KEY = b"evicted_bytes"
+_BUDGET_KEY = b"chunk_budget"
 
 
 def chunk_key(digest: str) -> bytes:
@@ -139,16 +140,15 @@ class ChunkStore:
 
     def _store(self, key: bytes, data: memoryview) -> bool:
         accounted = footprint(len(data))
-        if accounted > self.store.budget:
-            raise CacheError(
-                f"a {len(data)}-byte chunk does not fit in the cache budget of {self.store.budget} bytes"
-            )
 
         def put(txn: lmdb.Transaction) -> bool:
             if txn.get(key, db=self._index) is not None:
                 return False
+            budget = self._budget(txn)
+            if accounted > budget:
+                raise CacheError(f"a {len(data)}-byte chunk does not fit in the cache budget of {budget} bytes")
             total = self._total(txn)
-            excess = total + accounted - self.store.budget
+            excess = total + accounted - budget
             if excess > 0:
                 total -= self._evict_in(txn, excess)
             parts = _put_parts(txn, self._parts, key, data)
@@ -171,6 +171,29 @@ class ChunkStore:
             return True
 
         return self.store.write(delete)
+
+    def set_budget(self, budget: int) -> int:
+        """Make ``budget`` the chunk-data cap of every process sharing the store, from now on,
+        and evict down to it; returns bytes freed. Kept in LMDB so a cap changed at run time
+        (config reload) reaches workers without restarting them."""
+        limit = StoreOptions(self.store.options.path, self.store.options.map_size, chunk_budget=budget).budget()
+
+        def apply(txn: lmdb.Transaction) -> int:
+            txn.put(_BUDGET_KEY, _U64.pack(limit), db=self._meta)
+            total = self._total(txn)
+            freed = self._evict_in(txn, total - limit) if total > limit else 0
+            self._set_total(txn, total - freed)
+            return freed
+
+        return self.store.write(apply)
+
+    def budget(self) -> int:
+        return self.store.read(self._budget)
+
+    def _budget(self, txn: lmdb.Transaction) -> int:
+        """The cap set by set_budget, else this process's configured one."""
+        raw = txn.get(_BUDGET_KEY, db=self._meta)
+        return self.store.budget if raw is None else _U64.unpack(raw)[0]
 
     def evict(self, nbytes: int) -> int:
         """Evict least-recently-used chunks worth at least ``nbytes``; returns bytes freed."""
@@ -283,7 +306,7 @@ class ChunkStore:
 
     def stats(self) -> ChunkStats:
         def stats(txn: lmdb.Transaction) -> ChunkStats:
-            return ChunkStats(txn.stat(self._index)["entries"], self._total(txn), self.store.budget,
+            return ChunkStats(txn.stat(self._index)["entries"], self._total(txn), self._budget(txn),
                               self._counter(txn, _EVICTED_CHUNKS_KEY), self._counter(txn, _EVICTED_BYTES_KEY))
 
         return self.store.read(stats)

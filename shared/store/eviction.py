@@ -55,11 +55,11 @@ class Janitor:
 
     def __init__(self, chunks: ChunkStore, *, low_watermark: float = 0.9) -> None:
         self.chunks = chunks
-        self.target = int(chunks.store.budget * low_watermark)
+        self.low_watermark = low_watermark
 
     def run_once(self, accesses: Iterable[tuple[bytes, int]] = ()) -> JanitorReport:
         stale = self.chunks.store.reader_check()
         batch = list(accesses)
         applied = self.chunks.record_accesses(batch) if batch else 0
-        freed = self.chunks.evict_to(self.target)
+        freed = self.chunks.evict_to(int(self.chunks.budget() * self.low_watermark))
         return JanitorReport(stale, applied, freed, self.chunks.stats().accounted_bytes)

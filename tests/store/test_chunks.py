@@ -142,3 +142,20 @@ def test_forked_child_cannot_use_the_handle(tmp_path):
             os._exit(1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_budget_set_at_run_time_is_shared_and_enforced(chunks):
+    from lazylayer.shared.errors import ConfigError
+
+    for _ in range(8):
+        data = os.urandom(MiB)
+        chunks.put(digest_of(data), data)
+    freed = chunks.set_budget(3 * MiB)
+    assert freed > 0 and chunks.stats().accounted_bytes <= 3 * MiB == chunks.stats().budget
+    for _ in range(4):
+        data = os.urandom(MiB)
+        chunks.put(digest_of(data), data)
+        assert chunks.stats().accounted_bytes <= 3 * MiB
+    assert Janitor(chunks, low_watermark=0.5).run_once().accounted_bytes <= 3 * MiB // 2
+    with pytest.raises(ConfigError):
+        chunks.set_budget(chunks.store.options.map_size)
