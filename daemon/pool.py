@@ -140,6 +140,8 @@ class _Slot:
     process: trio.Process | None = None
     restarts: int = 0
     started: float = 0.0
+    #: set by resize(): stop this worker and do not restart it
+    retired: bool = False
 
 
 def default_worker_command(endpoint: str, heartbeat_interval: float, heartbeat_liveness: int) -> list[str]:
@@ -177,6 +179,7 @@ class WorkerPool:
         self.worker_command = list(worker_command or default_worker_command(
             endpoint, heartbeat_interval, heartbeat_liveness))
         self._slots = [_Slot(i, restart_backoff) for i in range(spawn)]
+        self._slot_numbers = itertools.count(spawn)
         self._workers: dict[bytes, _Worker] = {}
         self._jobs: dict[int, _Job] = {}
         self._dedup: dict[tuple[str, Hashable], _Job] = {}
@@ -284,6 +287,24 @@ class WorkerPool:
         if isinstance(job.outcome, LazyLayerError):
             raise job.outcome
         return job.outcome
+
+    def resize(self, count: int) -> None:
+        """Keep ``count`` spawned workers from now on (a config reload). New ones start at once;
+        surplus ones get SIGTERM - they finish or hand back their jobs - and are not restarted.
+        External workers are not affected."""
+        if count < 0:
+            raise ValueError(f"worker count {count} is negative")
+        assert self._nursery is not None, "resize() needs a running pool"
+        active = [slot for slot in self._slots if not slot.retired]
+        for slot in active[count:]:
+            slot.retired = True
+            if slot.process is not None and slot.process.returncode is None:
+                slot.process.send_signal(signal.SIGTERM)
+        for _ in range(count - len(active)):
+            slot = _Slot(next(self._slot_numbers), self.restart_backoff)
+            self._slots.append(slot)
+            self._nursery.start_soon(self._supervise, slot)
+        log.info("spawned workers: %d -> %d", len(active), count)
 
     async def wait_workers(self, count: int = 1) -> PoolStatus:
         """Return once at least ``count`` workers are connected and accepting jobs."""
@@ -551,7 +572,15 @@ class WorkerPool:
     # -- spawned workers -----------------------------------------------------------------------
 
     async def _supervise(self, slot: _Slot) -> None:
-        while not self._closing:
+        try:
+            await self._keep_running(slot)
+        finally:
+            if slot.retired:
+                self._slots.remove(slot)
+                self._notify_changed()
+
+    async def _keep_running(self, slot: _Slot) -> None:
+        while not self._closing and not slot.retired:
             try:
                 process = await trio.lowlevel.open_process(self.worker_command)
             except OSError as exc:
@@ -561,10 +590,13 @@ class WorkerPool:
                 await process.wait()
                 if self._closing:
                     return
-                log.warning("worker process %d exited with status %s", process.pid, process.returncode)
                 for worker in list(self._workers.values()):
                     if worker.pid == process.pid:
                         self._drop(worker, reason="process exited")
+                if slot.retired:
+                    log.info("worker process %d stopped (worker count lowered)", process.pid)
+                    return
+                log.warning("worker process %d exited with status %s", process.pid, process.returncode)
                 if trio.current_time() - slot.started >= self.restart_stable_after:
                     slot.backoff = self.restart_backoff
             slot.restarts += 1

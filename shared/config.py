@@ -23,10 +23,10 @@ ENV_PREFIX = "LAZYLAYER_"
 DEFAULT_CONFIG_PATH = "/etc/lazylayer/lazylayer.toml"
 
 
-def knob(default: Any, doc: str, unit: str = "", choices: tuple[str, ...] = ()) -> Any:
-    """A config field with its one-line documentation (used by `config show`) and, for
-    enumerated strings, the values it accepts."""
-    metadata = {"doc": doc, "unit": unit, "choices": choices}
+def knob(default: Any, doc: str, unit: str = "", choices: tuple[str, ...] = (), live: bool = False) -> Any:
+    """A config field with its one-line documentation (used by `config show`), for enumerated
+    strings the values it accepts, and whether a running daemon applies it on SIGHUP (``live``)."""
+    metadata = {"doc": doc, "unit": unit, "choices": choices, "live": live}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -36,13 +36,14 @@ def knob(default: Any, doc: str, unit: str = "", choices: tuple[str, ...] = ()) 
 class DaemonConfig:
     mountpoint: str = knob("/var/lib/lazylayer/store", "where the layer store is mounted")
     run_dir: str = knob("/run/lazylayer", "sockets (workers.sock, control.sock) and the pid file")
-    log_level: str = knob("INFO", "DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    log_format: str = knob("text", "text or json (one object per line)", choices=("text", "json"))
+    log_level: str = knob("INFO", "DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                          live=True)
+    log_format: str = knob("text", "text or json (one object per line)", choices=("text", "json"), live=True)
 
 
 @dataclass(frozen=True)
 class WorkersConfig:
-    count: int = knob(2, "fetcher workers the daemon spawns; 0 = external workers only", "processes")
+    count: int = knob(2, "fetcher workers the daemon spawns; 0 = external workers only", "processes", live=True)
     heartbeat_interval: float = knob(1.0, "how often workers and front ping each other", "s")
     heartbeat_liveness: int = knob(3, "missed heartbeats before a peer is declared dead", "beats")
     request_timeout: float = knob(60.0, "one fetch request, including re-dispatch", "s")
@@ -56,7 +57,7 @@ class WorkersConfig:
 @dataclass(frozen=True)
 class CacheConfig:
     dir: str = knob("/var/cache/lazylayer", "LMDB environment directory")
-    max_size: int = knob(8 << 30, "chunk data budget; eviction keeps the store below it", "bytes")
+    max_size: int = knob(8 << 30, "chunk data budget; eviction keeps the store below it", "bytes", live=True)
     map_size: int = knob(64 << 30, "LMDB map size (address space only; keep >= max_size / 0.85)", "bytes")
     max_readers: int = knob(1024, "LMDB reader slots (the first opener fixes it)", "slots")
 
@@ -155,8 +156,28 @@ class LoadedConfig:
                     "source": self.sources.get(key, "default"),
                     "unit": f.metadata.get("unit", ""),
                     "doc": f.metadata.get("doc", ""),
+                    "live": f.metadata.get("live", False),
                 })
         return rows
+
+
+@dataclass(frozen=True)
+class ConfigChanges:
+    """What a reload changes: ``live`` knobs a running daemon applies, ``restart`` ones it cannot."""
+
+    live: dict[str, Any]
+    restart: dict[str, Any]
+
+
+def config_changes(old: Config, new: Config) -> ConfigChanges:
+    live, restart = {}, {}
+    for section in fields(Config):
+        before, after = getattr(old, section.name), getattr(new, section.name)
+        for f in fields(before):
+            if getattr(before, f.name) != getattr(after, f.name):
+                target = live if f.metadata.get("live") else restart
+                target[f"{section.name}.{f.name}"] = getattr(after, f.name)
+    return ConfigChanges(live, restart)
 
 
 def _plain(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """`lazylayer config show [--config F] [--json]`: the effective configuration and the source of
 each value (default, file, environment variable or flag).
 
-``--json`` prints a list of ``{"key", "value", "source", "unit", "doc"}`` objects, one per knob.
+``--json`` prints a list of ``{"key", "value", "source", "unit", "doc", "live"}`` objects, one per
+knob; ``live`` knobs are applied by a running daemon on SIGHUP, the others need a restart.
 """
 
 from __future__ import annotations
@@ -27,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        print_table(None, ["key", "value", "source", "unit"],
-                    [[r["key"], r["value"], r["source"], r["unit"]] for r in rows])
+        print_table(None, ["key", "value", "source", "unit", "SIGHUP"],
+                    [[r["key"], r["value"], r["source"], r["unit"], "live" if r["live"] else ""] for r in rows])
     return 0

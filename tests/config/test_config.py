@@ -97,3 +97,16 @@ def test_config_show_cli(tmp_path):
         capture_output=True, text=True,
     )
     assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_reload_separates_live_knobs_from_restart_ones(tmp_path):
+    from lazylayer.shared.config import config_changes
+
+    old = load_config(None, env={}).config
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nlog_level = "DEBUG"\nmountpoint = "/mnt/x"\n[workers]\ncount = 4\n'
+                    '[cache]\nmax_size = 1073741824\n')
+    changes = config_changes(old, load_config(path, env={}).config)
+    assert changes.live == {"daemon.log_level": "DEBUG", "workers.count": 4, "cache.max_size": 1 << 30}
+    assert changes.restart == {"daemon.mountpoint": "/mnt/x"}
+    assert config_changes(old, old).live == {} == config_changes(old, old).restart

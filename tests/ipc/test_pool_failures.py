@@ -216,3 +216,17 @@ async def test_a_vanished_peer_is_dropped_on_send_not_after_silence(endpoint, wo
                 await pool.submit("ping", timeout=2.0)
             status = pool.status()
             assert status.workers == [] and status.workers_lost == 1
+
+
+@trio_test
+async def test_resize_starts_and_retires_spawned_workers(endpoint):
+    async with make_pool(endpoint, spawn=1) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+            pool.resize(3)
+            await pool.wait_workers(3)
+            pool.resize(1)
+            status = await pool.wait_for(lambda s: len(s.workers) == 1 and len(s.processes) == 1)
+            assert status.workers_lost == 0  # retired workers said goodbye; nobody died
+            assert status.processes[0].restarts == 0 and status.processes[0].running
+            assert (await pool.submit("ping")).result["pid"] == status.workers[0].pid
