@@ -12,13 +12,9 @@ different code than the code under test.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
-import signal
-import socket
 import subprocess
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,25 +23,14 @@ from typing import Iterator
 import pytest
 import requests
 
+from lazylayer.workers.registry.local import free_port, start_local_registry
 from tests.support.tokenserver import ISSUER, SERVICE, TokenServer
 
-REGISTRY_BINARY = "/usr/bin/docker-registry"
 USERS = {"alice": "alice-secret-pw", "bob": "bob-secret-pw"}
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-_PR_SET_PDEATHSIG = 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _bcrypt(password: str) -> str:
@@ -125,7 +110,6 @@ def start_registry(tmp_path: Path, auth: str | None = None, *, token_lifetime: i
     ``tls`` serves HTTPS with a certificate from a fresh test CA (``RunningRegistry.ca_file``)."""
     root = tmp_path / "registry"
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     auth_yaml = ""
     token_server = None
     if auth == "htpasswd":
@@ -142,31 +126,9 @@ def start_registry(tmp_path: Path, auth: str | None = None, *, token_lifetime: i
     if tls:
         ca_file, cert, key = make_tls_certificate(root)
         tls_yaml = f"  tls:\n    certificate: {cert}\n    key: {key}\n"
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: lazylayer-test-secret\n"
-        + tls_yaml + auth_yaml
-    )
-    log = open(root / "registry.log", "wb")
-    process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    log.close()
-    running = RunningRegistry(f"127.0.0.1:{port}", process, root, auth, dict(USERS) if auth else {}, token_server,
-                              ca_file)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            if requests.get(f"{running.url}/v2/", timeout=1, verify=str(ca_file or True)).status_code in (200, 401):
-                return running
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            running.stop()
-            raise RuntimeError(f"docker-registry did not start: {(root / 'registry.log').read_text()[-2000:]}")
-        time.sleep(0.05)
+    local = start_local_registry(root, extra_yaml=tls_yaml + auth_yaml, scheme="https" if tls else "http",
+                                 verify=str(ca_file) if ca_file else True)
+    return RunningRegistry(local.host, local.process, root, auth, dict(USERS) if auth else {}, token_server, ca_file)
 
 
 def _registry_fixture(auth: str | None):
