@@ -135,3 +135,11 @@ class UnverifiedLayerError(LazyLayerError):
 
     kind = "unverified"
     errno = errno.EACCES
+
+
+class MountError(LazyLayerError):
+    """A FUSE or overlay mount could not be made or removed: /dev/fuse missing, the mountpoint
+    busy or served by another daemon, mount(8)/umount(8) refused."""
+
+    kind = "mount"
+    errno = errno.EBUSY
