@@ -1,0 +1,33 @@
+"""`lazylayer daemon [--config F] [--workers N] [--mountpoint DIR] [--cache-dir DIR] [--run-dir DIR]`:
+the FUSE front, in the foreground (daemon/service.py). Flags override the config file and the
+environment. SIGTERM/SIGINT unmount cleanly; SIGHUP re-reads the config's live knobs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import trio
+
+from lazylayer.daemon.service import DaemonOptions, run_daemon
+from lazylayer.shared.config import load_config
+from lazylayer.shared.logs import setup_logging
+
+HELP = "run the FUSE front (layer store + image views) with its fetcher workers, in the foreground"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=os.environ.get("LAZYLAYER_CONFIG"), help="config file (TOML)")
+    parser.add_argument("--workers", type=int, help="fetcher workers to spawn; 0 = external only (workers.count)")
+    parser.add_argument("--mountpoint", help="where the layer store is mounted (daemon.mountpoint)")
+    parser.add_argument("--cache-dir", help="LMDB cache directory (cache.dir)")
+    parser.add_argument("--run-dir", help="sockets and pid file (daemon.run_dir)")
+
+
+def run(args: argparse.Namespace) -> int:
+    flags = {"workers.count": args.workers, "daemon.mountpoint": args.mountpoint, "cache.dir": args.cache_dir,
+             "daemon.run_dir": args.run_dir}
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    config = load_config(args.config or None, overrides=overrides).config
+    setup_logging(config.daemon.log_level, config.daemon.log_format)
+    return trio.run(run_daemon, DaemonOptions(config, args.config or None, overrides))

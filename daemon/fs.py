@@ -1,0 +1,562 @@
+"""The filesystem: pyfuse3 Operations serving the layer store and merged image views from LMDB.
+
+What is under the mountpoint (MNT):
+```
+MNT/<base64(ref)>/<layer digest>/diff/...      the layer's tree (containers' additional layer store)
+MNT/<base64(ref)>/<layer digest>/info          layer info JSON (containers/storage field names)
+MNT/<base64(ref)>/<layer digest>/diff/.lazylayer/<digest>.json
+                                               state file: Info + last error (hidden, lookup only)
+MNT/.images/<view id>/...                      merged image view of `lazylayer mount` (hidden)
+```
+Looking up ``diff`` resolves the layer on demand (image manifest, then footer + TOC through a
+worker) and takes a reference that lasts until ``rmdir MNT/<ref>/<digest>`` (upstream's
+"release"); creating ``use`` takes another one. Both answer ENOENT, as upstream does.
+
+Inode numbers, two spaces that cannot collide:
+- ``>= 2**32``: layer and merged-view nodes, ``layer_id << 32 | node_id`` (metadata.inode_of,
+  layer ids start at 1). Stable across restarts: node ids come from the TOC order. A layer reached
+  through two refs is the same directory inode (the kernel treats it as an alias, the contents
+  are identical and the page cache is shared).
+- ``1 .. 2**32-1``: the store layout itself (1 = MNT), allocated in order of first lookup within
+  one daemon run and never reused in it.
+
+Why the hit path looks like this (limits §2, §6-7): lookup/getattr/readdir/readlink/xattr are one
+short LMDB read txn each, never IPC; a read that hits LMDB never leaves the process; files open
+with ``keep_cache`` so warm re-reads are served by the kernel page cache; the only awaits are on
+misses (worker fetch) and on resolving. Nothing here writes LMDB.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import json
+import logging
+import math
+import os
+import stat
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+import lmdb
+import pyfuse3
+import trio
+
+from lazylayer.daemon.layer import Layer, Resolver
+from lazylayer.shared.errors import LazyLayerError
+from lazylayer.shared.store.env import Store
+from lazylayer.shared.store.metadata import (ROOT_ID, BLOCK_SIZE, Metadata, NodeAttr, NodeRef, OpaqueXattr,
+                                             split_inode, visible_xattrs)
+
+log = logging.getLogger(__name__)
+
+LAYER_INODES = 1 << 32
+IMAGES_DIR = b".images"
+STATE_DIR = b".lazylayer"
+DIFF, INFO, USE = b"diff", b"info", b"use"
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_READDIR_PAGE = 1024
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+#: containers/storage's Compression enum (pkg/archive): what `info` reports
+_COMPRESSION = {"gzip": 2, "zstd": 4}
+
+
+class Kind(Enum):
+    ROOT = "root"
+    IMAGES = "images"
+    REF = "ref"
+    LAYER = "layer"
+    INFO = "info"
+    STATE_DIR = "state-dir"
+    STATE_FILE = "state-file"
+
+
+_DIR_KINDS = {Kind.ROOT, Kind.IMAGES, Kind.REF, Kind.LAYER, Kind.STATE_DIR}
+_MODES = {Kind.STATE_DIR: stat.S_IFDIR | 0o500, Kind.STATE_FILE: stat.S_IFREG | 0o400}
+
+
+@dataclass(frozen=True)
+class LayoutNode:
+    """A node of the store layout (not of a layer): what it is and whose."""
+
+    kind: Kind
+    ref: str = ""
+    digest: str = ""
+    layer_id: int = 0
+
+
+@dataclass(frozen=True)
+class FsSettings:
+    """From config [fuse]."""
+
+    opaque: OpaqueXattr = OpaqueXattr.TRUSTED
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+
+
+@dataclass
+class _File:
+    """An open file of a layer: reads go through its Layer; sequential readers get read-ahead."""
+
+    layer: Layer
+    node: NodeRef
+    size: int
+    next_offset: int = 0
+    ahead_mark: int = 0
+
+
+@dataclass
+class _Content:
+    """An open layout file (info, state): its bytes as of open."""
+
+    data: bytes
+
+
+@dataclass
+class _Dir:
+    """An open directory: entries listed so far (name, inode, attributes) and where to go on."""
+
+    entries: list[tuple[bytes, pyfuse3.EntryAttributes]] = field(default_factory=list)
+    parent: NodeRef | None = None
+    after: bytes | None = None
+    exhausted: bool = True
+
+
+def decode_ref(name: bytes) -> str | None:
+    """A ref directory name: base64 of the reference (standard or URL-safe alphabet)."""
+    try:
+        raw = base64.b64decode(name.replace(b"-", b"+").replace(b"_", b"/"), validate=True)
+        ref = raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    if not ref or any(c.isspace() or ord(c) < 32 for c in ref):
+        return None
+    return ref
+
+
+def encode_ref(ref: str) -> str:
+    return base64.b64encode(ref.encode()).decode()
+
+
+def layer_info(layer: Layer) -> dict[str, Any]:
+    """`info` as containers/storage's additional layer store reads it (same field names as
+    upstream stargz-store); ``diff-digest`` is left out while resolve_image does not report
+    the image config's diff_ids."""
+    desc = layer.desc
+    info: dict[str, Any] = {"compressed-diff-digest": desc.digest, "compressed-size": desc.size}
+    size = desc.annotations.get("io.containers.estargz.uncompressed-size")
+    if size and size.isdigit():
+        info["diff-size"] = int(size)
+    kind = "zstd" if "zstd" in desc.media_type else "gzip"
+    info["compression"] = _COMPRESSION[kind]
+    return info
+
+
+class LazyFS(pyfuse3.Operations):
+    """The daemon's one mount. Every handler runs in the daemon's trio loop."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, store: Store, resolver: Resolver, settings: FsSettings,
+                 on_read: Callable[[int, str | None], None] | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.meta = Metadata(store)
+        self.resolver = resolver
+        self.settings = settings
+        self.on_read = on_read
+        #: merged views served under .images (view id -> the layers it reads)
+        self.views: dict[int, list[Layer]] = {}
+        self._nodes: dict[int, LayoutNode] = {pyfuse3.ROOT_INODE: LayoutNode(Kind.ROOT)}
+        self._inodes: dict[LayoutNode, int] = {LayoutNode(Kind.ROOT): pyfuse3.ROOT_INODE}
+        #: the layout's own reference on each layer whose diff was looked up (until rmdir)
+        self._held: dict[tuple[str, str], Layer] = {}
+        self._refs: dict[str, set[str]] = {}
+        self._handles: dict[int, _File | _Content | _Dir] = {}
+        self._next_fh = 1
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Where read-ahead tasks run (the daemon's nursery)."""
+        self._nursery = nursery
+
+    # -- inode spaces --------------------------------------------------------------------------
+
+    def _layout_inode(self, node: LayoutNode) -> int:
+        inode = self._inodes.get(node)
+        if inode is None:
+            inode = len(self._nodes) + 1
+            if inode >= LAYER_INODES:
+                raise pyfuse3.FUSEError(errno.EIO)  # "too many inodes", as upstream
+            self._nodes[inode] = node
+            self._inodes[node] = inode
+        return inode
+
+    def _layout(self, inode: int) -> LayoutNode:
+        node = self._nodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    # -- attributes ----------------------------------------------------------------------------
+
+    def _entry(self, inode: int, attr: NodeAttr, timeout: float | None = None) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = inode
+        e.generation = 0
+        e.entry_timeout = self.settings.entry_timeout if timeout is None else timeout
+        e.attr_timeout = self.settings.attr_timeout if timeout is None else timeout
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = BLOCK_SIZE
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = 0
+        e.st_ctime_ns = 0
+        e.st_mtime_ns = attr.mtime * 1_000_000_000
+        return e
+
+    def _layout_attr(self, node: LayoutNode) -> NodeAttr:
+        if node.kind in _DIR_KINDS:
+            return NodeAttr(_MODES.get(node.kind, stat.S_IFDIR | 0o555), nlink=2)
+        return NodeAttr(_MODES.get(node.kind, stat.S_IFREG | 0o444), size=len(self._content(node)))
+
+    def _layout_entry(self, node: LayoutNode) -> pyfuse3.EntryAttributes:
+        inode = self._layout_inode(node)
+        # Files whose content changes are never cached by the kernel.
+        timeout = None if node.kind in _DIR_KINDS else 0.0
+        return self._entry(inode, self._layout_attr(node), timeout)
+
+    def _node_attr(self, ref: NodeRef, txn: lmdb.Transaction | None = None) -> NodeAttr:
+        attr = self.meta.getattr(ref, txn)
+        if attr is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return attr
+
+    def _content(self, node: LayoutNode) -> bytes:
+        if node.kind is Kind.INFO:
+            layer = self._held.get((node.ref, node.digest))
+            if layer is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return (json.dumps(layer_info(layer), sort_keys=True) + "\n").encode()
+        if node.kind is Kind.STATE_FILE:
+            layer = self._any_layer(node.layer_id)
+            return (json.dumps(layer.state_json(), sort_keys=True) + "\n").encode()
+        raise pyfuse3.FUSEError(errno.EISDIR)
+
+    def _any_layer(self, layer_id: int) -> Layer:
+        for layer in self._held.values():
+            if layer.layer_id == layer_id:
+                return layer
+        for layer in self.resolver.layers():
+            if layer.layer_id == layer_id:
+                return layer
+        raise pyfuse3.FUSEError(errno.ENOENT)
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if parent_inode >= LAYER_INODES:
+            parent = split_inode(parent_inode)
+            if name == STATE_DIR and parent.node_id == ROOT_ID and self.resolver.known(parent.layer_id):
+                return self._layout_entry(LayoutNode(Kind.STATE_DIR, layer_id=parent.layer_id))
+
+            def find(txn: lmdb.Transaction) -> tuple[NodeRef, NodeAttr] | None:
+                ref = self.meta.lookup(parent, name, txn)
+                attr = None if ref is None else self.meta.getattr(ref, txn)
+                return None if attr is None else (ref, attr)
+
+            found = self.store.read(find)
+            if found is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._entry(found[0].inode, found[1])
+        node = self._layout(parent_inode)
+        if node.kind is Kind.ROOT:
+            if name == IMAGES_DIR:
+                return self._layout_entry(LayoutNode(Kind.IMAGES))
+            ref = decode_ref(name)
+            if ref is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._layout_entry(LayoutNode(Kind.REF, ref=ref))
+        if node.kind is Kind.REF:
+            digest = name.decode("ascii", "replace")
+            if not _DIGEST.match(digest):
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._layout_entry(LayoutNode(Kind.LAYER, ref=node.ref, digest=digest))
+        if node.kind is Kind.LAYER:
+            if name == DIFF:
+                layer = await self.hold(node.ref, node.digest)
+                root = self._guard(layer.root_node)
+                return self._entry(root.inode, self._node_attr(root))
+            if name == INFO:
+                await self.hold(node.ref, node.digest)
+                return self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest))
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.kind is Kind.IMAGES:
+            view_id = int(name) if name.isdigit() else -1
+            if view_id not in self.views:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            root = NodeRef(view_id, ROOT_ID)
+            return self._entry(root.inode, self._node_attr(root))
+        if node.kind is Kind.STATE_DIR:
+            layer = self._any_layer(node.layer_id)
+            if name != f"{layer.digest}.json".encode():
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._layout_entry(LayoutNode(Kind.STATE_FILE, layer_id=node.layer_id))
+        raise pyfuse3.FUSEError(errno.ENOTDIR)
+
+    @staticmethod
+    def _guard(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except LazyLayerError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+
+    async def hold(self, ref: str, digest: str) -> Layer:
+        """The layer behind MNT/<ref>/<digest>, resolved (and verified) on first use; the
+        layout keeps one reference to it until the layer dir is removed."""
+        key = (ref, digest)
+        layer = self._held.get(key)
+        if layer is not None and not layer.closed:
+            layer.touch()
+            return layer
+        try:
+            desc = await self.resolver.descriptor(ref, digest)
+            layer = await self.resolver.resolve(ref, desc)
+        except LazyLayerError as exc:
+            log.warning("cannot serve layer %s of %s: %s", digest, ref, exc)
+            raise pyfuse3.FUSEError(errno.ENOENT if exc.errno == errno.ENOENT else errno.EIO) from None
+        if key in self._held:  # a concurrent lookup got there first
+            layer.done()
+            return self._held[key]
+        self._held[key] = layer
+        self._refs.setdefault(ref, set()).add(digest)
+        return layer
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if inode >= LAYER_INODES:
+            return self._entry(inode, self._node_attr(split_inode(inode)))
+        return self._layout_entry(self._layout(inode))
+
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        if inode < LAYER_INODES:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        attr = self._node_attr(split_inode(inode))
+        if not stat.S_ISLNK(attr.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return attr.link_target.encode("utf-8", "surrogateescape")
+
+    # -- xattrs --------------------------------------------------------------------------------
+
+    def _xattrs(self, inode: int) -> dict[str, bytes]:
+        if inode < LAYER_INODES:
+            self._layout(inode)
+            return {}
+        return visible_xattrs(self._node_attr(split_inode(inode)), self.settings.opaque)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        # pyfuse3 answers size queries and ERANGE itself from the full value.
+        value = self._xattrs(inode).get(name.decode("utf-8", "surrogateescape"))
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return bytes(value)
+
+    async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
+        return [key.encode("utf-8", "surrogateescape") for key in self._xattrs(inode)]
+
+    # -- directories ---------------------------------------------------------------------------
+
+    def _new_handle(self, handle: _File | _Content | _Dir) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        if inode >= LAYER_INODES:
+            ref = split_inode(inode)
+            if not self._node_attr(ref).is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            return self._new_handle(_Dir(parent=ref, exhausted=False))
+        node = self._layout(inode)
+        if node.kind not in _DIR_KINDS:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        children: list[LayoutNode] = []
+        if node.kind is Kind.ROOT:
+            children = [LayoutNode(Kind.REF, ref=ref) for ref in sorted(self._refs)]
+        elif node.kind is Kind.REF:
+            children = [LayoutNode(Kind.LAYER, node.ref, d) for d in sorted(self._refs.get(node.ref, ()))]
+        entries = [(_name_of(child).encode(), self._layout_entry(child)) for child in children]
+        if node.kind is Kind.LAYER and (node.ref, node.digest) in self._held:
+            layer = self._held[(node.ref, node.digest)]
+            root = layer.record.root
+            entries = [(DIFF, self._entry(root.inode, self._node_attr(root))),
+                       (INFO, self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest)))]
+        return self._new_handle(_Dir(entries))
+
+    def _more(self, handle: _Dir) -> None:
+        """List the next page of a layer directory (names sorted; attributes in the same txn)."""
+        assert handle.parent is not None
+        page = self.meta.readdir(handle.parent, handle.after, _READDIR_PAGE)
+        if len(page) < _READDIR_PAGE:
+            handle.exhausted = True
+        if not page:
+            return
+        handle.after = page[-1][0]
+
+        def attrs(txn: lmdb.Transaction) -> list[NodeAttr | None]:
+            return [self.meta.getattr(ref, txn) for _, ref in page]
+
+        for (name, ref), attr in zip(page, self.store.read(attrs)):
+            if attr is not None:
+                handle.entries.append((name, self._entry(ref.inode, attr)))
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._handles[fh]
+        assert isinstance(handle, _Dir)
+        index = start_id
+        while True:
+            if index >= len(handle.entries):
+                if handle.exhausted:
+                    return
+                self._more(handle)
+                continue
+            name, entry = handle.entries[index]
+            if not pyfuse3.readdir_reply(token, name, entry, index + 1):
+                return
+            index += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if inode < LAYER_INODES:
+            node = self._layout(inode)
+            fh = self._new_handle(_Content(self._content(node)))
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        ref = split_inode(inode)
+        attr = self._node_attr(ref)
+        if attr.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        try:
+            layer = await self.resolver.layer_for(ref.layer_id)
+        except LazyLayerError as exc:
+            log.warning("open of inode %d: %s", inode, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        fh = self._new_handle(_File(layer, ref, attr.size))
+        # Layer content never changes: let the kernel keep its page cache across opens.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        if isinstance(handle, _Content):
+            return handle.data[off:off + size]
+        assert isinstance(handle, _File)
+        try:
+            data = await handle.layer.read(handle.node, handle.size, off, size)
+        except LazyLayerError as exc:
+            if self.on_read is not None:
+                self.on_read(0, exc.kind)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        if self.on_read is not None:
+            self.on_read(len(data), None)
+        end = off + len(data)
+        if off == handle.next_offset and end < handle.size and end >= handle.ahead_mark:
+            self._read_ahead(handle, end)
+        handle.next_offset = end
+        return data
+
+    def _read_ahead(self, handle: _File, offset: int) -> None:
+        """A sequential reader crossed into the next chunk: fetch the chunks ahead of it."""
+        chunks = handle.layer.remote.chunks_ahead(handle.node, offset)
+        handle.ahead_mark = chunks[0].end if chunks else math.inf  # type: ignore[assignment]
+        if chunks and self._nursery is not None:
+            self._nursery.start_soon(handle.layer.read_ahead, handle.node, offset)
+
+    async def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = BLOCK_SIZE
+        s.f_blocks = s.f_bfree = s.f_bavail = 0
+        s.f_files = s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # -- a read-only filesystem, except the additional layer store's reference counting ---------
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any = None) -> Any:
+        node = self._nodes.get(parent_inode)
+        if node is not None and node.kind is Kind.LAYER and name == USE:
+            layer = await self.hold(node.ref, node.digest)
+            layer.acquire()
+            log.info("layer %s of %s in use (%d references)", node.digest, node.ref, layer.refs)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
+        node = self._nodes.get(parent_inode)
+        if node is not None and node.kind is Kind.REF:
+            layer = self._held.get((node.ref, name.decode("ascii", "replace")))
+            if layer is not None:
+                layer.done()
+                log.info("layer %s of %s released (%d references)", layer.digest, node.ref, layer.refs)
+                raise pyfuse3.FUSEError(errno.ENOENT)
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setattr(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mknod(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mkdir(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def unlink(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def symlink(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rename(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def link(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def write(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setxattr(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def removexattr(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    # -- for the control socket ----------------------------------------------------------------
+
+    def held(self) -> list[Layer]:
+        return list(self._held.values())
+
+    def release_all(self) -> None:
+        for layer in self._held.values():
+            layer.done()
+        self._held.clear()
+
+
+def _name_of(node: LayoutNode) -> str:
+    return encode_ref(node.ref) if node.kind is Kind.REF else node.digest

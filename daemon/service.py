@@ -1,0 +1,340 @@
+"""The daemon's trio main: config, cache, worker pool, Resolver, the FUSE mount, control socket,
+signals. `lazylayer daemon` runs `run_daemon`.
+
+Everything lives in ONE trio loop in one thread (limits §7): pyfuse3's request tasks, the worker
+pool's ZeroMQ pump, the control socket's pump, the Resolver's eviction loop and the layers' fetch
+tasks. Workers are exec'd by the pool; this process never forks after opening ZeroMQ or LMDB.
+
+Start-up refuses clearly (MountError) when /dev/fuse is missing, when another daemon holds the run
+dir's lock, or when something else is mounted on the mountpoint; a stale mount of ours left by a
+crashed daemon (ENOTCONN) is unmounted first, so a restart after SIGKILL just works, and the
+LMDB cache it finds is as warm as it was. SIGTERM/SIGINT unmount the views `lazylayer mount`
+made, then the FUSE mount, and stop the workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyfuse3
+import trio
+
+from lazylayer.daemon import mounts
+from lazylayer.daemon.control import ControlServer
+from lazylayer.daemon.fs import IMAGES_DIR, FsSettings, LazyFS, encode_ref
+from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
+from lazylayer.daemon.metrics import Metrics, StateSources
+from lazylayer.daemon.pool import WorkerPool
+from lazylayer.daemon.remote import FetchSettings, Remote
+from lazylayer.shared.config import Config, config_changes, load_config
+from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError
+from lazylayer.shared.logs import set_level
+from lazylayer.shared.store.chunks import ChunkStore
+from lazylayer.shared.store.env import StoreOptions, open_store
+from lazylayer.shared.store.layers import Layers
+from lazylayer.shared.store.merged import MergedViews
+from lazylayer.shared.store.metadata import OpaqueXattr
+
+log = logging.getLogger(__name__)
+
+#: pyfuse3 request tasks; handlers that await a fetch need room (limits §7.2: >= 16)
+MAX_TASKS = 64
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    config: Config
+    #: the config file, handed to spawned workers (None: defaults + environment)
+    config_path: str | None = None
+    #: CLI flags ({"section.key": value}), re-applied on reload
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mountpoint(self) -> str:
+        return os.path.abspath(self.config.daemon.mountpoint)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.abspath(self.config.daemon.run_dir)
+
+    @property
+    def cache_dir(self) -> str:
+        return os.path.abspath(self.config.cache.dir)
+
+
+@dataclass
+class UserMount:
+    """A `lazylayer mount` made through this daemon: what to release and unmount."""
+
+    target: str
+    ref: str
+    layers: list[Layer]
+    writable: bool
+    view_id: int | None = None
+    state_dir: str = ""
+
+
+@dataclass
+class Daemon:
+    options: DaemonOptions
+    fs: LazyFS
+    resolver: Resolver
+    remote: Remote
+    pool: WorkerPool
+    #: the config in effect (SIGHUP compares the file against it)
+    config: Config
+    user_mounts: dict[str, UserMount] = field(default_factory=dict)
+
+    # -- control ops -------------------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Any]:
+        return {"status": self.status, "image": self.image, "open_view": self.open_view,
+                "record_mount": self.record_mount, "umount": self.umount, "prefetch_layer": self.prefetch_layer,
+                "fetch_layer": self.fetch_layer}
+
+    def layer_path(self, ref: str, digest: str) -> str:
+        return os.path.join(self.options.mountpoint, encode_ref(ref), digest, "diff")
+
+    async def image(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Resolve an image and every layer (verified, prefetch waited for); the layers are
+        served under MNT/<base64(ref)>/<digest>/diff from now on."""
+        ref = str(params["ref"])
+        image = await self.resolver.resolve_image(ref)
+        layers = [await self.fs.hold(ref, desc.digest) for desc in image.layers]
+        return {"ref": image.ref, "manifest_digest": image.manifest_digest, "cache_dir": self.options.cache_dir,
+                "mountpoint": self.options.mountpoint,
+                "layers": [{"digest": l.digest, "size": l.record.blob_size, "path": self.layer_path(ref, l.digest)}
+                           for l in layers]}
+
+    async def _acquire_all(self, ref: str, digests: list[str]) -> list[Layer]:
+        out: list[Layer] = []
+        try:
+            for digest in digests:
+                out.append(await self.resolver.resolve(ref, await self.resolver.descriptor(ref, digest)))
+        except BaseException:
+            for layer in out:
+                layer.done()
+            raise
+        return out
+
+    async def open_view(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Serve the merged view of ``layers`` (created in LMDB by the CLI) at MNT/.images/<id>
+        for a mount at ``target``; its layers stay referenced until `umount`."""
+        ref, target, digests = str(params["ref"]), os.path.abspath(params["target"]), list(params["layers"])
+        view = MergedViews(self.remote.store).get(digests)
+        if view is None:
+            raise NotFoundError(f"no merged view of {len(digests)} layers of {ref} in the cache")
+        layers = await self._acquire_all(ref, digests)
+        self.fs.views[view.view_id] = layers
+        self.user_mounts[target] = UserMount(target, ref, layers, False, view.view_id)
+        return {"path": os.path.join(self.options.mountpoint, IMAGES_DIR.decode(), str(view.view_id)),
+                "view_id": view.view_id}
+
+    async def record_mount(self, params: dict[str, Any]) -> dict[str, Any]:
+        """An overlay mount of our layer diffs at ``target`` (made by the CLI)."""
+        ref, target = str(params["ref"]), os.path.abspath(params["target"])
+        layers = await self._acquire_all(ref, list(params["layers"]))
+        self.user_mounts[target] = UserMount(target, ref, layers, True, None, str(params.get("state_dir", "")))
+        return {"target": target}
+
+    async def umount(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Forget a user mount (the CLI unmounted it): release its layers and its view."""
+        target = os.path.abspath(params["target"])
+        mount = self.user_mounts.pop(target, None)
+        if mount is None:
+            raise NotFoundError(f"{target} is not a lazylayer mount of this daemon")
+        self._release(mount)
+        return {"writable": mount.writable, "state_dir": mount.state_dir}
+
+    def _release(self, mount: UserMount) -> None:
+        for layer in mount.layers:
+            layer.done()
+        if mount.view_id is not None and not any(m.view_id == mount.view_id for m in self.user_mounts.values()):
+            self.fs.views.pop(mount.view_id, None)
+
+    async def prefetch_layer(self, params: dict[str, Any]) -> dict[str, Any]:
+        layer = await self.fs.hold(str(params["ref"]), str(params["digest"]))
+        fetched = await layer.prefetch()
+        return {"bytes": fetched, "info": layer.info().to_dict(), "error": layer.error()}
+
+    async def fetch_layer(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The whole blob now (the same pieces the background walk fetches: jobs are shared)."""
+        layer = await self.fs.hold(str(params["ref"]), str(params["digest"]))
+        await self.remote.background_fetch(layer.ref, layer.current_record())
+        return {"info": layer.info().to_dict(), "error": layer.error()}
+
+    async def status(self, params: dict[str, Any]) -> dict[str, Any]:
+        layers = []
+        seen = set()
+        for layer in self.fs.held() + self.resolver.layers():
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            layers.append({"ref": layer.ref, "digest": layer.digest, "layer_id": layer.layer_id,
+                           "verified": layer.verified, "references": layer.refs, "info": layer.info().to_dict(),
+                           "error": layer.error()})
+        cached = [{"digest": r.digest, "state": r.state.value, "size": r.blob_size, "fetched": r.fetched_bytes,
+                   "error": r.last_error} for r in Layers(self.remote.store).all()]
+        return {
+            "pid": os.getpid(),
+            "mountpoint": self.options.mountpoint,
+            "layers": layers,
+            "cached_layers": cached,
+            "failures": [dataclasses.asdict(f) for f in self.resolver.failures.values()],
+            "mounts": [{"target": m.target, "ref": m.ref, "writable": m.writable, "view_id": m.view_id}
+                       for m in self.user_mounts.values()],
+            "workers": self.pool.status().to_dict(),
+            "cache": dataclasses.asdict(ChunkStore(self.remote.store).stats()),
+            "fetch": {k: v for k, v in dataclasses.asdict(self.remote.stats).items() if k != "by_worker"},
+        }
+
+    def unmount_user_mounts(self) -> None:
+        for mount in list(self.user_mounts.values()):
+            try:
+                mounts.unmount(mount.target, lazy=True)
+            except MountError as exc:
+                log.warning("%s", exc)
+            self._release(mount)
+        self.user_mounts.clear()
+
+
+def _lock_run_dir(run_dir: str) -> int:
+    """One daemon per run dir: an flock on RUN/daemon.pid held for the daemon's life (released
+    by the kernel when it dies, however it dies)."""
+    os.makedirs(run_dir, exist_ok=True)
+    fd = os.open(os.path.join(run_dir, "daemon.pid"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise MountError(f"another lazylayer daemon (pid {other or '?'}) is running with run dir {run_dir}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def worker_command(options: DaemonOptions) -> list[str]:
+    command = [sys.executable, "-m", "lazylayer.workers.main", "--endpoint", f"ipc://{options.run_dir}/workers.sock",
+               "--cache-dir", options.cache_dir, "--log-level", options.config.daemon.log_level]
+    if options.config_path:
+        command += ["--config", options.config_path]
+    return command
+
+
+def fuse_options(config: Config) -> set[str]:
+    options = {"fsname=lazylayer", "subtype=lazylayer", "default_permissions", "suid", "dev"}
+    if config.fuse.allow_other:
+        options.add("allow_other")
+    return options
+
+
+async def run_daemon(options: DaemonOptions) -> int:
+    config = options.config
+    mounts.require_fuse()
+    lock = _lock_run_dir(options.run_dir)
+    try:
+        mounts.prepare_mountpoint(options.mountpoint)
+        store = open_store(StoreOptions.from_config(config.cache, options.cache_dir), readonly=True)
+        try:
+            return await _serve(options, store)
+        finally:
+            store.close()
+    finally:
+        os.close(lock)
+
+
+async def _serve(options: DaemonOptions, store: Any) -> int:
+    config = options.config
+    w = config.workers
+    pool = WorkerPool(f"ipc://{options.run_dir}/workers.sock", spawn=w.count, worker_command=worker_command(options),
+                      heartbeat_interval=w.heartbeat_interval, heartbeat_liveness=w.heartbeat_liveness,
+                      max_attempts=w.max_attempts, quiet_period=config.background.quiet_period,
+                      restart_backoff_max=w.restart_backoff_max, restart_stable_after=w.restart_stable_after)
+    metrics = Metrics()
+    async with pool:
+        remote = Remote(pool, store, FetchSettings.from_config(config))
+        resolver = Resolver(remote, ResolverSettings(prefetch=config.prefetch.enabled,
+                                                     prefetch_timeout=config.prefetch.timeout,
+                                                     background=config.background.enabled),
+                            allow_unverified=config.verification.allow_unverified)
+
+        def on_read(nbytes: int, error: str | None) -> None:
+            if error is None:
+                metrics.reads.labels("fuse").inc()
+                metrics.read_bytes.inc(nbytes)
+            else:
+                metrics.errors.labels(error).inc()
+
+        fs = LazyFS(store, resolver, FsSettings(OpaqueXattr[config.fuse.opaque_type.upper()],
+                                                config.fuse.attr_timeout, config.fuse.entry_timeout), on_read)
+        daemon = Daemon(options, fs, resolver, remote, pool, config)
+        if config.metrics.address:
+            metrics.attach(StateSources.in_trio(lambda: Layers(store).all(), ChunkStore(store).stats, pool.status))
+            metrics.serve(config.metrics.address)
+        try:
+            pyfuse3.init(fs, options.mountpoint, fuse_options(config))
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount FUSE at {options.mountpoint}: {exc}") from None
+        try:
+            log.info("serving %s (cache %s, %d workers)", options.mountpoint, options.cache_dir, w.count)
+            async with trio.open_nursery() as nursery:
+                fs.attach(nursery)
+                await nursery.start(resolver.run)
+                await nursery.start(ControlServer(options.run_dir, daemon.handlers()).serve)
+                nursery.start_soon(_signals, daemon, options)
+                nursery.start_soon(_after_init, options.mountpoint, config.fuse.read_ahead_kb)
+                await pyfuse3.main(max_tasks=MAX_TASKS)
+                nursery.cancel_scope.cancel()
+        finally:
+            daemon.unmount_user_mounts()
+            fs.release_all()
+            pyfuse3.close(unmount=True)
+            metrics.close()
+    log.info("unmounted %s", options.mountpoint)
+    return 0
+
+
+async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
+    """Raise the bdi read-ahead once FUSE INIT is done: the kernel clamps it to libfuse's
+    max_readahead (128 KiB) when it processes the INIT reply. A stat of the mountpoint from a
+    thread returns only after INIT, since the loop must answer it."""
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    mounts.set_read_ahead(mountpoint, read_ahead_kb)
+
+
+async def _signals(daemon: Daemon, options: DaemonOptions) -> None:
+    """SIGTERM/SIGINT: leave pyfuse3's loop (the caller unmounts). SIGHUP: apply live knobs."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                _reload(daemon, options)
+                continue
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def _reload(daemon: Daemon, options: DaemonOptions) -> None:
+    """Re-read the config file; apply the live knobs this process owns (log level, worker
+    count); the cache cap is applied by the workers' janitor, restart-only knobs are logged."""
+    try:
+        new = load_config(options.config_path, overrides=options.overrides).config
+    except LazyLayerError as exc:
+        log.error("reload refused: %s", exc)
+        return
+    changes = config_changes(daemon.config, new)
+    daemon.config = new
+    if "daemon.log_level" in changes.live:
+        set_level(new.daemon.log_level)
+    if "workers.count" in changes.live:
+        daemon.pool.resize(new.workers.count)
+    for key in changes.restart:
+        log.warning("reload: %s changed; it takes effect after a restart", key)
