@@ -16,6 +16,7 @@ import pytest
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.metadata import OpaqueXattr
 from lazylayer.shared.store.merged import MergedViews
+from tests.conformance.fuse_view import FuseViews
 from tests.conformance.store_view import StoreLayerView, StoreTreeView
 from tests.conformance.view import LayerView
 from tests.support.layers import BuiltLayer, Item, build_layer
@@ -41,7 +42,7 @@ class StoreViews:
         self.store.close()
 
 
-IMPLEMENTATIONS = {"store": StoreViews}
+IMPLEMENTATIONS = {"store": StoreViews, "fuse": FuseViews}
 
 MakeView = Callable[..., LayerView]
 
