@@ -1,0 +1,143 @@
+"""The layer store layout through a real mount: MNT/<base64(ref)>/<digest>/{diff,info}, the state
+file, read-only semantics, xattr size rules, the additional layer store's use/release."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import stat
+
+import pytest
+
+from tests.fuse.daemonproc import RunningDaemon
+from tests.support.fetchstack import PushedImage, expected_files
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+def raw_getxattr(path: str, name: str, size: int) -> tuple[int, int]:
+    """getxattr(2) with a caller-sized buffer: (return value, errno)."""
+    buf = ctypes.create_string_buffer(max(size, 1))
+    ret = _libc.lgetxattr(path.encode(), name.encode(), buf if size else None, ctypes.c_size_t(size))
+    return ret, ctypes.get_errno() if ret < 0 else 0
+
+
+def raw_listxattr(path: str, size: int) -> tuple[int, int]:
+    buf = ctypes.create_string_buffer(max(size, 1))
+    ret = _libc.llistxattr(path.encode(), buf if size else None, ctypes.c_size_t(size))
+    return ret, ctypes.get_errno() if ret < 0 else 0
+
+
+def test_every_layer_reads_back_through_diff(daemon: RunningDaemon, app_image: PushedImage):
+    for layer in app_image.layers:
+        diff = daemon.layer_dir(app_image.ref, layer.digest)
+        for path, data in expected_files(layer.root).items():
+            assert (diff / path).read_bytes() == data, path
+            src = os.lstat(layer.root / path)
+            got = os.lstat(diff / path)
+            assert (got.st_mode, got.st_nlink, got.st_size) == (src.st_mode, src.st_nlink, src.st_size), path
+            assert got.st_blocks == -(-src.st_size // 4096) * 8
+        for path in layer.root.rglob("*"):
+            rel = path.relative_to(layer.root)
+            if path.is_symlink():
+                assert os.readlink(diff / rel) == os.readlink(path)
+                assert os.lstat(diff / rel).st_size == len(os.readlink(path).encode())
+        assert os.stat(diff / ".lazylayer").st_mode == stat.S_IFDIR | 0o500
+        assert ".lazylayer" not in os.listdir(diff)
+
+
+def test_layout_files(daemon: RunningDaemon, app_image: PushedImage):
+    layer = app_image.layers[0]
+    root = daemon.layer_root(app_image.ref, layer.digest)
+    (root / "diff").stat()
+    assert sorted(os.listdir(root)) == ["diff", "info"]
+    assert root.parent.name in os.listdir(daemon.mountpoint)
+    assert layer.digest in os.listdir(root.parent)
+    info = json.loads((root / "info").read_text())
+    assert info["compressed-diff-digest"] == layer.digest and info["compressed-size"] == layer.size
+    assert info["compression"] == 2
+    state_path = root / "diff" / ".lazylayer" / f"{layer.digest}.json"
+    state = json.loads(state_path.read_text())
+    assert state["digest"] == layer.digest and state["size"] == layer.size
+    assert state["toc_digest"] == layer.toc_digest and "error" not in state
+    assert os.stat(state_path).st_size == len(state_path.read_bytes())
+    assert stat.S_IMODE(os.stat(state_path).st_mode) == 0o400
+    # Inodes: layer nodes above 2**32, layout nodes below, all distinct.
+    assert os.stat(root / "diff").st_ino > 1 << 32
+    assert 1 < os.stat(root).st_ino < 1 << 32
+    assert os.stat(root / "info").st_ino < 1 << 32
+    st = os.statvfs(daemon.mountpoint)
+    assert (st.f_bsize, st.f_blocks, st.f_files, st.f_namemax) == (4096, 0, 0, 255)
+
+
+def test_bad_names_are_not_found(daemon: RunningDaemon, app_image: PushedImage):
+    for path in ("not base64!", "bm90IGEgcmVm/sha256:nothex", "bm90IGEgcmVm/" + "x" * 10,
+                 daemon.layer_root(app_image.ref, app_image.layers[0].digest).relative_to(daemon.mountpoint) / "blah"):
+        with pytest.raises(FileNotFoundError):
+            os.stat(daemon.mountpoint / path)
+    # A well-formed layer the image does not have.
+    with pytest.raises(FileNotFoundError):
+        os.stat(daemon.layer_dir(app_image.ref, "sha256:" + "0" * 64))
+
+
+def test_read_only(daemon: RunningDaemon, app_image: PushedImage):
+    diff = daemon.layer_dir(app_image.ref, app_image.layers[0].digest)
+    attempts = [
+        lambda: open(diff / "etc/app.conf", "r+b"),
+        lambda: open(diff / "etc/new", "wb"),
+        lambda: os.mkdir(diff / "newdir"),
+        lambda: os.unlink(diff / "etc/app.conf"),
+        lambda: os.rename(diff / "etc/app.conf", diff / "etc/x"),
+        lambda: os.symlink("x", diff / "etc/link"),
+        lambda: os.chmod(diff / "etc/app.conf", 0o600),
+        lambda: os.setxattr(diff / "etc/app.conf", "user.x", b"1"),
+        lambda: os.truncate(diff / "etc/app.conf", 0),
+        lambda: os.mkdir(daemon.mountpoint / "x"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as caught:
+            attempt()
+        assert caught.value.errno == errno.EROFS
+    assert (diff / "etc/app.conf").read_bytes() == b"answer = 42\n"
+
+
+def test_xattr_size_rules(daemon: RunningDaemon, registry):
+    from tests.support.layers import build_layer, directory, file, opaque
+    from tests.support.registry import Layer, push_image
+
+    built = build_layer([directory("d/", xattrs={"user.k": "value"}), opaque("d"), file("d/f", b"x")])
+    push_image(registry, "fuse/xattr", "v1", [Layer(built.blob, annotations=dict(built.result.annotations()))])
+    diff = daemon.layer_dir(f"{registry.host}/fuse/xattr:v1", built.digest)
+    d = str(diff / "d")
+    assert os.listxattr(d) == ["trusted.overlay.opaque", "user.k"]  # config default: trusted
+    assert raw_getxattr(d, "user.k", 0) == (5, 0)  # size query
+    assert raw_getxattr(d, "user.k", 2) == (-1, errno.ERANGE)
+    assert raw_getxattr(d, "user.k", 5) == (5, 0)
+    assert raw_getxattr(d, "user.none", 10) == (-1, errno.ENODATA)
+    assert raw_getxattr(d, "user.overlay.opaque", 10) == (-1, errno.ENODATA)
+    names = len(b"trusted.overlay.opaque\0user.k\0")
+    assert raw_listxattr(d, 0) == (names, 0)
+    assert raw_listxattr(d, names - 1) == (-1, errno.ERANGE)
+    assert raw_listxattr(str(diff / "d/f"), 0) == (0, 0)
+
+
+def test_use_and_release(daemon: RunningDaemon, app_image: PushedImage):
+    """containers' additional layer store: creating `use` takes a reference, rmdir of the layer
+    dir releases one; both answer ENOENT (as upstream stargz-store)."""
+    layer = app_image.layers[2]
+    root = daemon.layer_root(app_image.ref, layer.digest)
+
+    def references() -> int:
+        status = daemon.call("status")
+        return max(l["references"] for l in status["layers"] if l["digest"] == layer.digest)
+
+    (root / "diff").stat()
+    before = references()
+    with pytest.raises(FileNotFoundError):
+        open(root / "use", "w")
+    assert references() == before + 1
+    with pytest.raises(FileNotFoundError):
+        os.rmdir(root)
+    assert references() == before
