@@ -293,11 +293,11 @@ class LazyFS(pyfuse3.Operations):
             return self._layout_entry(LayoutNode(Kind.LAYER, ref=node.ref, digest=digest))
         if node.kind is Kind.LAYER:
             if name == DIFF:
-                layer = await self.hold(node.ref, node.digest)
+                layer = await self._hold(node.ref, node.digest)
                 root = self._guard(layer.root_node)
                 return self._entry(root.inode, self._node_attr(root))
             if name == INFO:
-                await self.hold(node.ref, node.digest)
+                await self._hold(node.ref, node.digest)
                 return self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest))
             raise pyfuse3.FUSEError(errno.ENOENT)
         if node.kind is Kind.IMAGES:
@@ -322,24 +322,28 @@ class LazyFS(pyfuse3.Operations):
 
     async def hold(self, ref: str, digest: str) -> Layer:
         """The layer behind MNT/<ref>/<digest>, resolved (and verified) on first use; the
-        layout keeps one reference to it until the layer dir is removed."""
+        layout keeps one reference to it until the layer dir is removed. Typed errors."""
         key = (ref, digest)
         layer = self._held.get(key)
         if layer is not None and not layer.closed:
             layer.touch()
             return layer
-        try:
-            desc = await self.resolver.descriptor(ref, digest)
-            layer = await self.resolver.resolve(ref, desc)
-        except LazyLayerError as exc:
-            log.warning("cannot serve layer %s of %s: %s", digest, ref, exc)
-            raise pyfuse3.FUSEError(errno.ENOENT if exc.errno == errno.ENOENT else errno.EIO) from None
+        desc = await self.resolver.descriptor(ref, digest)
+        layer = await self.resolver.resolve(ref, desc)
         if key in self._held:  # a concurrent lookup got there first
             layer.done()
             return self._held[key]
         self._held[key] = layer
         self._refs.setdefault(ref, set()).add(digest)
         return layer
+
+    async def _hold(self, ref: str, digest: str) -> Layer:
+        """`hold` for FUSE handlers: ENOENT for what does not exist, EIO for the rest."""
+        try:
+            return await self.hold(ref, digest)
+        except LazyLayerError as exc:
+            log.warning("cannot serve layer %s of %s: %s", digest, ref, exc)
+            raise pyfuse3.FUSEError(errno.ENOENT if exc.errno == errno.ENOENT else errno.EIO) from None
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         if inode >= LAYER_INODES:
@@ -501,7 +505,7 @@ class LazyFS(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any = None) -> Any:
         node = self._nodes.get(parent_inode)
         if node is not None and node.kind is Kind.LAYER and name == USE:
-            layer = await self.hold(node.ref, node.digest)
+            layer = await self._hold(node.ref, node.digest)
             layer.acquire()
             log.info("layer %s of %s in use (%d references)", node.digest, node.ref, layer.refs)
             raise pyfuse3.FUSEError(errno.ENOENT)

@@ -396,6 +396,8 @@ class Resolver:
         try:
             layer = await self._shared(("layer", key), lambda: self._resolve_new(ref, desc))
         except LazyLayerError as exc:
+            if desc.digest not in str(exc):  # say which layer (workers' errors may not)
+                exc.args = (f"layer {desc.digest} of {ref}: {exc}",)
             self.failures[key] = ResolveFailure(ref, desc.digest, str(exc), exc.kind, trio.current_time())
             raise
         self.failures.pop(key, None)

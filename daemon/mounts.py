@@ -55,9 +55,11 @@ def mounts() -> list[MountEntry]:
     return entries
 
 
-def mount_at(path: str | os.PathLike[str]) -> MountEntry | None:
-    """The topmost mount whose mountpoint is exactly ``path``."""
-    target = os.path.abspath(path)
+def mount_at(path: str | os.PathLike[str], *, resolve: bool = True) -> MountEntry | None:
+    """The topmost mount whose mountpoint is exactly ``path`` (symlinks resolved unless
+    ``resolve`` is False: resolving stats the path, which the daemon must never do on its own
+    mount from its own loop)."""
+    target = os.path.realpath(path) if resolve else os.path.abspath(path)
     found = None
     for entry in mounts():
         if entry.mountpoint == target:
@@ -83,7 +85,7 @@ def prepare_mountpoint(path: str) -> None:
         if entry.fstype != FUSE_TYPE:
             raise MountError(f"mountpoint {path} is busy: {entry.fstype} from {entry.source} is mounted there")
         try:
-            os.stat(path)
+            os.statvfs(path)  # never answered from the kernel's attribute cache, unlike stat
         except OSError as exc:
             if exc.errno != errno.ENOTCONN:
                 raise MountError(f"mountpoint {path}: {exc.strerror}") from None
@@ -103,7 +105,7 @@ def set_read_ahead(path: str, kb: int) -> bool:
     """Raise the FUSE mount's bdi read-ahead so the kernel sends 1 MiB reads (limits §2.2; reset
     on every mount). Needs root; False if it could not be set. The device number comes from
     mountinfo: stat() on our own mount before the FUSE loop runs would wait for ourselves."""
-    entry = mount_at(path)
+    entry = mount_at(path, resolve=False)
     if entry is None:
         log.warning("cannot set read-ahead: %s is not mounted", path)
         return False

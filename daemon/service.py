@@ -56,17 +56,16 @@ class DaemonOptions:
     #: CLI flags ({"section.key": value}), re-applied on reload
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def mountpoint(self) -> str:
-        return os.path.abspath(self.config.daemon.mountpoint)
+    #: resolved once at start: resolving stats the path, which must never happen on our own
+    #: mount from the loop's thread (it would wait for itself)
+    mountpoint: str = field(init=False)
+    run_dir: str = field(init=False)
+    cache_dir: str = field(init=False)
 
-    @property
-    def run_dir(self) -> str:
-        return os.path.abspath(self.config.daemon.run_dir)
-
-    @property
-    def cache_dir(self) -> str:
-        return os.path.abspath(self.config.cache.dir)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mountpoint", os.path.realpath(self.config.daemon.mountpoint))
+        object.__setattr__(self, "run_dir", os.path.abspath(self.config.daemon.run_dir))
+        object.__setattr__(self, "cache_dir", os.path.abspath(self.config.cache.dir))
 
 
 @dataclass

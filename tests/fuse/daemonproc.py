@@ -86,7 +86,7 @@ class RunningDaemon:
 
 def unmount_under(*roots: Path) -> None:
     """Lazily unmount every mount at or below ``roots`` (deepest first)."""
-    prefixes = [str(root.resolve()) for root in roots]
+    prefixes = [os.path.abspath(root) for root in roots]  # a symlinked root is not ours to unmount
     found = [m.mountpoint for m in mounts.mounts()
              if any(m.mountpoint == p or m.mountpoint.startswith(p + "/") for p in prefixes)]
     for mountpoint in sorted(set(found), key=len, reverse=True):
