@@ -409,13 +409,16 @@ class Resolver:
         if self._nursery is not None:
             layer.start_fetches(self._nursery)
         await layer.wait_for_prefetch_completion(self.settings.prefetch_timeout)
-        if desc.toc_digest is not None:
-            layer.verify(desc.toc_digest)
-        elif self.allow_unverified:
-            layer.skip_verify()
-        else:
-            layer.close()
-            raise CacheError(f"layer {desc.digest} has no TOC digest to verify against")
+        try:
+            if desc.toc_digest is not None:
+                layer.verify(desc.toc_digest)
+            elif self.allow_unverified:
+                layer.skip_verify()
+            else:
+                raise CacheError(f"layer {desc.digest} has no TOC digest to verify against")
+        except LazyLayerError:
+            layer.close()  # stops its fetch tasks too
+            raise
         self._layers[_key(ref, desc.digest)] = layer
         self._last_ref[record.layer_id] = (ref, desc)
         return layer
@@ -435,9 +438,6 @@ class Resolver:
 
     def known(self, layer_id: int) -> bool:
         return layer_id in self._last_ref
-
-    def layer(self, ref: str, digest: str) -> Layer | None:
-        return self._layers.get(_key(ref, digest))
 
 
 def _key(ref: str, digest: str) -> str:

@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +18,7 @@ import pytest
 
 from tests.fuse.daemonproc import LAZYLAYER, RunningDaemon, start_daemon
 from tests.support.faultproxy import FaultProxy
-from tests.support.fetchstack import ImageTree, PushedImage, default_trees, push_image_trees
+from tests.support.fetchstack import ImageTree, default_trees, push_image_trees
 from tests.support.registry import RunningRegistry
 
 QUIET = {"prefetch": {"enabled": False}, "background": {"enabled": False}}

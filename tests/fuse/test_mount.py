@@ -13,7 +13,6 @@ import pytest
 from lazylayer.daemon import mounts
 from tests.fuse.conftest import tree_of
 from tests.fuse.daemonproc import RunningDaemon
-from tests.support.fetchstack import PushedImage
 from tests.support.layers import build_layer, directory, file, opaque, symlink, whiteout
 from tests.support.registry import Layer, RunningRegistry, push_image
 
