@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,8 @@ class RunningDaemon:
     config_path: Path
     log_path: Path
     process: subprocess.Popen | None = None
+    #: start_daemon made the run dir: stop() removes it
+    owns_run_dir: bool = False
     extra_mounts: list[Path] = field(default_factory=list)
 
     def layer_root(self, ref: str, digest: str) -> Path:
@@ -82,6 +85,8 @@ class RunningDaemon:
                 self.process.kill()
                 self.process.wait(timeout=30)
         unmount_under(self.workdir, self.mountpoint, *self.extra_mounts)
+        if self.owns_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def unmount_under(*roots: Path) -> None:
@@ -112,10 +117,12 @@ def start_daemon(workdir: Path, *, workers: int = 1, config: dict[str, dict[str,
     """Start a daemon on ``workdir``/mnt with its cache in ``workdir``/cache. Called again with the
     same workdir (and ``run_dir``), it reuses both: a restart."""
     workdir.mkdir(parents=True, exist_ok=True)
+    owns_run_dir = run_dir is None
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="ll-fuse-", dir="/tmp"))  # ipc paths must be short
     config_path = daemon_config(workdir, run_dir, config)
     log_path = workdir / f"daemon-{time.monotonic_ns()}.log"
-    daemon = RunningDaemon(workdir, workdir / "mnt", run_dir, workdir / "cache", config_path, log_path)
+    daemon = RunningDaemon(workdir, workdir / "mnt", run_dir, workdir / "cache", config_path, log_path,
+                           owns_run_dir=owns_run_dir)
     with open(log_path, "wb") as log:
         daemon.process = subprocess.Popen(
             [*LAZYLAYER, "daemon", "--config", str(config_path), "--workers", str(workers)],

@@ -151,5 +151,6 @@ def test_restart_after_sigkill_serves_from_the_warm_cache(registry: RunningRegis
             assert [s for s in proxy.seen if "/blobs/" in s.path]
         finally:
             second.stop()
+            first.stop()  # its process is long dead: this removes its run dir
     finally:
         proxy.stop()
