@@ -1,0 +1,163 @@
+"""The lazy side, driven exactly as a user drives it: `lazylayer daemon` in the foreground, then
+`lazylayer mount REF DIR` / `lazylayer umount DIR` (the console script, as subprocesses).
+
+This is the only module that knows lazylayer's command line; everything the harness measures
+on the lazy side goes through `lazy_session`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from bench.errors import BenchError
+from lazylayer.daemon import mounts
+from lazylayer.daemon.control import call
+from lazylayer.shared.errors import LazyLayerError
+
+_PR_SET_PDEATHSIG = 1
+READY_TIMEOUT = 120.0
+
+#: The knobs the benchmark sets; everything else is lazylayer's documented default. Background
+#: fetch is off so every measurement sees demand reads only (the background walk would compete
+#: for the same cores and make "cold" depend on how long a step took).
+BENCH_CONFIG = """\
+# written by bench/ for `lazylayer daemon`, `mount` and `umount` during benchmarks
+[daemon]
+log_level = "WARNING"
+
+[background]
+enabled = false
+"""
+
+
+def lazylayer_command() -> list[str]:
+    """The `lazylayer` console script of this interpreter's environment (what users type)."""
+    script = Path(sys.executable).with_name("lazylayer")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lazylayer.daemon.cli.main"]
+
+
+def write_config(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(BENCH_CONFIG)
+    return path
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class LazyDaemon:
+    area: Path
+    config: Path
+    workers: int
+    process: subprocess.Popen[bytes]
+    run_dir: Path
+    log_path: Path
+    targets: list[Path] = field(default_factory=list)
+
+    @property
+    def mountpoint(self) -> Path:
+        return self.area / "store"
+
+    def _cli(self, *args: str, timeout: float = 600.0) -> None:
+        command = [*lazylayer_command(), *args, "--config", str(self.config), "--run-dir", str(self.run_dir)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise BenchError(f"`lazylayer {' '.join(args)}` failed: {done.stderr.strip()[-500:]}")
+
+    def mount(self, ref: str, target: Path) -> None:
+        self.targets.append(target)
+        self._cli("mount", ref, str(target))
+
+    def umount(self, target: Path) -> None:
+        self._cli("umount", str(target))
+        self.targets.remove(target)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self) -> None:
+        """Until the control socket answers and every spawned worker has announced itself."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"lazylayer daemon exited with {self.process.returncode}: {self.log()[-800:]}")
+            try:
+                status = call(str(self.run_dir), "status", timeout=2.0)
+                if sum(1 for w in status["workers"]["workers"] if w["capacity"] > 0) >= self.workers:
+                    return
+            except LazyLayerError:
+                pass
+            time.sleep(0.05)
+        raise BenchError(f"lazylayer daemon not ready after {READY_TIMEOUT:.0f} s: {self.log()[-800:]}")
+
+    def stop(self) -> None:
+        """SIGTERM (the daemon unmounts its views and its store), then make sure nothing of ours
+        stays mounted even if it misbehaved."""
+        for target in list(self.targets):
+            try:
+                self.umount(target)
+            except (BenchError, subprocess.TimeoutExpired):
+                pass
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        unmount_under(self.area)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Lazily unmount every mount at or below ``root``, deepest first."""
+    prefix = os.path.abspath(root)
+    found = {m.mountpoint for m in mounts.mounts() if m.mountpoint == prefix or m.mountpoint.startswith(prefix + "/")}
+    for mountpoint in sorted(found, key=len, reverse=True):
+        try:
+            mounts.unmount(mountpoint, lazy=True)
+        except LazyLayerError:
+            pass
+
+
+def start_daemon(area: Path, cache_dir: Path, workers: int, config: Path) -> LazyDaemon:
+    """`lazylayer daemon --workers N --mountpoint AREA/store --cache-dir C --run-dir R` in the
+    foreground, returned once it serves."""
+    area.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="llb-", dir="/tmp"))  # ipc:// paths must stay short
+    log_path = area / "daemon.log"
+    command = [*lazylayer_command(), "daemon", "--config", str(config), "--workers", str(workers),
+               "--mountpoint", str(area / "store"), "--cache-dir", str(cache_dir), "--run-dir", str(run_dir)]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   preexec_fn=_die_with_parent)
+    daemon = LazyDaemon(area, config, workers, process, run_dir, log_path)
+    try:
+        daemon.wait_ready()
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+@contextmanager
+def lazy_session(area: Path, cache_dir: Path, workers: int, config: Path) -> Iterator[LazyDaemon]:
+    """A daemon for one group of measurements; stopped (and everything unmounted) afterwards."""
+    daemon = start_daemon(area, cache_dir, workers, config)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
