@@ -1,7 +1,7 @@
 """The one benchmark command: `python -m bench.harness` (scripts/bench runs it after setup).
 
     python -m bench.harness [--quick] [--runs N] [--workdir DIR] [--workers N] [--scale 1 2 4]
-                            [--random-reads N] [--json] [--write BENCHMARKS.md]
+                            [--random-reads N] [--build-only] [--json] [--write BENCHMARKS.md]
 
 Builds (or reuses) the benchmark image in a local registry under the work dir, measures the
 seven comparisons of bench/README.md over --runs runs, prints a table (or --json) and, with
@@ -16,15 +16,16 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import ContextManager
 
 from bench.baselines import data_span
 from bench.errors import BenchError
 from bench.images import FULL, QUICK, build_image
 from bench.lazy import BENCH_CONFIG, unmount_under, write_config
 from bench.machine import Machine, require_root
-from bench.report import print_table, to_json, write_markdown
+from bench.report import describe_image, print_table, to_json, write_markdown
 from bench.runner import Runner, Settings
-from lazylayer.daemon.cli.output import print_json, progress
+from lazylayer.daemon.cli.output import Progress, print_json, progress
 from lazylayer.shared.errors import LazyLayerError
 from lazylayer.workers.registry.local import start_local_registry
 
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="worker counts for item 6 (default 1 2 4)")
     parser.add_argument("--random-reads", type=int, help="4 KiB reads per warm latency sample (default 2000, "
                         "--quick 200)")
+    parser.add_argument("--build-only", action="store_true", help="build (or find) the image, describe it, stop")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--write", type=Path, metavar="FILE", help="also write the results as markdown (BENCHMARKS.md)")
     args = parser.parse_args(argv)
@@ -77,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
                         random_reads=args.random_reads)
     registry = start_local_registry(workdir / "registry")
     try:
-        image = build_image(workdir, recipe, registry.host, progress)
+        image = build_image(workdir, recipe, registry.host, _step)
+        if args.build_only:
+            print(f"image: {describe_image(image)}")
+            return 0
         results = Runner(image, workdir, settings, config, data_span(image)).run()
     finally:
         registry.stop()
@@ -92,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
     if args.write:
         write_markdown(args.write, results, machine, image, settings_doc, BENCH_CONFIG)
     return 0
+
+
+def _step(description: str, total: int | None) -> ContextManager[Progress]:
+    """A progress bar on a terminal, one log line otherwise (CI logs show where time went)."""
+    if not sys.stderr.isatty():
+        print(f"bench: {description}", file=sys.stderr, flush=True)
+    return progress(description, total)
 
 
 def _finite_or_none(obj: object) -> object:

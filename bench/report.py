@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.images import BenchImage
 from bench.machine import Machine
+from bench.measure import median
 from bench.results import ITEMS, Results, Row
 
 WHERE_HEADING = "## Where the time goes"
@@ -71,8 +72,6 @@ def describe_image(image: BenchImage) -> str:
 
 
 def extras_lines(results: Results) -> list[str]:
-    from bench.measure import median
-
     e = results.extras
     out = []
     if "mount_cold_s" in e:

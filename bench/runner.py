@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 from bench.baselines import CompressedSpan, full_pull, get_and_gunzip
 from bench.errors import BenchError
@@ -143,7 +143,7 @@ class Runner:
         read_sequential(data)
         self._latencies("rand_pc", "base", random_reads(data, self.uniform))
 
-    def _session(self, tag: str, workers: int, *, fresh: bool):
+    def _session(self, tag: str, workers: int, *, fresh: bool) -> ContextManager[LazyDaemon]:
         cache = self.area / f"cache-{tag}"
         if fresh:
             shutil.rmtree(cache, ignore_errors=True)

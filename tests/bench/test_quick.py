@@ -1,0 +1,52 @@
+"""The benchmark harness end to end, small: `python -m bench.harness --quick` builds a tiny image,
+runs all seven items once through a real registry, daemon and FUSE mount, and must report a
+finite figure on both sides of every row (so the harness never rots). About 25-60 s here, so it
+stays in the default run; no figure is compared with any time."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import WHERE_HEADING
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark mounts FUSE and drops caches: needs root"),
+    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
+    pytest.mark.timeout(240),
+]
+
+
+def test_quick_benchmark_reports_every_item_with_finite_numbers(tmp_path: Path):
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text(f"# old\n\n{WHERE_HEADING}\n\nhand-written profile notes\n")
+    done = subprocess.run([sys.executable, "-m", "bench.harness", "--quick", "--json", "--workdir",
+                           str(tmp_path / "work"), "--write", str(markdown)],
+                          cwd=REPO, capture_output=True, text=True, timeout=220)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(done.stdout)
+
+    assert sorted(doc["items"], key=int) == [str(i) for i in range(1, 8)]
+    for item, body in doc["items"].items():
+        assert body["rows"], f"item {item} has no rows"
+        for row in body["rows"]:
+            for side in ("lazylayer", "baseline_value"):
+                value = row[side]["median"]
+                assert value is not None and math.isfinite(value) and value > 0, (item, row["key"], side)
+            assert math.isfinite(row["ratio"]), row["key"]
+    assert {r["key"] for r in doc["items"]["6"]["rows"]} == {"cold_seq_w1", "cold_seq_w2", "cold_seq_w4"}
+    assert doc["machine"]["cores"] == os.cpu_count()
+    assert doc["extras"]["entries_lazylayer"] == doc["extras"]["entries_local"]
+
+    text = markdown.read_text()
+    assert "| # | measurement |" in text and doc["machine"]["kernel"] in text
+    assert "hand-written profile notes" in text  # a rerun keeps the profiling notes
+    assert not list((tmp_path / "work" / "lazy").glob("cache-*")), "scratch caches left behind"
