@@ -10,6 +10,7 @@ Baselines get the same treatment (drop_caches before every "cold" or "dropped" f
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 import time
@@ -73,8 +74,9 @@ class Runner:
               nbytes=size)
         r.row(5, "find_cold", "find + stat of the whole image, cold", "local disk, caches dropped")
         r.row(5, "find_warm", "find + stat of the whole image, warm", "local disk, warm")
+        cores = os.cpu_count() or 1
         for w in self.settings.scale:
-            r.row(6, f"cold_seq_w{w}", f"cold sequential read, {w} worker{'s' if w > 1 else ''}",
+            r.row(6, f"cold_seq_w{w}", f"cold sequential read, {w} worker{'s' if w > 1 else ''} on {cores} cores",
                   "1 HTTP GET + gunzip (limit)", nbytes=size)
         for key, what, base in (("rand_cold", "cold (empty cache)", "local disk, page cache dropped"),
                                 ("rand_lmdb", "warm LMDB (page cache dropped)", "local disk, page cache dropped"),
