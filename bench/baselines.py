@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import zlib
 from dataclasses import dataclass
@@ -44,8 +43,8 @@ def blob_url(image: BenchImage, digest: str) -> str:
 
 
 def full_pull(image: BenchImage, dest: Path) -> None:
-    """Manifest, then every gzip layer streamed through sha256 into `tar -xz` under ``dest``."""
-    shutil.rmtree(dest, ignore_errors=True)
+    """Manifest, then every gzip layer streamed through sha256 into `tar -xz` under ``dest``
+    (which must not exist: removing an earlier tree is not part of a pull)."""
     dest.mkdir(parents=True)
     manifest = requests.get(f"http://{image.registry_host}/v2/{REPOSITORY}/manifests/{image.gzip_manifest}",
                             timeout=60, headers={"Accept": OCI_MANIFEST})
