@@ -105,6 +105,7 @@ class Runner:
                     step(run)
                     bar.advance(1)
         shutil.rmtree(self.area, ignore_errors=True)
+        shutil.rmtree(self.local, ignore_errors=True)  # 1 GiB of scratch; every run unpacks it anew
         return self.results
 
     def baselines(self, run: int) -> None:
