@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lazylayer.daemon.pool import PoolStatus
+from lazylayer.daemon.pool import PoolStatus, Priority
+from lazylayer.daemon.remote import FetchObserver
 from lazylayer.shared.errors import ConfigError
 from lazylayer.shared.store.chunks import ChunkStats
 from lazylayer.shared.store.layers import LayerRecord
@@ -56,8 +57,9 @@ class StateSources:
         return cls(hop(lambda: list(layers())), hop(chunk_stats), hop(pool_status))
 
 
-class Metrics:
-    """The front's metrics. One instance per daemon; tests make their own registry."""
+class Metrics(FetchObserver):
+    """The front's metrics. One instance per daemon; tests make their own registry. As the
+    Remote's observer it counts cache hits/misses, job latency and fetched bytes."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -68,10 +70,28 @@ class Metrics:
         self.cache_misses = Counter("lazylayer_cache_misses", "chunks a read had to fetch", registry=r)
         self.fetch_seconds = Histogram("lazylayer_fetch_seconds", "worker job latency seen by the front",
                                        ["kind"], buckets=FETCH_BUCKETS, registry=r)
-        self.fetched_bytes = Counter("lazylayer_fetched_bytes", "decompressed bytes workers stored",
+        self.fetched_bytes = Counter("lazylayer_fetched_bytes", "compressed bytes workers fetched",
                                      ["priority"], registry=r)
         self.errors = Counter("lazylayer_errors", "errors by kind (shared/errors.py)", ["kind"], registry=r)
         self._server: object | None = None
+
+    def chunks_read(self, hits: int, misses: int) -> None:
+        self.cache_hits.inc(hits)
+        self.cache_misses.inc(misses)
+
+    def job_done(self, kind: str, seconds: float) -> None:
+        self.fetch_seconds.labels(kind).observe(seconds)
+
+    def fetched(self, priority: Priority, nbytes: int) -> None:
+        self.fetched_bytes.labels(priority.name.lower()).inc(nbytes)
+
+    def read_done(self, nbytes: int, error: str | None) -> None:
+        """A FUSE read answered (``error``: the failure's kind, or None)."""
+        if error is None:
+            self.reads.labels("fuse").inc()
+            self.read_bytes.inc(nbytes)
+        else:
+            self.errors.labels(error).inc()
 
     def attach(self, sources: StateSources) -> None:
         """Expose the scrape-time state of ``sources`` (call once)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -38,6 +39,7 @@ from lazylayer.shared.errors import CacheError, LazyLayerError
 from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import Store
+from lazylayer.shared.store.eviction import AccessLog
 from lazylayer.shared.store.layers import LayerRecord, LayerState
 from lazylayer.shared.store.metadata import FileChunk, Metadata, NodeRef
 from lazylayer.shared.store.reads import read_range
@@ -112,6 +114,20 @@ class FetchStats:
     by_worker: Counter[str] = field(default_factory=Counter)
 
 
+class FetchObserver:
+    """What the read path reports as it happens (daemon/metrics.py implements it); the base
+    class ignores everything, so Remote never checks for a missing observer."""
+
+    def chunks_read(self, hits: int, misses: int) -> None:
+        """One demand read: chunks found in LMDB on its first look, chunks it had to fetch."""
+
+    def job_done(self, kind: str, seconds: float) -> None:
+        """A worker job finished (successfully or not) after ``seconds`` as seen by the front."""
+
+    def fetched(self, priority: Priority, nbytes: int) -> None:
+        """Compressed bytes a finished job fetched from the registry."""
+
+
 @dataclass(frozen=True)
 class Piece:
     """One background fetch job: compressed ``[start, end)`` and the chunks lying inside it."""
@@ -173,10 +189,14 @@ def _record(result: dict[str, Any]) -> LayerRecord:
 class Remote:
     """Front side of fetching: the pool plus the store. All methods are trio async."""
 
-    def __init__(self, pool: WorkerPool, store: Store, settings: FetchSettings) -> None:
+    def __init__(self, pool: WorkerPool, store: Store, settings: FetchSettings,
+                 observer: FetchObserver | None = None) -> None:
         self.pool = pool
         self.store = store
         self.settings = settings
+        self.observer = observer or FetchObserver()
+        #: chunk accesses of served reads, shipped to the janitor job (LRU) by the daemon
+        self.accesses = AccessLog()
         self.meta = Metadata(store)
         self.chunks = ChunkStore(store)
         self.stats = FetchStats()
@@ -186,8 +206,12 @@ class Remote:
 
     async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
                       dedup_key: Hashable | None = None, timeout: float | None = None) -> PoolReply:
-        return await self.pool.submit(kind, params, priority=priority, dedup_key=dedup_key,
-                                      timeout=self.settings.request_timeout if timeout is None else timeout)
+        started = time.monotonic()
+        try:
+            return await self.pool.submit(kind, params, priority=priority, dedup_key=dedup_key,
+                                          timeout=self.settings.request_timeout if timeout is None else timeout)
+        finally:
+            self.observer.job_done(kind, time.monotonic() - started)
 
     # -- images and layers ---------------------------------------------------------------------
 
@@ -215,9 +239,13 @@ class Remote:
                    offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset+size)`` of a regular file (clipped at ``file_size``): cached
         chunks from one read txn, missing ones fetched (one FOREGROUND job) and read again."""
-        for _ in range(READ_ATTEMPTS):
+        for attempt in range(READ_ATTEMPTS):
             got = read_range(self.meta, self.chunks, node, file_size, offset, size)
+            if attempt == 0:
+                self.observer.chunks_read(len(got.used), len(got.missing))
             if got.data is not None:
+                for key in got.used:
+                    self.accesses.touch(key)
                 return got.data
             await self.fetch_chunks(ref, layer, got.missing, Priority.FOREGROUND)
         raise CacheError(f"layer {layer.digest}: chunks were evicted again right after being fetched; "
@@ -285,6 +313,7 @@ class Remote:
                 self.stats.chunks += reply.result["stored"]
                 self.stats.bytes += reply.result["bytes"]
                 self.stats.by_worker[reply.worker] += 1
+                self.observer.fetched(priority, reply.result["bytes"])
         except LazyLayerError as exc:
             errors.append(exc)
         finally:
@@ -302,6 +331,7 @@ class Remote:
         params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size,
                   "prefetch_size": self.settings.prefetch_size}
         reply = await self._submit("prefetch", params, Priority.PREFETCH, ("prefetch", layer.digest))
+        self.observer.fetched(Priority.PREFETCH, reply.result["bytes"])
         return reply.result["bytes"]
 
     async def background_fetch(self, ref: str, layer: LayerRecord,
@@ -320,8 +350,17 @@ class Remote:
             reply = await self._submit("background_fetch", params, Priority.BACKGROUND,
                                        ("background_fetch", layer.digest, piece.start), timeout=math.inf)
             state = reply.result["state"]
+            self.observer.fetched(Priority.BACKGROUND, reply.result["bytes"])
             if progress is not None:
                 progress(piece.end, layer.blob_size)
+
+    async def janitor(self, budget: int | None = None) -> dict[str, Any]:
+        """Ship the accesses noted since the last call to a worker's janitor job (LRU order,
+        trim to the low watermark); ``budget`` also becomes the shared cache cap. On failure
+        the accesses are dropped: the LRU order is approximate anyway."""
+        accesses = [[key, when] for key, when in self.accesses.drain()]
+        reply = await self._submit("janitor", {"accesses": accesses, "budget": budget}, Priority.PREFETCH)
+        return reply.result
 
     async def check(self, ref: str, desc: LayerDescriptor) -> None:
         """Connectivity: the blob still answers a 1-byte ranged read with the expected size."""

@@ -35,7 +35,7 @@ from lazylayer.daemon.pool import WorkerPool
 from lazylayer.daemon.remote import FetchSettings, Remote
 from lazylayer.shared.config import Config, config_changes, load_config
 from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError
-from lazylayer.shared.logs import set_level
+from lazylayer.shared.logs import setup_logging
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import Layers
@@ -90,6 +90,36 @@ class Daemon:
     #: the config in effect (SIGHUP compares the file against it)
     config: Config
     user_mounts: dict[str, UserMount] = field(default_factory=dict)
+    #: cap the next janitor job makes the shared one (the config's at start, then on SIGHUP)
+    pending_budget: int | None = None
+    janitor_wake: trio.Event = field(default_factory=trio.Event)
+
+    # -- cache upkeep --------------------------------------------------------------------------
+
+    def set_budget(self, budget: int) -> None:
+        self.pending_budget = budget
+        self.janitor_wake.set()
+
+    async def janitor_loop(self, interval: float) -> None:
+        """Every ``interval`` (or at once when the cap changes) a worker applies our read
+        accesses to the LRU order and trims the cache: the front never writes LMDB."""
+        while True:
+            with trio.move_on_after(interval):
+                await self.janitor_wake.wait()
+            self.janitor_wake = trio.Event()
+            budget = self.pending_budget
+            try:
+                report = await self.remote.janitor(budget)
+            except LazyLayerError as exc:
+                log.warning("cache janitor: %s", exc)
+                continue
+            if budget is not None and self.pending_budget == budget:
+                self.pending_budget = None
+                log.info("cache cap is now %d bytes", report["budget"])
+            log.debug("cache janitor: %d accesses applied", report["accesses_applied"])
+            if report["bytes_evicted"] or report["stale_readers"]:
+                log.info("cache janitor: evicted %d bytes, freed %d stale reader slots, %d bytes cached",
+                         report["bytes_evicted"], report["stale_readers"], report["accounted_bytes"])
 
     # -- control ops -------------------------------------------------------------------------
 
@@ -106,11 +136,30 @@ class Daemon:
         served under MNT/<base64(ref)>/<digest>/diff from now on."""
         ref = str(params["ref"])
         image = await self.resolver.resolve_image(ref)
-        layers = [await self.fs.hold(ref, desc.digest) for desc in image.layers]
+        layers = await self._hold_all(ref, [desc.digest for desc in image.layers])
         return {"ref": image.ref, "manifest_digest": image.manifest_digest, "cache_dir": self.options.cache_dir,
                 "mountpoint": self.options.mountpoint,
                 "layers": [{"digest": l.digest, "size": l.record.blob_size, "path": self.layer_path(ref, l.digest)}
                            for l in layers]}
+
+    async def _hold_all(self, ref: str, digests: list[str]) -> list[Layer]:
+        """`fs.hold` of every layer at once: each resolve is a TOC fetch and a prefetch, and
+        one image's layers have nothing to wait for each other. Raises the first typed error."""
+        held: dict[str, Layer] = {}
+        errors: list[LazyLayerError] = []
+
+        async def hold(digest: str) -> None:
+            try:
+                held[digest] = await self.fs.hold(ref, digest)
+            except LazyLayerError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for digest in dict.fromkeys(digests):
+                nursery.start_soon(hold, digest)
+        if errors:
+            raise errors[0]
+        return [held[digest] for digest in digests]
 
     async def _acquire_all(self, ref: str, digests: list[str]) -> list[Layer]:
         out: list[Layer] = []
@@ -259,22 +308,15 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
                       restart_backoff_max=w.restart_backoff_max, restart_stable_after=w.restart_stable_after)
     metrics = Metrics()
     async with pool:
-        remote = Remote(pool, store, FetchSettings.from_config(config))
+        remote = Remote(pool, store, FetchSettings.from_config(config), metrics)
         resolver = Resolver(remote, ResolverSettings(prefetch=config.prefetch.enabled,
                                                      prefetch_timeout=config.prefetch.timeout,
                                                      background=config.background.enabled),
                             allow_unverified=config.verification.allow_unverified)
 
-        def on_read(nbytes: int, error: str | None) -> None:
-            if error is None:
-                metrics.reads.labels("fuse").inc()
-                metrics.read_bytes.inc(nbytes)
-            else:
-                metrics.errors.labels(error).inc()
-
         fs = LazyFS(store, resolver, FsSettings(OpaqueXattr[config.fuse.opaque_type.upper()],
-                                                config.fuse.attr_timeout, config.fuse.entry_timeout), on_read)
-        daemon = Daemon(options, fs, resolver, remote, pool, config)
+                                                config.fuse.attr_timeout, config.fuse.entry_timeout), metrics.read_done)
+        daemon = Daemon(options, fs, resolver, remote, pool, config, pending_budget=config.cache.max_size)
         if config.metrics.address:
             metrics.attach(StateSources.in_trio(lambda: Layers(store).all(), ChunkStore(store).stats, pool.status))
             metrics.serve(config.metrics.address)
@@ -289,6 +331,7 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
                 await nursery.start(resolver.run)
                 await nursery.start(ControlServer(options.run_dir, daemon.handlers()).serve)
                 nursery.start_soon(_signals, daemon, options)
+                nursery.start_soon(daemon.janitor_loop, config.cache.janitor_interval)
                 nursery.start_soon(_after_init, options.mountpoint, config.fuse.read_ahead_kb)
                 await pyfuse3.main(max_tasks=MAX_TASKS)
                 nursery.cancel_scope.cancel()
@@ -322,8 +365,8 @@ async def _signals(daemon: Daemon, options: DaemonOptions) -> None:
 
 
 def _reload(daemon: Daemon, options: DaemonOptions) -> None:
-    """Re-read the config file; apply the live knobs this process owns (log level, worker
-    count); the cache cap is applied by the workers' janitor, restart-only knobs are logged."""
+    """Re-read the config file; apply the live knobs (log level, worker count, cache cap,
+    which a worker's janitor job makes every process's); restart-only knobs are logged."""
     try:
         new = load_config(options.config_path, overrides=options.overrides).config
     except LazyLayerError as exc:
@@ -331,9 +374,13 @@ def _reload(daemon: Daemon, options: DaemonOptions) -> None:
         return
     changes = config_changes(daemon.config, new)
     daemon.config = new
-    if "daemon.log_level" in changes.live:
-        set_level(new.daemon.log_level)
+    if "daemon.log_level" in changes.live or "daemon.log_format" in changes.live:
+        setup_logging(new.daemon.log_level, new.daemon.log_format)
     if "workers.count" in changes.live:
         daemon.pool.resize(new.workers.count)
+    if "cache.max_size" in changes.live:
+        daemon.set_budget(new.cache.max_size)
+    log.info("reloaded %s: applied %s", options.config_path or "the environment",
+             ", ".join(changes.live) or "nothing new")
     for key in changes.restart:
         log.warning("reload: %s changed; it takes effect after a restart", key)

@@ -60,6 +60,7 @@ class CacheConfig:
     max_size: int = knob(8 << 30, "chunk data budget; eviction keeps the store below it", "bytes", live=True)
     map_size: int = knob(64 << 30, "LMDB map size (address space only; keep >= max_size / 0.85)", "bytes")
     max_readers: int = knob(1024, "LMDB reader slots (the first opener fixes it)", "slots")
+    janitor_interval: float = knob(30.0, "how often read accesses (LRU) are applied and the cache trimmed", "s")
 
 
 @dataclass(frozen=True)

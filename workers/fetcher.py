@@ -1,5 +1,6 @@
 """The fetcher jobs a worker runs: resolve images and layers, fetch chunks, prefetch, background
-fetch, check and refresh (the contract between the front and the workers).
+fetch, check and refresh (the contract between the front and the workers), and the cache's
+janitor (the front never writes LMDB, so its LRU access batches and cap changes come here).
 
 Why it is shaped like this:
 - **Stateless.** Every job carries what it needs (image ref, layer digest and size, the chunk
@@ -36,6 +37,7 @@ from lazylayer.shared.estargz.reader import BlobReader, decompress_chunk
 from lazylayer.shared.estargz.toc import Chunk, TOCLimits
 from lazylayer.shared.store.chunks import ChunkStore, chunk_key, unverified_key
 from lazylayer.shared.store.env import Store, StoreOptions, open_store
+from lazylayer.shared.store.eviction import Janitor
 from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
 from lazylayer.workers.blobhash import PieceHash
@@ -152,6 +154,7 @@ class Fetcher:
             "background_fetch": self.background_fetch,
             "check": self.check,
             "refresh": self.refresh,
+            "janitor": self.janitor,
         }
 
     # -- per-process resources -----------------------------------------------------------------
@@ -278,6 +281,17 @@ class Fetcher:
         ref, digest, size = self._layer_params(job)
         self._check_blob(self.client(ref, fresh=True), ref, digest, size)
         return JobResult({"ok": True})
+
+    def janitor(self, job: Job) -> JobResult:
+        """Apply the front's chunk accesses (LRU order) and, with ``budget``, make it the cap of
+        every process; then trim to the low watermark and free dead readers' slots."""
+        accesses = [(bytes(key), int(when)) for key, when in _param(job.params, "accesses", list, [])]
+        budget = _param(job.params, "budget", int, None)
+        if budget is not None and budget <= 0:
+            raise ProtocolError(f"cache budget {budget} is not a positive byte count")
+        chunks = ChunkStore(self.store())
+        report = Janitor(chunks).run_once(accesses, budget)
+        return JobResult(asdict(report) | {"budget": chunks.budget()})
 
     # -- helpers -------------------------------------------------------------------------------
 

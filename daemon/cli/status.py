@@ -37,9 +37,13 @@ def run(args: argparse.Namespace) -> int:
         print_table("mounts", ["dir", "ref", "mode"],
                     [[m["target"], m["ref"], "writable" if m["writable"] else "read-only"] for m in status["mounts"]])
     workers = status["workers"]
-    print_table("workers", ["id", "pid", "capacity", "in flight", "done", "failed"],
-                [[w["id"], w["pid"], w["capacity"], w["in_flight"], w["jobs_done"], w["jobs_failed"]]
-                 for w in workers["workers"]])
+    print_table("workers", ["id", "pid", "capacity", "in flight", "done", "failed", "last heartbeat"],
+                [[w["id"], w["pid"], w["capacity"], w["in_flight"], w["jobs_done"], w["jobs_failed"],
+                  f"{w['last_heartbeat_age']:.1f} s ago"] for w in workers["workers"]])
+    if workers["processes"]:
+        print_table("spawned workers", ["slot", "pid", "running", "restarts", "backoff"],
+                    [[p["slot"], p["pid"] or "-", "yes" if p["running"] else "no", p["restarts"],
+                      f"{p['backoff']:.1f} s"] for p in workers["processes"]])
     cache = status["cache"]
     print(f"cache: {cache['chunks']} chunks, {_mib(cache['accounted_bytes'])} of {_mib(cache['budget'])}; "
           f"queued jobs {workers['queued']}")

@@ -57,9 +57,12 @@ class Janitor:
         self.chunks = chunks
         self.low_watermark = low_watermark
 
-    def run_once(self, accesses: Iterable[tuple[bytes, int]] = ()) -> JanitorReport:
+    def run_once(self, accesses: Iterable[tuple[bytes, int]] = (), budget: int | None = None) -> JanitorReport:
+        """Apply ``accesses``, then (with ``budget``) make it every process's cap, then trim to
+        the low watermark. Accesses go first so a lowered cap evicts by up-to-date LRU order."""
         stale = self.chunks.store.reader_check()
         batch = list(accesses)
         applied = self.chunks.record_accesses(batch) if batch else 0
-        freed = self.chunks.evict_to(int(self.chunks.budget() * self.low_watermark))
+        freed = self.chunks.set_budget(budget) if budget is not None else 0
+        freed += self.chunks.evict_to(int(self.chunks.budget() * self.low_watermark))
         return JanitorReport(stale, applied, freed, self.chunks.stats().accounted_bytes)

@@ -113,9 +113,10 @@ def daemon_config(workdir: Path, run_dir: Path, sections: dict[str, dict[str, An
 
 
 def start_daemon(workdir: Path, *, workers: int = 1, config: dict[str, dict[str, Any]] | None = None,
-                 run_dir: Path | None = None, wait: bool = True) -> RunningDaemon:
+                 run_dir: Path | None = None, wait: bool = True, workers_flag: bool = True) -> RunningDaemon:
     """Start a daemon on ``workdir``/mnt with its cache in ``workdir``/cache. Called again with the
-    same workdir (and ``run_dir``), it reuses both: a restart."""
+    same workdir (and ``run_dir``), it reuses both: a restart. ``workers_flag=False`` leaves the
+    worker count to the config file (``workers.count``), so a reload can change it."""
     workdir.mkdir(parents=True, exist_ok=True)
     owns_run_dir = run_dir is None
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="ll-fuse-", dir="/tmp"))  # ipc paths must be short
@@ -125,7 +126,7 @@ def start_daemon(workdir: Path, *, workers: int = 1, config: dict[str, dict[str,
                            owns_run_dir=owns_run_dir)
     with open(log_path, "wb") as log:
         daemon.process = subprocess.Popen(
-            [*LAZYLAYER, "daemon", "--config", str(config_path), "--workers", str(workers)],
+            [*LAZYLAYER, "daemon", "--config", str(config_path), *(["--workers", str(workers)] if workers_flag else [])],
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
             env={**os.environ, "LAZYLAYER_CONFIG": ""})
     if wait:
