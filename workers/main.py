@@ -39,6 +39,7 @@ import zmq
 from lazylayer.shared import protocol
 from lazylayer.shared.config import Config, load_config
 from lazylayer.shared.errors import LazyLayerError, ProtocolError, WorkerError
+from lazylayer.shared.logs import setup_logging
 from lazylayer.workers.fetcher import fetcher_handlers
 from lazylayer.workers.jobs import BUILTIN_HANDLERS, Handlers, Job, JobResult
 
@@ -304,9 +305,8 @@ def main(argv: Sequence[str] | None = None, handlers: Handlers | None = None) ->
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s worker[{os.getpid()}] %(name)s: %(message)s")
     try:
+        setup_logging(args.log_level, _config(args).daemon.log_format)
         settings = settings_from_args(args)
         return run_worker(settings, default_handlers(args) if handlers is None else handlers)
     except LazyLayerError as exc:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from lazylayer.shared.config import load_config
+from lazylayer.shared.logs import setup_logging
 from lazylayer.workers.main import add_arguments as _worker_arguments
 from lazylayer.workers.main import default_handlers, run_worker, settings_from_args
 
@@ -20,4 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Logs follow the config (daemon.log_level/log_format), like the front's."""
+    config = load_config(args.config or None).config
+    setup_logging(config.daemon.log_level, config.daemon.log_format)
     return run_worker(settings_from_args(args), default_handlers(args))
