@@ -28,6 +28,7 @@ import trio
 
 from lazylayer.daemon.pool import Priority
 from lazylayer.daemon.remote import LayerDescriptor, Remote, ResolvedImage
+from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (CacheError, DigestMismatchError, FormatError, LazyLayerError,
                                      NotFoundError)
 from lazylayer.shared.store.layers import LayerRecord, Layers
@@ -57,14 +58,19 @@ class Info:
 
 @dataclass(frozen=True)
 class ResolverSettings:
-    """From config: [prefetch], [background]; `entry_ttl` and `check_interval` are upstream's
-    resolve_result_entry_ttl_sec (120 s) and blob valid_interval (60 s), not config knobs yet."""
+    """From config: [prefetch], [background]; `entry_ttl` and `check_interval` default to
+    upstream's resolve_result_entry_ttl_sec (120 s) and blob valid_interval (60 s)."""
 
     prefetch: bool = True
     prefetch_timeout: float = 10.0
     background: bool = True
     entry_ttl: float = 120.0
     check_interval: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> "ResolverSettings":
+        p = config.prefetch
+        return cls(p.enabled, p.timeout, config.background.enabled, p.resolve_ttl, p.check_interval)
 
 
 class Layer:

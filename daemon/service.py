@@ -44,9 +44,6 @@ from lazylayer.shared.store.metadata import OpaqueXattr
 
 log = logging.getLogger(__name__)
 
-#: pyfuse3 request tasks; handlers that await a fetch need room (limits §7.2: >= 16)
-MAX_TASKS = 64
-
 
 @dataclass(frozen=True)
 class DaemonOptions:
@@ -309,9 +306,7 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
     metrics = Metrics()
     async with pool:
         remote = Remote(pool, store, FetchSettings.from_config(config), metrics)
-        resolver = Resolver(remote, ResolverSettings(prefetch=config.prefetch.enabled,
-                                                     prefetch_timeout=config.prefetch.timeout,
-                                                     background=config.background.enabled),
+        resolver = Resolver(remote, ResolverSettings.from_config(config),
                             allow_unverified=config.verification.allow_unverified)
 
         fs = LazyFS(store, resolver, FsSettings(OpaqueXattr[config.fuse.opaque_type.upper()],
@@ -333,7 +328,7 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
                 nursery.start_soon(_signals, daemon, options)
                 nursery.start_soon(daemon.janitor_loop, config.cache.janitor_interval)
                 nursery.start_soon(_after_init, options.mountpoint, config.fuse.read_ahead_kb)
-                await pyfuse3.main(max_tasks=MAX_TASKS)
+                await pyfuse3.main(max_tasks=config.fuse.max_tasks)
                 nursery.cancel_scope.cancel()
         finally:
             daemon.unmount_user_mounts()

@@ -86,6 +86,7 @@ class FuseConfig:
                             choices=("trusted", "user", "all"))
     read_ahead_kb: int = knob(1024, "bdi read-ahead set on the mount (1024 = FUSE max request)", "KiB")
     read_ahead_chunks: int = knob(2, "chunks fetched ahead of a sequential reader", "chunks")
+    max_tasks: int = knob(64, "FUSE requests handled at once (reads waiting on fetches need room)", "requests")
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class PrefetchConfig:
     enabled: bool = knob(True, "prefetch the landmark range when a layer is resolved")
     timeout: float = knob(10.0, "how long a mount waits for prefetch to complete", "s")
     size: int = knob(0, "bytes to prefetch for layers without landmarks", "bytes")
+    resolve_ttl: float = knob(120.0, "how long an unreferenced resolved layer stays resolved", "s")
+    check_interval: float = knob(60.0, "how often a layer in use checks its blob still answers", "s")
 
 
 @dataclass(frozen=True)
