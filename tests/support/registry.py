@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from lazylayer.workers.registry.local import free_port, start_local_registry
+from lazylayer.workers.registry.local import LocalRegistry, free_port, start_local_registry
 from tests.support.tokenserver import ISSUER, SERVICE, TokenServer
 
 USERS = {"alice": "alice-secret-pw", "bob": "bob-secret-pw"}
@@ -42,12 +42,10 @@ def _bcrypt(password: str) -> str:
 
 
 @dataclass
-class RunningRegistry:
-    """A registry process; ``host`` is what goes into image references (`127.0.0.1:PORT`)."""
+class RunningRegistry(LocalRegistry):
+    """The embedded registry (``host`` goes into image references) plus what tests set up
+    around it: users and a token server for auth, the CA of its TLS certificate."""
 
-    host: str
-    process: subprocess.Popen
-    root: Path
     auth: str | None = None
     users: dict[str, str] = field(default_factory=dict)
     token_server: TokenServer | None = None
@@ -56,22 +54,12 @@ class RunningRegistry:
     _tokens: dict[str, str] = field(default_factory=dict)
 
     @property
-    def url(self) -> str:
-        return f"{'https' if self.ca_file else 'http'}://{self.host}"
-
-    @property
     def verify(self) -> str | bool:
         """What to pass as requests' ``verify=`` for this registry."""
         return str(self.ca_file) if self.ca_file else True
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        super().stop()
         if self.token_server is not None:
             self.token_server.stop()
 
@@ -128,7 +116,8 @@ def start_registry(tmp_path: Path, auth: str | None = None, *, token_lifetime: i
         tls_yaml = f"  tls:\n    certificate: {cert}\n    key: {key}\n"
     local = start_local_registry(root, extra_yaml=tls_yaml + auth_yaml, scheme="https" if tls else "http",
                                  verify=str(ca_file) if ca_file else True)
-    return RunningRegistry(local.host, local.process, root, auth, dict(USERS) if auth else {}, token_server, ca_file)
+    return RunningRegistry(local.host, local.process, root, local.scheme, auth, dict(USERS) if auth else {},
+                           token_server, ca_file)
 
 
 def _registry_fixture(auth: str | None):
