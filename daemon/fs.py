@@ -4,6 +4,7 @@ What is under the mountpoint (MNT):
 ```
 MNT/<base64(ref)>/<layer digest>/diff/...      the layer's tree (containers' additional layer store)
 MNT/<base64(ref)>/<layer digest>/info          layer info JSON (containers/storage field names)
+MNT/<base64(ref)>/<layer digest>/blob          the compressed blob (fetched whole and verified on first read)
 MNT/<base64(ref)>/<layer digest>/diff/.lazylayer/<digest>.json
                                                state file: Info + last error (hidden, lookup only)
 MNT/.images/<view id>/...                      merged image view of `lazylayer mount` (hidden)
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 LAYER_INODES = 1 << 32
 IMAGES_DIR = b".images"
 STATE_DIR = b".lazylayer"
-DIFF, INFO, USE = b"diff", b"info", b"use"
+DIFF, INFO, USE, BLOB = b"diff", b"info", b"use", b"blob"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _READDIR_PAGE = 1024
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
@@ -70,6 +71,7 @@ class Kind(Enum):
     REF = "ref"
     LAYER = "layer"
     INFO = "info"
+    BLOB = "blob"
     STATE_DIR = "state-dir"
     STATE_FILE = "state-file"
 
@@ -106,6 +108,13 @@ class _File:
     size: int
     next_offset: int = 0
     ahead_mark: int = 0
+
+
+@dataclass
+class _Blob:
+    """An open `blob` file: reads go to the layer's verified whole blob."""
+
+    layer: Layer
 
 
 @dataclass
@@ -227,6 +236,8 @@ class LazyFS(pyfuse3.Operations):
     def _layout_attr(self, node: LayoutNode) -> NodeAttr:
         if node.kind in _DIR_KINDS:
             return NodeAttr(_MODES.get(node.kind, stat.S_IFDIR | 0o555), nlink=2)
+        if node.kind is Kind.BLOB:
+            return NodeAttr(stat.S_IFREG | 0o444, size=self._held_layer(node).record.blob_size)
         return NodeAttr(_MODES.get(node.kind, stat.S_IFREG | 0o444), size=len(self._content(node)))
 
     def _layout_entry(self, node: LayoutNode) -> pyfuse3.EntryAttributes:
@@ -241,12 +252,15 @@ class LazyFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return attr
 
+    def _held_layer(self, node: LayoutNode) -> Layer:
+        layer = self._held.get((node.ref, node.digest))
+        if layer is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return layer
+
     def _content(self, node: LayoutNode) -> bytes:
         if node.kind is Kind.INFO:
-            layer = self._held.get((node.ref, node.digest))
-            if layer is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            return (json.dumps(layer_info(layer), sort_keys=True) + "\n").encode()
+            return (json.dumps(layer_info(self._held_layer(node)), sort_keys=True) + "\n").encode()
         if node.kind is Kind.STATE_FILE:
             layer = self._any_layer(node.layer_id)
             return (json.dumps(layer.state_json(), sort_keys=True) + "\n").encode()
@@ -296,9 +310,9 @@ class LazyFS(pyfuse3.Operations):
                 layer = await self._hold(node.ref, node.digest)
                 root = self._guard(layer.root_node)
                 return self._entry(root.inode, self._node_attr(root))
-            if name == INFO:
+            if name in (INFO, BLOB):
                 await self._hold(node.ref, node.digest)
-                return self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest))
+                return self._layout_entry(LayoutNode(Kind.INFO if name == INFO else Kind.BLOB, node.ref, node.digest))
             raise pyfuse3.FUSEError(errno.ENOENT)
         if node.kind is Kind.IMAGES:
             view_id = int(name) if name.isdigit() else -1
@@ -403,7 +417,8 @@ class LazyFS(pyfuse3.Operations):
             layer = self._held[(node.ref, node.digest)]
             root = layer.record.root
             entries = [(DIFF, self._entry(root.inode, self._node_attr(root))),
-                       (INFO, self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest)))]
+                       (INFO, self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest))),
+                       (BLOB, self._layout_entry(LayoutNode(Kind.BLOB, node.ref, node.digest)))]
         return self._new_handle(_Dir(entries))
 
     def _more(self, handle: _Dir) -> None:
@@ -448,6 +463,9 @@ class LazyFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if inode < LAYER_INODES:
             node = self._layout(inode)
+            if node.kind is Kind.BLOB:
+                # the blob never changes: the kernel may cache it
+                return pyfuse3.FileInfo(fh=self._new_handle(_Blob(self._held_layer(node))), keep_cache=True)
             fh = self._new_handle(_Content(self._content(node)))
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         ref = split_inode(inode)
@@ -467,15 +485,19 @@ class LazyFS(pyfuse3.Operations):
         handle = self._handles[fh]
         if isinstance(handle, _Content):
             return handle.data[off:off + size]
-        assert isinstance(handle, _File)
         try:
-            data = await handle.layer.read(handle.node, handle.size, off, size)
+            if isinstance(handle, _Blob):
+                data = await handle.layer.read_at(off, size)
+            else:
+                data = await handle.layer.read(handle.node, handle.size, off, size)
         except LazyLayerError as exc:
             if self.on_read is not None:
                 self.on_read(0, exc.kind)
             raise pyfuse3.FUSEError(errno.EIO) from None
         if self.on_read is not None:
             self.on_read(len(data), None)
+        if isinstance(handle, _Blob):
+            return data
         end = off + len(data)
         if off == handle.next_offset and end < handle.size and end >= handle.ahead_mark:
             self._read_ahead(handle, end)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Awaitable, Callable
 
@@ -31,6 +32,7 @@ from lazylayer.daemon.remote import LayerDescriptor, Remote, ResolvedImage
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (CacheError, DigestMismatchError, FormatError, LazyLayerError,
                                      NotFoundError)
+from lazylayer.shared.store.blobs import remove_blob
 from lazylayer.shared.store.layers import LayerRecord, Layers
 from lazylayer.shared.store.metadata import NodeRef
 
@@ -195,6 +197,25 @@ class Layer:
             self.record_error(exc)
             raise
 
+    async def read_at(self, offset: int, size: int) -> bytes:
+        """Bytes of the compressed blob (the layer store's `blob` file). The blob can only be
+        verified whole, so the first call has a worker fetch and check all of it; reads are
+        then local. Errors are recorded."""
+        if self.closed:
+            raise NotFoundError(f"layer {self.digest} is closed")
+        self.touch()
+        try:
+            for _ in range(2):  # the file may go with another Layer of the same blob: fetch again
+                path = await self.remote.blob(self.ref, self.record)
+                try:
+                    return await trio.to_thread.run_sync(_pread, path, offset, size)
+                except FileNotFoundError:
+                    continue
+            raise CacheError(f"blob of layer {self.digest} vanished twice while being read")
+        except LazyLayerError as exc:
+            self.record_error(exc)
+            raise
+
     async def read_ahead(self, node: NodeRef, offset: int) -> None:
         """Fetch the next chunks after a sequential read ending at ``offset`` (PREFETCH priority);
         failures only log: the demand read that needs the chunk will report them."""
@@ -283,6 +304,12 @@ class Layer:
         self.closed = True
         self._cancel.cancel()
         self._prefetch_done.set()
+        remove_blob(self.remote.store.options.path, self.digest)
+
+
+def _pread(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), size, offset)
 
 
 @dataclass

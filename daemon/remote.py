@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import CacheError, LazyLayerError
 from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION
+from lazylayer.shared.store.blobs import blob_path
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import Store
 from lazylayer.shared.store.eviction import AccessLog
@@ -353,6 +355,17 @@ class Remote:
             self.observer.fetched(Priority.BACKGROUND, reply.result["bytes"])
             if progress is not None:
                 progress(piece.end, layer.blob_size)
+
+    async def blob(self, ref: str, layer: LayerRecord) -> str:
+        """Path of the layer's verified compressed blob, fetched whole by a worker (PREFETCH
+        priority, no timeout: it is the whole blob) the first time anyone asks."""
+        path = blob_path(self.store.options.path, layer.digest)
+        if not os.path.exists(path):
+            params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size}
+            reply = await self._submit("fetch_blob", params, Priority.PREFETCH, ("fetch_blob", layer.digest),
+                                       timeout=math.inf)
+            self.observer.fetched(Priority.PREFETCH, reply.result["bytes"])
+        return path
 
     async def janitor(self, budget: int | None = None) -> dict[str, Any]:
         """Ship the accesses noted since the last call to a worker's janitor job (LRU order,

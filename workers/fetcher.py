@@ -1,5 +1,6 @@
 """The fetcher jobs a worker runs: resolve images and layers, fetch chunks, prefetch, background
-fetch, check and refresh (the contract between the front and the workers), and the cache's
+fetch, check and refresh, the whole verified blob for the layer store's `blob` file (the
+contract between the front and the workers), and the cache's
 janitor (the front never writes LMDB, so its LRU access batches and cap changes come here).
 
 Why it is shaped like this:
@@ -25,6 +26,7 @@ Why it is shaped like this:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -35,6 +37,7 @@ from lazylayer.shared.errors import (DigestMismatchError, FormatError, LazyLayer
                                      RegistryError, UnverifiedLayerError)
 from lazylayer.shared.estargz.reader import BlobReader, decompress_chunk
 from lazylayer.shared.estargz.toc import Chunk, TOCLimits
+from lazylayer.shared.store.blobs import blob_path
 from lazylayer.shared.store.chunks import ChunkStore, chunk_key, unverified_key
 from lazylayer.shared.store.env import Store, StoreOptions, open_store
 from lazylayer.shared.store.eviction import Janitor
@@ -155,6 +158,7 @@ class Fetcher:
             "check": self.check,
             "refresh": self.refresh,
             "janitor": self.janitor,
+            "fetch_blob": self.fetch_blob,
         }
 
     # -- per-process resources -----------------------------------------------------------------
@@ -281,6 +285,30 @@ class Fetcher:
         ref, digest, size = self._layer_params(job)
         self._check_blob(self.client(ref, fresh=True), ref, digest, size)
         return JobResult({"ok": True})
+
+    def fetch_blob(self, job: Job) -> JobResult:
+        """The whole compressed blob into ``blob_path(cache dir, digest)``: streamed to a
+        temporary file while hashed, renamed into place only when the digest matched, so the
+        file, once it exists, is the verified blob."""
+        ref, digest, size = self._layer_params(job)
+        final = blob_path(self.store().options.path, digest)
+        if os.path.exists(final):
+            return JobResult({"bytes": 0, "path": final})
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        partial = f"{final}.{os.getpid()}.{threading.get_ident()}.partial"
+        try:
+            with open(partial, "wb") as out:
+                fetched = self.client(ref).download_blob(ref, digest, out)
+                if fetched != size:
+                    raise RegistryError(f"layer {digest}: the registry served {fetched} bytes, not {size}")
+            os.rename(partial, final)
+        except DigestMismatchError:
+            self._distrust(digest, "blob digest mismatch while fetching the whole blob")
+            raise
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+        return JobResult({"bytes": fetched, "path": final})
 
     def janitor(self, job: Job) -> JobResult:
         """Apply the front's chunk accesses (LRU order) and, with ``budget``, make it the cap of

@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from tests.fuse.daemonproc import LAZYLAYER, RunningDaemon, start_daemon
-from tests.support.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy, Rule
 from tests.support.fetchstack import ImageTree, default_trees, push_image_trees
 from tests.support.registry import RunningRegistry
 
@@ -109,6 +109,30 @@ def test_busy_mountpoints_are_refused(quiet_daemon: RunningDaemon, tmp_path: Pat
     done = _start_failing(tmp_path / "third", run_dir=quiet_daemon.run_dir)
     assert done.returncode == 1 and "another lazylayer daemon" in done.stdout, done.stdout
     assert quiet_daemon.call("status")["mountpoint"] == str(quiet_daemon.mountpoint)
+
+
+def test_blob_with_wrong_bytes_is_eio_and_never_kept(quiet_daemon: RunningDaemon, registry: RunningRegistry,
+                                                     tmp_path: Path):
+    """The registry serves the whole blob with one byte flipped: `blob` reads fail with EIO,
+    the layer is marked failed with the reason, and no (partial) blob file stays."""
+    proxy = FaultProxy(registry.host)
+    try:
+        image = push_image_trees(registry, "fuse/badblob", "v1", default_trees(tmp_path / "trees")[2:])
+        layer = image.layers[0]
+        root = quiet_daemon.layer_root(image.ref_via(proxy.host), layer.digest)
+        os.stat(root / "diff")
+        proxy.rules.append(Rule("corrupt", times=None, ranged=False))  # whole-body GETs only
+        with pytest.raises(OSError) as caught:
+            (root / "blob").read_bytes()
+        assert caught.value.errno == errno.EIO
+        blobs = quiet_daemon.cache_dir / "blobs"
+        assert not blobs.exists() or list(blobs.iterdir()) == []
+        status = json.loads(quiet_daemon.cli("status", "--json").stdout)
+        cached = next(c for c in status["cached_layers"] if c["digest"] == layer.digest)
+        assert cached["state"] == "failed" and "blob digest mismatch" in cached["error"]
+        assert "digest mismatch" in quiet_daemon.log()
+    finally:
+        proxy.stop()
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")

@@ -1,4 +1,4 @@
-"""The layer store layout through a real mount: MNT/<base64(ref)>/<digest>/{diff,info}, the state
+"""The layer store layout through a real mount: MNT/<base64(ref)>/<digest>/{diff,info,blob}, the state
 file, read-only semantics, xattr size rules, the additional layer store's use/release."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import ctypes
 import errno
 import json
 import os
+import random
 import stat
 
 import pytest
@@ -52,7 +53,7 @@ def test_layout_files(daemon: RunningDaemon, app_image: PushedImage):
     layer = app_image.layers[0]
     root = daemon.layer_root(app_image.ref, layer.digest)
     (root / "diff").stat()
-    assert sorted(os.listdir(root)) == ["diff", "info"]
+    assert sorted(os.listdir(root)) == ["blob", "diff", "info"]
     assert root.parent.name in os.listdir(daemon.mountpoint)
     assert layer.digest in os.listdir(root.parent)
     info = json.loads((root / "info").read_text())
@@ -70,6 +71,21 @@ def test_layout_files(daemon: RunningDaemon, app_image: PushedImage):
     assert os.stat(root / "info").st_ino < 1 << 32
     st = os.statvfs(daemon.mountpoint)
     assert (st.f_bsize, st.f_blocks, st.f_files, st.f_namemax) == (4096, 0, 0, 255)
+
+
+def test_blob_is_the_verified_compressed_blob(daemon: RunningDaemon, app_image: PushedImage):
+    layer = app_image.layers[1]
+    blob = daemon.layer_root(app_image.ref, layer.digest) / "blob"
+    assert os.stat(blob).st_size == len(layer.blob)
+    with open(blob, "rb") as f:
+        rng = random.Random(3)
+        for _ in range(20):  # random ranges first: the first read fetches and checks the whole blob
+            offset = rng.randrange(len(layer.blob))
+            assert os.pread(f.fileno(), 5000, offset) == layer.blob[offset:offset + 5000]
+        assert f.read() == layer.blob
+    kept = daemon.cache_dir / "blobs" / layer.digest.replace(":", "-")
+    assert kept.read_bytes() == layer.blob
+    assert [p.name for p in (daemon.cache_dir / "blobs").iterdir()] == [kept.name]  # no partial left
 
 
 def test_bad_names_are_not_found(daemon: RunningDaemon, app_image: PushedImage):
