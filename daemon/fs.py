@@ -152,10 +152,11 @@ def encode_ref(ref: str) -> str:
 
 def layer_info(layer: Layer) -> dict[str, Any]:
     """`info` as containers/storage's additional layer store reads it (same field names as
-    upstream stargz-store); ``diff-digest`` is left out while resolve_image does not report
-    the image config's diff_ids."""
+    upstream stargz-store); ``diff-digest`` is the DiffID from the image config."""
     desc = layer.desc
     info: dict[str, Any] = {"compressed-diff-digest": desc.digest, "compressed-size": desc.size}
+    if desc.diff_id:
+        info["diff-digest"] = desc.diff_id
     size = desc.annotations.get("io.containers.estargz.uncompressed-size")
     if size and size.isdigit():
         info["diff-size"] = int(size)

@@ -58,6 +58,8 @@ class LayerDescriptor:
     size: int
     media_type: str
     annotations: dict[str, str] = field(default_factory=dict, hash=False)
+    #: sha256 of the uncompressed tar, from the image config (None when it lists none)
+    diff_id: str | None = None
 
     @property
     def toc_digest(self) -> str | None:
@@ -222,8 +224,8 @@ class Remote:
         reply = await self._submit("resolve_image", {"ref": ref, "platform": platform},
                                    dedup_key=("resolve_image", ref, platform))
         r = reply.result
-        layers = tuple(LayerDescriptor(l["digest"], l["size"], l["media_type"], dict(l["annotations"]))
-                       for l in r["layers"])
+        layers = tuple(LayerDescriptor(l["digest"], l["size"], l["media_type"], dict(l["annotations"]),
+                                       l.get("diff_id")) for l in r["layers"])
         return ResolvedImage(r["ref"], r["manifest_digest"], r["config_digest"], layers)
 
     async def resolve_layer(self, ref: str, desc: LayerDescriptor) -> LayerRecord:

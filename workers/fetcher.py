@@ -25,6 +25,7 @@ Why it is shaped like this:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -182,9 +183,11 @@ class Fetcher:
     def resolve_image(self, job: Job) -> JobResult:
         ref = parse_reference(_param(job.params, "ref", str))
         platform = _param(job.params, "platform", str, None)
-        manifest, _ = resolve_manifest(self.client(ref), ref, parse_platform(platform) if platform else None)
-        layers = [{"digest": d.digest, "size": d.size, "media_type": d.media_type, "annotations": d.annotations}
-                  for d in manifest.layers]
+        client = self.client(ref)
+        manifest, _ = resolve_manifest(client, ref, parse_platform(platform) if platform else None)
+        diff_ids = _diff_ids(client, ref, manifest.config.digest, len(manifest.layers))
+        layers = [{"digest": d.digest, "size": d.size, "media_type": d.media_type, "annotations": d.annotations,
+                   "diff_id": diff_id} for d, diff_id in zip(manifest.layers, diff_ids)]
         return JobResult({"ref": str(ref), "manifest_digest": manifest.digest,
                           "config_digest": manifest.config.digest, "layers": layers})
 
@@ -403,6 +406,22 @@ class Fetcher:
         removed = sum(chunk_store.delete(c.data_key)
                       for c in Metadata(self.store()).prefetch_chunks(record.layer_id, record.blob_size + 1))
         log.error("layer %s: %s; marked failed, %d cached chunk(s) removed", digest, reason, removed)
+
+
+def _diff_ids(client: RegistryClient, ref: Reference, config_digest: str, count: int) -> list[str | None]:
+    """The layers' DiffIDs from the image config (verified against its digest), for the layer
+    store's `info`; Nones, with a warning, when the config does not list one per layer."""
+    raw, _ = client.get_document(ref, f"blobs/{config_digest}", None, f"config {config_digest} of {ref.name}",
+                                 config_digest)
+    try:
+        diff_ids = json.loads(raw)["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        diff_ids = None
+    if not isinstance(diff_ids, list) or len(diff_ids) != count or not all(isinstance(d, str) for d in diff_ids):
+        log.warning("image config %s of %s lists no DiffID per layer; info files will lack diff-digest",
+                    config_digest, ref.name)
+        return [None] * count
+    return diff_ids
 
 
 def _record_dict(record: LayerRecord) -> dict[str, Any]:

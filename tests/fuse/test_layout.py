@@ -58,7 +58,7 @@ def test_layout_files(daemon: RunningDaemon, app_image: PushedImage):
     assert layer.digest in os.listdir(root.parent)
     info = json.loads((root / "info").read_text())
     assert info["compressed-diff-digest"] == layer.digest and info["compressed-size"] == layer.size
-    assert info["compression"] == 2
+    assert info["compression"] == 2 and info["diff-digest"] == layer.result.diff_id
     state_path = root / "diff" / ".lazylayer" / f"{layer.digest}.json"
     state = json.loads(state_path.read_text())
     assert state["digest"] == layer.digest and state["size"] == layer.size
