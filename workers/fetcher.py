@@ -274,7 +274,7 @@ class Fetcher:
                 raise DigestMismatchError(f"blob of layer {digest}", digest, actual)
         self._account(digest, outcome)
         if complete:
-            Layers(self.store()).update(digest, state=LayerState.FETCHED)
+            Layers(self.store()).update(digest, state=LayerState.FETCHED, fetched_bytes=size)
         return JobResult({"bytes": len(data), "chunks": stored, "complete": complete,
                           "state": None if complete else running.state()})
 

@@ -168,10 +168,12 @@ class Layers:
         return self.modify(digest, lambda record: replace(record, **changes))
 
     def add_fetched(self, digest: str, nbytes: int, *, read_time: float | None = None) -> LayerRecord:
-        """Count compressed bytes fetched for this layer (and when it last hit the network)."""
+        """Count compressed bytes fetched for this layer (and when it last hit the network).
+        Capped at the blob size: ranges fetched twice (prefetch, then the background walk)
+        must not make a layer look more than fully fetched."""
         return self.modify(
             digest,
-            lambda r: replace(r, fetched_bytes=r.fetched_bytes + nbytes,
+            lambda r: replace(r, fetched_bytes=min(r.blob_size, r.fetched_bytes + nbytes),
                               last_read=r.last_read if read_time is None else read_time),
         )
 

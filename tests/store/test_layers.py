@@ -128,6 +128,7 @@ def test_record_updates_and_removal(store):
     assert (updated.state, updated.prefetch_size, updated.fetched_bytes, updated.last_read, updated.last_error) == (
         LayerState.READY, 7, 150, 123.0, "registry said 500")
     assert layers.get(layer.digest) == updated == layers.by_id(record.layer_id)
+    assert layers.add_fetched(layer.digest, 1 << 40).fetched_bytes == record.blob_size  # capped at the blob
     meta = Metadata(store)
     assert meta.resolve(record.root, "d/f")
     assert layers.remove(layer.digest)
