@@ -67,13 +67,13 @@ def test_bad_files_are_refused_naming_the_key(tmp_path, text, message):
 
 def test_bad_environment_is_refused():
     with pytest.raises(ConfigError, match="LAZYLAYER_NOPE_X"):
-        load_config(None, env={"LAZYLAYER_NOPE_X": "1"})
+        load_config("", env={"LAZYLAYER_NOPE_X": "1"})
     with pytest.raises(ConfigError, match="'prefetch.enabled': 'maybe' is not true or false"):
-        load_config(None, env={"LAZYLAYER_PREFETCH_ENABLED": "maybe"})
+        load_config("", env={"LAZYLAYER_PREFETCH_ENABLED": "maybe"})
 
 
 def test_env_tables_and_lists():
-    c = load_config(None, env={"LAZYLAYER_REGISTRY_MIRRORS": "docker.io=http://a:5000,http://b;quay.io=c",
+    c = load_config("", env={"LAZYLAYER_REGISTRY_MIRRORS": "docker.io=http://a:5000,http://b;quay.io=c",
                                "LAZYLAYER_REGISTRY_PLAIN_HTTP": "r1:5000;r2"}).config
     assert c.registry.mirrors == {"docker.io": ("http://a:5000", "http://b"), "quay.io": ("c",)}
     assert c.registry.plain_http == ("r1:5000", "r2")
@@ -102,7 +102,7 @@ def test_config_show_cli(tmp_path):
 def test_reload_separates_live_knobs_from_restart_ones(tmp_path):
     from lazylayer.shared.config import config_changes
 
-    old = load_config(None, env={}).config
+    old = load_config("", env={}).config
     path = tmp_path / "c.toml"
     path.write_text('[daemon]\nlog_level = "DEBUG"\nmountpoint = "/mnt/x"\n[workers]\ncount = 4\n'
                     '[cache]\nmax_size = 1073741824\n')
