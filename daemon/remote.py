@@ -90,6 +90,10 @@ class FetchSettings:
     piece_size: int = 8 << 20
     #: chunks `read_ahead` fetches ahead of a sequential reader [chunks]
     read_ahead_chunks: int = 2
+    #: background pieces in flight at once, over all layers [requests]
+    background_concurrency: int = 2
+    #: average rate the background walk may fetch at; 0 = no cap [bytes/s]
+    bandwidth_limit: int = 0
 
     @classmethod
     def from_config(cls, config: Config) -> "FetchSettings":
@@ -100,6 +104,8 @@ class FetchSettings:
             prefetch_size=config.prefetch.size,
             piece_size=config.background.piece_size,
             read_ahead_chunks=config.fuse.read_ahead_chunks,
+            background_concurrency=config.background.concurrency,
+            bandwidth_limit=config.background.bandwidth_limit,
         )
 
 
@@ -116,6 +122,8 @@ class FetchStats:
     bytes: int = 0
     #: finished fetch_chunks jobs per worker id
     by_worker: Counter[str] = field(default_factory=Counter)
+    #: most background pieces ever in flight at once (bounded by background_concurrency)
+    background_peak: int = 0
 
 
 class FetchObserver:
@@ -207,6 +215,9 @@ class Remote:
         self._index = store.db("chunk_index")
         self._inflight: dict[bytes, _Pending] = {}
         self._ids = itertools.count(1)
+        self._background_slots = trio.CapacityLimiter(max(1, settings.background_concurrency))
+        #: when the bandwidth cap lets the next background piece start (trio clock)
+        self._background_next = 0.0
 
     async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
                       dedup_key: Hashable | None = None, timeout: float | None = None) -> PoolReply:
@@ -343,7 +354,9 @@ class Remote:
         """Walk the whole blob in order at BACKGROUND priority (held while foreground reads are
         active), storing every missing chunk and checking the blob digest at the end; the layer
         is then FETCHED. ``progress(done, total)`` gets compressed bytes. No timeout: waiting
-        behind foreground work is the point; cancel the task to stop it."""
+        behind foreground work is the point; cancel the task to stop it. Over all layers at
+        most ``background_concurrency`` pieces are in flight, paced to ``bandwidth_limit``
+        (pieces of one layer go in order anyway: each carries the previous one's hash state)."""
         if layer.state is LayerState.FETCHED:
             return
         all_chunks = self.meta.prefetch_chunks(layer.layer_id, layer.blob_size + 1)
@@ -351,12 +364,25 @@ class Remote:
         for piece in plan_pieces(all_chunks, layer.blob_size, self.settings.piece_size):
             params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size, "start": piece.start,
                       "end": piece.end, "chunks": [chunk_wire(c) for c in piece.chunks], "state": state}
-            reply = await self._submit("background_fetch", params, Priority.BACKGROUND,
-                                       ("background_fetch", layer.digest, piece.start), timeout=math.inf)
+            async with self._background_slots:
+                await self._pace(piece.end - piece.start)
+                self.stats.background_peak = max(self.stats.background_peak,
+                                                 self._background_slots.borrowed_tokens)
+                reply = await self._submit("background_fetch", params, Priority.BACKGROUND,
+                                           ("background_fetch", layer.digest, piece.start), timeout=math.inf)
             state = reply.result["state"]
             self.observer.fetched(Priority.BACKGROUND, reply.result["bytes"])
             if progress is not None:
                 progress(piece.end, layer.blob_size)
+
+    async def _pace(self, nbytes: int) -> None:
+        """Wait for the bandwidth cap: each piece books ``nbytes / limit`` seconds of the link."""
+        limit = self.settings.bandwidth_limit
+        if limit <= 0:
+            return
+        start = max(trio.current_time(), self._background_next)
+        self._background_next = start + nbytes / limit
+        await trio.sleep_until(start)
 
     async def blob(self, ref: str, layer: LayerRecord) -> str:
         """Path of the layer's verified compressed blob, fetched whole by a worker (PREFETCH

@@ -183,3 +183,25 @@ async def test_check_and_refresh_follow_expired_redirects(app_image, proxy, tmp_
             with pytest.raises(NotFoundError):
                 await s.remote.check(ref, missing)
     proxy.reset()
+
+
+@trio_test
+async def test_background_walks_share_the_concurrency_and_bandwidth_caps(app_image, tmp_path):
+    """Two layers walked at once with background.concurrency 1 never have two pieces in flight,
+    and the walk is paced to background.bandwidth_limit (a lower bound on its duration, which a
+    slow machine cannot break)."""
+    first, second = app_image.layers[0], app_image.layers[1]
+    limit = 400_000  # bytes/s
+    settings = FetchSettings(piece_size=50_000, background_concurrency=1, bandwidth_limit=limit)
+    async with open_fetch_stack(tmp_path, workers=2, settings=settings) as s:
+        with trio.fail_after(DEADLINE):
+            records = [await s.remote.resolve_layer(app_image.ref, l.descriptor()) for l in (first, second)]
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for record in records:
+                    nursery.start_soon(s.remote.background_fetch, app_image.ref, record)
+            elapsed = trio.current_time() - started
+        assert s.remote.stats.background_peak == 1
+        walked = first.size + second.size
+        assert elapsed >= (walked - 50_000) / limit
+        assert all(Layers(s.store).require(r.digest).state is LayerState.FETCHED for r in records)
