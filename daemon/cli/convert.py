@@ -40,6 +40,7 @@ from typing import BinaryIO, Callable
 
 from lazylayer.daemon.cli import output
 from lazylayer.daemon.cli._image import is_image_spec, registry_options
+from lazylayer.shared.config import load_config
 from lazylayer.shared.errors import ConfigError, LazyLayerError, NotFoundError
 from lazylayer.shared.estargz.writer import (
     ConvertResult, Progress, WriterOptions, convert_dir, convert_tar,
@@ -55,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC",
                         help="directory, tar file (plain/gzip/zstd), - for stdin, image ref or oci:PATH[:TAG]")
     parser.add_argument("output", metavar="OUT", help="blob file to write (image SRC: image ref or oci:PATH[:TAG])")
-    parser.add_argument("--chunk-size", type=_size, default=WriterOptions.chunk_size, metavar="N",
-                        help="chunk size in bytes, K/M/G suffixes allowed (default 4M)")
+    parser.add_argument("--chunk-size", type=_size, default=None, metavar="N",
+                        help="chunk size in bytes, K/M/G suffixes allowed (default: format.chunk_size, 4M)")
     parser.add_argument("--prefetch", action="append", default=[], metavar="PATH",
                         help="put this file first, to be prefetched (repeatable, kept in order)")
     parser.add_argument("--prefetch-list", metavar="FILE",
@@ -69,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image SRC: the platform to convert (default: this machine's)")
     parser.add_argument("--all-platforms", action="store_true", help="image SRC: convert every platform")
     parser.add_argument("--config", default=os.environ.get("LAZYLAYER_CONFIG"),
-                        help="config file (TOML) for the [registry] settings")
+                        help="config file (TOML) for the [registry] and [format] settings")
     parser.add_argument("--json", action="store_true", help="machine-readable output (see module doc)")
 
 
@@ -114,8 +115,9 @@ _SOURCES = (
 
 
 def run(args: argparse.Namespace) -> int:
+    chunk_size = args.chunk_size or load_config(args.config or None).config.format.chunk_size
     options = WriterOptions(
-        chunk_size=args.chunk_size, compression_level=args.compression_level,
+        chunk_size=chunk_size, compression_level=args.compression_level,
         prefetch=tuple(args.prefetch) + _prefetch_list(args.prefetch_list), workers=args.workers,
     )
     if is_image_spec(args.source):
