@@ -311,7 +311,8 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
 
         fs = LazyFS(store, resolver, FsSettings(OpaqueXattr[config.fuse.opaque_type.upper()],
                                                 config.fuse.attr_timeout, config.fuse.entry_timeout), metrics.read_done)
-        daemon = Daemon(options, fs, resolver, remote, pool, config, pending_budget=config.cache.max_size)
+        daemon = Daemon(options, fs, resolver, remote, pool, config)
+        daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
         if config.metrics.address:
             metrics.attach(StateSources.in_trio(lambda: Layers(store).all(), ChunkStore(store).stats, pool.status))
             metrics.serve(config.metrics.address)
