@@ -32,7 +32,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import zmq
 
@@ -61,11 +61,14 @@ class WorkerSettings:
 class Worker:
     """One worker process's loop. Create it after exec: it makes its own zmq Context."""
 
-    def __init__(self, settings: WorkerSettings, handlers: Handlers) -> None:
+    def __init__(self, settings: WorkerSettings, handlers: Handlers,
+                 on_reload: Callable[[], None] | None = None) -> None:
         if settings.capacity < 1:
             raise WorkerError("worker capacity must be at least 1")
         self.settings = settings
         self.handlers = dict(handlers)
+        #: SIGHUP (e.g. `supervisorctl signal HUP lazylayer:*`): re-read what can change live
+        self.on_reload = on_reload
         self._context = zmq.Context()
         self._poller = zmq.Poller()
         self._socket: zmq.Socket | None = None
@@ -212,6 +215,7 @@ class Worker:
         """Serve until SIGTERM/SIGINT (exit 0) or a fatal DISCONNECT from the front (exit 1)."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.on_reload() if self.on_reload else None)
         self._connect()
         self._announce()
         interval = self.settings.heartbeat_interval
@@ -294,8 +298,23 @@ def default_handlers(args: argparse.Namespace) -> Handlers:
     return {**BUILTIN_HANDLERS, **fetcher_handlers(_config(args), args.cache_dir)}
 
 
-def run_worker(settings: WorkerSettings, handlers: Handlers) -> int:
-    return Worker(settings, handlers).run()
+def run_worker(settings: WorkerSettings, handlers: Handlers, on_reload: Callable[[], None] | None = None) -> int:
+    return Worker(settings, handlers, on_reload).run()
+
+
+def reload_logging(args: argparse.Namespace) -> Callable[[], None]:
+    """A worker's SIGHUP: the config file's log level and format, like the front's reload."""
+
+    def reload() -> None:
+        try:
+            config = _config(args)
+        except LazyLayerError as exc:
+            log.error("reload refused: %s", exc)
+            return
+        setup_logging(config.daemon.log_level, config.daemon.log_format)
+        log.info("reloaded: log level %s, format %s", config.daemon.log_level, config.daemon.log_format)
+
+    return reload
 
 
 def main(argv: Sequence[str] | None = None, handlers: Handlers | None = None) -> int:
@@ -308,7 +327,7 @@ def main(argv: Sequence[str] | None = None, handlers: Handlers | None = None) ->
     try:
         setup_logging(args.log_level, _config(args).daemon.log_format)
         settings = settings_from_args(args)
-        return run_worker(settings, default_handlers(args) if handlers is None else handlers)
+        return run_worker(settings, default_handlers(args) if handlers is None else handlers, reload_logging(args))
     except LazyLayerError as exc:
         print(f"lazylayer worker: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import argparse
 from lazylayer.shared.config import load_config
 from lazylayer.shared.logs import setup_logging
 from lazylayer.workers.main import add_arguments as _worker_arguments
-from lazylayer.workers.main import default_handlers, run_worker, settings_from_args
+from lazylayer.workers.main import default_handlers, reload_logging, run_worker, settings_from_args
 
 HELP = "run one fetcher worker connected to the daemon (for supervisord)"
 
@@ -25,4 +25,4 @@ def run(args: argparse.Namespace) -> int:
     """Logs follow the config (daemon.log_level/log_format), like the front's."""
     config = load_config(args.config or None).config
     setup_logging(config.daemon.log_level, config.daemon.log_format)
-    return run_worker(settings_from_args(args), default_handlers(args))
+    return run_worker(settings_from_args(args), default_handlers(args), reload_logging(args))

@@ -176,6 +176,14 @@ def test_supervisord_deployment(supervisor: Supervisor, ops_image: PushedImage):
     wait_for("2 workers connected again", lambda: workers_alive() == 2)
     read(tool, "usr/lib/libx.so.1")
 
+    # SIGHUP to the whole group (an operator's reload): nobody dies, everyone re-reads the file
+    pids = {name: supervisor.pid(name) for name in supervisor.states()}
+    supervisor.ctl("signal", "HUP", "lazylayer:*")
+    wait_for("the reload lines", lambda: "reloaded" in (work / "logs" / "front.log").read_text()
+             and "reloaded" in (work / "logs" / "lazylayer-worker-1.log").read_text())
+    assert {name: supervisor.pid(name) for name in supervisor.states()} == pids
+    read(blob, "opt/data/blob.bin")
+
     # stop the front: SIGTERM unmounts cleanly, supervisord sees a clean stop
     assert "stopped" in supervisor.ctl("stop", FRONT)
     assert supervisor.states()[FRONT] == "STOPPED"
