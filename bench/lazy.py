@@ -7,10 +7,8 @@ on the lazy side goes through `lazy_session`.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,8 +22,8 @@ from bench.errors import BenchError
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import call
 from lazylayer.shared.errors import LazyLayerError
+from lazylayer.shared.procs import die_with_parent, stop_process
 
-_PR_SET_PDEATHSIG = 1
 READY_TIMEOUT = 120.0
 
 #: The knobs the benchmark sets; everything else is lazylayer's documented default. Background
@@ -51,10 +49,6 @@ def write_config(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(BENCH_CONFIG)
     return path
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -111,13 +105,7 @@ class LazyDaemon:
                 self.umount(target)
             except (BenchError, subprocess.TimeoutExpired):
                 pass
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+        stop_process(self.process)
         unmount_under(self.area)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -143,7 +131,7 @@ def start_daemon(area: Path, cache_dir: Path, workers: int, config: Path) -> Laz
                "--mountpoint", str(area / "store"), "--cache-dir", str(cache_dir), "--run-dir", str(run_dir)]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   preexec_fn=_die_with_parent)
+                                   preexec_fn=die_with_parent())
     daemon = LazyDaemon(area, config, workers, process, run_dir, log_path)
     try:
         daemon.wait_ready()

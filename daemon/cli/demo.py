@@ -22,7 +22,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -36,6 +35,7 @@ from typing import Any
 from lazylayer.daemon.cli import output
 from lazylayer.daemon.control import call
 from lazylayer.shared.errors import LazyLayerError, MountError
+from lazylayer.shared.procs import die_with_parent, stop_process
 
 HELP = "run the main job: registry + eStargz image (built here by default), daemon, mount, use, status"
 
@@ -195,7 +195,8 @@ class Daemon:
         command = [*LAZYLAYER, "daemon", *self.config, "--workers", "2", "--mountpoint", str(self.work / "store"),
                    "--cache-dir", str(self.work / "cache"), "--run-dir", str(self.run_dir)]
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                            preexec_fn=die_with_parent())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -210,13 +211,8 @@ class Daemon:
         raise MountError(f"the daemon did not become ready in 60 s; see {self.log}")
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def use_image(args: argparse.Namespace, daemon: Daemon, ref: str, target: Path) -> Summary:

@@ -14,10 +14,8 @@ misbehaved, so fixtures call it in teardown.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,14 +28,10 @@ from lazylayer.daemon import mounts
 from lazylayer.daemon.control import call
 from lazylayer.daemon.fs import encode_ref
 from lazylayer.shared.errors import LazyLayerError
+from lazylayer.shared.procs import die_with_parent, stop_process
 from tests.support.fetchstack import write_config
 
-_PR_SET_PDEATHSIG = 1
 LAZYLAYER = [sys.executable, "-m", "lazylayer.daemon.cli.main"]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -77,13 +71,8 @@ class RunningDaemon:
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+        if self.process is not None:
+            stop_process(self.process, timeout=30)
         unmount_under(self.workdir, self.mountpoint, *self.extra_mounts)
         if self.owns_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -127,7 +116,7 @@ def start_daemon(workdir: Path, *, workers: int = 1, config: dict[str, dict[str,
     with open(log_path, "wb") as log:
         daemon.process = subprocess.Popen(
             [*LAZYLAYER, "daemon", "--config", str(config_path), *(["--workers", str(workers)] if workers_flag else [])],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(),
             env={**os.environ, "LAZYLAYER_CONFIG": ""})
     if wait:
         try:

@@ -7,25 +7,22 @@ Only paths change from the shipped file (binary, config, log dir), exactly what 
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import call
 from lazylayer.daemon.fs import encode_ref
-from lazylayer.shared.errors import LazyLayerError
+from lazylayer.shared.procs import die_with_parent
 from lazylayer.workers.registry.local import free_port
 from tests.fuse.daemonproc import unmount_under
-from tests.ops.test_daemon_ops import scrape
+from tests.ops.test_daemon_ops import scrape, wait_for
 from tests.support.fetchstack import PushedImage, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,19 +50,6 @@ files = {work}/conf.d/*.conf
 """
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except LazyLayerError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Supervisor:
     def __init__(self, work: Path, run: Path) -> None:
         self.work, self.run = work, run
@@ -73,9 +57,8 @@ class Supervisor:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        pdeathsig = lambda: ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # noqa: E731
-        self.process = subprocess.Popen([str(BIN / "supervisord"), "-c", str(self.conf)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=pdeathsig)
+        self.process = subprocess.Popen([str(BIN / "supervisord"), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
 
     def ctl(self, *args: str) -> str:
         done = subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.conf), *args],

@@ -8,7 +8,6 @@ The process dies with its parent (PR_SET_PDEATHSIG), so a crashed caller leaves 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -20,19 +19,15 @@ from pathlib import Path
 import requests
 
 from lazylayer.shared.errors import RegistryError
+from lazylayer.shared.procs import die_with_parent, stop_process
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
-_PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -49,13 +44,7 @@ class LocalRegistry:
         return f"{self.scheme}://{self.host}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
 
     def __enter__(self) -> "LocalRegistry":
         return self
@@ -86,7 +75,7 @@ def start_local_registry(root: Path, *, extra_yaml: str = "", scheme: str = "htt
     )
     with open(root / "registry.log", "wb") as log:
         process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                   stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(signal.SIGKILL))
     registry = LocalRegistry(f"127.0.0.1:{port}", process, root, scheme)
     deadline = time.monotonic() + startup_timeout
     while True:
