@@ -243,7 +243,8 @@ class Fetcher:
             if outcome.error is not None:
                 raise outcome.error
         except LazyLayerError as exc:
-            layers.modify(digest, lambda r: _advance(r, LayerState.REGISTERED, last_error=str(exc)))
+            reason = str(exc)
+            layers.modify(digest, lambda r: _advance(r, LayerState.REGISTERED, last_error=reason))
             raise
         layers.add_fetched(digest, outcome.bytes)
         layers.modify(digest, lambda r: _advance(r, LayerState.READY, prefetch_size=end))

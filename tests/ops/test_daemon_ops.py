@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import requests
 
+from lazylayer.shared.errors import LazyLayerError
 from lazylayer.workers.registry.local import free_port
 from tests.fuse.daemonproc import RunningDaemon, daemon_config, start_daemon
 from tests.ops.test_metrics import samples
@@ -39,10 +40,14 @@ def scrape(port: int) -> dict[str, float]:
     return samples(reply.text)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """``check()``'s first truthy value; a LazyLayerError (daemon not answering yet) counts as no."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = check()
+        try:
+            value = check()
+        except LazyLayerError:
+            value = None
         if value:
             return value
         time.sleep(0.2)
