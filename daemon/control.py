@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket as socket_module
 from typing import Any, Awaitable, Callable, Mapping
 
 import msgpack
@@ -24,7 +25,8 @@ import zmq
 
 from lazylayer.daemon.zmqtrio import TrioSocket
 from lazylayer.shared.config import load_config
-from lazylayer.shared.errors import LazyLayerError, NotFoundError, ProtocolError, RequestTimeoutError, WorkerError
+from lazylayer.shared.errors import (LazyLayerError, NotFoundError, PermissionDeniedError, ProtocolError,
+                                     RequestTimeoutError, WorkerError)
 from lazylayer.shared.protocol import ErrorReply
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,7 @@ class ControlServer:
 def call(run_dir: str, op: str, params: dict[str, Any] | None = None, *, timeout: float = 120.0) -> Any:
     """One request to the daemon (blocking; for the CLI). Raises the daemon's typed error."""
     path = control_path(run_dir)
-    if not os.path.exists(path):
-        raise NotFoundError(f"no lazylayer daemon is running (no control socket at {path})")
+    _probe(path)
     context = zmq.Context()
     socket = context.socket(zmq.REQ)
     try:
@@ -121,6 +122,21 @@ def call(run_dir: str, op: str, params: dict[str, Any] | None = None, *, timeout
     error = reply.get("error") or {}
     raise ErrorReply(0, error.get("kind", "error"), error.get("message", "unknown error"),
                      attrs=error.get("attrs") or {}).to_exception()
+
+
+def _probe(path: str) -> None:
+    """Fail at once, with the reason, where ZeroMQ would retry silently until the timeout: no
+    socket (no daemon), or one this user may not connect to (it is root-only)."""
+    probe = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except PermissionError:
+        raise PermissionDeniedError(f"permission denied: the control socket {path} is root-only "
+                                    "(run lazylayer as root)") from None
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise NotFoundError(f"no lazylayer daemon is running (no control socket at {path})") from None
+    finally:
+        probe.close()
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:

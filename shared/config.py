@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
 from lazylayer.shared.errors import ConfigError
+from lazylayer.shared.logs import redact
 
 ENV_PREFIX = "LAZYLAYER_"
 DEFAULT_CONFIG_PATH = "/etc/lazylayer/lazylayer.toml"
@@ -82,6 +83,7 @@ class FuseConfig:
     attr_timeout: float = knob(1.0, "kernel attribute cache lifetime", "s")
     entry_timeout: float = knob(1.0, "kernel dentry cache lifetime", "s")
     allow_other: bool = knob(True, "let other users (containers) read the mount")
+    store_group: str = knob("", "group (name or gid) that may use the layer store besides root; empty: root only")
     opaque_type: str = knob("trusted", "opaque-dir xattr reported: trusted, user or all",
                             choices=("trusted", "user", "all"))
     read_ahead_kb: int = knob(1024, "bdi read-ahead set on the mount (1024 = FUSE max request)", "KiB")
@@ -156,7 +158,7 @@ class LoadedConfig:
                 value = getattr(values, f.name)
                 rows.append({
                     "key": key,
-                    "value": _plain(value),
+                    "value": redact(_plain(value)),
                     "source": self.sources.get(key, "default"),
                     "unit": f.metadata.get("unit", ""),
                     "doc": f.metadata.get("doc", ""),

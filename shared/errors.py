@@ -84,6 +84,13 @@ class AuthError(RegistryError):
     errno = errno.EACCES
 
 
+class PermissionDeniedError(LazyLayerError):
+    """The caller may not do this (the daemon's sockets and store are root's)."""
+
+    kind = "permission"
+    errno = errno.EACCES
+
+
 class ConfigError(LazyLayerError):
     """A config file, environment variable or flag has an unknown key or a wrong value."""
 

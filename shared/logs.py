@@ -3,19 +3,42 @@
 Why here: the front, each worker and the CLI must log the same way (supervisord collects their
 stderr side by side), and the level must be changeable at run time (SIGHUP reload), so the
 handler is installed once and `set_level` only touches the root logger's level. Secrets never
-reach a log line: the registry code keeps tokens and passwords out of its messages and errors.
+reach a log line: the registry code keeps tokens and passwords out of its messages and errors, and
+the formatters here blank the userinfo of any URL (a mirror configured as
+``https://user:password@host``) in every line, whoever wrote it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(value: Any) -> Any:
+    """``value`` with the userinfo of every URL in it replaced by ``***`` (strings, and the
+    strings inside lists, tuples and dicts): for logs, `config show`, status and metrics."""
+    if isinstance(value, str):
+        return _USERINFO.sub(r"\g<scheme>***@", value)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+class TextFormatter(logging.Formatter):
+    """The text line format, redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class JSONFormatter(logging.Formatter):
@@ -32,13 +55,13 @@ class JSONFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(redact(entry), ensure_ascii=False)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Replace the root logger's handlers with one line-per-event handler on ``stream`` (stderr)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter(_TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
