@@ -1,17 +1,10 @@
 """The filesystem: pyfuse3 Operations serving the layer store and merged image views from LMDB.
 
-What is under the mountpoint (MNT):
-```
-MNT/<base64(ref)>/<layer digest>/diff/...      the layer's tree (containers' additional layer store)
-MNT/<base64(ref)>/<layer digest>/info          layer info JSON (containers/storage field names)
-MNT/<base64(ref)>/<layer digest>/blob          the compressed blob (fetched whole and verified on first read)
-MNT/<base64(ref)>/<layer digest>/diff/.lazylayer/<digest>.json
-                                               state file: Info + last error (hidden, lookup only)
-MNT/.images/<view id>/...                      merged image view of `lazylayer mount` (hidden)
-```
-Looking up ``diff`` resolves the layer on demand (image manifest, then footer + TOC through a
-worker) and takes a reference that lasts until ``rmdir MNT/<ref>/<digest>`` (upstream's
-"release"); creating ``use`` takes another one. Both answer ENOENT, as upstream does.
+The store layout above the layers (MNT/<base64(ref)>/<digest>/{diff,info,blob}, merged views
+under MNT/.images) and who may reach it are daemon/layout.py's. Looking up ``diff`` resolves the
+layer on demand (image manifest, then footer + TOC through a worker) and takes a reference that
+lasts until ``rmdir MNT/<ref>/<digest>`` (upstream's "release"); creating ``use`` takes another
+one. Both answer ENOENT, as upstream does. Only root (or the store group) may cause either.
 
 Inode numbers, two spaces that cannot collide:
 - ``>= 2**32``: layer and merged-view nodes, ``layer_id << 32 | node_id`` (metadata.inode_of,
@@ -29,25 +22,25 @@ misses (worker fetch) and on resolving. Nothing here writes LMDB.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import json
 import logging
 import math
 import os
 import stat
-import re
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Callable
 
 import lmdb
 import pyfuse3
 import trio
 
+from lazylayer.daemon.fuseguard import guard_operations
 from lazylayer.daemon.layer import Layer, Resolver
+from lazylayer.daemon.layout import (BLOB, DIFF, DIGEST_NAME, DIR_KINDS, IMAGES_DIR, INFO, STATE_DIR, USE, Kind,
+                                     LayoutNode, StoreAccess, decode_ref, layer_info, name_of)
 from lazylayer.shared.errors import LazyLayerError
+from lazylayer.shared.logs import redact
 from lazylayer.shared.store.env import Store
 from lazylayer.shared.store.metadata import (ROOT_ID, BLOCK_SIZE, Metadata, NodeAttr, NodeRef, OpaqueXattr,
                                              split_inode, visible_xattrs)
@@ -55,39 +48,8 @@ from lazylayer.shared.store.metadata import (ROOT_ID, BLOCK_SIZE, Metadata, Node
 log = logging.getLogger(__name__)
 
 LAYER_INODES = 1 << 32
-IMAGES_DIR = b".images"
-STATE_DIR = b".lazylayer"
-DIFF, INFO, USE, BLOB = b"diff", b"info", b"use", b"blob"
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _READDIR_PAGE = 1024
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
-#: containers/storage's Compression enum (pkg/archive): what `info` reports
-_COMPRESSION = {"gzip": 2, "zstd": 4}
-
-
-class Kind(Enum):
-    ROOT = "root"
-    IMAGES = "images"
-    REF = "ref"
-    LAYER = "layer"
-    INFO = "info"
-    BLOB = "blob"
-    STATE_DIR = "state-dir"
-    STATE_FILE = "state-file"
-
-
-_DIR_KINDS = {Kind.ROOT, Kind.IMAGES, Kind.REF, Kind.LAYER, Kind.STATE_DIR}
-_MODES = {Kind.STATE_DIR: stat.S_IFDIR | 0o500, Kind.STATE_FILE: stat.S_IFREG | 0o400}
-
-
-@dataclass(frozen=True)
-class LayoutNode:
-    """A node of the store layout (not of a layer): what it is and whose."""
-
-    kind: Kind
-    ref: str = ""
-    digest: str = ""
-    layer_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +59,7 @@ class FsSettings:
     opaque: OpaqueXattr = OpaqueXattr.TRUSTED
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
+    access: StoreAccess = StoreAccess()
 
 
 @dataclass
@@ -134,37 +97,7 @@ class _Dir:
     exhausted: bool = True
 
 
-def decode_ref(name: bytes) -> str | None:
-    """A ref directory name: base64 of the reference (standard or URL-safe alphabet)."""
-    try:
-        raw = base64.b64decode(name.replace(b"-", b"+").replace(b"_", b"/"), validate=True)
-        ref = raw.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    if not ref or any(c.isspace() or ord(c) < 32 for c in ref):
-        return None
-    return ref
-
-
-def encode_ref(ref: str) -> str:
-    return base64.b64encode(ref.encode()).decode()
-
-
-def layer_info(layer: Layer) -> dict[str, Any]:
-    """`info` as containers/storage's additional layer store reads it (same field names as
-    upstream stargz-store); ``diff-digest`` is the DiffID from the image config."""
-    desc = layer.desc
-    info: dict[str, Any] = {"compressed-diff-digest": desc.digest, "compressed-size": desc.size}
-    if desc.diff_id:
-        info["diff-digest"] = desc.diff_id
-    size = desc.annotations.get("io.containers.estargz.uncompressed-size")
-    if size and size.isdigit():
-        info["diff-size"] = int(size)
-    kind = "zstd" if "zstd" in desc.media_type else "gzip"
-    info["compression"] = _COMPRESSION[kind]
-    return info
-
-
+@guard_operations
 class LazyFS(pyfuse3.Operations):
     """The daemon's one mount. Every handler runs in the daemon's trio loop."""
 
@@ -235,16 +168,18 @@ class LazyFS(pyfuse3.Operations):
         return e
 
     def _layout_attr(self, node: LayoutNode) -> NodeAttr:
-        if node.kind in _DIR_KINDS:
-            return NodeAttr(_MODES.get(node.kind, stat.S_IFDIR | 0o555), nlink=2)
+        access = self.settings.access
+        mode, gid = access.mode(node.kind), access.gid or 0
+        if node.kind in DIR_KINDS:
+            return NodeAttr(mode, gid=gid, nlink=2)
         if node.kind is Kind.BLOB:
-            return NodeAttr(stat.S_IFREG | 0o444, size=self._held_layer(node).record.blob_size)
-        return NodeAttr(_MODES.get(node.kind, stat.S_IFREG | 0o444), size=len(self._content(node)))
+            return NodeAttr(mode, gid=gid, size=self._held_layer(node).record.blob_size)
+        return NodeAttr(mode, gid=gid, size=len(self._content(node)))
 
     def _layout_entry(self, node: LayoutNode) -> pyfuse3.EntryAttributes:
         inode = self._layout_inode(node)
         # Files whose content changes are never cached by the kernel.
-        timeout = None if node.kind in _DIR_KINDS else 0.0
+        timeout = None if node.kind in DIR_KINDS else 0.0
         return self._entry(inode, self._layout_attr(node), timeout)
 
     def _node_attr(self, ref: NodeRef, txn: lmdb.Transaction | None = None) -> NodeAttr:
@@ -264,7 +199,7 @@ class LazyFS(pyfuse3.Operations):
             return (json.dumps(layer_info(self._held_layer(node)), sort_keys=True) + "\n").encode()
         if node.kind is Kind.STATE_FILE:
             layer = self._any_layer(node.layer_id)
-            return (json.dumps(layer.state_json(), sort_keys=True) + "\n").encode()
+            return (json.dumps(redact(layer.state_json()), sort_keys=True) + "\n").encode()
         raise pyfuse3.FUSEError(errno.EISDIR)
 
     def _any_layer(self, layer_id: int) -> Layer:
@@ -294,6 +229,8 @@ class LazyFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return self._entry(found[0].inode, found[1])
         node = self._layout(parent_inode)
+        if node.kind in (Kind.ROOT, Kind.REF, Kind.LAYER):
+            self._may_fetch(ctx)
         if node.kind is Kind.ROOT:
             if name == IMAGES_DIR:
                 return self._layout_entry(LayoutNode(Kind.IMAGES))
@@ -303,7 +240,7 @@ class LazyFS(pyfuse3.Operations):
             return self._layout_entry(LayoutNode(Kind.REF, ref=ref))
         if node.kind is Kind.REF:
             digest = name.decode("ascii", "replace")
-            if not _DIGEST.match(digest):
+            if not DIGEST_NAME.match(digest):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return self._layout_entry(LayoutNode(Kind.LAYER, ref=node.ref, digest=digest))
         if node.kind is Kind.LAYER:
@@ -327,6 +264,14 @@ class LazyFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return self._layout_entry(LayoutNode(Kind.STATE_FILE, layer_id=node.layer_id))
         raise pyfuse3.FUSEError(errno.ENOTDIR)
+
+    def _may_fetch(self, ctx: Any) -> None:
+        """Refuse (EACCES) a caller who may not make us resolve or fetch anything. The
+        kernel already refuses them at the store's root-only directories; this holds even if
+        the mount's modes or options were ever loosened."""
+        if ctx is not None and not self.settings.access.may_fetch(ctx.uid, ctx.gid, ctx.pid):
+            log.warning("uid %d (pid %d) may not use the layer store: refused", ctx.uid, ctx.pid)
+            raise pyfuse3.FUSEError(errno.EACCES)
 
     @staticmethod
     def _guard(fn: Callable[[], Any]) -> Any:
@@ -406,14 +351,14 @@ class LazyFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             return self._new_handle(_Dir(parent=ref, exhausted=False))
         node = self._layout(inode)
-        if node.kind not in _DIR_KINDS:
+        if node.kind not in DIR_KINDS:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         children: list[LayoutNode] = []
         if node.kind is Kind.ROOT:
             children = [LayoutNode(Kind.REF, ref=ref) for ref in sorted(self._refs)]
         elif node.kind is Kind.REF:
             children = [LayoutNode(Kind.LAYER, node.ref, d) for d in sorted(self._refs.get(node.ref, ()))]
-        entries = [(_name_of(child).encode(), self._layout_entry(child)) for child in children]
+        entries = [(name_of(child).encode(), self._layout_entry(child)) for child in children]
         if node.kind is Kind.LAYER and (node.ref, node.digest) in self._held:
             layer = self._held[(node.ref, node.digest)]
             root = layer.record.root
@@ -528,6 +473,7 @@ class LazyFS(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any = None) -> Any:
         node = self._nodes.get(parent_inode)
         if node is not None and node.kind is Kind.LAYER and name == USE:
+            self._may_fetch(ctx)
             layer = await self._hold(node.ref, node.digest)
             layer.acquire()
             log.info("layer %s of %s in use (%d references)", node.digest, node.ref, layer.refs)
@@ -537,6 +483,7 @@ class LazyFS(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         node = self._nodes.get(parent_inode)
         if node is not None and node.kind is Kind.REF:
+            self._may_fetch(ctx)
             layer = self._held.get((node.ref, name.decode("ascii", "replace")))
             if layer is not None:
                 layer.done()
@@ -584,6 +531,3 @@ class LazyFS(pyfuse3.Operations):
             layer.done()
         self._held.clear()
 
-
-def _name_of(node: LayoutNode) -> str:
-    return encode_ref(node.ref) if node.kind is Kind.REF else node.digest

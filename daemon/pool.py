@@ -41,6 +41,7 @@ from lazylayer.daemon.zmqtrio import TrioSocket
 from lazylayer.shared import protocol
 from lazylayer.shared.errors import (LazyLayerError, PoolUnavailableError, ProtocolError,
                                      RequestTimeoutError, WorkerLostError)
+from lazylayer.shared.perms import private_file
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,8 @@ class WorkerPool:
                 raw.bind(self.endpoint)
             except zmq.ZMQError as exc:
                 raise PoolUnavailableError(f"cannot listen for workers on {self.endpoint}: {exc}") from None
+            if self.endpoint.startswith("ipc://"):
+                private_file(self.endpoint[len("ipc://"):])  # only root's processes may be workers
             self._nursery = await self._stack.enter_async_context(trio.open_nursery())
             self._stack.push_async_callback(self._shutdown)
             await self._nursery.start(self._socket.pump)

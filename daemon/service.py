@@ -28,14 +28,16 @@ import trio
 
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import ControlServer
-from lazylayer.daemon.fs import IMAGES_DIR, FsSettings, LazyFS, encode_ref
+from lazylayer.daemon.fs import FsSettings, LazyFS
+from lazylayer.daemon.layout import IMAGES_DIR, StoreAccess, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.metrics import Metrics, StateSources
 from lazylayer.daemon.pool import WorkerPool
 from lazylayer.daemon.remote import FetchSettings, Remote
 from lazylayer.shared.config import Config, config_changes, load_config
 from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError
-from lazylayer.shared.logs import setup_logging
+from lazylayer.shared.logs import redact, setup_logging
+from lazylayer.shared.perms import private_dir, private_umask
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import Layers
@@ -227,7 +229,7 @@ class Daemon:
                            "error": layer.error()})
         cached = [{"digest": r.digest, "state": r.state.value, "size": r.blob_size, "fetched": r.fetched_bytes,
                    "error": r.last_error} for r in Layers(self.remote.store).all()]
-        return {
+        return redact({  # errors may quote a mirror URL: no credentials in status
             "pid": os.getpid(),
             "mountpoint": self.options.mountpoint,
             "layers": layers,
@@ -238,7 +240,7 @@ class Daemon:
             "workers": self.pool.status().to_dict(),
             "cache": dataclasses.asdict(ChunkStore(self.remote.store).stats()),
             "fetch": {k: v for k, v in dataclasses.asdict(self.remote.stats).items() if k != "by_worker"},
-        }
+        })
 
     def unmount_user_mounts(self) -> None:
         for mount in list(self.user_mounts.values()):
@@ -253,7 +255,7 @@ class Daemon:
 def _lock_run_dir(run_dir: str) -> int:
     """One daemon per run dir: an flock on RUN/daemon.pid held for the daemon's life (released
     by the kernel when it dies, however it dies)."""
-    os.makedirs(run_dir, exist_ok=True)
+    private_dir(run_dir)
     fd = os.open(os.path.join(run_dir, "daemon.pid"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -275,7 +277,11 @@ def worker_command(options: DaemonOptions) -> list[str]:
 
 
 def fuse_options(config: Config) -> set[str]:
-    options = {"fsname=lazylayer", "subtype=lazylayer", "default_permissions", "suid", "dev"}
+    """nosuid,nodev: a stranger's image must not give a local user a setuid-root binary or a
+    device node through the store (containers get their own overlay mounts, which decide for
+    themselves); default_permissions: the kernel enforces modes, so the store's root-only
+    directories keep everyone else from making us fetch."""
+    options = {"fsname=lazylayer", "subtype=lazylayer", "default_permissions", "nosuid", "nodev"}
     if config.fuse.allow_other:
         options.add("allow_other")
     return options
@@ -284,6 +290,7 @@ def fuse_options(config: Config) -> set[str]:
 async def run_daemon(options: DaemonOptions) -> int:
     config = options.config
     mounts.require_fuse()
+    private_umask()  # sockets, cache files and overlay dirs we create are root's alone
     lock = _lock_run_dir(options.run_dir)
     try:
         mounts.prepare_mountpoint(options.mountpoint)
@@ -310,7 +317,9 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
                             allow_unverified=config.verification.allow_unverified)
 
         fs = LazyFS(store, resolver, FsSettings(OpaqueXattr[config.fuse.opaque_type.upper()],
-                                                config.fuse.attr_timeout, config.fuse.entry_timeout), metrics.read_done)
+                                                config.fuse.attr_timeout, config.fuse.entry_timeout,
+                                                StoreAccess.from_group(config.fuse.store_group)),
+                    metrics.read_done)
         daemon = Daemon(options, fs, resolver, remote, pool, config)
         daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
         if config.metrics.address:

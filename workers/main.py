@@ -40,6 +40,7 @@ from lazylayer.shared import protocol
 from lazylayer.shared.config import Config, load_config
 from lazylayer.shared.errors import LazyLayerError, ProtocolError, WorkerError
 from lazylayer.shared.logs import setup_logging
+from lazylayer.shared.perms import private_umask
 from lazylayer.workers.fetcher import fetcher_handlers
 from lazylayer.workers.jobs import BUILTIN_HANDLERS, Handlers, Job, JobResult
 
@@ -324,6 +325,7 @@ def main(argv: Sequence[str] | None = None, handlers: Handlers | None = None) ->
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    private_umask()  # the cache files and blobs a worker writes are root's alone
     try:
         setup_logging(args.log_level, _config(args).daemon.log_format)
         settings = settings_from_args(args)

@@ -27,6 +27,7 @@ import lmdb
 
 from lazylayer.shared.config import CacheConfig
 from lazylayer.shared.errors import CacheError, ConfigError
+from lazylayer.shared.perms import private_dir, private_file
 
 T = TypeVar("T")
 
@@ -108,7 +109,7 @@ class Store:
         if readonly:
             _initialise(options)
         else:
-            os.makedirs(options.path, exist_ok=True)
+            private_dir(options.path)
         try:
             self.env = lmdb.open(
                 options.path,
@@ -123,11 +124,15 @@ class Store:
                 # slower than a local file in BENCHMARKS.md item 4; 0.25 s vs 3.1 s with it on).
                 readahead=True,
                 lock=True,
+                # The cache holds every image's file contents (0600 ones too): root's alone.
+                mode=0o600,
             )
             self.dbs = self._open_dbs()
         except lmdb.Error as exc:
             raise CacheError(f"{options.path}: cannot open the cache: {exc}") from exc
         if not readonly:
+            for name in ("data.mdb", "lock.mdb"):
+                private_file(os.path.join(options.path, name))
             self._check_format()
         self._key = key
         _OPEN[key] = self

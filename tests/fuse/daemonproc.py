@@ -26,7 +26,7 @@ from typing import Any
 
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import call
-from lazylayer.daemon.fs import encode_ref
+from lazylayer.daemon.layout import encode_ref
 from lazylayer.shared.errors import LazyLayerError
 from lazylayer.shared.procs import die_with_parent, stop_process
 from tests.support.fetchstack import write_config

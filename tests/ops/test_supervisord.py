@@ -18,7 +18,7 @@ import pytest
 
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import call
-from lazylayer.daemon.fs import encode_ref
+from lazylayer.daemon.layout import encode_ref
 from lazylayer.shared.procs import die_with_parent
 from lazylayer.workers.registry.local import free_port
 from tests.fuse.daemonproc import unmount_under
