@@ -73,6 +73,9 @@ class Metrics(FetchObserver):
         self.fetched_bytes = Counter("lazylayer_fetched_bytes", "compressed bytes workers fetched",
                                      ["priority"], registry=r)
         self.errors = Counter("lazylayer_errors", "errors by kind (shared/errors.py)", ["kind"], registry=r)
+        self.cache_corrupt_chunks = Counter("lazylayer_cache_corrupt_chunks",
+                                     "cached chunks that no longer matched their digest (dropped, fetched again)",
+                                     registry=r)
         self._server: object | None = None
 
     def chunks_read(self, hits: int, misses: int) -> None:
@@ -84,6 +87,9 @@ class Metrics(FetchObserver):
 
     def fetched(self, priority: Priority, nbytes: int) -> None:
         self.fetched_bytes.labels(priority.name.lower()).inc(nbytes)
+
+    def cache_corrupt(self, chunks: int) -> None:
+        self.cache_corrupt_chunks.inc(chunks)
 
     def read_done(self, nbytes: int, error: str | None) -> None:
         """A FUSE read answered (``error``: the failure's kind, or None)."""

@@ -24,6 +24,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import time
@@ -35,9 +36,11 @@ import msgpack
 import trio
 
 from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
+from lazylayer.daemon.unstored import UnstoredChunks
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import CacheError, LazyLayerError
 from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION
+from lazylayer.shared.store.audit import ChunkAudit
 from lazylayer.shared.store.blobs import blob_path
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import Store
@@ -45,6 +48,8 @@ from lazylayer.shared.store.eviction import AccessLog
 from lazylayer.shared.store.layers import LayerRecord, LayerState
 from lazylayer.shared.store.metadata import FileChunk, Metadata, NodeRef
 from lazylayer.shared.store.reads import read_range
+
+log = logging.getLogger(__name__)
 
 #: Reads retried after a fetch; more only when eviction keeps removing what was just fetched.
 READ_ATTEMPTS = 3
@@ -139,6 +144,9 @@ class FetchObserver:
     def fetched(self, priority: Priority, nbytes: int) -> None:
         """Compressed bytes a finished job fetched from the registry."""
 
+    def cache_corrupt(self, chunks: int) -> None:
+        """Cached chunks a read found not matching their digest (dropped and fetched again)."""
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -211,6 +219,10 @@ class Remote:
         self.accesses = AccessLog()
         self.meta = Metadata(store)
         self.chunks = ChunkStore(store)
+        #: cached chunks checked against their digest in this process (DESIGN: never serve rot)
+        self.audit = ChunkAudit()
+        #: verified chunks a worker could not store (cache filesystem full)
+        self.unstored = UnstoredChunks()
         self.stats = FetchStats()
         self._index = store.db("chunk_index")
         self._inflight: dict[bytes, _Pending] = {}
@@ -255,14 +267,19 @@ class Remote:
         """Bytes ``[offset, offset+size)`` of a regular file (clipped at ``file_size``): cached
         chunks from one read txn, missing ones fetched (one FOREGROUND job) and read again."""
         for attempt in range(READ_ATTEMPTS):
-            got = read_range(self.meta, self.chunks, node, file_size, offset, size)
+            got = read_range(self.meta, self.chunks, node, file_size, offset, size, audit=self.audit,
+                             unstored=self.unstored)
             if attempt == 0:
                 self.observer.chunks_read(len(got.used), len(got.missing))
             if got.data is not None:
                 for key in got.used:
                     self.accesses.touch(key)
                 return got.data
-            await self.fetch_chunks(ref, layer, got.missing, Priority.FOREGROUND)
+            if got.corrupt:
+                log.warning("layer %s: %d cached chunk(s) do not match their digest; fetching them again",
+                            layer.digest, len(got.corrupt))
+                self.observer.cache_corrupt(len(got.corrupt))
+            await self.fetch_chunks(ref, layer, got.missing, Priority.FOREGROUND, replace=got.corrupt)
         raise CacheError(f"layer {layer.digest}: chunks were evicted again right after being fetched; "
                          "the cache budget is too small for the data being read")
 
@@ -288,12 +305,15 @@ class Remote:
             await self.fetch_chunks(ref, layer, chunks, Priority.PREFETCH)
 
     async def fetch_chunks(self, ref: str, layer: LayerRecord, chunks: Sequence[FileChunk],
-                           priority: Priority) -> None:
-        """Make sure ``chunks`` are in the store: cached ones are skipped, chunks already being
-        fetched are waited for, the rest are fetched by one new job. Raises the first typed
-        error among the jobs waited on."""
+                           priority: Priority, replace: Sequence[bytes] = ()) -> None:
+        """Make sure ``chunks`` are in the store (or, when the cache is full, in `unstored`):
+        cached ones are skipped, chunks already being fetched are waited for, the rest are
+        fetched by one new job. ``replace``: keys of stored chunks found corrupt, which the job
+        checks and drops before fetching them again. Raises the first typed error among the
+        jobs waited on."""
         wanted = {c.data_key: c for c in chunks}
-        cached = self.store.read(lambda txn: {k for k in wanted if txn.get(k, db=self._index) is not None})
+        cached = self.store.read(lambda txn: {k for k in wanted if k not in replace and (
+            txn.get(k, db=self._index) is not None or k in self.unstored)})
         waits: dict[int, _Pending] = {}
         mine: list[FileChunk] = []
         for key, chunk in wanted.items():
@@ -306,7 +326,8 @@ class Remote:
                 waits[id(pending)] = pending
                 self.stats.joined += 1
         if mine:
-            params = {"ref": ref, "digest": layer.digest, "chunks": [chunk_wire(c) for c in mine]}
+            params = {"ref": ref, "digest": layer.digest, "chunks": [chunk_wire(c) for c in mine],
+                      "replace": [c.digest for c in mine if c.data_key in replace]}
             pending = _Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
             for key in pending.keys:
                 self._inflight[key] = pending
@@ -325,6 +346,9 @@ class Remote:
             reply = await self._submit("fetch_chunks", pending.params, priority, pending.dedup_key)
             if not pending.counted:
                 pending.counted = True
+                self.audit.trust(pending.keys)  # the worker checked every one just now
+                for key, data in zip(reply.result.get("unstored", ()), reply.payloads):
+                    self.unstored.add(bytes(key), bytes(data))
                 self.stats.chunks += reply.result["stored"]
                 self.stats.bytes += reply.result["bytes"]
                 self.stats.by_worker[reply.worker] += 1

@@ -104,6 +104,18 @@ class CacheError(LazyLayerError):
     kind = "cache"
 
 
+class CacheFullError(CacheError):
+    """The cache filesystem refused a write (full, or failing): the bytes can still be served."""
+
+    kind = "cache-full"
+
+
+class CorruptCacheError(CacheError):
+    """A record in the cache does not decode, or cached bytes no longer match their digest."""
+
+    kind = "cache-corrupt"
+
+
 class ProtocolError(LazyLayerError):
     """A ZeroMQ message between front and worker is malformed or speaks another protocol version."""
 

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 from lazylayer.shared.config import Config
-from lazylayer.shared.errors import (DigestMismatchError, FormatError, LazyLayerError, ProtocolError,
+from lazylayer.shared.errors import (CacheFullError, DigestMismatchError, FormatError, LazyLayerError, ProtocolError,
                                      RegistryError, UnverifiedLayerError)
 from lazylayer.shared.estargz.reader import BlobReader, decompress_chunk
 from lazylayer.shared.estargz.toc import Chunk, TOCLimits
@@ -117,6 +117,8 @@ class FetchOutcome:
     stored: int
     bytes: int
     error: LazyLayerError | None = None
+    #: verified chunks the cache could not take (filesystem full): (data key, bytes), sent back
+    unstored: tuple[tuple[bytes, bytes], ...] = ()
 
 
 def _param(params: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
@@ -223,9 +225,17 @@ class Fetcher:
     def fetch_chunks(self, job: Job) -> JobResult:
         ref, digest = parse_reference(_param(job.params, "ref", str)), _param(job.params, "digest", str)
         wanted = [WantedChunk.from_wire(c, digest) for c in _param(job.params, "chunks", list)]
+        chunk_store = ChunkStore(self.store())
+        replaced = [d for d in _param(job.params, "replace", list, []) if chunk_store.drop_if_corrupt(str(d))]
+        if replaced:
+            log.warning("layer %s: %d cached chunk(s) no longer matched their digest; dropped, fetching again",
+                        digest, len(replaced))
         outcome = self._fetch(ref, digest, wanted)
         self._account(digest, outcome)
-        return JobResult({"stored": outcome.stored, "bytes": outcome.bytes})
+        # Chunks the cache could not take go back with the reply, so the read is still served.
+        return JobResult({"stored": outcome.stored, "bytes": outcome.bytes,
+                          "unstored": [key for key, _ in outcome.unstored]},
+                         [data for _, data in outcome.unstored])
 
     def prefetch(self, job: Job) -> JobResult:
         ref, digest, _ = self._layer_params(job)
@@ -360,18 +370,22 @@ class Fetcher:
         client = self.client(ref)
         stored = fetched = 0
         first_error: LazyLayerError | None = None
+        unstored: list[tuple[bytes, bytes]] = []
         for batch in _batches(missing, self.settings.max_request_bytes):
             ranges = sorted({(c.blob_offset, c.blob_end) for c in batch})
             datas = client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges])
             by_range = dict(zip(ranges, datas))
             fetched += sum(len(d) for d in datas)
-            count, error = self._store_chunks(digest, batch, lambda c: by_range[(c.blob_offset, c.blob_end)])
+            count, error = self._store_chunks(digest, batch, lambda c: by_range[(c.blob_offset, c.blob_end)],
+                                              unstored)
             stored += count
             first_error = first_error or error
-        return FetchOutcome(stored, fetched, first_error)
+        return FetchOutcome(stored, fetched, first_error, tuple(unstored))
 
-    def _store_chunks(self, digest: str, chunks: list[WantedChunk],
-                      compressed: Callable[[WantedChunk], bytes]) -> tuple[int, LazyLayerError | None]:
+    def _store_chunks(self, digest: str, chunks: list[WantedChunk], compressed: Callable[[WantedChunk], bytes],
+                      unstored: list[tuple[bytes, bytes]] | None = None) -> tuple[int, LazyLayerError | None]:
+        """Decompress, verify and store each chunk; the first chunk error is returned. A chunk
+        the cache filesystem refuses (full) is kept in ``unstored`` when the caller serves it."""
         chunk_store = ChunkStore(self.store())
         stored = 0
         first_error: LazyLayerError | None = None
@@ -388,6 +402,10 @@ class Fetcher:
             except (DigestMismatchError, FormatError) as exc:
                 log.warning("layer %s: %s", digest, exc)
                 first_error = first_error or exc
+            except CacheFullError as exc:
+                _warn_cache_full(exc, served=unstored is not None)
+                if unstored is not None:
+                    unstored.append((chunk.data_key, bytes(payload)))
         return stored, first_error
 
     def _account(self, digest: str, outcome: FetchOutcome) -> None:
@@ -407,6 +425,18 @@ class Fetcher:
         removed = sum(chunk_store.delete(c.data_key)
                       for c in Metadata(self.store()).prefetch_chunks(record.layer_id, record.blob_size + 1))
         log.error("layer %s: %s; marked failed, %d cached chunk(s) removed", digest, reason, removed)
+
+
+_last_full_warning = 0.0
+
+
+def _warn_cache_full(exc: CacheFullError, served: bool) -> None:
+    """One warning a minute while the cache filesystem is full (every chunk would log one)."""
+    global _last_full_warning
+    now = time.monotonic()
+    if now - _last_full_warning >= 60:
+        _last_full_warning = now
+        log.warning("%s; %s", exc, "reads are served without caching" if served else "chunks not cached")
 
 
 def _diff_ids(client: RegistryClient, ref: Reference, config_digest: str, count: int) -> list[str | None]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import lmdb
 
-from lazylayer.shared.errors import CacheError, DigestMismatchError, FormatError
+from lazylayer.shared.errors import CacheError, CorruptCacheError, DigestMismatchError, FormatError
 from lazylayer.shared.store.env import Store, StoreOptions
 
 PART_SIZE = 1 << 20
@@ -74,7 +74,10 @@ class ChunkRecord:
 
     @classmethod
     def decode(cls, raw: bytes | memoryview) -> "ChunkRecord":
-        return cls(*_RECORD.unpack(raw))
+        try:
+            return cls(*_RECORD.unpack(raw))
+        except struct.error:
+            raise CorruptCacheError(f"a chunk record of {len(raw)} bytes does not decode") from None
 
     def encode(self) -> bytes:
         return _RECORD.pack(self.size, self.accounted, self.parts, self.atime_ms)
@@ -165,12 +168,41 @@ class ChunkStore:
             raw = txn.get(key, db=self._index)
             if raw is None:
                 return False
-            record = ChunkRecord.decode(raw)
+            try:
+                record = ChunkRecord.decode(raw)
+            except CorruptCacheError:
+                self._drop_garbage_in(txn, key)
+                return True
             self._delete_in(txn, key, record)
-            self._set_total(txn, self._total(txn) - record.accounted)
+            self._set_total(txn, max(0, self._total(txn) - record.accounted))
             return True
 
         return self.store.write(delete)
+
+    def drop_if_corrupt(self, digest: str) -> bool:
+        """Delete the stored chunk of ``digest`` if its bytes (or record) are not what the digest
+        says; True if it was dropped. A worker runs this before refetching a chunk the front
+        found corrupt: the front cannot write, and must not be trusted to say what to delete."""
+        key = chunk_key(digest)
+
+        def check(txn: lmdb.Transaction) -> bool:
+            try:
+                data = self.read_in(txn, key, 0, None)
+            except CorruptCacheError:
+                return True
+            return data is not None and "sha256:" + hashlib.sha256(data).hexdigest() != digest
+
+        return self.store.read(check) and self.delete(key)
+
+    def _drop_garbage_in(self, txn: lmdb.Transaction, key: bytes) -> None:
+        """Remove a chunk whose record does not decode: its parts by key prefix (the part count
+        is in the lost record); its LRU entry is dropped when eviction meets it."""
+        txn.delete(key, db=self._index)
+        with txn.cursor(db=self._parts) as cursor:
+            if cursor.set_range(key):
+                while bytes(cursor.key()).startswith(key) and len(cursor.key()) == len(key) + _PART_NO.size:
+                    if not cursor.delete():
+                        break
 
     def set_budget(self, budget: int) -> int:
         """Make ``budget`` the chunk-data cap of every process sharing the store, from now on,
@@ -228,7 +260,10 @@ class ChunkStore:
                 raw = txn.get(key, db=self._index)
                 if raw is None:
                     continue
-                record = ChunkRecord.decode(raw)
+                try:
+                    record = ChunkRecord.decode(raw)
+                except CorruptCacheError:
+                    continue  # the next read finds it corrupt and has it refetched
                 if atime <= record.atime_ms:
                     continue
                 txn.delete(_lru_key(record.atime_ms, key), db=self._lru)
@@ -241,15 +276,24 @@ class ChunkStore:
 
     def _evict_in(self, txn: lmdb.Transaction, need: int) -> int:
         victims: list[tuple[bytes, ChunkRecord]] = []
+        garbage: list[bytes] = []
         freed = 0
         with txn.cursor(db=self._lru) as cursor:
             for lru_key in cursor.iternext(keys=True, values=False):
                 key = bytes(lru_key[_U64.size :])
-                record = ChunkRecord.decode(txn.get(key, db=self._index))
+                raw = txn.get(key, db=self._index)
+                try:
+                    record = ChunkRecord.decode(raw if raw is not None else b"")
+                except CorruptCacheError:  # gone or garbage: drop its LRU entry and what is left
+                    garbage.append(bytes(lru_key))
+                    continue
                 victims.append((key, record))
                 freed += record.accounted
                 if freed >= need:
                     break
+        for lru_key in garbage:
+            self._drop_garbage_in(txn, lru_key[_U64.size :])
+            txn.delete(lru_key, db=self._lru)
         for key, record in victims:
             self._delete_in(txn, key, record)
         if victims:
@@ -291,7 +335,7 @@ class ChunkStore:
         raw = txn.get(key, db=self._index)
         if raw is None:
             return None
-        total = _RECORD.unpack(raw)[0]
+        total = ChunkRecord.decode(raw).size
         end = total if size is None else min(total, offset + size)
         if offset >= end:
             return b""
@@ -299,7 +343,7 @@ class ChunkStore:
         for part in range(offset // PART_SIZE, (end - 1) // PART_SIZE + 1):
             buf = txn.get(key + _PART_NO.pack(part), db=self._parts)
             if buf is None:
-                raise CacheError(f"chunk {key.hex()}: part {part} missing (corrupt cache; wipe it)")
+                raise CorruptCacheError(f"chunk {key.hex()}: part {part} missing")
             base = part * PART_SIZE
             pieces.append(bytes(buf[max(offset - base, 0) : min(end - base, PART_SIZE)]))
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)

@@ -26,8 +26,9 @@ from typing import TypeVar
 import lmdb
 
 from lazylayer.shared.config import CacheConfig
-from lazylayer.shared.errors import CacheError, ConfigError
+from lazylayer.shared.errors import CacheError, CacheFullError, ConfigError
 from lazylayer.shared.perms import private_dir, private_file
+from lazylayer.shared.store.corrupt import hold_open
 
 T = TypeVar("T")
 
@@ -106,10 +107,11 @@ class Store:
         key = os.path.realpath(options.path)
         if key in _OPEN:
             raise CacheError(f"{options.path}: the cache is already open in this process")
+        private_dir(options.path)
+        # Before mapping it: a damaged file is set aside (a short one would be SIGBUS).
+        self._users_fd = hold_open(options.path)
         if readonly:
             _initialise(options)
-        else:
-            private_dir(options.path)
         try:
             self.env = lmdb.open(
                 options.path,
@@ -129,6 +131,7 @@ class Store:
             )
             self.dbs = self._open_dbs()
         except lmdb.Error as exc:
+            os.close(self._users_fd)
             raise CacheError(f"{options.path}: cannot open the cache: {exc}") from exc
         if not readonly:
             for name in ("data.mdb", "lock.mdb"):
@@ -193,6 +196,14 @@ class Store:
             except lmdb.MapFullError:
                 if attempt == 3 or not self._relieve(attempt, make_room):
                     break
+            except lmdb.Error as exc:
+                if not _refused_commit(exc):
+                    raise
+                # The filesystem is full (LMDB reports ENOSPC as an I/O error): pages freed by
+                # eviction are reused without growing the file, so make room once and retry.
+                if attempt > 0 or make_room is None or not self._try_relieve(make_room):
+                    raise CacheFullError(f"{self.options.path}: the cache filesystem refused a write "
+                                         f"({exc}; {_free_space(self.options.path)} free)") from None
         raise CacheError(
             f"{self.options.path}: the LMDB map ({self.options.map_size} bytes) is full; "
             "raise cache.map_size or lower the chunk budget"
@@ -210,9 +221,16 @@ class Store:
         try:
             with self.env.begin(write=True) as txn:
                 txn.put(b"tick", b"", db=self.dbs["meta"])
-        except lmdb.MapFullError:
+        except lmdb.Error:
             pass  # the retry will tell
         return True
+
+    def _try_relieve(self, make_room: Callable[[], bool]) -> bool:
+        """`_relieve` for a full filesystem, where making room may itself fail to commit."""
+        try:
+            return self._relieve(1, make_room)
+        except (CacheError, lmdb.Error):
+            return False
 
     def reader_check(self) -> int:
         """Free the reader slots of dead processes; returns how many were freed."""
@@ -225,12 +243,26 @@ class Store:
         if _OPEN.get(self._key) is self:
             del _OPEN[self._key]
         self.env.close()
+        os.close(self._users_fd)
 
     def __enter__(self) -> "Store":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _refused_commit(exc: lmdb.Error) -> bool:
+    """A commit the filesystem refused (ENOSPC, EIO), as opposed to a misuse of the API."""
+    return isinstance(exc, lmdb.DiskError) or str(exc).startswith("mdb_txn_commit")
+
+
+def _free_space(path: str) -> str:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return "unknown"
+    return f"{st.f_bavail * st.f_frsize} bytes"
 
 
 def _initialise(options: StoreOptions) -> None:

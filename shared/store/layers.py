@@ -21,6 +21,7 @@ import msgpack
 
 from lazylayer.shared.errors import CacheError, NotFoundError
 from lazylayer.shared.estargz.toc import TOC
+from lazylayer.shared.store.corrupt import decoding
 from lazylayer.shared.store.env import Store
 from lazylayer.shared.store.metadata import ROOT_ID, NodeRef, build_metadata, delete_metadata, write_metadata
 
@@ -68,11 +69,12 @@ class LayerRecord:
 
     @classmethod
     def decode(cls, raw: bytes | memoryview) -> "LayerRecord":
-        data: dict[str, Any] = msgpack.unpackb(raw)
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        data["state"] = LayerState(data.get("state", LayerState.REGISTERED.value))
-        return cls(**data)
+        with decoding("layer record"):
+            data: dict[str, Any] = msgpack.unpackb(raw)
+            known = {f.name for f in fields(cls)}
+            data = {k: v for k, v in data.items() if k in known}
+            data["state"] = LayerState(data.get("state", LayerState.REGISTERED.value))
+            return cls(**data)
 
 
 def prefetch_end_of(toc: TOC) -> int | None:

@@ -26,6 +26,7 @@ import lmdb
 import msgpack
 
 from lazylayer.shared.errors import NotFoundError
+from lazylayer.shared.store.corrupt import decoding
 from lazylayer.shared.store.env import Store
 from lazylayer.shared.store.layers import Layers, allocate_id
 from lazylayer.shared.store.metadata import (
@@ -146,8 +147,9 @@ def _until_stop(meta: Metadata, chain: list[NodeRef]) -> list[NodeRef]:
 
 
 def _decode(raw: bytes) -> ViewRecord:
-    view_id, layers, count = msgpack.unpackb(raw)
-    return ViewRecord(view_id, tuple(layers), count)
+    with decoding("merged view"):
+        view_id, layers, count = msgpack.unpackb(raw)
+        return ViewRecord(view_id, tuple(layers), count)
 
 
 def _copy(raw: bytes | memoryview | None) -> bytes | None:

@@ -38,6 +38,7 @@ from lazylayer.shared.estargz.toc import (
     TOCEntry, normalize_name,
 )
 from lazylayer.shared.store.chunks import chunk_key, unverified_key
+from lazylayer.shared.store.corrupt import decoding
 from lazylayer.shared.store.env import Store
 
 ROOT_ID = 1
@@ -144,8 +145,9 @@ class NodeAttr:
 
     @classmethod
     def decode(cls, raw: bytes | memoryview) -> "NodeAttr":
-        mode, uid, gid, size, mtime, rdev, nlink, link, xattrs, flags = msgpack.unpackb(raw)
-        return cls(mode, uid, gid, size, mtime, rdev, nlink, link, xattrs, NodeFlag(flags))
+        with decoding("node attributes"):
+            mode, uid, gid, size, mtime, rdev, nlink, link, xattrs, flags = msgpack.unpackb(raw)
+            return cls(mode, uid, gid, size, mtime, rdev, nlink, link, xattrs, NodeFlag(flags))
 
 
 def visible_xattrs(attr: NodeAttr, opaque: OpaqueXattr) -> dict[str, bytes]:
@@ -181,8 +183,9 @@ class FileChunk:
 
     @classmethod
     def decode(cls, chunk_offset: int, raw: bytes | memoryview) -> "FileChunk":
-        size, blob_offset, inner, blob_end, digest, data_key = msgpack.unpackb(raw)
-        return cls(chunk_offset, size, blob_offset, inner, blob_end, digest, data_key)
+        with decoding("file chunk"):
+            size, blob_offset, inner, blob_end, digest, data_key = msgpack.unpackb(raw)
+            return cls(chunk_offset, size, blob_offset, inner, blob_end, digest, data_key)
 
 
 @dataclass

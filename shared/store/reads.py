@@ -8,11 +8,13 @@ asks a worker for exactly those and then reads again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import lmdb
 
-from lazylayer.shared.errors import CacheError
+from lazylayer.shared.errors import CorruptCacheError
+from lazylayer.shared.store.audit import ChunkAudit
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.metadata import FileChunk, Metadata, NodeRef
 
@@ -25,12 +27,17 @@ class RangeRead:
     missing: tuple[FileChunk, ...] = ()
     #: Keys of the chunks the data came from, for the reader's AccessLog.
     used: tuple[bytes, ...] = ()
+    #: Keys among ``missing`` that are stored but corrupt: the fetch must replace them.
+    corrupt: tuple[bytes, ...] = ()
 
 
 def read_range(meta: Metadata, chunks: ChunkStore, ref: NodeRef, file_size: int,
-               offset: int, size: int) -> RangeRead:
+               offset: int, size: int, *, audit: ChunkAudit | None = None,
+               unstored: Mapping[bytes, bytes] | None = None) -> RangeRead:
     """Bytes ``[offset, offset+size)`` of a regular file whose size the caller already knows
-    (from getattr), so no attribute lookup happens here."""
+    (from getattr), so no attribute lookup happens here. With ``audit``, a chunk is served only
+    once its bytes were checked in this process; ``unstored`` holds verified chunks a worker
+    could not store (cache filesystem full), looked up where LMDB has none."""
     end = min(offset + size, file_size)
     if offset >= end:
         return RangeRead(b"")
@@ -39,19 +46,34 @@ def read_range(meta: Metadata, chunks: ChunkStore, ref: NodeRef, file_size: int,
         covering = meta.chunks_covering(ref, offset, end - offset, txn)
         pieces: list[bytes] = []
         missing: list[FileChunk] = []
+        corrupt: list[bytes] = []
         for chunk in covering:
             lo = max(offset, chunk.chunk_offset) - chunk.chunk_offset
             hi = min(end, chunk.end) - chunk.chunk_offset
-            piece = chunks.read_in(txn, chunk.data_key, lo, hi - lo)
+            if audit is not None and not audit.check(chunks, txn, chunk.data_key, chunk.digest):
+                corrupt.append(chunk.data_key)
+                piece = None
+            else:
+                piece = _piece(chunks, txn, chunk, lo, hi, unstored)
             if piece is None:
                 missing.append(chunk)
             elif len(piece) != hi - lo:
-                raise CacheError(f"chunk {chunk.digest or chunk.data_key.hex()}: stored size differs from the TOC")
+                raise CorruptCacheError(f"chunk {chunk.digest or chunk.data_key.hex()}: stored size differs "
+                                        "from the TOC")
             elif not missing:
                 pieces.append(piece)
         if missing:
-            return RangeRead(None, tuple(missing))
+            return RangeRead(None, tuple(missing), corrupt=tuple(corrupt))
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         return RangeRead(data, used=tuple(c.data_key for c in covering))
 
     return meta.store.read(read)
+
+
+def _piece(chunks: ChunkStore, txn: lmdb.Transaction, chunk: FileChunk, lo: int, hi: int,
+           unstored: Mapping[bytes, bytes] | None) -> bytes | None:
+    piece = chunks.read_in(txn, chunk.data_key, lo, hi - lo)
+    if piece is None and unstored is not None:
+        data = unstored.get(chunk.data_key)
+        piece = None if data is None else data[lo:hi]
+    return piece

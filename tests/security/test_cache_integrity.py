@@ -1,0 +1,153 @@
+"""The cache never serves a corrupted byte and never takes the daemon down: flipped chunk bytes
+are found and refetched, a garbage record is EIO for its file, a truncated data.mdb is set aside,
+and a full cache filesystem still serves every read."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lazylayer.shared.store.env import StoreOptions, open_store
+from lazylayer.shared.store.layers import Layers
+from lazylayer.shared.store.metadata import Metadata
+from lazylayer.workers.registry.local import free_port
+from tests.fuse.daemonproc import RunningDaemon, start_daemon
+from tests.ops.test_daemon_ops import scrape
+from tests.support.layers import build_layer, directory, file
+from tests.support.registry import Layer, RunningRegistry, push_image
+
+MiB = 1 << 20
+QUIET = {"background": {"enabled": False}}  # only the reads under test fetch anything
+
+
+def _push(registry: RunningRegistry, name: str, files: dict[str, bytes]) -> str:
+    built = build_layer([directory("data/"), *[file(f"data/{n}", d) for n, d in files.items()]], chunk_size=1 * MiB)
+    push_image(registry, f"integrity/{name}", "v1",
+               [Layer(built.blob, annotations=dict(built.result.annotations()), diff_id=built.result.diff_id)])
+    return f"{registry.host}/integrity/{name}:v1"
+
+
+def _files(seed: int, count: int, size: int) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {f"f{i:02d}": rng.randbytes(size) for i in range(count)}
+
+
+def _diff(daemon: RunningDaemon, ref: str) -> Path:
+    layer = daemon.call("image", {"ref": ref})["layers"][0]
+    return Path(layer["path"])
+
+
+def _read_cold(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        return f.read()
+
+
+def test_flipped_chunk_bytes_are_refetched_not_served(registry: RunningRegistry, tmp_path: Path):
+    files = _files(1, 2, 600_000)
+    ref = _push(registry, "flip", files)
+    port = free_port()
+    config = {**QUIET, "metrics": {"address": f"127.0.0.1:{port}"}}
+    daemon = start_daemon(tmp_path / "d", workers=1, config=config)
+    try:
+        assert _read_cold(_diff(daemon, ref) / "data/f00") == files["f00"]
+    finally:
+        daemon.stop()
+    data = daemon.cache_dir / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    where = raw.find(files["f00"][1000:1064])
+    assert where > 0, "the chunk's bytes are in data.mdb"
+    raw[where] ^= 0xFF
+    data.write_bytes(raw)
+
+    daemon = start_daemon(tmp_path / "d", workers=1, config=config)
+    try:
+        for _ in range(3):  # the first read finds and replaces it; none returns a wrong byte
+            assert _read_cold(_diff(daemon, ref) / "data/f00") == files["f00"]
+        assert scrape(port)["lazylayer_cache_corrupt_chunks_total"] == 1
+        assert "do not match their digest" in daemon.log()
+    finally:
+        daemon.stop()
+    assert files["f00"][1000:1064] in data.read_bytes()  # the good bytes were stored again
+
+
+def test_a_garbage_record_is_eio_for_its_file_and_the_daemon_serves_on(registry: RunningRegistry, tmp_path: Path):
+    files = _files(2, 2, 1000)
+    ref = _push(registry, "garbage", files)
+    daemon = start_daemon(tmp_path / "d", workers=1, config=QUIET)
+    try:
+        diff = _diff(daemon, ref)
+        assert (diff / "data/f00").read_bytes() == files["f00"]
+    finally:
+        daemon.stop()
+    with open_store(StoreOptions(str(daemon.cache_dir), map_size=4 << 30)) as store:
+        meta = Metadata(store)
+        (record,) = Layers(store).all()
+        victim = meta.lookup(meta.lookup(record.root, b"data"), b"f01")
+        key = struct.pack(">II", *victim)  # the nodes table's key: (layer id, node id)
+        assert store.read(lambda txn: txn.get(key, db=store.db("nodes"))) is not None
+        store.write(lambda txn: txn.put(key, b"\xc1\xc1 not msgpack", db=store.db("nodes")))
+
+    daemon = start_daemon(tmp_path / "d", workers=1, config=QUIET)
+    try:
+        diff = _diff(daemon, ref)
+        with pytest.raises(OSError) as raised:
+            os.stat(diff / "data/f01")
+        assert raised.value.errno == errno.EIO
+        assert (diff / "data/f00").read_bytes() == files["f00"]  # the rest of the layer is fine
+        assert daemon.process.poll() is None
+        assert "does not decode" in daemon.log()
+    finally:
+        daemon.stop()
+
+
+def test_a_truncated_cache_is_set_aside_and_rebuilt(registry: RunningRegistry, tmp_path: Path):
+    files = _files(3, 4, 700_000)
+    ref = _push(registry, "truncated", files)
+    daemon = start_daemon(tmp_path / "d", workers=1, config=QUIET)
+    try:
+        diff = _diff(daemon, ref)
+        for name, data in files.items():
+            assert (diff / "data" / name).read_bytes() == data
+    finally:
+        daemon.stop()
+    data = daemon.cache_dir / "data.mdb"
+    os.truncate(data, data.stat().st_size // 3)
+
+    daemon = start_daemon(tmp_path / "d", workers=1, config=QUIET)
+    try:
+        diff = _diff(daemon, ref)
+        for name, expected in files.items():
+            assert _read_cold(diff / "data" / name) == expected
+        assert "is damaged" in daemon.log() and "truncated" in daemon.log()
+        assert list(daemon.cache_dir.glob("damaged-*/data.mdb"))
+    finally:
+        daemon.stop()
+
+
+def test_a_full_cache_filesystem_still_serves_every_read(registry: RunningRegistry, tmp_path: Path):
+    files = _files(4, 12, 4 * MiB)  # 48 MiB of incompressible data into a 16 MiB filesystem
+    ref = _push(registry, "full", files)
+    cache = tmp_path / "d" / "cache"
+    cache.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(cache)], check=True)
+    try:
+        daemon = start_daemon(tmp_path / "d", workers=1,
+                              config={"cache": {"map_size": 8 << 30, "max_size": 3 << 30}})
+        try:
+            diff = _diff(daemon, ref)
+            for _ in range(2):
+                for name, expected in files.items():
+                    assert _read_cold(diff / "data" / name) == expected, name
+            assert "refused a write" in daemon.log()
+            assert daemon.process.poll() is None
+        finally:
+            daemon.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(cache)])
