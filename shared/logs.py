@@ -58,6 +58,21 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(redact(entry), ensure_ascii=False)
 
 
+class Every:
+    """A log line that would repeat for every chunk is said once per ``seconds``."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds = seconds
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.seconds:
+            return False
+        self._last = now
+        return True
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Replace the root logger's handlers with one line-per-event handler on ``stream`` (stderr)."""
     handler = logging.StreamHandler(stream or sys.stderr)

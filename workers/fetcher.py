@@ -37,6 +37,7 @@ from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (CacheFullError, DigestMismatchError, FormatError, LazyLayerError, ProtocolError,
                                      RegistryError, UnverifiedLayerError)
 from lazylayer.shared.estargz.reader import BlobReader, decompress_chunk
+from lazylayer.shared.logs import Every
 from lazylayer.shared.estargz.toc import Chunk, TOCLimits
 from lazylayer.shared.store.blobs import blob_path
 from lazylayer.shared.store.chunks import ChunkStore, chunk_key, unverified_key
@@ -427,15 +428,12 @@ class Fetcher:
         log.error("layer %s: %s; marked failed, %d cached chunk(s) removed", digest, reason, removed)
 
 
-_last_full_warning = 0.0
+_cache_full_warning = Every(60.0)
 
 
 def _warn_cache_full(exc: CacheFullError, served: bool) -> None:
     """One warning a minute while the cache filesystem is full (every chunk would log one)."""
-    global _last_full_warning
-    now = time.monotonic()
-    if now - _last_full_warning >= 60:
-        _last_full_warning = now
+    if _cache_full_warning.due():
         log.warning("%s; %s", exc, "reads are served without caching" if served else "chunks not cached")
 
 

@@ -18,6 +18,7 @@ The rules come from what LMDB did on these machines (limits.md §4):
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +28,12 @@ import lmdb
 
 from lazylayer.shared.config import CacheConfig
 from lazylayer.shared.errors import CacheError, CacheFullError, ConfigError
+from lazylayer.shared.logs import Every
 from lazylayer.shared.perms import private_dir, private_file
 from lazylayer.shared.store.corrupt import hold_open
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Named databases, created on first open by a writer. Order is irrelevant; names are stable.
 DB_NAMES = (
@@ -104,6 +107,7 @@ class Store:
         self.readonly = readonly
         self.budget = options.budget()
         self._forked = False
+        self._full_warning = Every(60.0)
         key = os.path.realpath(options.path)
         if key in _OPEN:
             raise CacheError(f"{options.path}: the cache is already open in this process")
@@ -204,6 +208,10 @@ class Store:
                 if attempt > 0 or make_room is None or not self._try_relieve(make_room):
                     raise CacheFullError(f"{self.options.path}: the cache filesystem refused a write "
                                          f"({exc}; {_free_space(self.options.path)} free)") from None
+                if self._full_warning.due():
+                    log.warning("%s: the cache filesystem refused a write (%s); evicted to make room: the "
+                                "filesystem holds less than the cache budget of %d bytes", self.options.path,
+                                exc, self.budget)
         raise CacheError(
             f"{self.options.path}: the LMDB map ({self.options.map_size} bytes) is full; "
             "raise cache.map_size or lower the chunk budget"

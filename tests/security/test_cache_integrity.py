@@ -26,8 +26,9 @@ MiB = 1 << 20
 QUIET = {"background": {"enabled": False}}  # only the reads under test fetch anything
 
 
-def _push(registry: RunningRegistry, name: str, files: dict[str, bytes]) -> str:
-    built = build_layer([directory("data/"), *[file(f"data/{n}", d) for n, d in files.items()]], chunk_size=1 * MiB)
+def _push(registry: RunningRegistry, name: str, files: dict[str, bytes], chunk_size: int = 1 * MiB) -> str:
+    built = build_layer([directory("data/"), *[file(f"data/{n}", d) for n, d in files.items()]],
+                        chunk_size=chunk_size)
     push_image(registry, f"integrity/{name}", "v1",
                [Layer(built.blob, annotations=dict(built.result.annotations()), diff_id=built.result.diff_id)])
     return f"{registry.host}/integrity/{name}:v1"
@@ -131,12 +132,17 @@ def test_a_truncated_cache_is_set_aside_and_rebuilt(registry: RunningRegistry, t
         daemon.stop()
 
 
-def test_a_full_cache_filesystem_still_serves_every_read(registry: RunningRegistry, tmp_path: Path):
-    files = _files(4, 12, 4 * MiB)  # 48 MiB of incompressible data into a 16 MiB filesystem
-    ref = _push(registry, "full", files)
+@pytest.mark.parametrize("fs_size, chunk_size, said", [
+    ("16m", 1 * MiB, "evicted to make room"),  # eviction frees pages the next chunks reuse
+    ("3m", 4 * MiB, "reads are served without caching"),  # no chunk fits at all: served from the reply
+])
+def test_a_full_cache_filesystem_still_serves_every_read(registry: RunningRegistry, tmp_path: Path,
+                                                         fs_size: str, chunk_size: int, said: str):
+    files = _files(4, 12, 4 * MiB)  # 48 MiB of incompressible data into a much smaller filesystem
+    ref = _push(registry, f"full-{fs_size}", files, chunk_size)
     cache = tmp_path / "d" / "cache"
     cache.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(cache)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={fs_size}", "tmpfs", str(cache)], check=True)
     try:
         daemon = start_daemon(tmp_path / "d", workers=1,
                               config={"cache": {"map_size": 8 << 30, "max_size": 3 << 30}})
@@ -145,7 +151,7 @@ def test_a_full_cache_filesystem_still_serves_every_read(registry: RunningRegist
             for _ in range(2):
                 for name, expected in files.items():
                     assert _read_cold(diff / "data" / name) == expected, name
-            assert "refused a write" in daemon.log()
+            assert "the cache filesystem refused a write" in daemon.log() and said in daemon.log()
             assert daemon.process.poll() is None
         finally:
             daemon.stop()
