@@ -270,7 +270,8 @@ def _lock_run_dir(run_dir: str) -> int:
 
 def worker_command(options: DaemonOptions) -> list[str]:
     command = [sys.executable, "-m", "lazylayer.workers.main", "--endpoint", f"ipc://{options.run_dir}/workers.sock",
-               "--cache-dir", options.cache_dir, "--log-level", options.config.daemon.log_level]
+               "--cache-dir", options.cache_dir, "--log-level", options.config.daemon.log_level,
+               "--parent-pid", str(os.getpid())]  # a killed daemon's workers must not join the next one
     if options.config_path:
         command += ["--config", options.config_path]
     return command

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -201,9 +202,9 @@ class Fetcher:
         require_toc_digest = _param(job.params, "require_toc_digest", bool, True)
         layers = Layers(self.store())
         existing = layers.get(digest)
+        if existing is not None and toc_digest is not None and existing.toc_digest != toc_digest:
+            existing = self._settle_conflict(ref, digest, size, toc_digest, existing)
         if existing is not None and toc_digest is not None:
-            if existing.toc_digest != toc_digest:
-                raise DigestMismatchError(f"TOC of layer {digest}", toc_digest, existing.toc_digest)
             if not existing.verified:  # its TOC hashes to the annotation: now it is vouched for
                 existing = layers.update(digest, verified=True)
         if existing is not None:
@@ -222,6 +223,28 @@ class Fetcher:
                                  allow_unverified=allow_unverified)
         log.info("layer %s registered (%d nodes, %d chunks)", digest, record.node_count, record.chunk_count)
         return JobResult(_record_dict(record))
+
+    def _settle_conflict(self, ref: Reference, digest: str, size: int, toc_digest: str,
+                         existing: LayerRecord) -> LayerRecord | None:
+        """Two sources disagree on the TOC of one blob digest; only one can be right, and only the
+        whole blob's sha256 tells which. A registration whose blob was checked (FETCHED) stands.
+        Otherwise it was registered on its source's word alone, so it must not shadow the layer
+        for everyone else (an evil registry serving its own blob under a real layer's digest):
+        this source's whole blob is checked now, and if it is the real one, the old registration
+        is dropped (None: register anew). Its chunks may stay: they are keyed by their own digests."""
+        if existing.state is LayerState.FETCHED:
+            raise DigestMismatchError(f"TOC of layer {digest} (its blob was verified with the TOC registered)",
+                                      toc_digest, existing.toc_digest)
+        log.warning("layer %s: %s names TOC %s but %s is registered, unverified; checking the whole blob",
+                    digest, ref, toc_digest, existing.toc_digest)
+        with tempfile.TemporaryFile(dir=self.store().options.path) as sink:
+            fetched = self.client(ref).download_blob(ref, digest, sink)  # DigestMismatchError: it lies
+        if fetched != size:
+            raise RegistryError(f"layer {digest}: the registry served {fetched} bytes, not {size}")
+        Layers(self.store()).remove(digest)
+        log.warning("layer %s: the blob from %s is genuine; the registration with TOC %s is dropped",
+                    digest, ref, existing.toc_digest)
+        return None
 
     def fetch_chunks(self, job: Job) -> JobResult:
         ref, digest = parse_reference(_param(job.params, "ref", str)), _param(job.params, "digest", str)

@@ -12,6 +12,11 @@ alive. After ``liveness`` silent intervals (judged by the interval the front ann
 drops its socket, makes a new one and announces itself again, so a restarted front gets its
 workers back without anyone restarting them.
 
+Parent death: a worker the front spawned gets ``--parent-pid`` and exits (handing its jobs back)
+as soon as that process is gone, however it died: after a SIGKILLed front, its workers must not
+live on and join the next front (shared/procs.py says why this is a pidfd, not PR_SET_PDEATHSIG).
+Workers started by supervisord or by hand get no ``--parent-pid`` and outlive whoever started them.
+
 SIGTERM/SIGINT: announce ``capacity 0`` (the front stops dispatching here), let running jobs
 finish for up to ``drain_timeout``, hand back whatever is still running with a DISCONNECT, exit 0.
 
@@ -41,6 +46,7 @@ from lazylayer.shared.config import Config, load_config
 from lazylayer.shared.errors import LazyLayerError, ProtocolError, WorkerError
 from lazylayer.shared.logs import setup_logging
 from lazylayer.shared.perms import private_umask
+from lazylayer.shared.procs import watch_parent
 from lazylayer.workers.fetcher import fetcher_handlers
 from lazylayer.workers.jobs import BUILTIN_HANDLERS, Handlers, Job, JobResult
 
@@ -57,6 +63,8 @@ class WorkerSettings:
     heartbeat_interval: float = 1.0
     heartbeat_liveness: int = 3
     drain_timeout: float = 30.0
+    #: exit when this process (the front that spawned us) exits; None: live on
+    parent_pid: int | None = None
 
 
 class Worker:
@@ -217,6 +225,14 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, lambda signum, frame: self.on_reload() if self.on_reload else None)
+        parent_fd: int | None = None
+        if self.settings.parent_pid is not None:
+            try:
+                parent_fd = watch_parent(self.settings.parent_pid)
+            except ProcessLookupError:
+                log.error("the front (pid %d) that started this worker is gone; exiting", self.settings.parent_pid)
+                return 1
+            self._poller.register(parent_fd, zmq.POLLIN)
         self._connect()
         self._announce()
         interval = self.settings.heartbeat_interval
@@ -236,6 +252,10 @@ class Worker:
             if self._socket in ready:
                 self._receive_all()
             self._send_finished()
+            if parent_fd is not None and parent_fd in ready:
+                log.error("the front (pid %d) that started this worker has exited; exiting too",
+                          self.settings.parent_pid)
+                return self._exit(1, sorted(self._running))
             if self._fatal is not None:
                 log.error("front refused this worker: %s", self._fatal)
                 return self._exit(1, [])
@@ -276,6 +296,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float,
                         help="on SIGTERM, seconds to let running jobs finish before handing them back "
                              "(default: workers.drain_timeout)")
+    parser.add_argument("--parent-pid", type=int,
+                        help="exit when this process exits (the daemon passes its own pid to the workers it spawns)")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -290,6 +312,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         heartbeat_interval=args.heartbeat_interval or config.workers.heartbeat_interval,
         heartbeat_liveness=args.heartbeat_liveness or config.workers.heartbeat_liveness,
         drain_timeout=config.workers.drain_timeout if args.drain_timeout is None else args.drain_timeout,
+        parent_pid=args.parent_pid,
     )
 
 

@@ -28,6 +28,7 @@ from enum import Enum
 from typing import Any
 
 from lazylayer.shared.errors import TOCError, TOCLimitError
+from lazylayer.shared.estargz.fields import DEV_MAJOR_MAX, DEV_MINOR_MAX, UINT32_MAX, int_field, text_field
 
 TOC_TAR_NAME = "stargz.index.json"
 TOC_VERSION = 1
@@ -38,7 +39,6 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 
 _PERM_MASK = 0o7777
-_INT64_MAX = (1 << 63) - 1
 
 
 class EntryType(str, Enum):
@@ -128,12 +128,12 @@ def parse_modtime(value: str, name: str) -> int:
 
 
 def entry_from_json(obj: Any) -> TOCEntry:
-    """One entry from its decoded JSON object, with every field type-checked."""
+    """One entry from its decoded JSON object, with every field type- and range-checked (fields.py)."""
     if not isinstance(obj, dict):
         raise TOCError(f"TOC entry is a {type(obj).__name__}, not an object")
-    raw_name = _field(obj, "name", str, "")
+    raw_name = text_field(obj, "name", repr(obj.get("name")))
     try:
-        kind = EntryType(_field(obj, "type", str, ""))
+        kind = EntryType(text_field(obj, "type", raw_name))
     except ValueError:
         raise TOCError(f"entry {raw_name!r}: unknown type {obj.get('type')!r}") from None
     name = normalize_name(raw_name)
@@ -148,27 +148,27 @@ def entry_from_json(obj: Any) -> TOCEntry:
             xattrs[key] = base64.b64decode(value, validate=True)
         except binascii.Error:
             raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not valid base64") from None
-    modtime = _field(obj, "modtime", str, "")
+    modtime = text_field(obj, "modtime", raw_name)
     entry = TOCEntry(
         name=name,
         type=kind,
-        size=_int(obj, "size", raw_name),
+        size=int_field(obj, "size", raw_name),
         mtime=parse_modtime(modtime, raw_name) if modtime else 0,
-        link_name=_field(obj, "linkName", str, ""),
-        mode=_int(obj, "mode", raw_name) & _PERM_MASK,
-        uid=_int(obj, "uid", raw_name),
-        gid=_int(obj, "gid", raw_name),
-        uname=_field(obj, "userName", str, ""),
-        gname=_field(obj, "groupName", str, ""),
-        dev_major=_int(obj, "devMajor", raw_name),
-        dev_minor=_int(obj, "devMinor", raw_name),
+        link_name=text_field(obj, "linkName", raw_name),
+        mode=int_field(obj, "mode", raw_name, UINT32_MAX) & _PERM_MASK,
+        uid=int_field(obj, "uid", raw_name, UINT32_MAX),
+        gid=int_field(obj, "gid", raw_name, UINT32_MAX),
+        uname=text_field(obj, "userName", raw_name),
+        gname=text_field(obj, "groupName", raw_name),
+        dev_major=int_field(obj, "devMajor", raw_name, DEV_MAJOR_MAX),
+        dev_minor=int_field(obj, "devMinor", raw_name, DEV_MINOR_MAX),
         xattrs=xattrs,
-        digest=_field(obj, "digest", str, ""),
-        offset=_int(obj, "offset", raw_name),
-        chunk_offset=_int(obj, "chunkOffset", raw_name),
-        chunk_size=_int(obj, "chunkSize", raw_name),
-        chunk_digest=_field(obj, "chunkDigest", str, ""),
-        inner_offset=_int(obj, "innerOffset", raw_name),
+        digest=text_field(obj, "digest", raw_name),
+        offset=int_field(obj, "offset", raw_name),
+        chunk_offset=int_field(obj, "chunkOffset", raw_name),
+        chunk_size=int_field(obj, "chunkSize", raw_name),
+        chunk_digest=text_field(obj, "chunkDigest", raw_name),
+        inner_offset=int_field(obj, "innerOffset", raw_name),
     )
     return entry
 
@@ -202,28 +202,6 @@ def entry_to_json(entry: TOCEntry, *, emit_uname: bool = True, emit_gname: bool 
     ]
     out.update((key, value) for key, value in pairs if value)
     return out
-
-
-def _field(obj: dict[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = obj.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        raise TOCError(f"entry {obj.get('name')!r}: {key} is {value!r}, expected a {kind.__name__}")
-    return value
-
-
-def _int(obj: dict[str, Any], key: str, name: str) -> int:
-    value = obj.get(key, 0)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TOCError(f"entry {name!r}: {key} is {value!r}, expected an integer")
-    if value < 0:
-        raise TOCError(f"entry {name!r}: {key} is negative ({value})")
-    if value > _INT64_MAX:
-        raise TOCError(f"entry {name!r}: {key} is absurdly large ({value}, over int64)")
-    return value
 
 
 def parent_of(name: str) -> str:

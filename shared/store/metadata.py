@@ -33,6 +33,7 @@ import lmdb
 import msgpack
 
 from lazylayer.shared.errors import FormatError, NotFoundError, TOCError, TOCLimitError
+from lazylayer.shared.estargz.fields import file_time
 from lazylayer.shared.estargz.toc import (
     NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, TOC, WHITEOUT_PREFIX, EntryType,
     TOCEntry, normalize_name,
@@ -290,7 +291,7 @@ def _attr_of(entry: TOCEntry) -> NodeAttr:
         size = len(_name_bytes(entry.link_name))
     rdev = os.makedev(entry.dev_major, entry.dev_minor) if entry.type in (EntryType.CHAR, EntryType.BLOCK) else 0
     nlink = 2 if entry.type is EntryType.DIR else 1
-    return NodeAttr(kind | entry.mode, entry.uid, entry.gid, size, entry.mtime, rdev, nlink,
+    return NodeAttr(kind | entry.mode, entry.uid, entry.gid, size, file_time(entry.mtime), rdev, nlink,
                     entry.link_name if entry.type is EntryType.SYMLINK else "", dict(entry.xattrs))
 
 

@@ -40,7 +40,9 @@ class Rule:
     Actions: "status" (answer ``status`` with ``headers``, not forwarded), "full_body" (forward
     without Range, answer 200), "reject_multirange" (400 when Range lists several ranges),
     "corrupt" (flip one body byte), "strip_content_type" (on 206), "truncate" (promise the
-    full Content-Length, send half, close). ``corrupt=True`` also flips a byte after another
+    full Content-Length, send half, close), "rewrite" (forward to the path ``target`` instead:
+    a registry serving another blob under a digest), "serve" (answer 200 with ``body`` and
+    ``headers``, not forwarded: a manifest no real registry would accept). ``corrupt=True`` also flips a byte after another
     forwarding action (e.g. a corrupt 200 full-body answer).
     """
 
@@ -52,6 +54,8 @@ class Rule:
     path: str = r"^/v2/.+/blobs/"
     ranged: bool | None = None
     corrupt: bool = False
+    target: str = ""
+    body: bytes = b""
 
     def matches(self, method: str, path: str, range_header: str | None) -> bool:
         if self.times is not None and self.times <= 0:
@@ -173,11 +177,15 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if rule is not None and rule.action == "status":
                 self._answer(rule.status, list(rule.headers.items()), b'{"errors":[{"code":"INJECTED"}]}')
                 return
+            if rule is not None and rule.action == "serve":
+                self._answer(200, list(rule.headers.items()), rule.body)
+                return
             if rule is not None and rule.action == "reject_multirange":
                 self._answer(400, [("Content-Type", "text/plain")], b"multiple ranges not supported")
                 return
             drop = ("range",) if rule is not None and rule.action == "full_body" else ()
-            status, headers, body = self._forward(self.path, drop=drop)
+            path = rule.target if rule is not None and rule.action == "rewrite" else self.path
+            status, headers, body = self._forward(path, drop=drop)
             if rule is not None and (rule.action == "corrupt" or rule.corrupt) and body:
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
             if rule is not None and rule.action == "strip_content_type" and status == 206:

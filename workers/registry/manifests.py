@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lazylayer.shared.errors import FormatError, NotFoundError
+from lazylayer.shared.estargz.fields import INT64_MAX, ascii_uint
+from lazylayer.shared.estargz.toc import check_digest
+from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from lazylayer.workers.registry.client import RegistryClient, sha256_digest
 from lazylayer.workers.registry.reference import Reference
 
@@ -167,11 +170,12 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
         media_type, digest, size = str(obj["mediaType"]), str(obj["digest"]), obj["size"]
     except KeyError as exc:
         raise FormatError(f"manifest {where}: a descriptor lacks {exc.args[0]!r}") from None
-    if not isinstance(size, int) or size < 0 or ":" not in digest:
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= INT64_MAX or ":" not in digest:
         raise FormatError(f"manifest {where}: descriptor {digest!r} has a bad size or digest")
     annotations = obj.get("annotations") or {}
     if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
         raise FormatError(f"manifest {where}: descriptor {digest} has malformed annotations")
+    _check_annotations(annotations, f"manifest {where}: descriptor {digest}")
     platform, platform_extra = None, {}
     extra = {k: v for k, v in obj.items() if k not in ("mediaType", "digest", "size", "annotations", "platform")}
     if isinstance(obj.get("platform"), dict):
@@ -179,6 +183,18 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
         platform = Platform(str(p.get("os", "")), str(p.get("architecture", "")), str(p.get("variant", "")))
         platform_extra = {k: v for k, v in p.items() if k not in ("os", "architecture", "variant")}
     return Descriptor(media_type, digest, size, dict(annotations), platform, extra, platform_extra)
+
+
+def _check_annotations(annotations: dict[str, str], where: str) -> None:
+    """The annotations we act on are checked here, where they enter: the front turns the
+    uncompressed size into a number and the TOC digest into a comparison."""
+    size = annotations.get(UNCOMPRESSED_SIZE_ANNOTATION)
+    if size is not None and ascii_uint(size) is None:
+        raise FormatError(f"{where}: annotation {UNCOMPRESSED_SIZE_ANNOTATION} is {size!r}, "
+                          "not a byte count in ASCII digits")
+    toc_digest = annotations.get(TOC_DIGEST_ANNOTATION)
+    if toc_digest is not None:
+        check_digest(toc_digest, f"{where}: annotation {TOC_DIGEST_ANNOTATION}")  # a FormatError
 
 
 def get_manifest_bytes(client: RegistryClient, ref: Reference) -> tuple[bytes, str | None, str]:

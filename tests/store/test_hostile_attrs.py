@@ -1,0 +1,37 @@
+"""What a TOC may say reaches a stat reply without overflowing it: the widest accepted ids and
+devices and the farthest RFC 3339 times fit pyfuse3's EntryAttributes (the front's getattr,
+lookup and readdir build one per node; an OverflowError there used to take the front down)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyfuse3
+
+from lazylayer.shared.blobsource import BytesSource
+from lazylayer.shared.estargz.fields import DEV_MAJOR_MAX, DEV_MINOR_MAX, MTIME_MAX, UINT32_MAX
+from lazylayer.shared.estargz.reader import BlobReader
+from lazylayer.shared.store.env import StoreOptions, open_store
+from lazylayer.shared.store.layers import Layers
+from lazylayer.shared.store.metadata import Metadata
+from tests.format.blobkit import BlobBuilder
+
+
+def test_extreme_attributes_fit_a_stat_reply(tmp_path):
+    builder = BlobBuilder()
+    builder.add_file("late", b"x")[0].update(uid=UINT32_MAX, gid=UINT32_MAX, modtime="9999-12-31T23:59:59Z")
+    builder.add_file("early", b"y")[0].update(modtime="0002-01-01T00:00:00Z")
+    builder.add(name="dev", type="char", devMajor=DEV_MAJOR_MAX, devMinor=DEV_MINOR_MAX)
+    blob = builder.build()
+    toc = BlobReader.open(BytesSource(blob)).toc
+    with open_store(StoreOptions(str(tmp_path / "cache"), map_size=64 << 20)) as store:
+        record = Layers(store).register("sha256:" + hashlib.sha256(blob).hexdigest(), len(blob), toc, verified=True)
+        meta = Metadata(store)
+        times = {}
+        for name in ("late", "early", "dev"):
+            attr = meta.getattr(meta.resolve(record.root, name))
+            reply = pyfuse3.EntryAttributes()
+            reply.st_mode, reply.st_uid, reply.st_gid, reply.st_rdev = attr.mode, attr.uid, attr.gid, attr.rdev
+            reply.st_size, reply.st_mtime_ns = attr.size, attr.mtime * 1_000_000_000  # as daemon/fs.py does
+            times[name] = attr.mtime
+    assert times["late"] == MTIME_MAX and times["early"] == -MTIME_MAX
