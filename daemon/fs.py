@@ -117,7 +117,7 @@ class LazyFS(pyfuse3.Operations):
         self.views: dict[int, list[Layer]] = {}
         self._nodes: dict[int, LayoutNode] = {pyfuse3.ROOT_INODE: LayoutNode(Kind.ROOT)}
         self._inodes: dict[LayoutNode, int] = {LayoutNode(Kind.ROOT): pyfuse3.ROOT_INODE}
-        #: the layout's own reference on each layer whose diff was looked up (until rmdir)
+        #: each layer whose dir was looked up, for the layout (it holds no reference)
         self._held: dict[tuple[str, str], Layer] = {}
         self._refs: dict[str, set[str]] = {}
         self._handles: dict[int, _File | _Content | _Dir] = {}
@@ -281,8 +281,11 @@ class LazyFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(exc.errno) from None
 
     async def hold(self, ref: str, digest: str) -> Layer:
-        """The layer behind MNT/<ref>/<digest>, resolved (and verified) on first use; the
-        layout keeps one reference to it until the layer dir is removed. Typed errors."""
+        """The layer behind MNT/<ref>/<digest>, resolved (and verified) on first use and kept
+        for the layout (diff, info, blob, listings). The layout takes no reference of its own,
+        as upstream stargz-store: creating ``use`` takes one and ``rmdir`` of the layer dir gives
+        it back, so a client that released everything (podman after rmi) leaves the layer to the
+        resolver's TTL. An evicted layer is resolved again here. Typed errors."""
         key = (ref, digest)
         layer = self._held.get(key)
         if layer is not None and not layer.closed:
@@ -290,9 +293,10 @@ class LazyFS(pyfuse3.Operations):
             return layer
         desc = await self.resolver.descriptor(ref, digest)
         layer = await self.resolver.resolve(ref, desc)
-        if key in self._held:  # a concurrent lookup got there first
-            layer.done()
-            return self._held[key]
+        layer.done()  # resolve took a reference on our behalf; the layout keeps none
+        current = self._held.get(key)
+        if current is not None and not current.closed:  # a concurrent lookup got there first
+            return current
         self._held[key] = layer
         self._refs.setdefault(ref, set()).add(digest)
         return layer
@@ -527,7 +531,5 @@ class LazyFS(pyfuse3.Operations):
         return list(self._held.values())
 
     def release_all(self) -> None:
-        for layer in self._held.values():
-            layer.done()
         self._held.clear()
 
