@@ -141,21 +141,24 @@ class Daemon:
 
     async def _hold_all(self, ref: str, digests: list[str]) -> list[Layer]:
         """`fs.hold` of every layer at once: each resolve is a TOC fetch and a prefetch, and
-        one image's layers have nothing to wait for each other. Raises the first typed error."""
+        one image's layers have nothing to wait for each other. Raises the error of the first
+        failing layer in manifest order, whichever finished first: the same image gives the same
+        message every time."""
         held: dict[str, Layer] = {}
-        errors: list[LazyLayerError] = []
+        errors: dict[str, LazyLayerError] = {}
 
         async def hold(digest: str) -> None:
             try:
                 held[digest] = await self.fs.hold(ref, digest)
             except LazyLayerError as exc:
-                errors.append(exc)
+                errors[digest] = exc
 
         async with trio.open_nursery() as nursery:
             for digest in dict.fromkeys(digests):
                 nursery.start_soon(hold, digest)
-        if errors:
-            raise errors[0]
+        for digest in digests:
+            if digest in errors:
+                raise errors[digest]
         return [held[digest] for digest in digests]
 
     async def _acquire_all(self, ref: str, digests: list[str]) -> list[Layer]:

@@ -207,8 +207,8 @@ class Fetcher:
             return JobResult(_record_dict(existing))
         if toc_digest is None and require_toc_digest and not allow_unverified:
             raise UnverifiedLayerError(
-                f"layer {digest} has no TOC digest annotation; refusing it "
-                "(verification.require_toc_digest; allow with verification.allow_unverified)")
+                f"layer {digest} has no TOC digest annotation: not eStargz/zstd:chunked: "
+                "convert it with `lazylayer convert`")
         client = self.client(ref)
         served = client.blob_size(ref, digest)
         if served != size:
