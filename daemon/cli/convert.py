@@ -12,7 +12,7 @@ manifest of a multi-platform image (default: this machine's), ``--all-platforms`
 all into a new index. Registry settings come from the config file's ``[registry]`` section
 (``--config``). ``--json`` prints ``ImageConvertResult.to_dict()`` (workers/imageconvert.py).
 
-Options: ``--chunk-size N`` (bytes, suffixes K/M/G allowed; default 4M), ``--prefetch PATH``
+Options: ``--chunk-size N`` (bytes, suffixes K/M/G/T allowed, as in the config file; default 4M), ``--prefetch PATH``
 (repeatable) and ``--prefetch-list FILE`` (one path per line, ``#`` comments; lines that are JSON
 objects use their ``"path"``, as ctr-remote's record files do) put those files first, before
 ``.prefetch.landmark``; ``--compression-level`` 0-9 (default 6); ``--workers N`` compression
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import BinaryIO, Callable
 
 from lazylayer.daemon.cli import output
 from lazylayer.daemon.cli._image import is_image_spec, registry_options
-from lazylayer.shared.config import load_config
+from lazylayer.shared.config import load_config, parse_size
 from lazylayer.shared.errors import ConfigError, LazyLayerError, NotFoundError
 from lazylayer.shared.estargz.writer import (
     ConvertResult, Progress, WriterOptions, convert_dir, convert_tar,
@@ -48,16 +47,12 @@ from lazylayer.shared.estargz.writer import (
 
 HELP = "convert a directory, layer tar or whole image (registry ref, oci:PATH) into eStargz"
 
-_SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC",
                         help="directory, tar file (plain/gzip/zstd), - for stdin, image ref or oci:PATH[:TAG]")
     parser.add_argument("output", metavar="OUT", help="blob file to write (image SRC: image ref or oci:PATH[:TAG])")
     parser.add_argument("--chunk-size", type=_size, default=None, metavar="N",
-                        help="chunk size in bytes, K/M/G suffixes allowed (default: format.chunk_size, 4M)")
+                        help="chunk size in bytes, K/M/G/T suffixes allowed (default: format.chunk_size, 4M)")
     parser.add_argument("--prefetch", action="append", default=[], metavar="PATH",
                         help="put this file first, to be prefetched (repeatable, kept in order)")
     parser.add_argument("--prefetch-list", metavar="FILE",
@@ -115,7 +110,8 @@ _SOURCES = (
 
 
 def run(args: argparse.Namespace) -> int:
-    chunk_size = args.chunk_size or load_config(args.config or None).config.format.chunk_size
+    flags = {} if args.chunk_size is None else {"format.chunk_size": args.chunk_size}  # range-checked there
+    chunk_size = load_config(args.config or None, overrides=flags).config.format.chunk_size
     options = WriterOptions(
         chunk_size=chunk_size, compression_level=args.compression_level,
         prefetch=tuple(args.prefetch) + _prefetch_list(args.prefetch_list), workers=args.workers,
@@ -200,10 +196,10 @@ def _prefetch_list(path: str | None) -> tuple[str, ...]:
 
 
 def _size(text: str) -> int:
-    match = _SIZE.fullmatch(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size (e.g. 65536, 64K, 4M)")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _human(size: int) -> str:
