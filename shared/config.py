@@ -27,13 +27,14 @@ DEFAULT_CONFIG_PATH = "/etc/lazylayer/lazylayer.toml"
 
 #: units whose values are byte counts: they also accept K/M/G/T suffixes ("8G", "64KiB")
 SIZE_UNITS = ("bytes", "bytes/s")
-_SIZE = re.compile(r"(\d+)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_SIZE = re.compile(r"(-?\d+)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
 _SIZE_FACTORS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_size(text: str) -> int:
     """A byte count written as ``65536``, ``64K``, ``4M``, ``8G``, ``1T`` (binary multiples; a
-    trailing ``B`` or ``iB`` is allowed): the one syntax of config files, environment and flags."""
+    trailing ``B`` or ``iB`` is allowed): the one syntax of config files, environment and flags.
+    A sign is parsed too, so that "-5" is refused by the knob's range, saying so."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
         raise ValueError(f"{text!r} is not a size (e.g. 65536, 64K, 4M, 8G)")

@@ -134,6 +134,8 @@ def test_values_out_of_range_are_refused_with_key_value_and_range(tmp_path, text
 
 
 def test_range_applies_to_environment_and_flags():
+    with pytest.raises(ConfigError, match=r"^LAZYLAYER_CACHE_MAX_SIZE: .*-5 is out of range \(allowed: >= 0\)"):
+        load_config("", env={"LAZYLAYER_CACHE_MAX_SIZE": "-5"})
     with pytest.raises(ConfigError, match=r"^LAZYLAYER_WORKERS_COUNT: config key 'workers.count': -1 is out of range"):
         load_config("", env={"LAZYLAYER_WORKERS_COUNT": "-1"})
     with pytest.raises(ConfigError, match=r"^command line: config key 'workers.count': -1 is out of range"):
@@ -141,9 +143,13 @@ def test_range_applies_to_environment_and_flags():
 
 
 def test_daemon_workers_flag_out_of_range_is_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "lazylayer.daemon.cli.main", "daemon", "--workers", "-1",
-                           "--mountpoint", str(tmp_path / "mnt"), "--run-dir", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin", "LAZYLAYER_CONFIG": ""})
+    try:
+        done = subprocess.run([sys.executable, "-m", "lazylayer.daemon.cli.main", "daemon", "--workers", "-1",
+                               "--mountpoint", str(tmp_path / "mnt"), "--run-dir", str(tmp_path / "run")],
+                              capture_output=True, text=True, timeout=30,
+                              env={"PATH": "/usr/bin", "LAZYLAYER_CONFIG": ""})
+    finally:  # a daemon that started anyway is killed by the timeout: leave no mount behind
+        subprocess.run(["umount", "-l", str(tmp_path / "mnt")], capture_output=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip() == ("lazylayer daemon: command line: config key 'workers.count': -1 is out of range "
                                    "(allowed: >= 0)")
