@@ -18,6 +18,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -244,13 +245,38 @@ class Daemon:
         }
 
     def unmount_user_mounts(self) -> None:
+        """At stop: unmount every `lazylayer mount` and drop the upper/work dirs of writable ones
+        (they are throw-away by design, and run_dir is usually RAM)."""
         for mount in list(self.user_mounts.values()):
             try:
                 mounts.unmount(mount.target, lazy=True)
             except MountError as exc:
                 log.warning("%s", exc)
             self._release(mount)
+            if mount.state_dir:
+                shutil.rmtree(mount.state_dir, ignore_errors=True)
         self.user_mounts.clear()
+
+
+#: what a daemon creates in its run dir; a clean stop removes them (the pid file last, under the lock)
+RUN_FILES = ("control.sock", "workers.sock", "overlay")
+
+
+def _clean_run_dir(run_dir: str) -> None:
+    """Remove our sockets and the (by now empty) overlay dir; a non-empty overlay dir holds a
+    writable mount's state we did not make (e.g. one whose `record_mount` never reached us) and stays."""
+    for name in RUN_FILES:
+        path = os.path.join(run_dir, name)
+        try:
+            if os.path.isdir(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.info("leaving %s: %s", path, exc.strerror)
+    os.unlink(os.path.join(run_dir, "daemon.pid"))
 
 
 def _lock_run_dir(run_dir: str) -> int:
@@ -296,6 +322,7 @@ async def run_daemon(options: DaemonOptions) -> int:
         finally:
             store.close()
     finally:
+        _clean_run_dir(options.run_dir)
         os.close(lock)
 
 
