@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,7 +237,8 @@ class Daemon:
             "mountpoint": self.options.mountpoint,
             "layers": layers,
             "cached_layers": cached,
-            "failures": [dataclasses.asdict(f) for f in self.resolver.failures.values()],
+            # trio's clock is monotonic: `when` is shown on the wall clock, as every other time
+            "failures": [dataclasses.asdict(f) | {"when": wall_clock(f.when)} for f in self.resolver.failures.values()],
             "mounts": [{"target": m.target, "ref": m.ref, "writable": m.writable, "view_id": m.view_id}
                        for m in self.user_mounts.values()],
             "workers": self.pool.status().to_dict(),
@@ -277,6 +279,11 @@ def _clean_run_dir(run_dir: str) -> None:
         except OSError as exc:
             log.info("leaving %s: %s", path, exc.strerror)
     os.unlink(os.path.join(run_dir, "daemon.pid"))
+
+
+def wall_clock(trio_time: float) -> float:
+    """A ``trio.current_time()`` instant as seconds since the epoch."""
+    return time.time() - (trio.current_time() - trio_time)
 
 
 def _lock_run_dir(run_dir: str) -> int:

@@ -306,6 +306,8 @@ class Fetcher:
                 if fetched != size:
                     raise RegistryError(f"layer {digest}: the registry served {fetched} bytes, not {size}")
             os.rename(partial, final)
+            # downloaded bytes like any other: `status` and metrics show the layer fetched
+            Layers(self.store()).add_fetched(digest, fetched, read_time=time.time())
         except DigestMismatchError:
             self._distrust(digest, "blob digest mismatch while fetching the whole blob")
             raise

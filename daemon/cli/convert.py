@@ -145,8 +145,8 @@ def _run_image(args: argparse.Namespace, options: WriterOptions) -> int:
     if args.json:
         output.print_json(result.to_dict())
         return 0
-    rows = [[m.platform or "-", layer.source_digest[:19], layer.action, layer.digest[:19], _human(layer.size),
-             (layer.toc_digest or "")[:19]]
+    rows = [[m.platform or "-", layer.source_digest[:19], layer.action, layer.digest[:19],
+             output.human_size(layer.size), (layer.toc_digest or "")[:19]]
             for m in result.manifests for layer in m.layers]
     output.print_table(None, ["platform", "source layer", "action", "layer", "size", "TOC digest"], rows)
     print(f"wrote {result.destination}@{result.digest} ({result.media_type})")
@@ -202,19 +202,11 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _human(size: int) -> str:
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    value, unit = float(size), 0
-    while value >= 1024 and unit < len(units) - 1:
-        value, unit = value / 1024, unit + 1
-    return f"{size} B" if unit == 0 else f"{value:.1f} {units[unit]}"
-
-
 def _print_human(path: str, result: ConvertResult) -> None:
     ratio = result.blob_size / result.uncompressed_size if result.uncompressed_size else 0
-    prefetch = _human(result.prefetch_size) if result.prefetch_size else "none"
-    print(f"wrote {path}: {_human(result.blob_size)} eStargz blob ({ratio:.0%} of "
-          f"{_human(result.uncompressed_size)}), {result.entries} TOC entries "
+    prefetch = output.human_size(result.prefetch_size) if result.prefetch_size else "none"
+    print(f"wrote {path}: {output.human_size(result.blob_size)} eStargz blob ({ratio:.0%} of "
+          f"{output.human_size(result.uncompressed_size)}), {result.entries} TOC entries "
           f"({result.chunk_entries} chunk entries)")
     print(f"  blob digest  {result.blob_digest}")
     print(f"  TOC digest   {result.toc_digest}")
