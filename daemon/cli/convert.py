@@ -12,6 +12,10 @@ manifest of a multi-platform image (default: this machine's), ``--all-platforms`
 all into a new index. Registry settings come from the config file's ``[registry]`` section
 (``--config``). ``--json`` prints ``ImageConvertResult.to_dict()`` (workers/imageconvert.py).
 
+Names that are not UTF-8 are written into the TOC with U+FFFD (one per undecodable byte, as
+upstream's Go JSON encoder does) and listed in a warning on stderr (``renamed`` in ``--json``);
+``--strict-names`` refuses such input instead.
+
 Options: ``--chunk-size N`` (bytes, suffixes K/M/G/T allowed, as in the config file; default 4M), ``--prefetch PATH``
 (repeatable) and ``--prefetch-list FILE`` (one path per line, ``#`` comments; lines that are JSON
 objects use their ``"path"``, as ctr-remote's record files do) put those files first, before
@@ -23,7 +27,8 @@ processes (default: one per CPU; the blob is the same whatever N).
 ``blob_size`` (bytes); ``entries`` (TOC entries, chunk entries included) and ``chunk_entries``;
 ``toc_offset`` (where the TOC's gzip member starts); ``prefetch_size`` (compressed bytes before
 ``.prefetch.landmark``, 0 without a prefetch list); ``chunk_size``; ``compression_level``;
-``annotations`` (the layer descriptor annotations: TOC digest and uncompressed size); plus
+``annotations`` (the layer descriptor annotations: TOC digest and uncompressed size);
+``renamed`` (entries whose names are not UTF-8, as backslash-escaped bytes); plus
 ``source`` (SRC as given), ``source_kind`` (``directory`` or ``tar``) and ``output`` (OUT).
 """
 
@@ -61,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help="gzip level 0-9 (default 6: 9 is far slower for ~1%% less)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="compression processes (default: one per CPU)")
+    parser.add_argument("--strict-names", action="store_true",
+                        help="refuse names that are not UTF-8 (default: the TOC holds them with U+FFFD, as "
+                             "upstream's does, and a warning lists them)")
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                         help="image SRC: the platform to convert (default: this machine's)")
     parser.add_argument("--all-platforms", action="store_true", help="image SRC: convert every platform")
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     options = WriterOptions(
         chunk_size=chunk_size, compression_level=args.compression_level,
         prefetch=tuple(args.prefetch) + _prefetch_list(args.prefetch_list), workers=args.workers,
+        strict_names=args.strict_names,
     )
     if is_image_spec(args.source):
         return _run_image(args, options)
@@ -128,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     total = kind.size_hint(args.source) if sys.stderr.isatty() else None
     with output.progress(f"converting {args.source}", total) as bar:
         result = _write_atomically(args.output, lambda out: kind.convert(args.source, out, options, bar))
+    _warn_renamed(result.renamed)
     if args.json:
         output.print_json({**result.to_dict(), "source": args.source, "source_kind": kind.name,
                            "output": args.output})
@@ -172,6 +182,16 @@ def _write_atomically(path: str, write: Callable[[BinaryIO], ConvertResult]) -> 
     except BaseException:
         os.unlink(partial)
         raise
+
+
+def _warn_renamed(renamed: tuple[str, ...], shown: int = 20) -> None:
+    """Say which entries the TOC names differently from the input (names that are not UTF-8)."""
+    if not renamed:
+        return
+    more = f", and {len(renamed) - shown} more" if len(renamed) > shown else ""
+    print(f"lazylayer convert: warning: {len(renamed)} entries have names (or link targets, owners, xattr "
+          f"names) that are not UTF-8; the tar keeps their bytes and the TOC holds them with U+FFFD, as "
+          f"upstream does (--strict-names refuses them): {', '.join(renamed[:shown])}{more}", file=sys.stderr)
 
 
 def _prefetch_list(path: str | None) -> tuple[str, ...]:
