@@ -18,8 +18,10 @@ import dataclasses
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,21 +145,24 @@ class Daemon:
 
     async def _hold_all(self, ref: str, digests: list[str]) -> list[Layer]:
         """`fs.hold` of every layer at once: each resolve is a TOC fetch and a prefetch, and
-        one image's layers have nothing to wait for each other. Raises the first typed error."""
+        one image's layers have nothing to wait for each other. Raises the error of the first
+        failing layer in manifest order, whichever finished first: the same image gives the same
+        message every time."""
         held: dict[str, Layer] = {}
-        errors: list[LazyLayerError] = []
+        errors: dict[str, LazyLayerError] = {}
 
         async def hold(digest: str) -> None:
             try:
                 held[digest] = await self.fs.hold(ref, digest)
             except LazyLayerError as exc:
-                errors.append(exc)
+                errors[digest] = exc
 
         async with trio.open_nursery() as nursery:
             for digest in dict.fromkeys(digests):
                 nursery.start_soon(hold, digest)
-        if errors:
-            raise errors[0]
+        for digest in digests:
+            if digest in errors:
+                raise errors[digest]
         return [held[digest] for digest in digests]
 
     async def _acquire_all(self, ref: str, digests: list[str]) -> list[Layer]:
@@ -234,7 +239,8 @@ class Daemon:
             "mountpoint": self.options.mountpoint,
             "layers": layers,
             "cached_layers": cached,
-            "failures": [dataclasses.asdict(f) for f in self.resolver.failures.values()],
+            # trio's clock is monotonic: `when` is shown on the wall clock, as every other time
+            "failures": [dataclasses.asdict(f) | {"when": wall_clock(f.when)} for f in self.resolver.failures.values()],
             "mounts": [{"target": m.target, "ref": m.ref, "writable": m.writable, "view_id": m.view_id}
                        for m in self.user_mounts.values()],
             "workers": self.pool.status().to_dict(),
@@ -243,13 +249,43 @@ class Daemon:
         })
 
     def unmount_user_mounts(self) -> None:
+        """At stop: unmount every `lazylayer mount` and drop the upper/work dirs of writable ones
+        (they are throw-away by design, and run_dir is usually RAM)."""
         for mount in list(self.user_mounts.values()):
             try:
                 mounts.unmount(mount.target, lazy=True)
             except MountError as exc:
                 log.warning("%s", exc)
             self._release(mount)
+            if mount.state_dir:
+                shutil.rmtree(mount.state_dir, ignore_errors=True)
         self.user_mounts.clear()
+
+
+#: what a daemon creates in its run dir; a clean stop removes them (the pid file last, under the lock)
+RUN_FILES = ("control.sock", "workers.sock", "overlay")
+
+
+def _clean_run_dir(run_dir: str) -> None:
+    """Remove our sockets and the (by now empty) overlay dir; a non-empty overlay dir holds a
+    writable mount's state we did not make (e.g. one whose `record_mount` never reached us) and stays."""
+    for name in RUN_FILES:
+        path = os.path.join(run_dir, name)
+        try:
+            if os.path.isdir(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.info("leaving %s: %s", path, exc.strerror)
+    os.unlink(os.path.join(run_dir, "daemon.pid"))
+
+
+def wall_clock(trio_time: float) -> float:
+    """A ``trio.current_time()`` instant as seconds since the epoch."""
+    return time.time() - (trio.current_time() - trio_time)
 
 
 def _lock_run_dir(run_dir: str) -> int:
@@ -301,6 +337,7 @@ async def run_daemon(options: DaemonOptions) -> int:
         finally:
             store.close()
     finally:
+        _clean_run_dir(options.run_dir)
         os.close(lock)
 
 

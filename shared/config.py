@@ -11,7 +11,9 @@ default and unit, and a test keeps the two in step.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -24,10 +26,30 @@ ENV_PREFIX = "LAZYLAYER_"
 DEFAULT_CONFIG_PATH = "/etc/lazylayer/lazylayer.toml"
 
 
-def knob(default: Any, doc: str, unit: str = "", choices: tuple[str, ...] = (), live: bool = False) -> Any:
+#: units whose values are byte counts: they also accept K/M/G/T suffixes ("8G", "64KiB")
+SIZE_UNITS = ("bytes", "bytes/s")
+_SIZE = re.compile(r"(-?\d+)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_SIZE_FACTORS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count written as ``65536``, ``64K``, ``4M``, ``8G``, ``1T`` (binary multiples; a
+    trailing ``B`` or ``iB`` is allowed): the one syntax of config files, environment and flags.
+    A sign is parsed too, so that "-5" is refused by the knob's range, saying so."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a size (e.g. 65536, 64K, 4M, 8G)")
+    return int(match.group(1)) * _SIZE_FACTORS[match.group(2) and match.group(2).lower()]
+
+
+def knob(default: Any, doc: str, unit: str = "", choices: tuple[str, ...] = (), live: bool = False,
+         minimum: float | None = None, positive: bool = False) -> Any:
     """A config field with its one-line documentation (used by `config show`), for enumerated
-    strings the values it accepts, and whether a running daemon applies it on SIGHUP (``live``)."""
-    metadata = {"doc": doc, "unit": unit, "choices": choices, "live": live}
+    strings the values it accepts, whether a running daemon applies it on SIGHUP (``live``), and
+    for numbers the values that make sense (``minimum``, or ``positive``: above zero) - a
+    negative worker count or a zero timeout is refused at load, not met as a hang later."""
+    metadata = {"doc": doc, "unit": unit, "choices": choices, "live": live,
+                "minimum": 0 if positive else minimum, "positive": positive}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -44,24 +66,28 @@ class DaemonConfig:
 
 @dataclass(frozen=True)
 class WorkersConfig:
-    count: int = knob(2, "fetcher workers the daemon spawns; 0 = external workers only", "processes", live=True)
-    heartbeat_interval: float = knob(1.0, "how often workers and front ping each other", "s")
-    heartbeat_liveness: int = knob(3, "missed heartbeats before a peer is declared dead", "beats")
-    request_timeout: float = knob(60.0, "one fetch request, including re-dispatch", "s")
-    max_attempts: int = knob(3, "dispatches of one request before it fails", "attempts")
-    restart_backoff_max: float = knob(30.0, "ceiling of the restart backoff of spawned workers", "s")
-    restart_stable_after: float = knob(10.0, "uptime after which a restarted worker's backoff resets", "s")
-    capacity: int = knob(2, "jobs one worker runs at once (threads; HTTP waits overlap)", "jobs")
-    drain_timeout: float = knob(30.0, "on SIGTERM, how long a worker finishes its jobs before handing them back", "s")
+    count: int = knob(2, "fetcher workers the daemon spawns; 0 = external workers only", "processes", live=True,
+                      minimum=0)
+    heartbeat_interval: float = knob(1.0, "how often workers and front ping each other", "s", positive=True)
+    heartbeat_liveness: int = knob(3, "missed heartbeats before a peer is declared dead", "beats", minimum=1)
+    request_timeout: float = knob(60.0, "one fetch request, including re-dispatch", "s", positive=True)
+    max_attempts: int = knob(3, "dispatches of one request before it fails", "attempts", minimum=1)
+    restart_backoff_max: float = knob(30.0, "ceiling of the restart backoff of spawned workers", "s", minimum=0)
+    restart_stable_after: float = knob(10.0, "uptime after which a restarted worker's backoff resets", "s", minimum=0)
+    capacity: int = knob(2, "jobs one worker runs at once (threads; HTTP waits overlap)", "jobs", minimum=1)
+    drain_timeout: float = knob(30.0, "on SIGTERM, how long a worker finishes its jobs before handing them back", "s",
+                                minimum=0)
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     dir: str = knob("/var/cache/lazylayer", "LMDB environment directory")
-    max_size: int = knob(8 << 30, "chunk data budget; eviction keeps the store below it", "bytes", live=True)
-    map_size: int = knob(64 << 30, "LMDB map size (address space only; keep >= max_size / 0.85)", "bytes")
-    max_readers: int = knob(1024, "LMDB reader slots (the first opener fixes it)", "slots")
-    janitor_interval: float = knob(30.0, "how often read accesses (LRU) are applied and the cache trimmed", "s")
+    max_size: int = knob(8 << 30, "chunk data budget; eviction keeps the store below it", "bytes", live=True, minimum=0)
+    map_size: int = knob(64 << 30, "LMDB map size (address space only; keep >= max_size / 0.85)", "bytes",
+                         positive=True)
+    max_readers: int = knob(1024, "LMDB reader slots (the first opener fixes it)", "slots", minimum=1)
+    janitor_interval: float = knob(30.0, "how often read accesses (LRU) are applied and the cache trimmed", "s",
+                                   positive=True)
 
 
 @dataclass(frozen=True)
@@ -71,42 +97,43 @@ class RegistryConfig:
     ca_file: str = knob("", "extra CA bundle (PEM) for registry TLS")
     credentials_file: str = knob("", "docker config.json with auths (default ~/.docker/config.json)")
     mirrors: dict[str, tuple[str, ...]] = knob({}, "HOST = [MIRROR, ...]: mirrors tried in order, then HOST itself")
-    request_timeout: float = knob(30.0, "one HTTP request (connect + first byte)", "s")
-    max_retries: int = knob(5, "retries on connection errors, 429 and 5xx", "retries")
-    min_backoff: float = knob(0.03, "first retry backoff (doubles, with jitter)", "s")
-    max_backoff: float = knob(30.0, "largest retry backoff", "s")
-    coalesce_gap: int = knob(64 << 10, "ranges closer than this are fetched as one", "bytes")
+    request_timeout: float = knob(30.0, "one HTTP request (connect + first byte)", "s", positive=True)
+    max_retries: int = knob(5, "retries on connection errors, 429 and 5xx", "retries", minimum=0)
+    min_backoff: float = knob(0.03, "first retry backoff (doubles, with jitter)", "s", minimum=0)
+    max_backoff: float = knob(30.0, "largest retry backoff", "s", minimum=0)
+    coalesce_gap: int = knob(64 << 10, "ranges closer than this are fetched as one", "bytes", minimum=0)
 
 
 @dataclass(frozen=True)
 class FuseConfig:
-    attr_timeout: float = knob(1.0, "kernel attribute cache lifetime", "s")
-    entry_timeout: float = knob(1.0, "kernel dentry cache lifetime", "s")
+    attr_timeout: float = knob(1.0, "kernel attribute cache lifetime", "s", minimum=0)
+    entry_timeout: float = knob(1.0, "kernel dentry cache lifetime", "s", minimum=0)
     allow_other: bool = knob(True, "let other users (containers) read the mount")
     store_group: str = knob("", "group (name or gid) that may use the layer store besides root; empty: root only")
     opaque_type: str = knob("trusted", "opaque-dir xattr reported: trusted, user or all",
                             choices=("trusted", "user", "all"))
-    read_ahead_kb: int = knob(1024, "bdi read-ahead set on the mount (1024 = FUSE max request)", "KiB")
-    read_ahead_chunks: int = knob(2, "chunks fetched ahead of a sequential reader", "chunks")
-    max_tasks: int = knob(64, "FUSE requests handled at once (reads waiting on fetches need room)", "requests")
+    read_ahead_kb: int = knob(1024, "bdi read-ahead set on the mount (1024 = FUSE max request)", "KiB", minimum=0)
+    read_ahead_chunks: int = knob(2, "chunks fetched ahead of a sequential reader", "chunks", minimum=0)
+    max_tasks: int = knob(64, "FUSE requests handled at once (reads waiting on fetches need room)", "requests",
+                          minimum=1)
 
 
 @dataclass(frozen=True)
 class PrefetchConfig:
     enabled: bool = knob(True, "prefetch the landmark range when a layer is resolved")
-    timeout: float = knob(10.0, "how long a mount waits for prefetch to complete", "s")
-    size: int = knob(0, "bytes to prefetch for layers without landmarks", "bytes")
-    resolve_ttl: float = knob(120.0, "how long an unreferenced resolved layer stays resolved", "s")
-    check_interval: float = knob(60.0, "how often a layer in use checks its blob still answers", "s")
+    timeout: float = knob(10.0, "how long a mount waits for prefetch to complete", "s", minimum=0)
+    size: int = knob(0, "bytes to prefetch for layers without landmarks", "bytes", minimum=0)
+    resolve_ttl: float = knob(120.0, "how long an unreferenced resolved layer stays resolved", "s", minimum=0)
+    check_interval: float = knob(60.0, "how often a layer in use checks its blob still answers", "s", positive=True)
 
 
 @dataclass(frozen=True)
 class BackgroundConfig:
     enabled: bool = knob(True, "fetch the rest of each layer at low priority")
-    concurrency: int = knob(2, "background fetch requests in flight", "requests")
-    quiet_period: float = knob(5.0, "foreground silence before background work resumes", "s")
-    bandwidth_limit: int = knob(0, "background fetch bandwidth cap; 0 = none", "bytes/s")
-    piece_size: int = knob(8 << 20, "compressed bytes fetched per background request", "bytes")
+    concurrency: int = knob(2, "background fetch requests in flight", "requests", minimum=1)
+    quiet_period: float = knob(5.0, "foreground silence before background work resumes", "s", minimum=0)
+    bandwidth_limit: int = knob(0, "background fetch bandwidth cap; 0 = none", "bytes/s", minimum=0)
+    piece_size: int = knob(8 << 20, "compressed bytes fetched per background request", "bytes", positive=True)
 
 
 @dataclass(frozen=True)
@@ -117,9 +144,9 @@ class VerificationConfig:
 
 @dataclass(frozen=True)
 class FormatConfig:
-    max_toc_bytes: int = knob(64 << 20, "largest uncompressed TOC accepted", "bytes")
-    max_entries: int = knob(1_000_000, "most TOC entries accepted", "entries")
-    chunk_size: int = knob(4 << 20, "convert: uncompressed chunk size", "bytes")
+    max_toc_bytes: int = knob(64 << 20, "largest uncompressed TOC accepted", "bytes", positive=True)
+    max_entries: int = knob(1_000_000, "most TOC entries accepted", "entries", minimum=1)
+    chunk_size: int = knob(4 << 20, "convert: uncompressed chunk size", "bytes", positive=True)
 
 
 @dataclass(frozen=True)
@@ -143,10 +170,12 @@ class Config:
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """The effective config plus, for each ``section.key``, where its value came from."""
+    """The effective config plus, for each ``section.key``, where its value came from, and the
+    file that was read (None: no file; defaults and environment only)."""
 
     config: Config
     sources: dict[str, str]
+    file: str | None = None
 
     def show(self) -> list[dict[str, Any]]:
         """Rows for `config show`: key, value, source, unit, doc."""
@@ -200,13 +229,14 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> LoadedConfig:
-    """Build the effective config from defaults, ``path`` (if given or the default exists),
-    the environment and ``overrides`` (``{"section.key": value}`` from CLI flags)."""
+    """Build the effective config from defaults, ``path`` (if given, else DEFAULT_CONFIG_PATH if
+    it exists), the environment and ``overrides`` (``{"section.key": value}`` from CLI flags)."""
     env = os.environ if env is None else env
     config, sources = Config(), {}
     path = path or None  # LAZYLAYER_CONFIG="" means "no file given", as unset does
     file_path = Path(path) if path is not None else Path(DEFAULT_CONFIG_PATH)
-    if path is not None or file_path.exists():
+    read = path is not None or file_path.exists()
+    if read:
         try:
             document = tomllib.loads(file_path.read_text())
         except FileNotFoundError:
@@ -223,7 +253,7 @@ def load_config(
         env_values[_env_key(name)] = _EnvText(raw, name)
     config = _apply(config, env_values, "env", sources)
     config = _apply(config, dict(overrides or {}), "flag", sources)
-    return LoadedConfig(config, sources)
+    return LoadedConfig(config, sources, str(file_path) if read else None)
 
 
 class _EnvText(str):
@@ -235,13 +265,16 @@ class _EnvText(str):
         return obj
 
 
+def _section_names() -> str:
+    return ", ".join(f.name for f in fields(Config))
+
+
 def _env_key(var: str) -> str:
     rest = var[len(ENV_PREFIX):].lower()
     for section in fields(Config):
         if rest.startswith(section.name + "_"):
             return f"{section.name}.{rest[len(section.name) + 1:]}"
-    raise ConfigError(f"environment variable {var}: no config section matches (sections: "
-                      f"{', '.join(f.name for f in fields(Config))})")
+    raise ConfigError(f"environment variable {var}: no config section matches (sections: {_section_names()})")
 
 
 def _flatten(document: dict[str, Any], origin: str) -> dict[str, Any]:
@@ -255,47 +288,71 @@ def _flatten(document: dict[str, Any], origin: str) -> dict[str, Any]:
 
 
 def _apply(config: Config, values: dict[str, Any], source: str, sources: dict[str, str]) -> Config:
+    """``source`` is "file PATH", "env" or "flag"; every refusal starts with where the value came
+    from (the file, the environment variable, the command line) so the operator knows what to fix."""
     for dotted, value in values.items():
+        origin = value.var if isinstance(value, _EnvText) else {"flag": "command line"}.get(source, source)
         section_name, _, key = dotted.partition(".")
         section_fields = {f.name: f for f in fields(Config)}
         if section_name not in section_fields:
-            raise ConfigError(f"{source}: unknown config section {section_name!r} (in {dotted!r})")
+            raise ConfigError(f"{origin}: unknown config section {section_name!r} (in {dotted!r}; "
+                              f"sections: {_section_names()})")
         section = getattr(config, section_name)
         hints = get_type_hints(type(section))
         if key not in hints:
             known = ", ".join(f.name for f in fields(section))
-            raise ConfigError(f"{source}: unknown config key {dotted!r} (known in [{section_name}]: {known})")
-        typed = _coerce(dotted, value, hints[key])
-        choices = next(f for f in fields(section) if f.name == key).metadata["choices"]
-        if choices and typed not in choices:
-            raise ConfigError(f"{source}: config key {dotted!r}: {typed!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{origin}: unknown config key {dotted!r} (known in [{section_name}]: {known})")
+        metadata = next(f for f in fields(section) if f.name == key).metadata
+        try:
+            typed = _coerce(value, hints[key], metadata["unit"] in SIZE_UNITS)
+            _check(typed, metadata)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: config key {dotted!r}: {exc}") from None
         config = replace(config, **{section_name: replace(section, **{key: typed})})
-        sources[dotted] = getattr(value, "var", source) if isinstance(value, _EnvText) else source
+        sources[dotted] = origin if isinstance(value, _EnvText) else source
     return config
 
 
-def _coerce(key: str, value: Any, kind: Any) -> Any:
+def _check(value: Any, metadata: Mapping[str, Any]) -> None:
+    """The knob's allowed values: its choices, or its range (numbers are finite too)."""
+    choices = metadata["choices"]
+    if choices and value not in choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    minimum = metadata["minimum"]
+    if minimum is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if value < minimum or (metadata["positive"] and value == 0):
+        raise ValueError(f"{value!r} is out of range (allowed: {'> 0' if metadata['positive'] else f'>= {minimum}'})")
+
+
+def _coerce(value: Any, kind: Any, size: bool) -> Any:
+    """``value`` (from TOML, the environment or a flag) as ``kind``; ``size`` knobs also take
+    strings with K/M/G/T suffixes. Raises ValueError saying what was expected."""
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if size and isinstance(value, str):
+        return parse_size(value)
     if isinstance(value, _EnvText):
-        return _parse_text(key, str(value), kind)
+        return _parse_text(str(value), kind)
     if kind == tuple[str, ...]:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
-        raise ConfigError(f"config key {key!r}: {value!r} is not a list of strings")
+        raise ValueError(f"{value!r} is not a list of strings")
     if kind == dict[str, tuple[str, ...]]:
         if isinstance(value, dict) and all(
             isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v) for v in value.values()
         ):
             return {str(k): tuple(v) for k, v in value.items()}
-        raise ConfigError(f"config key {key!r}: {value!r} is not a table of HOST = [strings]")
+        raise ValueError(f"{value!r} is not a table of HOST = [strings]")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"config key {key!r}: {value!r} is not {expected[kind]}")
+    raise ValueError(f"{value!r} is not {expected[kind]}" + (" or a size such as 8G" if size else ""))
 
 
-def _parse_text(key: str, text: str, kind: Any) -> Any:
+def _parse_text(text: str, kind: Any) -> Any:
     """Environment syntax: lists are ';'-separated; tables are 'HOST=A,B;HOST2=C'."""
     if kind == tuple[str, ...]:
         return tuple(part.strip() for part in text.split(";") if part.strip())
@@ -304,7 +361,7 @@ def _parse_text(key: str, text: str, kind: Any) -> Any:
         for item in filter(None, (part.strip() for part in text.split(";"))):
             host, sep, rest = item.partition("=")
             if not sep or not host.strip():
-                raise ConfigError(f"config key {key!r}: {item!r} is not HOST=VALUE[,VALUE]")
+                raise ValueError(f"{item!r} is not HOST=VALUE[,VALUE]")
             table[host.strip()] = tuple(v.strip() for v in rest.split(",") if v.strip())
         return table
     if kind is bool:
@@ -313,8 +370,8 @@ def _parse_text(key: str, text: str, kind: Any) -> Any:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"config key {key!r}: {text!r} is not true or false")
+        raise ValueError(f"{text!r} is not true or false")
     try:
         return kind(text)
     except ValueError:
-        raise ConfigError(f"config key {key!r}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        raise ValueError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None

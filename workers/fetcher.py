@@ -211,8 +211,8 @@ class Fetcher:
             return JobResult(_record_dict(existing))
         if toc_digest is None and require_toc_digest and not allow_unverified:
             raise UnverifiedLayerError(
-                f"layer {digest} has no TOC digest annotation; refusing it "
-                "(verification.require_toc_digest; allow with verification.allow_unverified)")
+                f"layer {digest} has no TOC digest annotation: not eStargz/zstd:chunked: "
+                "convert it with `lazylayer convert`")
         client = self.client(ref)
         served = client.blob_size(ref, digest)
         if served != size:
@@ -340,6 +340,8 @@ class Fetcher:
                 if fetched != size:
                     raise RegistryError(f"layer {digest}: the registry served {fetched} bytes, not {size}")
             os.rename(partial, final)
+            # downloaded bytes like any other: `status` and metrics show the layer fetched
+            Layers(self.store()).add_fetched(digest, fetched, read_time=time.time())
         except DigestMismatchError:
             self._distrust(digest, "blob digest mismatch while fetching the whole blob")
             raise

@@ -1,5 +1,6 @@
 """`lazylayer config show [--config F] [--json]`: the effective configuration and the source of
-each value (default, file, environment variable or flag).
+each value (default, file, environment variable or flag). The first line names the file that was
+read: ``--config F``, else ``LAZYLAYER_CONFIG``, else /etc/lazylayer/lazylayer.toml when it exists.
 
 ``--json`` prints a list of ``{"key", "value", "source", "unit", "doc", "live"}`` objects, one per
 knob; ``live`` knobs are applied by a running daemon on SIGHUP, the others need a restart.
@@ -11,7 +12,7 @@ import argparse
 import os
 
 from lazylayer.daemon.cli.output import print_json, print_table
-from lazylayer.shared.config import load_config
+from lazylayer.shared.config import DEFAULT_CONFIG_PATH, load_config
 
 HELP = "show the effective configuration and where each value comes from"
 
@@ -24,10 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = load_config(args.config).show()
+    loaded = load_config(args.config)
+    rows = loaded.show()
     if args.json:
         print_json(rows)
     else:
+        print(f"config file: {loaded.file}" if loaded.file else
+              f"config file: none ({DEFAULT_CONFIG_PATH} does not exist; --config or LAZYLAYER_CONFIG names one)")
         print_table(None, ["key", "value", "source", "unit", "SIGHUP"],
                     [[r["key"], r["value"], r["source"], r["unit"], "live" if r["live"] else ""] for r in rows])
     return 0

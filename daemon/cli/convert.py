@@ -12,7 +12,11 @@ manifest of a multi-platform image (default: this machine's), ``--all-platforms`
 all into a new index. Registry settings come from the config file's ``[registry]`` section
 (``--config``). ``--json`` prints ``ImageConvertResult.to_dict()`` (workers/imageconvert.py).
 
-Options: ``--chunk-size N`` (bytes, suffixes K/M/G allowed; default 4M), ``--prefetch PATH``
+Names that are not UTF-8 are written into the TOC with U+FFFD (one per undecodable byte, as
+upstream's Go JSON encoder does) and listed in a warning on stderr (``renamed`` in ``--json``);
+``--strict-names`` refuses such input instead.
+
+Options: ``--chunk-size N`` (bytes, suffixes K/M/G/T allowed, as in the config file; default 4M), ``--prefetch PATH``
 (repeatable) and ``--prefetch-list FILE`` (one path per line, ``#`` comments; lines that are JSON
 objects use their ``"path"``, as ctr-remote's record files do) put those files first, before
 ``.prefetch.landmark``; ``--compression-level`` 0-9 (default 6); ``--workers N`` compression
@@ -23,7 +27,8 @@ processes (default: one per CPU; the blob is the same whatever N).
 ``blob_size`` (bytes); ``entries`` (TOC entries, chunk entries included) and ``chunk_entries``;
 ``toc_offset`` (where the TOC's gzip member starts); ``prefetch_size`` (compressed bytes before
 ``.prefetch.landmark``, 0 without a prefetch list); ``chunk_size``; ``compression_level``;
-``annotations`` (the layer descriptor annotations: TOC digest and uncompressed size); plus
+``annotations`` (the layer descriptor annotations: TOC digest and uncompressed size);
+``renamed`` (entries whose names are not UTF-8, as backslash-escaped bytes); plus
 ``source`` (SRC as given), ``source_kind`` (``directory`` or ``tar``) and ``output`` (OUT).
 """
 
@@ -32,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -40,7 +44,7 @@ from typing import BinaryIO, Callable
 
 from lazylayer.daemon.cli import output
 from lazylayer.daemon.cli._image import is_image_spec, registry_options
-from lazylayer.shared.config import load_config
+from lazylayer.shared.config import load_config, parse_size
 from lazylayer.shared.errors import ConfigError, LazyLayerError, NotFoundError
 from lazylayer.shared.estargz.writer import (
     ConvertResult, Progress, WriterOptions, convert_dir, convert_tar,
@@ -48,16 +52,12 @@ from lazylayer.shared.estargz.writer import (
 
 HELP = "convert a directory, layer tar or whole image (registry ref, oci:PATH) into eStargz"
 
-_SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC",
                         help="directory, tar file (plain/gzip/zstd), - for stdin, image ref or oci:PATH[:TAG]")
     parser.add_argument("output", metavar="OUT", help="blob file to write (image SRC: image ref or oci:PATH[:TAG])")
     parser.add_argument("--chunk-size", type=_size, default=None, metavar="N",
-                        help="chunk size in bytes, K/M/G suffixes allowed (default: format.chunk_size, 4M)")
+                        help="chunk size in bytes, K/M/G/T suffixes allowed (default: format.chunk_size, 4M)")
     parser.add_argument("--prefetch", action="append", default=[], metavar="PATH",
                         help="put this file first, to be prefetched (repeatable, kept in order)")
     parser.add_argument("--prefetch-list", metavar="FILE",
@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help="gzip level 0-9 (default 6: 9 is far slower for ~1%% less)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="compression processes (default: one per CPU)")
+    parser.add_argument("--strict-names", action="store_true",
+                        help="refuse names that are not UTF-8 (default: the TOC holds them with U+FFFD, as "
+                             "upstream's does, and a warning lists them)")
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                         help="image SRC: the platform to convert (default: this machine's)")
     parser.add_argument("--all-platforms", action="store_true", help="image SRC: convert every platform")
@@ -115,10 +118,12 @@ _SOURCES = (
 
 
 def run(args: argparse.Namespace) -> int:
-    chunk_size = args.chunk_size or load_config(args.config or None).config.format.chunk_size
+    flags = {} if args.chunk_size is None else {"format.chunk_size": args.chunk_size}  # range-checked there
+    chunk_size = load_config(args.config or None, overrides=flags).config.format.chunk_size
     options = WriterOptions(
         chunk_size=chunk_size, compression_level=args.compression_level,
         prefetch=tuple(args.prefetch) + _prefetch_list(args.prefetch_list), workers=args.workers,
+        strict_names=args.strict_names,
     )
     if is_image_spec(args.source):
         return _run_image(args, options)
@@ -132,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     total = kind.size_hint(args.source) if sys.stderr.isatty() else None
     with output.progress(f"converting {args.source}", total) as bar:
         result = _write_atomically(args.output, lambda out: kind.convert(args.source, out, options, bar))
+    _warn_renamed(result.renamed)
     if args.json:
         output.print_json({**result.to_dict(), "source": args.source, "source_kind": kind.name,
                            "output": args.output})
@@ -149,8 +155,8 @@ def _run_image(args: argparse.Namespace, options: WriterOptions) -> int:
     if args.json:
         output.print_json(result.to_dict())
         return 0
-    rows = [[m.platform or "-", layer.source_digest[:19], layer.action, layer.digest[:19], _human(layer.size),
-             (layer.toc_digest or "")[:19]]
+    rows = [[m.platform or "-", layer.source_digest[:19], layer.action, layer.digest[:19],
+             output.human_size(layer.size), (layer.toc_digest or "")[:19]]
             for m in result.manifests for layer in m.layers]
     output.print_table(None, ["platform", "source layer", "action", "layer", "size", "TOC digest"], rows)
     print(f"wrote {result.destination}@{result.digest} ({result.media_type})")
@@ -178,6 +184,16 @@ def _write_atomically(path: str, write: Callable[[BinaryIO], ConvertResult]) -> 
         raise
 
 
+def _warn_renamed(renamed: tuple[str, ...], shown: int = 20) -> None:
+    """Say which entries the TOC names differently from the input (names that are not UTF-8)."""
+    if not renamed:
+        return
+    more = f", and {len(renamed) - shown} more" if len(renamed) > shown else ""
+    print(f"lazylayer convert: warning: {len(renamed)} entries have names (or link targets, owners, xattr "
+          f"names) that are not UTF-8; the tar keeps their bytes and the TOC holds them with U+FFFD, as "
+          f"upstream does (--strict-names refuses them): {', '.join(renamed[:shown])}{more}", file=sys.stderr)
+
+
 def _prefetch_list(path: str | None) -> tuple[str, ...]:
     if path is None:
         return ()
@@ -200,25 +216,17 @@ def _prefetch_list(path: str | None) -> tuple[str, ...]:
 
 
 def _size(text: str) -> int:
-    match = _SIZE.fullmatch(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size (e.g. 65536, 64K, 4M)")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-
-
-def _human(size: int) -> str:
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    value, unit = float(size), 0
-    while value >= 1024 and unit < len(units) - 1:
-        value, unit = value / 1024, unit + 1
-    return f"{size} B" if unit == 0 else f"{value:.1f} {units[unit]}"
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _print_human(path: str, result: ConvertResult) -> None:
     ratio = result.blob_size / result.uncompressed_size if result.uncompressed_size else 0
-    prefetch = _human(result.prefetch_size) if result.prefetch_size else "none"
-    print(f"wrote {path}: {_human(result.blob_size)} eStargz blob ({ratio:.0%} of "
-          f"{_human(result.uncompressed_size)}), {result.entries} TOC entries "
+    prefetch = output.human_size(result.prefetch_size) if result.prefetch_size else "none"
+    print(f"wrote {path}: {output.human_size(result.blob_size)} eStargz blob ({ratio:.0%} of "
+          f"{output.human_size(result.uncompressed_size)}), {result.entries} TOC entries "
           f"({result.chunk_entries} chunk entries)")
     print(f"  blob digest  {result.blob_digest}")
     print(f"  TOC digest   {result.toc_digest}")

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # the environment refused (permissions, read-only fs, ...): one line too
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lazylayer {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lazylayer {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 from typing import Callable
 
 from lazylayer.daemon import mounts
@@ -45,14 +46,26 @@ def run(args: argparse.Namespace) -> int:
     target = os.path.abspath(args.dir)
     if mounts.mount_at(target) is not None:
         raise MountError(f"{target} is busy: something is already mounted there")
-    os.makedirs(target, exist_ok=True)
+    created = make_dirs(target)
+    try:
+        _mount(args, run_dir, target)
+    except BaseException:
+        if args.writable:
+            shutil.rmtree(overlay_state_dir(run_dir, target), ignore_errors=True)
+        remove_dirs(created)
+        raise
+    print(target)
+    return 0
+
+
+def _mount(args: argparse.Namespace, run_dir: str, target: str) -> None:
     image = call(run_dir, "image", {"ref": args.ref})
     digests = [layer["digest"] for layer in image["layers"]]
     if args.writable:
         state = overlay_state_dir(run_dir, target)
         upper, work = os.path.join(state, "upper"), os.path.join(state, "work")
-        os.makedirs(upper, exist_ok=True)
-        os.makedirs(work, exist_ok=True)
+        make_dirs(upper)
+        make_dirs(work)
         call(run_dir, "record_mount", {"ref": args.ref, "target": target, "layers": digests, "state_dir": state})
         lowers = [layer["path"] for layer in reversed(image["layers"])]
         _mount_or_forget(run_dir, target, lambda: mounts.overlay_mount(lowers, upper, work, target))
@@ -62,8 +75,37 @@ def run(args: argparse.Namespace) -> int:
             MergedViews(store).create(digests)
         view = call(run_dir, "open_view", {"ref": args.ref, "target": target, "layers": digests})
         _mount_or_forget(run_dir, target, lambda: mounts.bind_mount(view["path"], target, readonly=True))
-    print(target)
-    return 0
+
+
+def make_dirs(path: str) -> list[str]:
+    """``mkdir -p path`` as a MountError naming the path on failure (a file in the way, a
+    read-only file system); returns the directories it created, outermost first, so a failed
+    mount can remove exactly those."""
+    missing: list[str] = []
+    probe = path
+    while not os.path.lexists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise MountError(f"{probe} is not a directory" + (f": cannot mount at {path}" if probe != path else ""))
+    created: list[str] = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+        except OSError as exc:
+            remove_dirs(created)
+            raise MountError(f"cannot create {directory}: {exc.strerror or exc}") from None
+        created.append(directory)
+    return created
+
+
+def remove_dirs(created: list[str]) -> None:
+    """Undo `make_dirs`: innermost first; a directory something else filled meanwhile stays."""
+    for directory in reversed(created):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
 
 
 def _mount_or_forget(run_dir: str, target: str, mount: Callable[[], None]) -> None:

@@ -17,6 +17,15 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def human_size(size: int) -> str:
+    """Bytes with a unit people read at a glance: ``670 B``, ``12.0 KiB``, ``2.0 GiB``."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    value, unit = float(size), 0
+    while value >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{size} B" if unit == 0 else f"{value:.1f} {units[unit]}"
+
+
 def print_table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -1,14 +1,28 @@
 """`lazylayer status [--json]`: what the running daemon serves - layers (Info, state, last
-error), failed resolves, user mounts, workers, cache use."""
+error), failed resolves, user mounts, workers, cache use.
+
+Times are wall-clock (``read_time``, a failure's ``when``: seconds since the epoch in ``--json``,
+local time here); durations say "s". Sizes are bytes in ``--json`` and carry a unit here.
+``fetched`` counts compressed bytes downloaded from the registry for a layer (chunks, prefetch,
+background fetch, and the whole-blob download behind its ``blob`` file); the cache holds
+decompressed chunks, so its use can exceed the fetched bytes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
 
-from lazylayer.daemon.cli.output import print_json, print_table
+from lazylayer.daemon.cli.output import human_size, print_json, print_table
 from lazylayer.daemon.control import add_client_arguments, call, client_run_dir
 
 HELP = "show the daemon's layers, errors, mounts, workers and cache use"
+
+#: printed under the tables: what the two numbers people ask about mean
+LEGEND = ("refs: holders of a layer (mounts, layer-store users such as podman); an unreferenced layer is "
+          "released after prefetch.resolve_ttl.\n"
+          "fetched: compressed bytes downloaded from the registry; the cache holds decompressed chunks, "
+          "so cache use can exceed the fetched bytes.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_client_arguments(parser)
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
+def clock(when: float) -> str:
+    """A wall-clock instant (seconds since the epoch) as local time; "-" for never."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when > 0 else "-"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,13 +41,15 @@ def run(args: argparse.Namespace) -> int:
         print_json(status)
         return 0
     print(f"daemon pid {status['pid']} serving {status['mountpoint']}")
-    print_table("layers", ["ref", "digest", "state", "size", "fetched", "prefetch", "refs", "error"],
-                [[l["ref"], l["digest"][:19], l["info"]["state"], _mib(l["info"]["size"]),
-                  _mib(l["info"]["fetched_size"]), _mib(l["info"]["prefetch_size"]), l["references"], l["error"]]
+    print_table("layers", ["ref", "digest", "state", "size", "fetched", "prefetch", "last read", "refs", "error"],
+                [[l["ref"], l["digest"][:19], l["info"]["state"], human_size(l["info"]["size"]),
+                  human_size(l["info"]["fetched_size"]), human_size(l["info"]["prefetch_size"]),
+                  clock(l["info"]["read_time"]), l["references"], l["error"]]
                  for l in status["layers"]])
     if status["failures"]:
-        print_table("failed resolves", ["ref", "digest", "kind", "error"],
-                    [[f["ref"], f["digest"][:19], f["kind"], f["error"]] for f in status["failures"]])
+        print_table("failed resolves", ["ref", "digest", "kind", "when", "error"],
+                    [[f["ref"], f["digest"][:19], f["kind"], clock(f["when"]), f["error"]]
+                     for f in status["failures"]])
     if status["mounts"]:
         print_table("mounts", ["dir", "ref", "mode"],
                     [[m["target"], m["ref"], "writable" if m["writable"] else "read-only"] for m in status["mounts"]])
@@ -45,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
                     [[p["slot"], p["pid"] or "-", "yes" if p["running"] else "no", p["restarts"],
                       f"{p['backoff']:.1f} s"] for p in workers["processes"]])
     cache = status["cache"]
-    print(f"cache: {cache['chunks']} chunks, {_mib(cache['accounted_bytes'])} of {_mib(cache['budget'])}; "
-          f"queued jobs {workers['queued']}")
+    queued = ", ".join(f"{priority} {count}" for priority, count in workers["queued"].items())
+    print(f"cache: {cache['chunks']} chunks, {human_size(cache['accounted_bytes'])} of "
+          f"{human_size(cache['budget'])} (decompressed); queued jobs: {queued}")
+    print(LEGEND)
     return 0

@@ -25,7 +25,10 @@ How it is built:
 Limits: TOC ``modtime`` is RFC 3339 with whole seconds and a four-digit year, so an mtime outside
 what `toc.format_modtime` renders that way is refused (the tar header could hold it, the TOC
 cannot); sub-second mtimes are kept in the tar and rounded in the TOC, as upstream does. Names,
-link targets, user/group names and xattr names must be UTF-8 (the TOC is JSON text).
+link targets, user/group names and xattr names that are not UTF-8 (the TOC is JSON text) keep
+their bytes in the tar and get one U+FFFD per undecodable byte in the TOC, which is what
+upstream's Go encoding/json writes; `ConvertResult.renamed` lists those entries, and
+``strict_names`` refuses them instead.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ class WriterOptions:
     the CPU for about 1 % smaller blobs, and decompression (the lazy-read path) is equally fast.
     ``prefetch`` holds paths to put first, in order. ``workers`` is the number of compression
     processes (None: one per CPU). ``part_size`` is how much uncompressed data one worker task
-    takes; it does not change the output.
+    takes; it does not change the output. ``strict_names`` refuses input whose names are not
+    UTF-8 instead of writing them into the TOC with U+FFFD.
     """
 
     chunk_size: int = 4 << 20
@@ -92,6 +96,7 @@ class WriterOptions:
     prefetch: tuple[str, ...] = ()
     workers: int | None = None
     part_size: int = 32 << 20
+    strict_names: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_size <= 0:
@@ -121,6 +126,9 @@ class ConvertResult:
     prefetch_size: int
     chunk_size: int
     compression_level: int
+    #: entries whose name, link target, owner or xattr names were not UTF-8, as their bytes
+    #: (backslash escapes): the TOC holds them with U+FFFD
+    renamed: tuple[str, ...] = ()
 
     def annotations(self) -> dict[str, str]:
         """The layer descriptor annotations stargz-snapshotter and podman look for."""
@@ -201,8 +209,8 @@ def _plan(ordered: list[SourceEntry], chunk_size: int) -> _Plan:
 
 
 def _tar_header(entry: SourceEntry) -> bytes:
-    """The tar header block(s) for ``entry``: ustar, with a PAX header only when needed."""
-    _check_text(entry)
+    """The tar header block(s) for ``entry``: ustar, with a PAX header only when needed; names
+    that are not UTF-8 keep their bytes."""
     info = tarfile.TarInfo("./" if not entry.name else entry.name)
     info.type = _TAR_TYPES[entry.type]
     info.mode, info.uid, info.gid = entry.mode, entry.uid, entry.gid
@@ -225,17 +233,35 @@ def _tar_header(entry: SourceEntry) -> bytes:
         raise FormatError(f"input entry {entry.name!r}: cannot write its tar header: {exc}") from exc
 
 
+def _texts(entry: SourceEntry) -> list[tuple[str, str]]:
+    """The entry's strings that go into the TOC, with what each is."""
+    return [("name", entry.name), ("symlink target", entry.link_name), ("user name", entry.uname),
+            ("group name", entry.gname), *(("xattr name", key) for key in entry.xattrs)]
+
+
 def _check_text(entry: SourceEntry) -> None:
-    for what, text in (("name", entry.name), ("symlink target", entry.link_name),
-                       ("user name", entry.uname), ("group name", entry.gname),
-                       *(("xattr name", key) for key in entry.xattrs)):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
+    """``strict_names``: refuse an entry with a string the TOC cannot hold as it is."""
+    for what, text in _texts(entry):
+        if toc_text(text) != text:
             raise FormatError(
-                f"input entry {entry.name!r}: {what} {text!r} is not UTF-8, which the TOC (JSON) "
-                "cannot hold"
-            ) from None
+                f"input entry '{shown_name(entry.name)}': {what} '{shown_name(text)}' is not UTF-8, which the "
+                "TOC (JSON) cannot hold as it is (without --strict-names it is written with U+FFFD, as upstream does)"
+            )
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def toc_text(text: str) -> str:
+    """``text`` as the TOC holds it. Bytes that are not UTF-8 reach us as surrogate escapes
+    (tarfile and os.listdir decode with surrogateescape), one per byte; each becomes U+FFFD,
+    as Go's encoding/json writes every invalid byte of upstream's TOC."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+def shown_name(text: str) -> str:
+    """A name's bytes for people: what is not UTF-8 as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,6 +400,11 @@ class _HashThread(threading.Thread):
 def _write(entries: EntryList, out: BinaryIO, options: WriterOptions, progress: Progress | None,
            work: str) -> ConvertResult:
     ordered = entries.ordered(tuple(normalize_name(p) for p in options.prefetch))
+    if options.strict_names:
+        for entry in ordered:
+            _check_text(entry)
+    renamed = tuple(shown_name(entry.name) for entry in ordered
+                    if any(toc_text(text) != text for _, text in _texts(entry)))
     plan = _plan(ordered, options.chunk_size)
     sink = _Sink(out)
     results, stream = _compress(plan, sink, options, progress, work)
@@ -406,6 +437,7 @@ def _write(entries: EntryList, out: BinaryIO, options: WriterOptions, progress: 
         prefetch_size=prefetch_size,
         chunk_size=options.chunk_size,
         compression_level=options.compression_level,
+        renamed=renamed,
     )
 
 
@@ -414,11 +446,13 @@ def _toc_entries(plan: _Plan, results: list[MemberResult], offsets: list[int],
     toc: list[TOCEntry] = []
     for number, spot in enumerate(plan.placed):
         entry = spot.entry
+        name = toc_text(entry.name)
         head = TOCEntry(
-            name=entry.name, type=entry.type, mode=entry.mode, uid=entry.uid, gid=entry.gid,
-            uname=entry.uname, gname=entry.gname, mtime=_toc_mtime(entry),
-            link_name=entry.link_target.name if entry.link_target else entry.link_name,
-            dev_major=entry.dev_major, dev_minor=entry.dev_minor, xattrs=dict(entry.xattrs),
+            name=name, type=entry.type, mode=entry.mode, uid=entry.uid, gid=entry.gid,
+            uname=toc_text(entry.uname), gname=toc_text(entry.gname), mtime=_toc_mtime(entry),
+            link_name=toc_text(entry.link_target.name if entry.link_target else entry.link_name),
+            dev_major=entry.dev_major, dev_minor=entry.dev_minor,
+            xattrs={toc_text(key): value for key, value in entry.xattrs.items()},
         )
         if entry.type is EntryType.REG:
             head.size = entry.size
@@ -428,7 +462,7 @@ def _toc_entries(plan: _Plan, results: list[MemberResult], offsets: list[int],
                 head.digest = results[spot.members[0]].chunk_digest
             else:
                 head.digest = "sha256:" + stream.files[number].hexdigest()
-        pieces = [head] + [TOCEntry(name=entry.name, type=EntryType.CHUNK) for _ in spot.members[1:]]
+        pieces = [head] + [TOCEntry(name=name, type=EntryType.CHUNK) for _ in spot.members[1:]]
         for index, (piece, member) in enumerate(zip(pieces, spot.members)):
             start = index * chunk_size
             piece.offset = offsets[member]

@@ -22,7 +22,7 @@ from lazylayer.shared.estargz.reader import BlobReader
 
 JSON_KEYS = {"toc_digest", "diff_id", "blob_digest", "uncompressed_size", "blob_size", "entries",
              "chunk_entries", "toc_offset", "prefetch_size", "chunk_size", "compression_level",
-             "annotations", "source", "source_kind", "output"}
+             "annotations", "renamed", "source", "source_kind", "output"}
 
 
 @pytest.fixture

@@ -320,10 +320,10 @@ def test_bad_tar_input_is_a_format_error(raw, message):
         convert(raw)
 
 
-def test_non_utf8_names_are_refused(tmp_path):
+def test_non_utf8_names_are_refused_with_strict_names(tmp_path):
     (tmp_path / os.fsdecode(b"bad\xff")).write_bytes(b"x")
     with pytest.raises(FormatError, match="not UTF-8"):
-        convert_dir(tmp_path, io.BytesIO())
+        convert_dir(tmp_path, io.BytesIO(), WriterOptions(strict_names=True))
 
 
 def test_missing_directory_and_bad_options():
