@@ -8,7 +8,10 @@ import shutil
 import stat
 from pathlib import Path
 
+import requests
+
 from lazylayer.daemon.layout import encode_ref
+from lazylayer.workers.registry.local import free_port
 from tests.fuse.daemonproc import start_daemon
 from tests.security.conftest import as_nobody, public_workdir
 
@@ -33,8 +36,6 @@ def test_the_store_group_may_use_the_store_and_cause_fetches(registry, suid_imag
 
 
 def _digest_of(registry, ref: str) -> str:
-    import requests
-
     repo, _, tag = ref.split("/", 1)[1].partition(":")
     manifest = requests.get(f"{registry.url}/v2/{repo}/manifests/{tag}", timeout=10,
                             headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
@@ -43,8 +44,10 @@ def _digest_of(registry, ref: str) -> str:
 
 def test_mirror_credentials_stay_out_of_logs_config_and_status(registry, suid_image: str, tmp_path: Path):
     mirror = f"http://bob:{PASSWORD}@127.0.0.1:9"  # nothing listens on port 9: the mirror fails
+    port = free_port()
     daemon = start_daemon(tmp_path / "d", workers=1,
-                          config={"registry": {"mirrors": {registry.host: [mirror]}}})
+                          config={"registry": {"mirrors": {registry.host: [mirror]}},
+                                  "metrics": {"address": f"127.0.0.1:{port}"}})
     try:
         image = daemon.call("image", {"ref": suid_image})
         assert image["layers"]
@@ -54,6 +57,7 @@ def test_mirror_credentials_stay_out_of_logs_config_and_status(registry, suid_im
         assert mirrors and "bob" not in json.dumps(mirrors) and PASSWORD not in shown.stdout
         assert "***@127.0.0.1:9" in json.dumps(mirrors)
         assert PASSWORD not in json.dumps(daemon.call("status"))
+        assert PASSWORD not in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     finally:
         daemon.stop()
     log = daemon.log()
