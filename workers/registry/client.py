@@ -38,7 +38,7 @@ from lazylayer.workers.registry.ranges import (
     range_header, slice_parts,
 )
 from lazylayer.workers.registry.retry import Backoff, is_retryable_status, parse_retry_after
-from lazylayer.workers.registry.transport import Transient, body_pieces, describe, is_timeout
+from lazylayer.workers.registry.transport import Transient, body_pieces, describe, host_failure, is_timeout
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class RegistryClient:
                 # same budget (one fetch per failed read); nor does a certificate problem.
                 delay = self._retry_delay(attempt)
                 if isinstance(exc, requests.exceptions.SSLError) or is_timeout(exc) or delay is None:
-                    raise RegistryError(f"{method} {safe_url(url)}: {reason} ({tried})") from None
+                    raise host_failure(f"{method} {safe_url(url)}: {reason} ({tried})") from None
                 log.info("%s %s: %s; retrying", method, safe_url(url), reason)
                 self.backoff.sleep(delay)
                 attempt += 1
@@ -173,7 +173,7 @@ class RegistryClient:
         """One request's connect and idle timeout: ``request_timeout``, clipped to the job's deadline."""
         left = deadline.remaining()
         if left <= 0:
-            raise RegistryError(f"{what}: the request's deadline passed before it could be sent")
+            raise host_failure(f"{what}: the request's deadline passed before it could be sent")
         return min(self.options.request_timeout, left)
 
     def _retry_delay(self, attempt: int, retry_after: float | None = None) -> float | None:
@@ -438,7 +438,7 @@ class RegistryClient:
         """Wait before fetching again after a body broke off, or raise when no retry is left."""
         delay = self._retry_delay(attempt)
         if delay is None:
-            raise RegistryError(f"{reason} (gave up after {attempt + 1} attempts)")
+            raise host_failure(f"{reason} (gave up after {attempt + 1} attempts)")
         log.info("%s; retrying", reason)
         self.backoff.sleep(delay)
 

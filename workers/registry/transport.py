@@ -38,6 +38,15 @@ class Transient(Exception):
     """A failure worth retrying that happened after the response headers (body read broke)."""
 
 
+def host_failure(message: str) -> RegistryError:
+    """A RegistryError that blames the host (unreachable, silent, stalled, broken): the front
+    pauses that registry for a while (daemon/hostbackoff.py). The flag travels in the error's
+    attributes over the wire."""
+    error = RegistryError(message)
+    error.host_failure = True  # type: ignore[attr-defined]
+    return error
+
+
 def body_pieces(response: requests.Response, limit: int, what: str, idle: float,
                 min_rate: float) -> Iterator[bytes]:
     """The body's bytes in pieces, under the idle, total and size limits above (closes the
@@ -45,7 +54,7 @@ def body_pieces(response: requests.Response, limit: int, what: str, idle: float,
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         response.close()
-        raise RegistryError(f"{what}: the registry announces a {declared}-byte body where at most {limit} "
+        raise host_failure(f"{what}: the registry announces a {declared}-byte body where at most {limit} "
                             "bytes can be right; refused")
     sock = getattr(getattr(response.raw, "connection", None), "sock", None)
     total = idle + (limit / min_rate if min_rate > 0 else math.inf)
@@ -55,7 +64,7 @@ def body_pieces(response: requests.Response, limit: int, what: str, idle: float,
         while True:
             left = cutoff - time.monotonic()
             if left <= 0:
-                raise RegistryError(f"{what}: {_cut(got)} at the deadline ({_limit_name(total)})")
+                raise host_failure(f"{what}: {_cut(got)} at the deadline ({_limit_name(total)})")
             wait = min(idle, left)
             if sock is not None:
                 sock.settimeout(wait)
@@ -63,8 +72,8 @@ def body_pieces(response: requests.Response, limit: int, what: str, idle: float,
                 piece = response.raw.read1(min(READ_PIECE, limit + 1 - got), decode_content=False)
             except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
                 if wait < idle:
-                    raise RegistryError(f"{what}: {_cut(got)} at the deadline ({_limit_name(total)})") from None
-                raise RegistryError(f"{what}: the body stalled: no byte for {idle:g} s after {got} bytes; "
+                    raise host_failure(f"{what}: {_cut(got)} at the deadline ({_limit_name(total)})") from None
+                raise host_failure(f"{what}: the body stalled: no byte for {idle:g} s after {got} bytes; "
                                     "cut off") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise Transient(f"reading the body failed after {got} bytes: {describe(exc, response.url)}") from None
@@ -72,7 +81,7 @@ def body_pieces(response: requests.Response, limit: int, what: str, idle: float,
                 return
             got += len(piece)
             if got > limit:
-                raise RegistryError(f"{what}: the body goes on past the {limit} bytes it can have; cut off")
+                raise host_failure(f"{what}: the body goes on past the {limit} bytes it can have; cut off")
             yield piece
     finally:
         response.close()
