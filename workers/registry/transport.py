@@ -64,7 +64,7 @@ def body_pieces(response: requests.Response, limit: int, what: str, idle: float,
         while True:
             left = cutoff - time.monotonic()
             if left <= 0:
-                raise host_failure(f"{what}: {_cut(got)} at the deadline ({_limit_name(total)})")
+                raise _unfinished(what, got, total)
             wait = min(idle, left)
             if sock is not None:
                 sock.settimeout(wait)
@@ -72,9 +72,9 @@ def body_pieces(response: requests.Response, limit: int, what: str, idle: float,
                 piece = response.raw.read1(min(READ_PIECE, limit + 1 - got), decode_content=False)
             except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
                 if wait < idle:
-                    raise host_failure(f"{what}: {_cut(got)} at the deadline ({_limit_name(total)})") from None
+                    raise _unfinished(what, got, total) from None
                 raise host_failure(f"{what}: the body stalled: no byte for {idle:g} s after {got} bytes; "
-                                    "cut off") from None
+                                   "cut off") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise Transient(f"reading the body failed after {got} bytes: {describe(exc, response.url)}") from None
             if not piece:
@@ -87,13 +87,10 @@ def body_pieces(response: requests.Response, limit: int, what: str, idle: float,
         response.close()
 
 
-def _cut(got: int) -> str:
-    return f"the body was still arriving after {got} bytes; cut off"
-
-
-def _limit_name(total: float) -> str:
-    remaining = deadline.remaining()
-    return "the request's deadline" if remaining <= total else f"{total:.3g} s for the whole body"
+def _unfinished(what: str, got: int, total: float) -> RegistryError:
+    limit = ("the request's deadline" if deadline.remaining() <= total
+             else f"the {total:.3g} s allowed for the whole body")
+    return host_failure(f"{what}: the body was not complete after {got} bytes at {limit}; cut off")
 
 
 # -- failures as sentences ---------------------------------------------------------------------
