@@ -11,6 +11,13 @@ Why it is built this way:
 - **Deaths are expected.** Heartbeats run both ways; a worker silent for ``liveness`` of its
   announced intervals (or whose spawned process exited) is dropped and its in-flight jobs go back
   to the head of their queue, up to ``max_attempts`` dispatches per job.
+- **One registry's trouble stays its own.** A job's ``group`` (its registry) may hold at most
+  ``capacity`` slots of a worker, and a worker runs at most ``max_groups`` groups' worth: a
+  stalled registry fills only its own slots while jobs for other registries still find theirs
+  (issue 15). Jobs without a group share one.
+- **Deadlines travel with jobs.** Each request carries the seconds its submitter still waits
+  (minus a margin for the answer to arrive first); the worker cuts its waits to it, so a job
+  re-dispatched after a death gets what is left of the budget, not a fresh one.
 - **Dedup.** Concurrent submits with the same ``(kind, dedup_key)`` share one job and its result.
 - **Priorities.** foreground > prefetch > background; background jobs are held while any
   foreground job is live and for ``quiet_period`` after the last one ended (upstream: 5 s).
@@ -28,15 +35,17 @@ import enum
 import errno
 import itertools
 import logging
+import math
 import signal
 import sys
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
 import trio
 import zmq
 
+from lazylayer.daemon.poolstatus import PoolStatus, ProcessStatus, WorkerStatus
 from lazylayer.daemon.zmqtrio import TrioSocket
 from lazylayer.shared import protocol
 from lazylayer.shared.errors import (LazyLayerError, PoolUnavailableError, ProtocolError,
@@ -63,42 +72,6 @@ class PoolReply:
     worker: str
 
 
-@dataclass(frozen=True)
-class WorkerStatus:
-    id: str
-    pid: int
-    capacity: int
-    in_flight: int
-    jobs_done: int
-    jobs_failed: int
-    last_heartbeat_age: float
-    restarts: int
-
-
-@dataclass(frozen=True)
-class ProcessStatus:
-    slot: int
-    pid: int | None
-    running: bool
-    restarts: int
-    backoff: float
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    endpoint: str
-    workers: list[WorkerStatus]
-    processes: list[ProcessStatus]
-    queued: dict[str, int]
-    in_flight: int
-    foreground_active: bool
-    background_held: bool
-    workers_lost: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass(eq=False)
 class _Job:
     id: int
@@ -113,6 +86,10 @@ class _Job:
     attempts: int = 0
     queued: bool = False
     worker: _Worker | None = None
+    #: trio time when the last submitter stops waiting (inf: never)
+    deadline: float = math.inf
+    #: slots are counted per group (a registry), see the module docstring
+    group: Hashable | None = None
 
 
 @dataclass(eq=False)
@@ -123,7 +100,8 @@ class _Worker:
     kinds: frozenset[str]
     heartbeat: float
     last_seen: float
-    in_flight: set[int] = field(default_factory=set)
+    #: job id -> its group, until the worker answers or dies (even for jobs nobody waits for)
+    in_flight: dict[int, Hashable | None] = field(default_factory=dict)
     jobs_done: int = 0
     jobs_failed: int = 0
     last_dispatch: int = 0
@@ -162,6 +140,7 @@ class WorkerPool:
         heartbeat_interval: float = 1.0,
         heartbeat_liveness: int = 3,
         max_attempts: int = 3,
+        max_groups: int = 4,
         quiet_period: float = 5.0,
         restart_backoff: float = 0.5,
         restart_backoff_max: float = 30.0,
@@ -172,6 +151,7 @@ class WorkerPool:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
         self.max_attempts = max_attempts
+        self.max_groups = max_groups
         self.quiet_period = quiet_period
         self.restart_backoff = restart_backoff
         self.restart_backoff_max = restart_backoff_max
@@ -253,6 +233,7 @@ class WorkerPool:
         priority: Priority = Priority.FOREGROUND,
         dedup_key: Hashable | None = None,
         timeout: float = 30.0,
+        group: Hashable | None = None,
     ) -> PoolReply:
         """Run one job on some worker and return its reply.
 
@@ -260,13 +241,16 @@ class WorkerPool:
         workers died running it, PoolUnavailableError when no worker was there to take it within
         ``timeout`` seconds, RequestTimeoutError when workers were there but no answer came.
         Submits with the same ``(kind, dedup_key)`` while the first is live share its job (the
-        job takes the highest priority among them); params of later ones are ignored.
+        job takes the highest priority among them, and the latest deadline, though a worker
+        already running it keeps the one it was sent); params of later ones are ignored.
+        ``group`` names the registry the job talks to (see the module docstring).
         """
         if self._closing or self._socket is None:
             raise PoolUnavailableError("the worker pool is not running")
         job = self._dedup.get((kind, dedup_key)) if dedup_key is not None else None
         if job is None:
-            job = _Job(next(self._ids), kind, dict(params or {}), list(payloads), Priority(priority), dedup_key)
+            job = _Job(next(self._ids), kind, dict(params or {}), list(payloads), Priority(priority), dedup_key,
+                       group=group)
             self._jobs[job.id] = job
             if dedup_key is not None:
                 self._dedup[(kind, dedup_key)] = job
@@ -277,6 +261,8 @@ class WorkerPool:
         elif priority < job.priority:
             self._promote(job, Priority(priority))
         job.waiters += 1
+        deadline = trio.current_time() + timeout
+        job.deadline = deadline if job.waiters == 1 else max(job.deadline, deadline)
         self._dispatch()
         try:
             with trio.move_on_after(timeout):
@@ -385,7 +371,7 @@ class WorkerPool:
 
     def _on_answer(self, worker: _Worker | None, answer: protocol.Reply | protocol.ErrorReply) -> None:
         if worker is not None and answer.id in worker.in_flight:
-            worker.in_flight.discard(answer.id)
+            del worker.in_flight[answer.id]
             if isinstance(answer, protocol.Reply):
                 worker.jobs_done += 1
             else:
@@ -466,10 +452,11 @@ class WorkerPool:
     def _background_allowed(self, now: float) -> bool:
         return self._foreground_live == 0 and now >= self._foreground_last + self.quiet_period
 
-    def _pick(self, kind: str) -> _Worker | None:
+    def _pick(self, job: _Job) -> _Worker | None:
         best, best_key = None, None
         for w in self._workers.values():
-            if w.blocked or len(w.in_flight) >= w.capacity or kind not in w.kinds:
+            if (w.blocked or job.kind not in w.kinds or len(w.in_flight) >= w.capacity * self.max_groups
+                    or sum(1 for g in w.in_flight.values() if g == job.group) >= w.capacity):
                 continue
             key = (len(w.in_flight) / w.capacity, w.last_dispatch)
             if best_key is None or key < best_key:
@@ -477,13 +464,19 @@ class WorkerPool:
         return best
 
     def _next_assignment(self) -> tuple[_Job, _Worker] | None:
+        """The first queued job (by priority, then queue order) some worker has a slot for; a
+        job whose group finds no slot does not hold up other groups' jobs behind it."""
         now = trio.current_time()
         for priority, queue in self._queues.items():
             if not queue or (priority is Priority.BACKGROUND and not self._background_allowed(now)):
                 continue
-            worker = self._pick(queue[0].kind)
-            if worker is not None:
-                return queue[0], worker
+            tried: set[tuple[str, Hashable | None]] = set()
+            for job in queue:
+                if (job.kind, job.group) not in tried:
+                    worker = self._pick(job)
+                    if worker is not None:
+                        return job, worker
+                    tried.add((job.kind, job.group))
         return None
 
     def _dispatch(self) -> None:
@@ -503,18 +496,28 @@ class WorkerPool:
         self._unqueue(job)
         job.worker = worker
         job.attempts += 1
-        worker.in_flight.add(job.id)
+        worker.in_flight[job.id] = job.group
         worker.last_dispatch = next(self._dispatch_seq)
-        sent = self._send(worker.identity, protocol.Request(job.id, job.kind, job.params, job.payloads))
+        request = protocol.Request(job.id, job.kind, job.params, job.payloads, self._job_timeout(job))
+        sent = self._send(worker.identity, request)
         if sent is True:
             return
-        worker.in_flight.discard(job.id)
+        worker.in_flight.pop(job.id, None)
         if job.worker is worker:  # still ours to put back (the drain inside the send may have moved it)
             self._retry(job, count_attempt=False)
         if sent is False:
             worker.blocked = True
         else:
             self._drop(worker, reason="unreachable")
+
+    @staticmethod
+    def _job_timeout(job: _Job) -> float | None:
+        """What is left of the job's budget, less a margin (a tenth, at most 0.5 s) so that the
+        worker's own error arrives before the submitter gives up; None without a deadline."""
+        if job.deadline == math.inf:
+            return None
+        left = job.deadline - trio.current_time()
+        return max(0.0, left - min(0.5, left / 10))
 
     def _send(self, identity: bytes, message: protocol.Message) -> bool | None:
         """True if sent, False if the peer's pipe is full, None if the peer is gone."""

@@ -15,6 +15,8 @@ Why it is built this way:
   fetch, the running blob hash) so any worker can run it, and a re-dispatched job runs the same.
 - **Priorities.** Demand reads are FOREGROUND, prefetch and read-ahead PREFETCH, the walk over
   the whole blob BACKGROUND (held by the pool while foreground work is active).
+- **A failing registry is paused** (daemon/hostbackoff.py) and its jobs are grouped by registry
+  in the pool, so a stalled registry costs its own reads, not other registries' (issue 15).
 - **Background fetch checks the blob.** The blob is walked in order in pieces of about
   ``piece_size`` compressed bytes cut where no chunk spans the cut; each piece's reply carries
   the sha256 state that the next piece resumes, and the last piece's worker compares the digest
@@ -35,6 +37,7 @@ from typing import Any, Callable, Hashable, Sequence
 import msgpack
 import trio
 
+from lazylayer.daemon.hostbackoff import HostBackoff, is_host_failure
 from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
 from lazylayer.daemon.unstored import UnstoredChunks
 from lazylayer.shared.config import Config
@@ -202,6 +205,15 @@ def plan_pieces(chunks: Sequence[FileChunk], blob_size: int, piece_size: int) ->
     return pieces
 
 
+def registry_of(ref: str) -> str:
+    """The registry part of an image reference as written (``host[:port]`` before the first
+    slash when it looks like a host, else Docker Hub): enough to group and pause by."""
+    first, slash, _ = ref.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
 def _record(result: dict[str, Any]) -> LayerRecord:
     return LayerRecord.decode(msgpack.packb(result))
 
@@ -230,15 +242,26 @@ class Remote:
         self._background_slots = trio.CapacityLimiter(max(1, settings.background_concurrency))
         #: when the bandwidth cap lets the next background piece start (trio clock)
         self._background_next = 0.0
+        self.host_backoff = HostBackoff(settings.request_timeout / 2)
 
     async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
                       dedup_key: Hashable | None = None, timeout: float | None = None) -> PoolReply:
+        registry = registry_of(params["ref"]) if "ref" in params else None
+        if registry is not None:
+            self.host_backoff.check(registry)
         started = time.monotonic()
         try:
-            return await self.pool.submit(kind, params, priority=priority, dedup_key=dedup_key,
-                                          timeout=self.settings.request_timeout if timeout is None else timeout)
+            reply = await self.pool.submit(kind, params, priority=priority, dedup_key=dedup_key, group=registry,
+                                           timeout=self.settings.request_timeout if timeout is None else timeout)
+        except LazyLayerError as exc:
+            if registry is not None and is_host_failure(exc):
+                self.host_backoff.failed(registry, exc)
+            raise
         finally:
             self.observer.job_done(kind, time.monotonic() - started)
+        if registry is not None:
+            self.host_backoff.succeeded(registry)
+        return reply
 
     # -- images and layers ---------------------------------------------------------------------
 

@@ -346,7 +346,8 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
     w = config.workers
     pool = WorkerPool(f"ipc://{options.run_dir}/workers.sock", spawn=w.count, worker_command=worker_command(options),
                       heartbeat_interval=w.heartbeat_interval, heartbeat_liveness=w.heartbeat_liveness,
-                      max_attempts=w.max_attempts, quiet_period=config.background.quiet_period,
+                      max_attempts=w.max_attempts, max_groups=w.max_registries,
+                      quiet_period=config.background.quiet_period,
                       restart_backoff_max=w.restart_backoff_max, restart_stable_after=w.restart_stable_after)
     metrics = Metrics()
     async with pool:

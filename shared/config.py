@@ -70,11 +70,15 @@ class WorkersConfig:
                       minimum=0)
     heartbeat_interval: float = knob(1.0, "how often workers and front ping each other", "s", positive=True)
     heartbeat_liveness: int = knob(3, "missed heartbeats before a peer is declared dead", "beats", minimum=1)
-    request_timeout: float = knob(60.0, "one fetch request, including re-dispatch", "s", positive=True)
+    request_timeout: float = knob(60.0, "one fetch request, including re-dispatch; workers cut their registry "
+                                        "waits to it, so a hung registry is EIO within it", "s", positive=True)
     max_attempts: int = knob(3, "dispatches of one request before it fails", "attempts", minimum=1)
     restart_backoff_max: float = knob(30.0, "ceiling of the restart backoff of spawned workers", "s", minimum=0)
     restart_stable_after: float = knob(10.0, "uptime after which a restarted worker's backoff resets", "s", minimum=0)
-    capacity: int = knob(2, "jobs one worker runs at once (threads; HTTP waits overlap)", "jobs", minimum=1)
+    capacity: int = knob(2, "jobs one worker runs at once for one registry (threads; HTTP waits overlap)", "jobs",
+                         minimum=1)
+    max_registries: int = knob(4, "registries one worker serves at once, each with its own capacity slots "
+                                  "(a stalled registry holds only its own)", "registries", minimum=1)
     drain_timeout: float = knob(30.0, "on SIGTERM, how long a worker finishes its jobs before handing them back", "s",
                                 minimum=0)
 
@@ -97,7 +101,10 @@ class RegistryConfig:
     ca_file: str = knob("", "extra CA bundle (PEM) for registry TLS")
     credentials_file: str = knob("", "docker config.json with auths (default ~/.docker/config.json)")
     mirrors: dict[str, tuple[str, ...]] = knob({}, "HOST = [MIRROR, ...]: mirrors tried in order, then HOST itself")
-    request_timeout: float = knob(30.0, "one HTTP request (connect + first byte)", "s", positive=True)
+    request_timeout: float = knob(30.0, "one HTTP request: connect, first byte, and the longest pause in a body", "s",
+                                  positive=True)
+    min_rate: int = knob(64 << 10, "slowest body accepted: a body of N bytes is cut off after "
+                                   "request_timeout + N / min_rate; 0 = no total limit", "bytes/s", minimum=0)
     max_retries: int = knob(5, "retries on connection errors, 429 and 5xx", "retries", minimum=0)
     min_backoff: float = knob(0.03, "first retry backoff (doubles, with jitter)", "s", minimum=0)
     max_backoff: float = knob(30.0, "largest retry backoff", "s", minimum=0)

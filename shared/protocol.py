@@ -18,7 +18,8 @@ Examples (header as msgpack map, then payload frames)::
     HEARTBEAT   both ways          {"v": 1, "t": "hb", "interval": 1.0}
                 "I am alive; expect my next sign of life within ``interval`` seconds."
     REQUEST     front -> worker   {"v": 1, "t": "req", "id": 17, "kind": "fetch",
-                                   "params": {"layer": "sha256:…", "chunks": [[0, 4194304]]}}
+                                   "params": {"layer": "sha256:…", "chunks": [[0, 4194304]]},
+                                   "timeout": 29.5}
                                    + payload frames (job input, often none)
     REPLY       worker -> front   {"v": 1, "t": "rep", "id": 17, "result": {"stored": 1}}
                                    + payload frames (job output bytes, often none)
@@ -76,6 +77,8 @@ class Request:
     kind: str
     params: dict[str, Any]
     payloads: list[Buffer] = field(default_factory=list)
+    #: seconds the front still waits for the answer (None: no limit); the worker's deadline
+    timeout: float | None = None
     TYPE: ClassVar[str] = "req"
 
 

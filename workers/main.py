@@ -3,9 +3,16 @@
 Why blocking pyzmq plus threads, not trio: every job is blocking work (HTTP, zlib/zstd, LMDB write
 transactions) that would need ``to_thread`` under trio anyway, and limits §3.2 measured to_thread
 as the slowest hop. Here the **main thread alone owns the DEALER socket** (limits §3.4 pitfall 2)
-and sleeps in ``zmq.Poller`` on the socket plus a wake-up pipe; ``capacity`` job threads run
-handlers and hand finished replies back through a queue and one byte on the pipe. Handlers never
-touch ZeroMQ.
+and sleeps in ``zmq.Poller`` on the socket plus a wake-up pipe; one thread per job runs its handler
+and hands the finished reply back through a queue and one byte on the pipe. Handlers never touch
+ZeroMQ. How many jobs run at once is the front's call (``capacity`` per registry).
+
+Deadlines (issue 15): a request carries the seconds the front still waits; the handler runs under
+that deadline (workers/registry/deadline.py), which every registry wait respects. A job still
+running ``ABANDON_GRACE`` past it is answered with a timeout error and abandoned: the front gets
+its slot back, and the thread's late result is dropped. When as many abandoned threads are still
+stuck as the worker has capacity, the worker hands its other jobs back and exits to be restarted
+(threads cannot be killed; a new process is the way to reclaim them).
 
 Liveness: the worker heartbeats every ``heartbeat_interval``; any message from the front proves it
 alive. After ``liveness`` silent intervals (judged by the interval the front announces) the worker
@@ -35,7 +42,7 @@ import queue
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -43,17 +50,23 @@ import zmq
 
 from lazylayer.shared import protocol
 from lazylayer.shared.config import Config, load_config
-from lazylayer.shared.errors import LazyLayerError, ProtocolError, WorkerError
+from lazylayer.shared.errors import LazyLayerError, ProtocolError, RequestTimeoutError, WorkerError
 from lazylayer.shared.logs import setup_logging
 from lazylayer.shared.perms import private_umask
 from lazylayer.shared.procs import watch_parent
 from lazylayer.workers.fetcher import fetcher_handlers
 from lazylayer.workers.jobs import BUILTIN_HANDLERS, Handlers, Job, JobResult
+from lazylayer.workers.registry.deadline import job_deadline
 
 log = logging.getLogger(__name__)
 
 # Sending the final DISCONNECT must not be dropped by LINGER=0, nor hang on a dead front.
 _FINAL_LINGER_MS = 1000
+#: how long past its deadline a job may run before it is abandoned (CPU work after the last
+#: network wait: decompression, the LMDB write) [s]
+ABANDON_GRACE = 1.0
+#: exit code of a worker that leaves to reclaim stuck threads (its supervisor restarts it)
+EXIT_RECYCLE = 3
 
 
 @dataclass(frozen=True)
@@ -87,8 +100,10 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._finished: queue.SimpleQueue[protocol.Message] = queue.SimpleQueue()
-        self._executor = ThreadPoolExecutor(settings.capacity, thread_name_prefix="job")
-        self._running: set[int] = set()
+        #: running job id -> when to abandon it (monotonic; inf without a deadline)
+        self._running: dict[int, float] = {}
+        #: abandoned job ids whose threads have not ended yet
+        self._abandoned: set[int] = set()
         self._need_announce = True
         self._front_interval = settings.heartbeat_interval
         self._last_front = time.monotonic()
@@ -150,7 +165,7 @@ class Worker:
 
     def _handle(self, message: protocol.Message) -> None:
         if isinstance(message, protocol.Request):
-            self._start(Job(message.id, message.kind, message.params, message.payloads))
+            self._start(Job(message.id, message.kind, message.params, message.payloads), message.timeout)
         elif isinstance(message, protocol.Heartbeat):
             self._front_interval = message.interval
         elif isinstance(message, protocol.Disconnect):
@@ -165,17 +180,19 @@ class Worker:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job, timeout: float | None) -> None:
         handler = self.handlers.get(job.kind)
         if handler is None:
             self._send(protocol.ErrorReply.from_exception(job.id, WorkerError(f"unknown job kind {job.kind!r}")))
             return
-        self._running.add(job.id)
-        self._executor.submit(self._run_job, handler, job)
+        self._running[job.id] = time.monotonic() + timeout + ABANDON_GRACE if timeout is not None else float("inf")
+        threading.Thread(target=self._run_job, args=(handler, job, timeout), name=f"job-{job.id}",
+                         daemon=True).start()
 
-    def _run_job(self, handler, job: Job) -> None:  # runs in a job thread
+    def _run_job(self, handler, job: Job, timeout: float | None) -> None:  # runs in a job thread
         try:
-            outcome = handler(job)
+            with job_deadline(timeout):
+                outcome = handler(job)
             if not isinstance(outcome, JobResult):
                 raise TypeError(f"handler for {job.kind!r} returned {type(outcome).__name__}, not JobResult")
             message: protocol.Message = protocol.Reply(job.id, outcome.result, list(outcome.payloads))
@@ -195,7 +212,10 @@ class Worker:
                 message = self._finished.get_nowait()
             except queue.Empty:
                 return
-            self._running.discard(message.id)
+            if message.id in self._abandoned:
+                self._abandoned.discard(message.id)  # answered already; its thread ended at last
+                continue
+            self._running.pop(message.id, None)
             if not self._send(message):
                 log.warning("reply to request %d dropped: front unreachable (it will re-dispatch)", message.id)
 
@@ -207,6 +227,18 @@ class Worker:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
             pass
+
+    def _abandon_overdue(self, now: float) -> bool:
+        """Answer jobs past deadline + grace with a timeout error; True when so many threads are
+        stuck that the worker must be recycled."""
+        for job_id, until in list(self._running.items()):
+            if now >= until:
+                del self._running[job_id]
+                self._abandoned.add(job_id)
+                log.error("job %d is still running %.1f s past its deadline; abandoned", job_id, ABANDON_GRACE)
+                self._send(protocol.ErrorReply.from_exception(job_id, RequestTimeoutError(
+                    f"request {job_id}: the worker (pid {os.getpid()}) did not finish it by its deadline; abandoned")))
+        return len(self._abandoned) >= self.settings.capacity
 
     def _tick(self, now: float) -> None:
         if self._need_announce:
@@ -266,6 +298,9 @@ class Worker:
                 self._announce()
             if drain_deadline is not None and (not self._running or now >= drain_deadline):
                 return self._exit(0, sorted(self._running))
+            if self._abandon_overdue(now):
+                log.error("%d abandoned job thread(s) still stuck; exiting to be restarted", len(self._abandoned))
+                return self._exit(EXIT_RECYCLE, sorted(self._running))
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + interval
@@ -277,12 +312,11 @@ class Worker:
         self._send(protocol.Disconnect("worker exiting", handback))
         self._socket.close(linger=_FINAL_LINGER_MS)
         self._context.term()
-        if handback:
+        if handback or self._abandoned:
             # Job threads are still inside handlers; they cannot be interrupted and must not
             # keep the process alive (nor send anything: their jobs now belong to others).
             logging.shutdown()
             os._exit(code)
-        self._executor.shutdown(wait=True)
         return code
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import time
 
 import pytest
 
@@ -81,11 +83,37 @@ def test_429_honours_retry_after(proxy, pushed, sleeper):
     assert sleeper.delays == [2.0]
 
 
-def test_connection_refused_is_retried_then_reported(pushed, sleeper):
-    ref = parse_reference(f"127.0.0.1:{free_port()}/{pushed.ref.repository}:esgz")
-    with pytest.raises(RegistryError, match="ConnectionError.*gave up after 3 attempts") as caught:
+def test_connection_refused_is_retried_then_reported_as_a_sentence(pushed, sleeper):
+    port = free_port()
+    ref = parse_reference(f"127.0.0.1:{port}/{pushed.ref.repository}:esgz")
+    with pytest.raises(RegistryError) as caught:
         resolve_manifest(make_client(retries=2, sleeper=sleeper), ref)
     assert caught.value.status is None and len(sleeper.delays) == 2
+    message = str(caught.value)
+    assert re.fullmatch(rf"GET http://127\.0\.0\.1:{port}/v2/\S+/manifests/esgz: cannot connect to "
+                        rf"127\.0\.0\.1:{port}: connection refused \(gave up after 3 attempts in [\d.]+ s\)",
+                        message), message
+    assert not re.search(r"Error\(|object at|HTTPConnection|Max retries", message)
+
+
+def test_unknown_host_name_is_a_sentence():
+    ref = parse_reference("no-such-registry.invalid:5000/app:v1")
+    with pytest.raises(RegistryError) as caught:
+        resolve_manifest(make_client(retries=0), ref)
+    assert re.search(r": cannot resolve the host name no-such-registry\.invalid \(gave up after 1 attempt in ",
+                     str(caught.value)), str(caught.value)
+
+
+def test_hung_registry_is_one_attempt_within_the_timeout(proxy, pushed, sleeper):
+    """A registry that accepts and never answers: one request, not retried, cut at request_timeout."""
+    proxy.add(Rule("hang", method=None, path="/manifests/"))
+    client = make_client(RegistryOptions(request_timeout=1.0, max_retries=3), sleeper=sleeper)
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match=rf"{re.escape(proxy.host)} accepted the connection but sent no "
+                                            r"answer within 1 s \(gave up after 1 attempt in"):
+        resolve_manifest(client, pushed.at(proxy.host))
+    assert time.monotonic() - started < 3
+    assert len([s for s in proxy.seen if "/manifests/" in s.path]) == 1 and sleeper.delays == []
 
 
 def test_mirrors_in_order_with_fallback_to_origin(proxy, pushed, registry, sleeper):

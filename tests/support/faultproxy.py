@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                "proxy-authorization", "proxy-authenticate", "content-length"}
+_SLOW = ("hang", "stall", "trickle", "endless")
 _BLOB_GET = re.compile(r"^/v2/.+/blobs/sha256:[0-9a-f]{64}$")
 
 
@@ -44,6 +45,11 @@ class Rule:
     a registry serving another blob under a digest), "serve" (answer 200 with ``body`` and
     ``headers``, not forwarded: a manifest no real registry would accept). ``corrupt=True`` also flips a byte after another
     forwarding action (e.g. a corrupt 200 full-body answer).
+
+    Slow actions hold the connection until `release()` (or ``hold`` seconds): "hang" (no answer
+    at all), "stall" (headers promising the whole body, then ``after`` bytes, then nothing),
+    "trickle" (headers, then one byte every ``interval`` seconds), "endless" (200 without Range
+    and without Content-Length: the whole blob, then zeros for as long as the client reads).
     """
 
     action: str
@@ -56,6 +62,9 @@ class Rule:
     corrupt: bool = False
     target: str = ""
     body: bytes = b""
+    after: int = 0
+    interval: float = 0.2
+    hold: float = 60.0
 
     def matches(self, method: str, path: str, range_header: str | None) -> bool:
         if self.times is not None and self.times <= 0:
@@ -77,6 +86,7 @@ class FaultProxy:
         self.redirect_blobs = False
         self.generation = 0
         self.lock = threading.Lock()
+        self.released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True, name="faultproxy").start()
@@ -95,10 +105,18 @@ class FaultProxy:
         return rule
 
     def reset(self) -> None:
+        self.release()
         with self.lock:
             self.rules.clear()
             self.seen.clear()
             self.redirect_blobs = False
+
+    def release(self) -> None:
+        """End every held connection now and stop holding: the registry is "fixed"."""
+        with self.lock:
+            self.rules = [r for r in self.rules if r.action not in _SLOW]
+            self.released.set()
+            self.released = threading.Event()
 
     def expire_redirects(self) -> None:
         with self.lock:
@@ -183,6 +201,9 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if rule is not None and rule.action == "reject_multirange":
                 self._answer(400, [("Content-Type", "text/plain")], b"multiple ranges not supported")
                 return
+            if rule is not None and rule.action in _SLOW:
+                self._hold(rule)
+                return
             drop = ("range",) if rule is not None and rule.action == "full_body" else ()
             path = rule.target if rule is not None and rule.action == "rewrite" else self.path
             status, headers, body = self._forward(path, drop=drop)
@@ -195,6 +216,42 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             self._answer(status, headers, body)
+
+        def _hold(self, rule: Rule) -> None:
+            """Misbehave slowly until released; the client giving up ends it too (broken pipe)."""
+            released = proxy.released
+            self.close_connection = True
+            if rule.action == "hang":
+                proxy.record(self.command, self.path, self.headers.get("Range"), 0)
+                released.wait(rule.hold)
+                return
+            endless = rule.action == "endless"
+            status, headers, body = self._forward(self.path, drop=("range",) if endless else ())
+            proxy.record(self.command, self.path, self.headers.get("Range"), status)
+            self.send_response(status)
+            for name, value in headers:
+                if not (endless and name.lower() == "content-range"):
+                    self.send_header(name, value)
+            if not endless:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                if rule.action == "stall":
+                    self.wfile.write(body[:rule.after])
+                    self.wfile.flush()
+                    released.wait(rule.hold)
+                elif rule.action == "trickle":
+                    for i in range(len(body)):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        if released.wait(rule.interval):
+                            return
+                else:
+                    self.wfile.write(body)
+                    while not released.is_set():
+                        self.wfile.write(bytes(64 << 10))
+            except OSError:
+                pass  # the client hung up: what a deadline does
 
         do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 

@@ -1,9 +1,10 @@
 """The registry HTTP client: requests, auth, retries, mirrors, and ranged blob reads.
 
 requests keeps the sessions, connection pools, TLS and the auth dance; bodies are read straight
-from the underlying urllib3 response (`resp.raw.read`), which limits §5.2 measured 2-3x faster than
-requests' `.content` (10 KiB chunks). Every request asks for `Accept-Encoding: identity` so the
-bytes we get are the bytes the digests talk about.
+from the underlying urllib3 response (`resp.raw.read1`, under the idle, total and size limits of
+transport.py), which limits §5.2 measured 2-3x faster than requests' `.content` (10 KiB chunks).
+Every request asks for `Accept-Encoding: identity` so the bytes we get are the bytes the digests
+talk about. Every wait is clipped to the running job's deadline (deadline.py).
 
 Blob reads follow reference §3.1-3.2: the blob's location is resolved once (GET `bytes=0-0`
 without following redirects, because some registries answer HEAD without a Location) and reused;
@@ -18,16 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
+import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
 
 from lazylayer.shared.errors import (AuthError, DigestMismatchError, NotFoundError, RegistryError)
+from lazylayer.workers.registry import deadline
 from lazylayer.workers.registry.auth import Authenticator, CredentialLookup, DockerConfigCredentials
 from lazylayer.workers.registry.hosts import Endpoint, RegistryOptions, endpoints_for
 from lazylayer.workers.registry.reference import Reference
@@ -36,21 +38,18 @@ from lazylayer.workers.registry.ranges import (
     range_header, slice_parts,
 )
 from lazylayer.workers.registry.retry import Backoff, is_retryable_status, parse_retry_after
+from lazylayer.workers.registry.transport import Transient, body_pieces, describe, host_failure, is_timeout
 
 log = logging.getLogger(__name__)
 
-#: pieces in which whole bodies are streamed (downloads, 200-for-ranged answers) [bytes]
-STREAM_PIECE = 1 << 20
 #: slack allowed above the wanted bytes for multipart framing, per part [bytes]
 MULTIPART_SLACK_PER_PART = 512
 #: bodies we read whole for small documents (manifests, configs, error bodies) are capped [bytes]
 MAX_DOCUMENT_SIZE = 8 << 20
+#: bytes of an error answer read for the registry's message [bytes]
+ERROR_BODY_PREFIX = 4096
 
 Progress = Callable[[int], None]
-
-
-class _Transient(Exception):
-    """A failure worth retrying that happened after the response headers (body read broke)."""
 
 
 def safe_url(url: str) -> str:
@@ -126,6 +125,7 @@ class RegistryClient:
         attempt = 0
         answered_challenge = False
         start = data.tell() if hasattr(data, "tell") else None
+        began = time.monotonic()
         while True:
             sent = dict(headers or {})
             if authenticate:
@@ -134,37 +134,55 @@ class RegistryClient:
                     sent["Authorization"] = header
             if start is not None:
                 data.seek(start)  # type: ignore[union-attr]
+            timeout = self._timeout(f"{method} {safe_url(url)}")
             try:
                 response = self.session.request(
                     method, url, headers=sent, data=data, params=params, stream=stream,
-                    allow_redirects=allow_redirects, timeout=self.options.request_timeout,
-                    verify=endpoint.verify,
+                    allow_redirects=allow_redirects, timeout=timeout, verify=endpoint.verify,
                 )
-            except requests.exceptions.SSLError as exc:  # a certificate problem does not go away
-                raise RegistryError(f"{method} {safe_url(url)}: {_describe(exc)}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= self.backoff.max_retries:
-                    raise RegistryError(f"{method} {safe_url(url)}: {_describe(exc)} "
-                                        f"(gave up after {attempt + 1} attempts)") from None
-                log.info("%s %s: %s; retrying", method, safe_url(url), _describe(exc))
-                self.backoff.wait(attempt)
+                reason = describe(exc, url, timeout)
+                tried = f"gave up after {attempt + 1} attempt{'s' if attempt else ''} in {time.monotonic() - began:.1f} s"
+                # A host that did not answer within its budget gets no second try within the
+                # same budget (one fetch per failed read); nor does a certificate problem.
+                delay = self._retry_delay(attempt)
+                if isinstance(exc, requests.exceptions.SSLError) or is_timeout(exc) or delay is None:
+                    raise host_failure(f"{method} {safe_url(url)}: {reason} ({tried})") from None
+                log.info("%s %s: %s; retrying", method, safe_url(url), reason)
+                self.backoff.sleep(delay)
                 attempt += 1
                 continue
             except requests.RequestException as exc:
-                raise RegistryError(f"{method} {safe_url(url)}: {_describe(exc)}") from None
+                raise RegistryError(f"{method} {safe_url(url)}: {describe(exc, url)}") from None
             if response.status_code == 401 and authenticate and not answered_challenge:
                 response.close()
                 self.auth.challenge(endpoint.host, credentials_for, scope, response)
                 answered_challenge = True
                 continue
-            if is_retryable_status(response.status_code) and attempt < self.backoff.max_retries:
-                delay = parse_retry_after(response.headers.get("Retry-After"))
+            delay = (self._retry_delay(attempt, parse_retry_after(response.headers.get("Retry-After")))
+                     if is_retryable_status(response.status_code) else None)
+            if delay is not None:
                 response.close()
                 log.info("%s %s: %d; retrying", method, safe_url(url), response.status_code)
-                self.backoff.wait(attempt, delay)
+                self.backoff.sleep(delay)
                 attempt += 1
                 continue
             return response
+
+    def _timeout(self, what: str) -> float:
+        """One request's connect and idle timeout: ``request_timeout``, clipped to the job's deadline."""
+        left = deadline.remaining()
+        if left <= 0:
+            raise host_failure(f"{what}: the request's deadline passed before it could be sent")
+        return min(self.options.request_timeout, left)
+
+    def _retry_delay(self, attempt: int, retry_after: float | None = None) -> float | None:
+        """The backoff before another attempt, or None: retries used up, or the wait would end
+        past the job's deadline."""
+        if attempt >= self.backoff.max_retries:
+            return None
+        delay = self.backoff.delay(attempt, retry_after)
+        return delay if delay < deadline.remaining() else None
 
     def api(self, method: str, ref: Reference, path: str, *, push: bool = False,
             ok: Iterable[int] = (200,), what: str = "", **kwargs) -> tuple[requests.Response, Endpoint]:
@@ -202,8 +220,7 @@ class RegistryClient:
     def error(self, response: requests.Response, what: str) -> RegistryError:
         """The typed error for an unexpected answer (body read for the registry's message)."""
         status = response.status_code
-        detail = _registry_message(response)
-        response.close()
+        detail = self._registry_message(response)
         message = f"{what}: {status} {response.reason or ''}".rstrip() + (f" ({detail})" if detail else "")
         if status == 404:
             return NotFoundError(message)
@@ -218,7 +235,7 @@ class RegistryClient:
         """GET a small document (manifest, config) and check its digest when one vouches for it."""
         headers = {"Accept": accept} if accept else {}
         response, _ = self.api("GET", ref, path, headers=headers, what=what)
-        body = read_limited(response, MAX_DOCUMENT_SIZE, what)
+        body = self.read_body(response, MAX_DOCUMENT_SIZE, what)
         served = response.headers.get("Docker-Content-Digest")
         for expected in filter(None, (expected_digest, served)):
             check_digest(body, expected, what)
@@ -322,17 +339,15 @@ class RegistryClient:
                 if response.status_code == 200:
                     return self._parts_from_full_body(response, digest, fetch, size)
                 return self._parts_from_partial(response, digest, request, size)
-            except _Transient as exc:
-                if attempt >= self.backoff.max_retries:
-                    raise RegistryError(f"blob {digest}: {exc} (gave up after {attempt + 1} attempts)") from None
-                self.backoff.wait(attempt)
+            except Transient as exc:
+                self._after_broken_body(attempt, f"blob {digest}: {exc}")
                 attempt += 1
 
     def _parts_from_partial(self, response: requests.Response, digest: str,
                             request: list[ByteRange], size: int) -> list[Part]:
         where = f"blob {digest}"
         wanted = sum(r.length for r in request)
-        body = read_limited(response, wanted + MULTIPART_SLACK_PER_PART * len(request) + 4096, where)
+        body = self.read_body(response, wanted + MULTIPART_SLACK_PER_PART * len(request) + 4096, where)
         boundary = multipart_boundary(response.headers.get("Content-Type"))
         if boundary is not None:
             return parse_multipart(body, boundary, size, where)
@@ -356,7 +371,7 @@ class RegistryClient:
                     buf += piece[lo - offset : hi - offset]
 
         log.info("blob %s: registry ignored Range and sent the whole blob", digest)
-        stream_verified(response, digest, size, keep, f"blob {digest}")
+        self.stream_verified(response, digest, size, keep, f"blob {digest}")
         return [Part(r.offset, bytes(buf)) for r, buf in zip(fetch, buffers)]
 
     def download_blob(self, ref: Reference, digest: str, out: BinaryIO,
@@ -372,19 +387,79 @@ class RegistryClient:
                     out.write(piece)
                     if progress:
                         progress(len(piece))
-                return stream_verified(response, digest, location.size, keep, f"blob {digest} of {ref.name}")
-            except _Transient as exc:
+                return self.stream_verified(response, digest, location.size, keep, f"blob {digest} of {ref.name}")
+            except Transient as exc:
                 out.seek(start)
                 out.truncate()
-                if attempt >= self.backoff.max_retries:
-                    raise RegistryError(f"blob {digest}: {exc} (gave up after {attempt + 1} attempts)") from None
-                self.backoff.wait(attempt)
+                self._after_broken_body(attempt, f"blob {digest}: {exc}")
                 attempt += 1
             except BaseException:
                 out.seek(start)
                 out.truncate()
                 raise
 
+
+    # ---- bodies -------------------------------------------------------------------------
+
+    def _pieces(self, response: requests.Response, limit: int, what: str) -> Iterator[bytes]:
+        return body_pieces(response, limit, what, self.options.request_timeout, self.options.min_rate)
+
+    def read_body(self, response: requests.Response, limit: int, what: str) -> bytes:
+        """The whole body, at most ``limit`` bytes, under the deadlines of transport.py; one
+        shorter than its Content-Length is Transient (the connection broke)."""
+        body = b"".join(self._pieces(response, limit, what))
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and len(body) != int(declared):
+            raise Transient(f"body ended after {len(body)} of {declared} bytes")
+        return body
+
+    def stream_verified(self, response: requests.Response, digest: str, size: int,
+                        keep: Callable[[int, bytes], None], what: str) -> int:
+        """Stream a whole-blob body (never past ``size`` bytes) through ``keep`` while hashing;
+        raise DigestMismatchError (after everything was passed on, so callers must treat what
+        they kept as unverified until this returns) when the bytes are not the blob."""
+        algorithm = digest.partition(":")[0]
+        if algorithm not in ("sha256", "sha512"):
+            raise RegistryError(f"{what}: unsupported digest algorithm {algorithm!r}")
+        hasher = hashlib.new(algorithm)
+        offset = 0
+        for piece in self._pieces(response, size, what):
+            hasher.update(piece)
+            keep(offset, piece)
+            offset += len(piece)
+        actual = f"{algorithm}:{hasher.hexdigest()}"
+        if offset != size:
+            raise Transient(f"body ended after {offset} of {size} bytes")
+        if actual != digest:
+            raise DigestMismatchError(what, digest, actual)
+        return offset
+
+    def _after_broken_body(self, attempt: int, reason: str) -> None:
+        """Wait before fetching again after a body broke off, or raise when no retry is left."""
+        delay = self._retry_delay(attempt)
+        if delay is None:
+            raise host_failure(f"{reason} (gave up after {attempt + 1} attempts)")
+        log.info("%s; retrying", reason)
+        self.backoff.sleep(delay)
+
+    def _registry_message(self, response: requests.Response) -> str:
+        """The registry's own error text (distribution's `errors` JSON), short and secret-free."""
+        body = bytearray()
+        try:
+            for piece in self._pieces(response, MAX_DOCUMENT_SIZE, "error body"):
+                body += piece
+                if len(body) >= ERROR_BODY_PREFIX:
+                    break
+        except (RegistryError, Transient):
+            pass
+        finally:
+            response.close()
+        try:
+            errors = json.loads(bytes(body[:ERROR_BODY_PREFIX])).get("errors") or []
+            text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors[:3])
+        except (ValueError, AttributeError, TypeError):
+            return ""
+        return text[:300]
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
@@ -399,54 +474,6 @@ def check_digest(data: bytes, expected: str, what: str) -> None:
         raise DigestMismatchError(what, expected, f"{algorithm}:{actual}")
 
 
-def read_limited(response: requests.Response, limit: int, what: str) -> bytes:
-    """The whole body from the urllib3 response, refusing more than ``limit`` bytes."""
-    try:
-        declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RegistryError(f"{what}: answer of {declared} bytes is larger than the {limit} expected")
-        body = response.raw.read(limit + 1, decode_content=False)
-        if len(body) > limit:
-            raise RegistryError(f"{what}: answer is larger than the {limit} bytes expected")
-        if declared is not None and declared.isdigit() and len(body) != int(declared):
-            raise _Transient(f"body ended after {len(body)} of {declared} bytes")
-        return body
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise _Transient(f"reading the answer failed: {_describe(exc)}") from None
-    finally:
-        response.close()
-
-
-def stream_verified(response: requests.Response, digest: str, size: int,
-                    keep: Callable[[int, bytes], None], what: str) -> int:
-    """Stream a whole-blob body through ``keep`` while hashing; raise DigestMismatchError (after
-    everything was passed on, so callers must treat what they kept as unverified until this
-    returns) when the bytes are not the blob."""
-    algorithm = digest.partition(":")[0]
-    if algorithm not in ("sha256", "sha512"):
-        raise RegistryError(f"{what}: unsupported digest algorithm {algorithm!r}")
-    hasher = hashlib.new(algorithm)
-    offset = 0
-    try:
-        while True:
-            piece = response.raw.read(STREAM_PIECE, decode_content=False)
-            if not piece:
-                break
-            hasher.update(piece)
-            keep(offset, piece)
-            offset += len(piece)
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise _Transient(f"reading the blob failed after {offset} bytes: {_describe(exc)}") from None
-    finally:
-        response.close()
-    actual = f"{algorithm}:{hasher.hexdigest()}"
-    if actual != digest:
-        raise DigestMismatchError(what, digest, actual)
-    if offset != size:
-        raise RegistryError(f"{what}: got {offset} bytes, expected {size}")
-    return offset
-
-
 def _total_size(response: requests.Response, what: str) -> int:
     if response.status_code == 206:
         _, _, total = parse_content_range(response.headers.get("Content-Range"), what)
@@ -457,25 +484,3 @@ def _total_size(response: requests.Response, what: str) -> int:
     if length is None or not length.isdigit():
         raise RegistryError(f"{what}: the registry did not say how large the blob is")
     return int(length)
-
-
-def _registry_message(response: requests.Response) -> str:
-    """The registry's own error text (distribution's `errors` JSON), short and secret-free."""
-    try:
-        body = response.raw.read(4096, decode_content=False) if response.raw else b""
-        errors = json.loads(body).get("errors") or []
-        text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors[:3])
-    except (ValueError, AttributeError, TypeError, urllib3.exceptions.HTTPError, OSError):
-        return ""
-    return text[:300]
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception's kind and innermost reason, without URLs (which may carry signatures)."""
-    text = str(exc)
-    if "Caused by" in text:
-        text = text.split("Caused by", 1)[1]
-        text = text.rsplit(">: ", 1)[-1] if ">: " in text else text
-        text = text.strip(" ()\"'")
-    text = re.sub(r"\w+://\S+", "<url>", text)
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

@@ -32,8 +32,10 @@ class RegistryOptions:
     credentials_file: str = ""
     #: registry host -> mirror URLs tried in order before the host itself
     mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    #: one HTTP request: connect and each read [s]
+    #: one HTTP request: connect, first byte, longest pause in a body [s]
     request_timeout: float = 30.0
+    #: slowest body accepted (total limit request_timeout + size / min_rate); 0 = none [bytes/s]
+    min_rate: int = 64 << 10
     #: retries on connection errors, 429 and 5xx
     max_retries: int = 5
     #: first retry backoff, doubled on every retry, with jitter [s]
