@@ -39,6 +39,7 @@ from lazylayer.daemon.fuseguard import guard_operations
 from lazylayer.daemon.layer import Layer, Resolver
 from lazylayer.daemon.layout import (BLOB, DIFF, DIGEST_NAME, DIR_KINDS, IMAGES_DIR, INFO, STATE_DIR, USE, Kind,
                                      LayoutNode, StoreAccess, decode_ref, layer_info, name_of)
+from lazylayer.shared.config import Config
 from lazylayer.shared.errors import LazyLayerError
 from lazylayer.shared.logs import redact
 from lazylayer.shared.store.env import Store
@@ -59,7 +60,14 @@ class FsSettings:
     opaque: OpaqueXattr = OpaqueXattr.TRUSTED
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
+    layer_timeout: float = 3600.0
     access: StoreAccess = StoreAccess()
+
+    @classmethod
+    def from_config(cls, config: Config) -> "FsSettings":
+        fuse = config.fuse
+        return cls(OpaqueXattr[fuse.opaque_type.upper()], fuse.attr_timeout, fuse.entry_timeout,
+                   fuse.layer_timeout, StoreAccess.from_group(fuse.store_group))
 
 
 @dataclass
@@ -149,11 +157,17 @@ class LazyFS(pyfuse3.Operations):
     # -- attributes ----------------------------------------------------------------------------
 
     def _entry(self, inode: int, attr: NodeAttr, timeout: float | None = None) -> pyfuse3.EntryAttributes:
+        """``timeout``: how long the kernel may keep it (default: layer contents never change,
+        so `layer_timeout`; the store layout's own nodes, `entry_timeout`/`attr_timeout`)."""
         e = pyfuse3.EntryAttributes()
         e.st_ino = inode
         e.generation = 0
-        e.entry_timeout = self.settings.entry_timeout if timeout is None else timeout
-        e.attr_timeout = self.settings.attr_timeout if timeout is None else timeout
+        if timeout is not None:
+            e.entry_timeout = e.attr_timeout = timeout
+        elif inode >= LAYER_INODES:
+            e.entry_timeout = e.attr_timeout = self.settings.layer_timeout
+        else:
+            e.entry_timeout, e.attr_timeout = self.settings.entry_timeout, self.settings.attr_timeout
         e.st_mode = attr.mode
         e.st_nlink = attr.nlink
         e.st_uid = attr.uid
@@ -226,7 +240,7 @@ class LazyFS(pyfuse3.Operations):
 
             found = self.store.read(find)
             if found is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                return self._absent()
             return self._entry(found[0].inode, found[1])
         node = self._layout(parent_inode)
         if node.kind in (Kind.ROOT, Kind.REF, Kind.LAYER):
@@ -244,10 +258,10 @@ class LazyFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return self._layout_entry(LayoutNode(Kind.LAYER, ref=node.ref, digest=digest))
         if node.kind is Kind.LAYER:
-            if name == DIFF:
+            if name == DIFF:  # a layout entry: looking it up again keeps the layer resolved
                 layer = await self._hold(node.ref, node.digest)
                 root = self._guard(layer.root_node)
-                return self._entry(root.inode, self._node_attr(root))
+                return self._entry(root.inode, self._node_attr(root), self.settings.entry_timeout)
             if name in (INFO, BLOB):
                 await self._hold(node.ref, node.digest)
                 return self._layout_entry(LayoutNode(Kind.INFO if name == INFO else Kind.BLOB, node.ref, node.digest))
@@ -257,13 +271,22 @@ class LazyFS(pyfuse3.Operations):
             if view_id not in self.views:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             root = NodeRef(view_id, ROOT_ID)
-            return self._entry(root.inode, self._node_attr(root))
+            return self._entry(root.inode, self._node_attr(root), self.settings.entry_timeout)
         if node.kind is Kind.STATE_DIR:
             layer = self._any_layer(node.layer_id)
             if name != f"{layer.digest}.json".encode():
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return self._layout_entry(LayoutNode(Kind.STATE_FILE, layer_id=node.layer_id))
         raise pyfuse3.FUSEError(errno.ENOTDIR)
+
+    def _absent(self) -> pyfuse3.EntryAttributes:
+        """A name a layer does not have, cached by the kernel as a negative dentry (inode 0):
+        an interpreter's start stats thousands of names that do not exist, through every layer
+        of an overlay, and a layer never gains one."""
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = self.settings.layer_timeout
+        return e
 
     def _may_fetch(self, ctx: Any) -> None:
         """Refuse (EACCES) a caller who may not make us resolve or fetch anything. The

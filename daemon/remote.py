@@ -98,6 +98,8 @@ class FetchSettings:
     piece_size: int = 8 << 20
     #: chunks `read_ahead` fetches ahead of a sequential reader [chunks]
     read_ahead_chunks: int = 2
+    #: compressed bytes after a missed chunk fetched in the same job [bytes]
+    neighbour_window: int = 256 << 10
     #: background pieces in flight at once, over all layers [requests]
     background_concurrency: int = 2
     #: average rate the background walk may fetch at; 0 = no cap [bytes/s]
@@ -112,6 +114,7 @@ class FetchSettings:
             prefetch_size=config.prefetch.size,
             piece_size=config.background.piece_size,
             read_ahead_chunks=config.fuse.read_ahead_chunks,
+            neighbour_window=config.fuse.neighbour_window,
             background_concurrency=config.background.concurrency,
             bandwidth_limit=config.background.bandwidth_limit,
         )
@@ -302,9 +305,19 @@ class Remote:
                 log.warning("layer %s: %d cached chunk(s) do not match their digest; fetching them again",
                             layer.digest, len(got.corrupt))
                 self.observer.cache_corrupt(len(got.corrupt))
-            await self.fetch_chunks(ref, layer, got.missing, Priority.FOREGROUND, replace=got.corrupt)
+            along = self.neighbours(node, got.missing[-1]) if attempt == 0 else ()
+            await self.fetch_chunks(ref, layer, got.missing, Priority.FOREGROUND, replace=got.corrupt, along=along)
         raise CacheError(f"layer {layer.digest}: chunks were evicted again right after being fetched; "
                          "the cache budget is too small for the data being read")
+
+    def neighbours(self, node: NodeRef, chunk: FileChunk) -> list[FileChunk]:
+        """What a miss of ``chunk`` (of file ``node``) fetches along: the chunks after it in blob
+        order within ``neighbour_window`` compressed bytes (the next small files of its
+        directory, which a starting program is about to open), so one request serves many of the
+        next misses. Verified and stored like any chunk."""
+        if self.settings.neighbour_window <= 0:
+            return []
+        return self.meta.chunks_after(node, chunk.chunk_offset, self.settings.neighbour_window)
 
     def chunks_ahead(self, node: NodeRef, offset: int, count: int | None = None) -> list[FileChunk]:
         """The ``count`` (default ``read_ahead_chunks``) chunks of a file from the one holding
@@ -328,14 +341,17 @@ class Remote:
             await self.fetch_chunks(ref, layer, chunks, Priority.PREFETCH)
 
     async def fetch_chunks(self, ref: str, layer: LayerRecord, chunks: Sequence[FileChunk],
-                           priority: Priority, replace: Sequence[bytes] = ()) -> None:
+                           priority: Priority, replace: Sequence[bytes] = (),
+                           along: Sequence[FileChunk] = ()) -> None:
         """Make sure ``chunks`` are in the store (or, when the cache is full, in `unstored`):
         cached ones are skipped, chunks already being fetched are waited for, the rest are
         fetched by one new job. ``replace``: keys of stored chunks found corrupt, which the job
         checks and drops before fetching them again. Raises the first typed error among the
-        jobs waited on."""
+        jobs waited on. ``along``: chunks the new job also fetches if nobody has them or is
+        fetching them, never waited for on their own (neighbours of a miss)."""
         wanted = {c.data_key: c for c in chunks}
-        cached = self.store.read(lambda txn: {k for k in wanted if k not in replace and (
+        extra = {c.data_key: c for c in along if c.data_key not in wanted and c.data_key not in self._inflight}
+        cached = self.store.read(lambda txn: {k for k in (*wanted, *extra) if k not in replace and (
             txn.get(k, db=self._index) is not None or k in self.unstored)})
         waits: dict[int, _Pending] = {}
         mine: list[FileChunk] = []
@@ -349,6 +365,7 @@ class Remote:
                 waits[id(pending)] = pending
                 self.stats.joined += 1
         if mine:
+            mine += [chunk for key, chunk in extra.items() if key not in cached]
             params = {"ref": ref, "digest": layer.digest, "chunks": [chunk_wire(c) for c in mine],
                       "replace": [c.digest for c in mine if c.data_key in replace]}
             pending = _Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))

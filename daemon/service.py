@@ -31,7 +31,7 @@ import trio
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import ControlServer
 from lazylayer.daemon.fs import FsSettings, LazyFS
-from lazylayer.daemon.layout import IMAGES_DIR, StoreAccess, encode_ref
+from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.metrics import Metrics, StateSources
 from lazylayer.daemon.pool import WorkerPool
@@ -44,7 +44,6 @@ from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import Layers
 from lazylayer.shared.store.merged import MergedViews
-from lazylayer.shared.store.metadata import OpaqueXattr
 
 log = logging.getLogger(__name__)
 
@@ -355,10 +354,7 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
         resolver = Resolver(remote, ResolverSettings.from_config(config),
                             allow_unverified=config.verification.allow_unverified)
 
-        fs = LazyFS(store, resolver, FsSettings(OpaqueXattr[config.fuse.opaque_type.upper()],
-                                                config.fuse.attr_timeout, config.fuse.entry_timeout,
-                                                StoreAccess.from_group(config.fuse.store_group)),
-                    metrics.read_done)
+        fs = LazyFS(store, resolver, FsSettings.from_config(config), metrics.read_done)
         daemon = Daemon(options, fs, resolver, remote, pool, config)
         daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
         if config.metrics.address:

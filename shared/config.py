@@ -113,14 +113,18 @@ class RegistryConfig:
 
 @dataclass(frozen=True)
 class FuseConfig:
-    attr_timeout: float = knob(1.0, "kernel attribute cache lifetime", "s", minimum=0)
-    entry_timeout: float = knob(1.0, "kernel dentry cache lifetime", "s", minimum=0)
+    attr_timeout: float = knob(1.0, "kernel attribute cache lifetime of the store layout's own nodes", "s", minimum=0)
+    entry_timeout: float = knob(1.0, "kernel dentry cache lifetime of the store layout's own nodes", "s", minimum=0)
+    layer_timeout: float = knob(3600.0, "kernel cache lifetime of layer contents' attributes, names and absent "
+                                "names (layers never change)", "s", minimum=0)
     allow_other: bool = knob(True, "let other users (containers) read the mount")
     store_group: str = knob("", "group (name or gid) that may use the layer store besides root; empty: root only")
     opaque_type: str = knob("trusted", "opaque-dir xattr reported: trusted, user or all",
                             choices=("trusted", "user", "all"))
     read_ahead_kb: int = knob(1024, "bdi read-ahead set on the mount (1024 = FUSE max request)", "KiB", minimum=0)
     read_ahead_chunks: int = knob(2, "chunks fetched ahead of a sequential reader", "chunks", minimum=0)
+    neighbour_window: int = knob(256 << 10, "compressed bytes after a missed chunk fetched with it, in blob order (0: none)",
+                                 "bytes", minimum=0)
     max_tasks: int = knob(64, "FUSE requests handled at once (reads waiting on fetches need room)", "requests",
                           minimum=1)
 

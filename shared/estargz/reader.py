@@ -27,6 +27,7 @@ from lazylayer.shared.blobsource import BlobSource
 from lazylayer.shared.errors import (
     DigestMismatchError, FormatError, NotFoundError, TOCError, TOCLimitError,
 )
+from lazylayer.shared.estargz import inflate
 from lazylayer.shared.estargz.footer import (
     MAX_FOOTER_SIZE, ZSTD_SKIPPABLE_HEADER_SIZE, ZSTD_SKIPPABLE_MAGIC, Footer, FooterKind,
     parse_footer,
@@ -224,7 +225,7 @@ def decompress_chunk(
             data = _unzstd_prefix(compressed, want)
         else:
             raise ValueError(f"unknown compression {compression!r}")
-    except (zlib.error, zstandard.ZstdError) as exc:
+    except (*inflate.ERRORS, zstandard.ZstdError) as exc:
         raise FormatError(
             f"{what}: corrupt {compression} data at blob offset {chunk.blob_offset}: {exc}"
         ) from None
@@ -253,7 +254,7 @@ def _gunzip_prefix(compressed: bytes | memoryview, want: int) -> bytes:
     have = 0
     rest = memoryview(compressed)
     while have < want and len(rest):
-        member = zlib.decompressobj(-zlib.MAX_WBITS)
+        member = inflate.raw_inflater()
         piece = member.decompress(rest[_gzip_header_size(rest) :], want - have)
         pieces.append(piece)
         have += len(piece)

@@ -51,6 +51,7 @@ _WHITEOUT_MODE = stat.S_IFCHR  # permission bits 0: what overlayfs recognises as
 _NODE_KEY = struct.Struct(">II")  # layer id, node id (also a dirent's value)
 _DIRENT_PREFIX = struct.Struct(">II")  # layer id, parent node id; the name follows
 _CHUNK_KEY = struct.Struct(">IIQ")  # layer id, node id, chunk offset
+_LAYER_KEY = struct.Struct(">I")
 
 _TYPE_BITS = {
     EntryType.DIR: stat.S_IFDIR,
@@ -407,6 +408,34 @@ class Metadata:
                     break
                 if chunk.end > offset:
                     out.append(chunk)
+        return out
+
+    def chunks_after(self, ref: NodeRef, chunk_offset: int, window: int, *, limit: int = 256,
+                     txn: lmdb.Transaction | None = None) -> list[FileChunk]:
+        """The chunks that follow chunk ``chunk_offset`` of file ``ref`` in the blob, within
+        ``window`` compressed bytes of its end: the rest of the file, then the files after it.
+        Node ids follow TOC order, which is blob order, so this is one cursor walk; small files
+        of one directory lie together there, which is why a miss fetches them along."""
+        if txn is None:
+            return self.store.read(lambda t: self.chunks_after(ref, chunk_offset, window, limit=limit, txn=t))
+        layer = _LAYER_KEY.pack(ref.layer_id)
+        out: list[FileChunk] = []
+        start: int | None = None
+        with txn.cursor(db=self._chunks) as cursor:
+            if not cursor.set_range(_CHUNK_KEY.pack(*ref, chunk_offset)):
+                return out
+            for key, value in cursor:
+                if bytes(key[:4]) != layer or len(out) >= limit:
+                    break
+                chunk = FileChunk.decode(_CHUNK_KEY.unpack(key)[2], value)
+                if start is None:  # the missed chunk itself
+                    start = chunk.blob_end
+                    continue
+                if chunk.blob_offset < start:  # a hard link's chunks lie earlier in the blob
+                    continue
+                if chunk.blob_end > start + window:
+                    break
+                out.append(chunk)
         return out
 
     def all_chunks(self, ref: NodeRef) -> list[FileChunk]:

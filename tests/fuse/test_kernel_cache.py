@@ -1,0 +1,65 @@
+"""Layers never change, so the kernel keeps what it learnt of them: attributes, names, and names
+a layer does not have (negative dentries). Checked by freezing the front (SIGSTOP): whatever
+the kernel still answers while nobody serves the mount came from its cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tests.fuse.daemonproc import RunningDaemon
+from tests.support.fetchstack import PushedImage
+
+
+@contextmanager
+def frozen(daemon: RunningDaemon) -> Iterator[None]:
+    assert daemon.process is not None
+    os.kill(daemon.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(daemon.process.pid, signal.SIGCONT)
+
+
+def answered_without_daemon(daemon: RunningDaemon, call: Callable[[], object], wait: float = 3.0) -> bool:
+    """Whether ``call`` returns (or raises) while the front is frozen."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            call()
+        except OSError:
+            pass
+        done.set()
+
+    with frozen(daemon):
+        threading.Thread(target=run, daemon=True).start()
+        answered = done.wait(wait)
+    done.wait(30)  # the front is back: let a blocked call finish before the next test
+    return answered
+
+
+def test_absent_names_and_attributes_of_layer_nodes_are_cached(daemon: RunningDaemon, app_image: PushedImage):
+    layer = app_image.layers[0]
+    diff = daemon.layer_dir(app_image.ref, layer.digest)
+    present = next(p for p in layer.root.rglob("*") if p.is_file())
+    inside = diff / present.relative_to(layer.root)
+    missing = inside.parent / "no-such-name.cpython-311.pyc"
+
+    os.stat(inside)
+    assert not missing.exists()
+    assert answered_without_daemon(daemon, lambda: os.stat(inside))
+    assert answered_without_daemon(daemon, lambda: missing.exists())
+    never_asked = inside.parent / "never-looked-up"
+    assert not answered_without_daemon(daemon, lambda: never_asked.exists())  # the check can fail
+
+
+def test_the_store_layout_is_not_cached_for_long(daemon: RunningDaemon, app_image: PushedImage):
+    """`info` and the ref dirs change with what the daemon holds: the kernel must ask again."""
+    info = daemon.layer_root(app_image.ref, app_image.layers[0].digest) / "info"
+    info.read_bytes()
+    assert not answered_without_daemon(daemon, lambda: Path(info).read_bytes())

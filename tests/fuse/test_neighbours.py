@@ -1,0 +1,41 @@
+"""A miss fetches its neighbours in blob order (`fuse.neighbour_window`): the next small files of
+a directory arrive with the first one read, verified and stored like any chunk, in one job."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.fuse.daemonproc import start_daemon
+from tests.support.layers import build_layer, directory, file
+from tests.support.registry import Layer, RunningRegistry, push_image
+
+FILES = {f"pkg/m{i:02d}.py": random.Random(i).randbytes(3000) for i in range(20)}
+
+
+@pytest.fixture(scope="module")
+def small_files(registry: RunningRegistry) -> str:
+    built = build_layer([directory("pkg/"), *[file(n, d) for n, d in FILES.items()]])
+    push_image(registry, "fuse/small", "v1",
+               [Layer(built.blob, annotations=dict(built.result.annotations()), diff_id=built.result.diff_id)])
+    return f"{registry.host}/fuse/small:v1"
+
+
+@pytest.mark.parametrize("window, jobs_for_six_files", [(256 << 10, 1), (0, 6)])
+def test_a_miss_brings_the_next_files_of_its_directory(small_files: str, tmp_path: Path, window: int,
+                                                      jobs_for_six_files: int):
+    daemon = start_daemon(tmp_path / "d", workers=1,
+                          config={"fuse": {"neighbour_window": window}, "background": {"enabled": False},
+                                  "prefetch": {"enabled": False}})
+    try:
+        diff = Path(daemon.call("image", {"ref": small_files})["layers"][0]["path"])
+        for name in sorted(FILES)[:6]:
+            with open(diff / name, "rb") as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                assert f.read() == FILES[name]
+        assert daemon.call("status")["fetch"]["jobs"] == jobs_for_six_files
+    finally:
+        daemon.stop()
