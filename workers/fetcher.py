@@ -410,29 +410,45 @@ class Fetcher:
 
     def _store_chunks(self, digest: str, chunks: list[WantedChunk], compressed: Callable[[WantedChunk], bytes],
                       unstored: list[tuple[bytes, bytes]] | None = None) -> tuple[int, LazyLayerError | None]:
-        """Decompress, verify and store each chunk; the first chunk error is returned. A chunk
-        the cache filesystem refuses (full) is kept in ``unstored`` when the caller serves it."""
-        chunk_store = ChunkStore(self.store())
-        stored = 0
+        """Decompress and verify each chunk, then store them all; the first chunk error is
+        returned. A chunk the cache filesystem refuses (full) is kept in ``unstored`` when the
+        caller serves it."""
         first_error: LazyLayerError | None = None
+        verified: list[tuple[WantedChunk, bytes]] = []
         for chunk in chunks:
             try:
                 data = compressed(chunk)
-                payload = decompress_chunk(_compression(data), data, chunk.toc_chunk(),
-                                           allow_unverified=not chunk.digest)
+                verified.append((chunk, decompress_chunk(_compression(data), data, chunk.toc_chunk(),
+                                                         allow_unverified=not chunk.digest)))
+            except (DigestMismatchError, FormatError) as exc:
+                log.warning("layer %s: %s", digest, exc)
+                first_error = first_error or exc
+        return self._put_verified(digest, verified, unstored), first_error
+
+    def _put_verified(self, digest: str, verified: list[tuple[WantedChunk, bytes]],
+                      unstored: list[tuple[bytes, bytes]] | None) -> int:
+        """One write transaction for the whole batch; when the cache filesystem refuses it,
+        chunk by chunk, so what fits is stored and the rest goes to ``unstored``."""
+        chunk_store = ChunkStore(self.store())
+        batch = [(chunk, payload) for chunk, payload in verified if chunk.digest]
+        one_by_one = [(chunk, payload) for chunk, payload in verified if not chunk.digest]
+        try:
+            chunk_store.put_many([(chunk.digest, payload) for chunk, payload in batch])
+            stored = len(batch)
+        except CacheFullError:
+            stored, one_by_one = 0, verified
+        for chunk, payload in one_by_one:
+            try:
                 if chunk.digest:
                     chunk_store.put(chunk.digest, payload)
                 else:
                     chunk_store.put_unverified(digest, chunk.blob_offset, chunk.inner_offset, payload)
                 stored += 1
-            except (DigestMismatchError, FormatError) as exc:
-                log.warning("layer %s: %s", digest, exc)
-                first_error = first_error or exc
             except CacheFullError as exc:
                 _warn_cache_full(exc, served=unstored is not None)
                 if unstored is not None:
-                    unstored.append((chunk.data_key, bytes(payload)))
-        return stored, first_error
+                    unstored.append((chunk.data_key, payload))
+        return stored
 
     def _account(self, digest: str, outcome: FetchOutcome) -> None:
         """Count what was fetched on the layer record; record and raise a chunk error."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import lmdb
@@ -134,34 +134,46 @@ class ChunkStore:
         The hash is re-checked here (about 3 ms per 4 MiB) so that no caller bug can ever put
         unverified bytes under a digest that every later reader trusts.
         """
-        verify(digest, data)
-        return self._store(chunk_key(digest), memoryview(data))
+        return self.put_many([(digest, data)]) == 1
+
+    def put_many(self, chunks: Sequence[tuple[str, bytes | memoryview]]) -> int:
+        """`put` for a job's chunks in ONE write transaction (a commit per chunk was most of the
+        store's cost for a miss that brings its small neighbours along); returns how many were
+        new. All or nothing: on CacheFullError nothing of the batch was stored."""
+        for digest, data in chunks:
+            verify(digest, data)
+        return self._store([(chunk_key(digest), memoryview(data)) for digest, data in chunks])
 
     def put_unverified(self, layer_digest: str, blob_offset: int, inner_offset: int, data: bytes) -> bool:
         """Store a digest-less chunk. Only for layers whose verification was explicitly skipped."""
-        return self._store(unverified_key(layer_digest, blob_offset, inner_offset), memoryview(data))
+        return self._store([(unverified_key(layer_digest, blob_offset, inner_offset), memoryview(data))]) == 1
 
-    def _store(self, key: bytes, data: memoryview) -> bool:
-        accounted = footprint(len(data))
+    def _store(self, items: list[tuple[bytes, memoryview]]) -> int:
+        need = sum(footprint(len(data)) for _, data in items)
 
-        def put(txn: lmdb.Transaction) -> bool:
-            if txn.get(key, db=self._index) is not None:
-                return False
+        def put(txn: lmdb.Transaction) -> int:
             budget = self._budget(txn)
-            if accounted > budget:
-                raise CacheError(f"a {len(data)}-byte chunk does not fit in the cache budget of {budget} bytes")
             total = self._total(txn)
-            excess = total + accounted - budget
-            if excess > 0:
-                total -= self._evict_in(txn, excess)
-            parts = _put_parts(txn, self._parts, key, data)
-            record = ChunkRecord(len(data), accounted, parts, now_ms())
-            txn.put(key, record.encode(), db=self._index)
-            txn.put(_lru_key(record.atime_ms, key), b"", db=self._lru)
-            self._set_total(txn, total + accounted)
-            return True
+            stored = 0
+            for key, data in items:
+                if txn.get(key, db=self._index) is not None:
+                    continue
+                accounted = footprint(len(data))
+                if accounted > budget:
+                    raise CacheError(f"a {len(data)}-byte chunk does not fit in the cache budget of {budget} bytes")
+                excess = total + accounted - budget
+                if excess > 0:
+                    total -= self._evict_in(txn, excess)
+                parts = _put_parts(txn, self._parts, key, data)
+                record = ChunkRecord(len(data), accounted, parts, now_ms())
+                txn.put(key, record.encode(), db=self._index)
+                txn.put(_lru_key(record.atime_ms, key), b"", db=self._lru)
+                total += accounted
+                stored += 1
+            self._set_total(txn, total)
+            return stored
 
-        return self.store.write(put, make_room=lambda: self.evict(max(2 * accounted, self.store.budget // 100)) > 0)
+        return self.store.write(put, make_room=lambda: self.evict(max(2 * need, self.store.budget // 100)) > 0)
 
     def delete(self, key: bytes) -> bool:
         def delete(txn: lmdb.Transaction) -> bool:
