@@ -54,6 +54,9 @@ from lazylayer.shared.store.reads import read_range
 
 log = logging.getLogger(__name__)
 
+#: Compressed bytes per prefetch job: small enough that every worker gets a share [bytes].
+PREFETCH_PIECE = 2 << 20
+
 #: Reads retried after a fetch; more only when eviction keeps removing what was just fetched.
 READ_ATTEMPTS = 3
 
@@ -172,6 +175,8 @@ class _Pending:
     keys: tuple[bytes, ...]
     waiters: int = 0
     counted: bool = False
+    #: compressed bytes the job fetched (set when it finished)
+    fetched: int = 0
 
 
 def chunk_wire(chunk: FileChunk) -> list[Any]:
@@ -342,19 +347,21 @@ class Remote:
 
     async def fetch_chunks(self, ref: str, layer: LayerRecord, chunks: Sequence[FileChunk],
                            priority: Priority, replace: Sequence[bytes] = (),
-                           along: Sequence[FileChunk] = ()) -> None:
+                           along: Sequence[FileChunk] = ()) -> int:
         """Make sure ``chunks`` are in the store (or, when the cache is full, in `unstored`):
         cached ones are skipped, chunks already being fetched are waited for, the rest are
         fetched by one new job. ``replace``: keys of stored chunks found corrupt, which the job
         checks and drops before fetching them again. Raises the first typed error among the
         jobs waited on. ``along``: chunks the new job also fetches if nobody has them or is
-        fetching them, never waited for on their own (neighbours of a miss)."""
+        fetching them, never waited for on their own (neighbours of a miss). Returns the
+        compressed bytes the job this call started fetched (0 if it started none)."""
         wanted = {c.data_key: c for c in chunks}
         extra = {c.data_key: c for c in along if c.data_key not in wanted and c.data_key not in self._inflight}
         cached = self.store.read(lambda txn: {k for k in (*wanted, *extra) if k not in replace and (
             txn.get(k, db=self._index) is not None or k in self.unstored)})
         waits: dict[int, _Pending] = {}
         mine: list[FileChunk] = []
+        started: _Pending | None = None
         for key, chunk in wanted.items():
             if key in cached:
                 continue
@@ -368,10 +375,10 @@ class Remote:
             mine += [chunk for key, chunk in extra.items() if key not in cached]
             params = {"ref": ref, "digest": layer.digest, "chunks": [chunk_wire(c) for c in mine],
                       "replace": [c.digest for c in mine if c.data_key in replace]}
-            pending = _Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
-            for key in pending.keys:
-                self._inflight[key] = pending
-            waits[id(pending)] = pending
+            started = _Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
+            for key in started.keys:
+                self._inflight[key] = started
+            waits[id(started)] = started
             self.stats.jobs += 1
         errors: list[LazyLayerError] = []
         async with trio.open_nursery() as nursery:
@@ -379,6 +386,7 @@ class Remote:
                 nursery.start_soon(self._wait, pending, priority, errors)
         if errors:
             raise errors[0]
+        return 0 if started is None else started.fetched
 
     async def _wait(self, pending: _Pending, priority: Priority, errors: list[LazyLayerError]) -> None:
         pending.waiters += 1
@@ -391,6 +399,7 @@ class Remote:
                     self.unstored.add(bytes(key), bytes(data))
                 self.stats.chunks += reply.result["stored"]
                 self.stats.bytes += reply.result["bytes"]
+                pending.fetched = reply.result["bytes"]
                 self.stats.by_worker[reply.worker] += 1
                 self.observer.fetched(priority, reply.result["bytes"])
         except LazyLayerError as exc:
@@ -405,13 +414,39 @@ class Remote:
     # -- whole-layer work ----------------------------------------------------------------------
 
     async def prefetch(self, ref: str, layer: LayerRecord) -> int:
-        """The layer's landmark range (or ``prefetch_size`` bytes for landmark-less layers) in
-        one job; returns the compressed bytes fetched. Moves the layer to READY."""
+        """The layer's landmark range (or ``prefetch_size`` bytes for landmark-less layers);
+        returns the compressed bytes fetched. Moves the layer to READY.
+
+        The range is cut into pieces of about PREFETCH_PIECE fetched as chunk jobs at once, so
+        every worker inflates a share (one job for the whole range made a container start
+        with prefetch slower than without), and a demand read of a chunk in flight joins its
+        piece instead of waiting for all of it. The closing `prefetch` job then finds the
+        chunks stored and only moves the layer's state."""
+        end = layer.prefetch_end if layer.prefetch_end is not None else min(self.settings.prefetch_size,
+                                                                            layer.blob_size)
+        chunks = self.meta.prefetch_chunks(layer.layer_id, end) if end > 0 else []
+        fetched = 0
+        errors: list[LazyLayerError] = []
+
+        async def piece(members: Sequence[FileChunk]) -> None:
+            nonlocal fetched
+            try:
+                fetched += await self.fetch_chunks(ref, layer, members, Priority.PREFETCH)
+            except LazyLayerError as exc:
+                errors.append(exc)
+
+        if chunks:
+            async with trio.open_nursery() as nursery:
+                for part in plan_pieces(chunks, max(c.blob_end for c in chunks), PREFETCH_PIECE):
+                    if part.chunks:
+                        nursery.start_soon(piece, part.chunks)
+        if errors:
+            raise errors[0]
         params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size,
                   "prefetch_size": self.settings.prefetch_size}
         reply = await self._submit("prefetch", params, Priority.PREFETCH, ("prefetch", layer.digest))
         self.observer.fetched(Priority.PREFETCH, reply.result["bytes"])
-        return reply.result["bytes"]
+        return fetched + reply.result["bytes"]
 
     async def background_fetch(self, ref: str, layer: LayerRecord,
                                progress: Callable[[int, int], None] | None = None) -> None:
