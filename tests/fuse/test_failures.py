@@ -21,7 +21,8 @@ from tests.support.faultproxy import FaultProxy, Rule
 from tests.support.fetchstack import ImageTree, default_trees, push_image_trees
 from tests.support.registry import RunningRegistry
 
-QUIET = {"prefetch": {"enabled": False}, "background": {"enabled": False}}
+#: only the reads a test makes fetch anything (no prefetch, background walk or neighbours)
+QUIET = {"prefetch": {"enabled": False}, "background": {"enabled": False}, "fuse": {"neighbour_window": 0}}
 
 
 @pytest.fixture(scope="module")
