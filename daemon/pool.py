@@ -24,8 +24,8 @@ Why it is built this way:
 - **One thread.** Everything runs in the trio thread: messages arrive through the synchronous
   pump callback (daemon/zmqtrio.py) and every state change is followed by a synchronous
   dispatch, so there are no locks and no window between "slot freed" and "job sent".
-- **exec, never fork.** Spawned workers are new processes (``subprocess`` via trio) running
-  ``worker_command``; they make their own zmq context. Dead ones restart with exponential backoff.
+- **exec, never fork.** Spawned workers are daemon/spawner.py's: new processes running
+  ``worker_command`` that make their own zmq context, restarted with exponential backoff.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ import errno
 import itertools
 import logging
 import math
-import signal
-import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -45,7 +43,8 @@ from typing import Any, Callable, Hashable, Sequence
 import trio
 import zmq
 
-from lazylayer.daemon.poolstatus import PoolStatus, ProcessStatus, WorkerStatus
+from lazylayer.daemon.poolstatus import PoolStatus, WorkerStatus
+from lazylayer.daemon.spawner import SpawnSettings, WorkerSpawner, default_worker_command
 from lazylayer.daemon.zmqtrio import TrioSocket
 from lazylayer.shared import protocol
 from lazylayer.shared.errors import (LazyLayerError, PoolUnavailableError, ProtocolError,
@@ -112,22 +111,6 @@ class _Worker:
         return self.identity.decode(errors="replace")
 
 
-@dataclass(eq=False)
-class _Slot:
-    index: int
-    backoff: float
-    process: trio.Process | None = None
-    restarts: int = 0
-    started: float = 0.0
-    #: set by resize(): stop this worker and do not restart it
-    retired: bool = False
-
-
-def default_worker_command(endpoint: str, heartbeat_interval: float, heartbeat_liveness: int) -> list[str]:
-    return [sys.executable, "-m", "lazylayer.workers.main", "--endpoint", endpoint,
-            "--heartbeat-interval", str(heartbeat_interval), "--heartbeat-liveness", str(heartbeat_liveness)]
-
-
 class WorkerPool:
     """Front side of the worker protocol. Enter it with ``async with`` inside trio."""
 
@@ -153,14 +136,10 @@ class WorkerPool:
         self.max_attempts = max_attempts
         self.max_groups = max_groups
         self.quiet_period = quiet_period
-        self.restart_backoff = restart_backoff
-        self.restart_backoff_max = restart_backoff_max
-        self.restart_stable_after = restart_stable_after
-        self.stop_timeout = stop_timeout
-        self.worker_command = list(worker_command or default_worker_command(
-            endpoint, heartbeat_interval, heartbeat_liveness))
-        self._slots = [_Slot(i, restart_backoff) for i in range(spawn)]
-        self._slot_numbers = itertools.count(spawn)
+        self.spawner = WorkerSpawner(
+            worker_command or default_worker_command(endpoint, heartbeat_interval, heartbeat_liveness), spawn,
+            SpawnSettings(restart_backoff, restart_backoff_max, restart_stable_after, stop_timeout),
+            on_exit=self._process_exited, on_change=self._notify_changed)
         self._workers: dict[bytes, _Worker] = {}
         self._jobs: dict[int, _Job] = {}
         self._dedup: dict[tuple[str, Hashable], _Job] = {}
@@ -201,8 +180,7 @@ class WorkerPool:
             self._stack.push_async_callback(self._shutdown)
             await self._nursery.start(self._socket.pump)
             self._nursery.start_soon(self._maintain)
-            for slot in self._slots:
-                self._nursery.start_soon(self._supervise, slot)
+            self.spawner.start(self._nursery)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -216,7 +194,7 @@ class WorkerPool:
         is left, then stop our tasks."""
         self._closing = True
         with trio.CancelScope(shield=True):
-            await self._stop_processes()
+            await self.spawner.stop()
         for job in list(self._jobs.values()):
             self._finish(job, PoolUnavailableError("the worker pool is shutting down"))
         assert self._nursery is not None
@@ -278,22 +256,9 @@ class WorkerPool:
         return job.outcome
 
     def resize(self, count: int) -> None:
-        """Keep ``count`` spawned workers from now on (a config reload). New ones start at once;
-        surplus ones get SIGTERM - they finish or hand back their jobs - and are not restarted.
-        External workers are not affected."""
-        if count < 0:
-            raise ValueError(f"worker count {count} is negative")
-        assert self._nursery is not None, "resize() needs a running pool"
-        active = [slot for slot in self._slots if not slot.retired]
-        for slot in active[count:]:
-            slot.retired = True
-            if slot.process is not None and slot.process.returncode is None:
-                slot.process.send_signal(signal.SIGTERM)
-        for _ in range(count - len(active)):
-            slot = _Slot(next(self._slot_numbers), self.restart_backoff)
-            self._slots.append(slot)
-            self._nursery.start_soon(self._supervise, slot)
-        log.info("spawned workers: %d -> %d", len(active), count)
+        """Keep ``count`` spawned workers from now on (a config reload). External workers are
+        not affected."""
+        self.spawner.resize(count)
 
     async def wait_workers(self, count: int = 1) -> PoolStatus:
         """Return once at least ``count`` workers are connected and accepting jobs."""
@@ -309,15 +274,13 @@ class WorkerPool:
 
     def status(self) -> PoolStatus:
         now = trio.current_time()
-        restarts = {s.process.pid: s.restarts for s in self._slots if s.process is not None}
+        restarts = self.spawner.restarts_by_pid()
         return PoolStatus(
             endpoint=self.endpoint,
             workers=[WorkerStatus(w.name, w.pid, w.capacity, len(w.in_flight), w.jobs_done, w.jobs_failed,
                                   round(now - w.last_seen, 3), restarts.get(w.pid, 0))
                      for w in self._workers.values()],
-            processes=[ProcessStatus(s.index, s.process.pid if s.process else None,
-                                     s.process is not None and s.process.returncode is None,
-                                     s.restarts, s.backoff) for s in self._slots],
+            processes=self.spawner.status(),
             queued={p.name.lower(): len(q) for p, q in self._queues.items()},
             in_flight=sum(1 for j in self._jobs.values() if j.worker is not None),
             foreground_active=self._foreground_live > 0,
@@ -577,48 +540,7 @@ class WorkerPool:
 
     # -- spawned workers -----------------------------------------------------------------------
 
-    async def _supervise(self, slot: _Slot) -> None:
-        try:
-            await self._keep_running(slot)
-        finally:
-            if slot.retired:
-                self._slots.remove(slot)
-                self._notify_changed()
-
-    async def _keep_running(self, slot: _Slot) -> None:
-        while not self._closing and not slot.retired:
-            try:
-                process = await trio.lowlevel.open_process(self.worker_command)
-            except OSError as exc:
-                log.error("cannot start worker %s: %s", self.worker_command, exc)
-            else:
-                slot.process, slot.started = process, trio.current_time()
-                await process.wait()
-                if self._closing:
-                    return
-                for worker in list(self._workers.values()):
-                    if worker.pid == process.pid:
-                        self._drop(worker, reason="process exited")
-                if slot.retired:
-                    log.info("worker process %d stopped (worker count lowered)", process.pid)
-                    return
-                log.warning("worker process %d exited with status %s", process.pid, process.returncode)
-                if trio.current_time() - slot.started >= self.restart_stable_after:
-                    slot.backoff = self.restart_backoff
-            slot.restarts += 1
-            await trio.sleep(slot.backoff)
-            slot.backoff = min(slot.backoff * 2, self.restart_backoff_max)
-
-    async def _stop_processes(self) -> None:
-        """SIGTERM (workers finish or hand back their jobs), then SIGKILL after stop_timeout."""
-        running = [s.process for s in self._slots if s.process is not None and s.process.returncode is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(self.stop_timeout):
-            for process in running:
-                await process.wait()
-        for process in running:
-            if process.returncode is None:
-                log.warning("worker process %d ignored SIGTERM; killing it", process.pid)
-                process.kill()
-                await process.wait()
+    def _process_exited(self, pid: int) -> None:
+        for worker in list(self._workers.values()):
+            if worker.pid == pid:
+                self._drop(worker, reason="process exited")

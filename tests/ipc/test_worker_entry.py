@@ -17,7 +17,7 @@ LAZYLAYER = str(Path(sys.executable).with_name("lazylayer"))
 @trio_test
 async def test_default_worker_command_serves_ping(endpoint):
     async with WorkerPool(endpoint, spawn=1, heartbeat_interval=HEARTBEAT) as pool:
-        assert pool.worker_command[:3] == [sys.executable, "-m", "lazylayer.workers.main"]
+        assert pool.spawner.command[:3] == [sys.executable, "-m", "lazylayer.workers.main"]
         with trio.fail_after(DEADLINE):
             await pool.wait_workers(1)
             reply = await pool.submit("ping")
