@@ -311,7 +311,8 @@ class Fetcher:
         if complete:
             Layers(self.store()).update(digest, state=LayerState.FETCHED, fetched_bytes=size)
         return JobResult({"bytes": len(data), "chunks": stored, "complete": complete,
-                          "state": None if complete else running.state()})
+                          "state": None if complete else running.state(),
+                          "stored_keys": [c.data_key for c in missing]})
 
     def check(self, job: Job) -> JobResult:
         ref, digest, size = self._layer_params(job)
@@ -433,7 +434,7 @@ class Fetcher:
         batch = [(chunk, payload) for chunk, payload in verified if chunk.digest]
         one_by_one = [(chunk, payload) for chunk, payload in verified if not chunk.digest]
         try:
-            chunk_store.put_many([(chunk.digest, payload) for chunk, payload in batch])
+            chunk_store.put_many([(chunk.digest, payload) for chunk, payload in batch], hashed_by_caller=True)
             stored = len(batch)
         except CacheFullError:
             stored, one_by_one = 0, verified

@@ -136,12 +136,17 @@ class ChunkStore:
         """
         return self.put_many([(digest, data)]) == 1
 
-    def put_many(self, chunks: Sequence[tuple[str, bytes | memoryview]]) -> int:
+    def put_many(self, chunks: Sequence[tuple[str, bytes | memoryview]], *, hashed_by_caller: bool = False) -> int:
         """`put` for a job's chunks in ONE write transaction (a commit per chunk was most of the
         store's cost for a miss that brings its small neighbours along); returns how many were
-        new. All or nothing: on CacheFullError nothing of the batch was stored."""
-        for digest, data in chunks:
-            verify(digest, data)
+        new. All or nothing: on CacheFullError nothing of the batch was stored.
+
+        ``hashed_by_caller``: the caller has just checked each chunk's bytes against its digest
+        (the fetcher's `decompress_chunk` does, on the very bytes it passes here), so they are
+        not hashed a second time: sha256 costs as much CPU as ISA-L's inflate of the chunk."""
+        if not hashed_by_caller:
+            for digest, data in chunks:
+                verify(digest, data)
         return self._store([(chunk_key(digest), memoryview(data)) for digest, data in chunks])
 
     def put_unverified(self, layer_digest: str, blob_offset: int, inner_offset: int, data: bytes) -> bool:
