@@ -115,7 +115,7 @@ def describe(exc: BaseException, url: str, timeout: float | None = None) -> str:
     "cannot connect to 127.0.0.1:5000: connection refused"."""
     kind, e = _classify(exc)
     where = host_port(url)
-    within = f" within {timeout:.3g} s" if timeout is not None else ""
+    within = f" within {round(timeout, 1):g} s" if timeout is not None else ""  # 0.999 s of a job budget reads "1 s"
     if kind == "cert":
         return f"TLS with {where} failed: its certificate is not trusted ({e.verify_message})"  # type: ignore[attr-defined]
     if kind == "name":
