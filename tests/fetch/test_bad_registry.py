@@ -29,18 +29,6 @@ CONFIG = {"workers": {"request_timeout": TIMEOUT},
 A_FILES = ("usr/bin/tool", "usr/lib/libx.so.1", "usr/share/doc/README")
 
 
-@pytest.fixture(scope="module")
-def proxy(registry) -> Iterator[FaultProxy]:
-    fault = FaultProxy(registry.host)
-    yield fault
-    fault.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean_proxy(proxy: FaultProxy) -> Iterator[None]:
-    proxy.reset()
-    yield
-    proxy.reset()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Iterator
 
 import pytest
 import trio
@@ -24,16 +23,6 @@ LIB = "usr/lib/libx.so.1"
 DEADLINE = 60
 
 
-@pytest.fixture(scope="module")
-def proxy(registry) -> Iterator[FaultProxy]:
-    fault = FaultProxy(registry.host)
-    yield fault
-    fault.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean_proxy(proxy: FaultProxy) -> None:
-    proxy.reset()
 
 
 def _layer(image: PushedImage):

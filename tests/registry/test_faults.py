@@ -13,30 +13,12 @@ from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.manifests import fetch_config, resolve_manifest
 from lazylayer.workers.registry.ranges import ByteRange
 from lazylayer.workers.registry.reference import parse_reference
-from tests.registry.helpers import SleepRecorder, make_client, push_fixture
-from tests.support.faultproxy import FaultProxy, Rule
+from tests.registry.helpers import SleepRecorder, make_client
+from tests.support.faultproxy import Rule
 from tests.support.registry import free_port
 
 WANTED = [ByteRange(100, 50), ByteRange(3_000_000, 1000), ByteRange(5_311_000, 515)]
 
-
-@pytest.fixture(scope="module")
-def pushed(registry, fixtures_dir):
-    return push_fixture(registry, fixtures_dir)
-
-
-@pytest.fixture(scope="module")
-def proxy_server(registry):
-    server = FaultProxy(registry.host)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def proxy(proxy_server):
-    proxy_server.reset()
-    yield proxy_server
-    proxy_server.reset()
 
 
 @pytest.fixture

@@ -11,31 +11,13 @@ import pytest
 from lazylayer.shared.errors import RegistryError
 from lazylayer.workers.registry.deadline import job_deadline
 from lazylayer.workers.registry.hosts import RegistryOptions
-from tests.registry.helpers import make_client, push_fixture
+from tests.registry.helpers import make_client
 from tests.registry.test_faults import WANTED, expected
-from tests.support.faultproxy import FaultProxy, Rule
+from tests.support.faultproxy import Rule
 
 #: scheduling slack on top of a limit
 SLACK = 1.5
 
-
-@pytest.fixture(scope="module")
-def pushed(registry, fixtures_dir):
-    return push_fixture(registry, fixtures_dir)
-
-
-@pytest.fixture(scope="module")
-def proxy_server(registry):
-    server = FaultProxy(registry.host)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def proxy(proxy_server):
-    proxy_server.reset()
-    yield proxy_server
-    proxy_server.reset()
 
 
 def _client(pushed, proxy, **options):
