@@ -218,7 +218,13 @@ def entry_to_json(entry: TOCEntry, *, emit_uname: bool = True, emit_gname: bool 
 
 def parent_of(name: str) -> str:
     """Parent directory of a normalised name ('' for the root's children)."""
-    return posixpath.dirname(name)
+    return name.rpartition("/")[0]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(parent, base name) of a normalised name: posixpath.split without its generality."""
+    parent, _, base = name.rpartition("/")
+    return parent, base
 
 
 # --------------------------------------------------------------------------------------------

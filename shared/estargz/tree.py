@@ -13,7 +13,6 @@ decides what a large layer costs in memory.
 
 from __future__ import annotations
 
-import posixpath
 from array import array
 from dataclasses import replace
 from bisect import bisect_right
@@ -22,7 +21,7 @@ from typing import Generic, Protocol, TypeVar
 
 from lazylayer.shared.errors import TOCError, TOCLimitError
 from lazylayer.shared.estargz.toc import (
-    TOC, TOC_VERSION, Chunk, EntryType, TOCEntry, TOCLimits, check_digest, normalize_name,
+    TOC, TOC_VERSION, Chunk, EntryType, TOCEntry, TOCLimits, check_digest, normalize_name, parent_of,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
 
@@ -101,14 +100,14 @@ class TreeBuilder(Generic[V]):
         if entry.type is EntryType.DIR:
             self._children.setdefault(path, set())
         if path:
-            self._children[posixpath.dirname(path)].add(path)
+            self._children[parent_of(path)].add(path)
 
     def _ensure_parent(self, path: str) -> None:
-        parent = posixpath.dirname(path)
+        parent = parent_of(path)
         missing: list[str] = []
         while parent not in self.nodes:
             missing.append(parent)
-            parent = posixpath.dirname(parent)
+            parent = parent_of(parent)
         kind = self.nodes[parent].type
         if kind is not EntryType.DIR:
             raise TOCError(f"entry {path!r}: parent {parent!r} is a {kind.value}, not a directory")
@@ -116,7 +115,7 @@ class TreeBuilder(Generic[V]):
             self.nodes[name] = self.implicit_dir(name)
             self.implicit.add(name)
             self._children[name] = set()
-            self._children[posixpath.dirname(name)].add(name)
+            self._children[parent_of(name)].add(name)
 
     def _drop_subtree(self, path: str) -> None:
         stack = list(self._children.pop(path, ()))
@@ -134,7 +133,8 @@ class PayloadStarts:
         self._starts = array("q")
 
     def add(self, pieces: list[TOCEntry]) -> None:
-        self._starts.extend(e.offset for e in pieces if e.has_payload)
+        if pieces[0].type is EntryType.REG:
+            self._starts.extend(e.offset for e in pieces if e.has_payload)
 
     def finish(self, payload_end: int) -> None:
         self._starts.append(payload_end)
