@@ -32,7 +32,7 @@ from lazylayer.shared.estargz.footer import ZSTD_SKIPPABLE_HEADER_SIZE, ZSTD_SKI
 from lazylayer.shared.estargz.toc import TOC, TOC_TAR_NAME, TOC_VERSION, TOCEntry, TOCLimits, entry_from_json
 
 #: Uncompressed TOC bytes decoded at a time.
-PIECE_SIZE = 1 << 20
+PIECE_SIZE = 256 << 10
 #: The tar around a gzip TOC: header, padding and end-of-archive blocks (PAX headers are small).
 TOC_TAR_OVERHEAD = 64 << 10
 
