@@ -19,7 +19,6 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import msgpack
@@ -28,7 +27,7 @@ from lazylayer.shared.errors import FormatError, TOCLimitError
 from lazylayer.shared.estargz.fields import file_time
 from lazylayer.shared.estargz.toc import (
     NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, WHITEOUT_PREFIX, EntryType, TOCEntry,
-    parent_of, split_name,
+    TOCLimits, parent_of, split_name,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
@@ -59,24 +58,28 @@ Value = _Node | TOCEntry
 Rows = dict[str, list[tuple[bytes, bytes]]]
 
 
-@dataclass
 class LayerScan:
-    """A layer's tree from its TOC stream, compact; `rows` then yields its metadata rows."""
+    """A layer's tree from its TOC stream, compact (`scan`); `rows` then yields its rows."""
 
-    layer_digest: str
-    allow_unverified: bool = False
-    node_count: int = 0
-    chunk_count: int = 0
-    payload_bytes: int = 0
-    #: Compressed end of the prefetch range: the landmark's offset, 0 for ``.no.prefetch.landmark``,
-    #: None when the layer has neither.
-    prefetch_end: int | None = None
+    def __init__(self, layer_digest: str, *, allow_unverified: bool = False) -> None:
+        self.layer_digest = layer_digest
+        self.allow_unverified = allow_unverified
+        self.node_count = 0
+        #: Counted as `rows` produces them.
+        self.chunk_count = 0
+        self.payload_bytes = 0
+        #: Compressed end of the prefetch range: the landmark's offset, 0 for
+        #: ``.no.prefetch.landmark``, None when the layer has neither.
+        self.prefetch_end: int | None = None
+        self._tree: TreeBuilder[Value] = TreeBuilder(lambda name: _IMPLICIT_DIR)
+        self._starts = PayloadStarts()
+        self._hardlinks: dict[str, str] = {}
+        self._payload_end = 0
+        self._limits = TOCLimits()
 
     def scan(self, stream: TOCStream) -> None:
         """Apply every entry of ``stream``; raises what the TOC is refused for."""
-        self._tree: TreeBuilder[Value] = TreeBuilder(lambda name: _IMPLICIT_DIR)
-        self._starts = PayloadStarts()
-        self._stream = stream
+        self._payload_end, self._limits = stream.payload_end, stream.limits
         landmark_offset = 0
         for entry, pieces in grouped(stream):
             self._tree.add(entry, self._keep(entry, pieces))
@@ -99,7 +102,7 @@ class LayerScan:
             return entry
         chunks = b""
         if entry.type is EntryType.REG:
-            specs = file_chunks(pieces, self._stream.payload_end, self._stream.limits)
+            specs = file_chunks(pieces, self._payload_end, self._limits)
             for offset, _, _, _, digest in specs:
                 if not digest and not self.allow_unverified:
                     raise FormatError(f"{entry.name}: chunk at {offset} has no digest")

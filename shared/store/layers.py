@@ -116,7 +116,7 @@ class Layers:
         existing = self.get(digest)
         if existing is not None:
             return self._same(existing, _digest_of(stream))
-        scan = LayerScan(digest, allow_unverified)
+        scan = LayerScan(digest, allow_unverified=allow_unverified)
         scan.scan(stream)
         toc_digest = _digest_of(stream)
         self._sweep()
