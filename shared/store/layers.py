@@ -156,8 +156,11 @@ class Layers:
 
     def _begin(self, txn: lmdb.Transaction, digest: str) -> int:
         layer_id = allocate_id(txn, self.store)
-        txn.put(_pending_key(layer_id), msgpack.packb([os.getpid(), digest]), db=self._meta)
+        self._mark_pending(txn, layer_id, digest)
         return layer_id
+
+    def _mark_pending(self, txn: lmdb.Transaction, layer_id: int, digest: str) -> None:
+        txn.put(_pending_key(layer_id), msgpack.packb([os.getpid(), digest]), db=self._meta)
 
     def _sweep(self) -> None:
         """Delete the rows of registrations whose process died before publishing them."""
@@ -180,7 +183,8 @@ class Layers:
                 self._discard(layer_id)
 
     def _discard(self, layer_id: int) -> None:
-        """Delete an unpublished registration's rows in batches, then its pending mark."""
+        """Delete the rows of an unpublished (or removed) layer id in batches, then its pending
+        mark: each transaction stays small, whatever the layer's size."""
         while not self.store.write(lambda txn: delete_metadata(txn, self.store, layer_id, BATCH_ROWS)):
             pass
         self.store.write(lambda txn: txn.delete(_pending_key(layer_id), db=self._meta))
@@ -251,19 +255,25 @@ class Layers:
         return self.store.write(modify)
 
     def remove(self, digest: str) -> bool:
-        """Drop a layer's record and metadata (its chunks stay until evicted: they may be shared)."""
+        """Drop a layer's record, then its metadata in batches (its chunks stay until evicted:
+        they may be shared). The record goes first, leaving a pending mark, so the layer is gone
+        at once and the rows of a process that dies part-way are swept like a registration's."""
 
-        def remove(txn: lmdb.Transaction) -> bool:
+        def unpublish(txn: lmdb.Transaction) -> int | None:
             raw = txn.get(digest.encode(), db=self._layers)
             if raw is None:
-                return False
-            record = LayerRecord.decode(raw)
-            delete_metadata(txn, self.store, record.layer_id)
+                return None
+            layer_id = LayerRecord.decode(raw).layer_id
             txn.delete(digest.encode(), db=self._layers)
-            txn.delete(_ID.pack(record.layer_id), db=self._ids)
-            return True
+            txn.delete(_ID.pack(layer_id), db=self._ids)
+            self._mark_pending(txn, layer_id, digest)
+            return layer_id
 
-        return self.store.write(remove)
+        layer_id = self.store.write(unpublish)
+        if layer_id is None:
+            return False
+        self._discard(layer_id)
+        return True
 
 
 def allocate_id(txn: lmdb.Transaction, store: Store) -> int:
