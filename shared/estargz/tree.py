@@ -7,8 +7,8 @@ entries after it, `TreeBuilder` applies them as layer extraction does (the later
 names wins, a non-directory replacing a directory drops what was under it, missing parents exist
 implicitly), `file_chunks` validates one file's chunk tiling as soon as it is complete, and
 `resolve_hardlinks` follows hardlink chains once every name is known. The builder stores whatever
-value its caller keeps per path (a whole `TOCEntry`, or something more compact), so the caller
-decides what a large layer costs in memory.
+value its caller keeps per path (a whole `TOCEntry`, or something more compact) and asks the
+caller's ``kind_of`` for its type, so the caller decides what a large layer costs in memory.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from array import array
 from dataclasses import replace
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from lazylayer.shared.errors import TOCError, TOCLimitError
 from lazylayer.shared.estargz.toc import (
@@ -29,12 +29,11 @@ from lazylayer.shared.estargz.tocstream import TOCStream
 ChunkSpec = tuple[int, int, int, int, str]
 
 
-class Typed(Protocol):
-    @property
-    def type(self) -> EntryType: ...
+V = TypeVar("V")
 
 
-V = TypeVar("V", bound=Typed)
+def type_of(entry: TOCEntry) -> EntryType:
+    return entry.type
 
 
 def grouped(entries: Iterable[TOCEntry]) -> Iterator[tuple[TOCEntry, list[TOCEntry]]]:
@@ -76,9 +75,11 @@ class TreeBuilder(Generic[V]):
     ``nodes`` maps each path of the resolved tree to its caller's value, the root first, then in
     the order paths first appeared (a replaced path keeps its place)."""
 
-    def __init__(self, implicit_dir: Callable[[str], V]) -> None:
+    def __init__(self, implicit_dir: Callable[[str], V], kind_of: Callable[[V], EntryType]) -> None:
         #: The value of a directory only implied by what lives under it (and the root's).
         self.implicit_dir = implicit_dir
+        #: The entry type a value stands for.
+        self.kind_of = kind_of
         self.nodes: dict[str, V] = {"": implicit_dir("")}
         self.implicit: set[str] = {""}
         self._children: dict[str, set[str]] = {"": set()}
@@ -93,7 +94,7 @@ class TreeBuilder(Generic[V]):
         if path:
             self._ensure_parent(path)
         old = self.nodes.get(path)
-        if old is not None and old.type is EntryType.DIR and entry.type is not EntryType.DIR:
+        if old is not None and self.kind_of(old) is EntryType.DIR and entry.type is not EntryType.DIR:
             self._drop_subtree(path)
         self.nodes[path] = value
         self.implicit.discard(path)
@@ -108,7 +109,7 @@ class TreeBuilder(Generic[V]):
         while parent not in self.nodes:
             missing.append(parent)
             parent = parent_of(parent)
-        kind = self.nodes[parent].type
+        kind = self.kind_of(self.nodes[parent])
         if kind is not EntryType.DIR:
             raise TOCError(f"entry {path!r}: parent {parent!r} is a {kind.value}, not a directory")
         for name in reversed(missing):
@@ -198,10 +199,10 @@ def file_chunks(pieces: list[TOCEntry], payload_end: int, limits: TOCLimits) -> 
     return out
 
 
-def resolve_hardlinks(nodes: Mapping[str, Typed]) -> dict[str, str]:
+def resolve_hardlinks(nodes: Mapping[str, V], kind_of: Callable[[V], EntryType]) -> dict[str, str]:
     """hardlink path -> final target path; refuses missing targets, loops and directories.
     A hardlink's value in ``nodes`` must be its `TOCEntry`."""
-    links = {path: value for path, value in nodes.items() if value.type is EntryType.HARDLINK}
+    links = {path: value for path, value in nodes.items() if kind_of(value) is EntryType.HARDLINK}
     resolved: dict[str, str] = {}
     for path in links:
         if path in resolved:
@@ -213,7 +214,7 @@ def resolve_hardlinks(nodes: Mapping[str, Typed]) -> dict[str, str]:
             if current in resolved:
                 target = resolved[current]
                 break
-            if nodes[current].type is not EntryType.HARDLINK:
+            if kind_of(nodes[current]) is not EntryType.HARDLINK:
                 target = current
                 break
             if current in seen:
@@ -230,7 +231,7 @@ def resolve_hardlinks(nodes: Mapping[str, Typed]) -> dict[str, str]:
                 ) from None
             if current not in nodes:
                 raise TOCError(f"entry {node.name!r}: hardlink target {node.link_name!r} is not in the layer")
-        if nodes[target].type is EntryType.DIR:
+        if kind_of(nodes[target]) is EntryType.DIR:
             raise TOCError(f"entry {path!r}: hardlink to a directory ({target!r})")
         for name in chain:
             resolved[name] = target
@@ -240,7 +241,7 @@ def resolve_hardlinks(nodes: Mapping[str, Typed]) -> dict[str, str]:
 def build_toc(stream: TOCStream) -> TOC:
     """The whole TOC in memory, validated: for tools and tests that look around a layer."""
     entries: list[TOCEntry] = []
-    tree: TreeBuilder[TOCEntry] = TreeBuilder(_implicit_dir)
+    tree: TreeBuilder[TOCEntry] = TreeBuilder(_implicit_dir, type_of)
     starts = PayloadStarts()
     chunks: dict[str, tuple[Chunk, ...]] = {}
     for entry, pieces in grouped(_kept(stream, entries)):
@@ -254,7 +255,7 @@ def build_toc(stream: TOCStream) -> TOC:
         path: tuple(replace(c, blob_end=starts.end_after(c.blob_offset)) for c in chunks[path])
         for path, node in tree.nodes.items() if node.type is EntryType.REG
     }
-    hardlinks = resolve_hardlinks(tree.nodes)
+    hardlinks = resolve_hardlinks(tree.nodes, type_of)
     assert stream.digest is not None  # the stream is exhausted
     return TOC(TOC_VERSION, entries, stream.digest, stream.json_size, stream.payload_end, stream.limits,
                tree.nodes, tree.implicit, hardlinks, kept)

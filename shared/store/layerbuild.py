@@ -19,7 +19,6 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import msgpack
 
@@ -44,17 +43,20 @@ _NODE_KEY = struct.Struct(">II")
 _CHUNK_KEY = struct.Struct(">IIQ")
 
 
-class _Node(NamedTuple):
-    """What one path keeps while the TOC streams: its encoded `NodeAttr` and, for a regular
-    file, its chunks as msgpack ``[[chunk offset, size, blob offset, inner offset, raw digest]]``
-    (blob ends need every payload start, known only at the end). Hardlinks keep their entry."""
-
-    type: EntryType
-    attr: bytes
-    chunks: bytes = b""
-
-
+#: What one path keeps while the TOC streams: (type value, its encoded `NodeAttr`, for a regular
+#: file its chunks as msgpack ``[[chunk offset, size, blob offset, inner offset, raw digest]]``;
+#: blob ends need every payload start, known only at the end). Only str and bytes inside, so
+#: the cyclic GC stops tracking it: a million of them are not walked at every full collection.
+#: Hardlinks keep their entry.
+_Node = tuple[str, bytes, bytes]
 Value = _Node | TOCEntry
+_KINDS = {kind.value: kind for kind in EntryType}
+
+
+def _kind(value: Value) -> EntryType:
+    return value.type if isinstance(value, TOCEntry) else _KINDS[value[0]]
+
+
 Rows = dict[str, list[tuple[bytes, bytes]]]
 
 
@@ -71,7 +73,7 @@ class LayerScan:
         #: Compressed end of the prefetch range: the landmark's offset, 0 for
         #: ``.no.prefetch.landmark``, None when the layer has neither.
         self.prefetch_end: int | None = None
-        self._tree: TreeBuilder[Value] = TreeBuilder(lambda name: _IMPLICIT_DIR)
+        self._tree: TreeBuilder[Value] = TreeBuilder(lambda name: _IMPLICIT_DIR, _kind)
         self._starts = PayloadStarts()
         self._hardlinks: dict[str, str] = {}
         self._payload_end = 0
@@ -87,11 +89,11 @@ class LayerScan:
             if entry.name == PREFETCH_LANDMARK:
                 landmark_offset = entry.offset
         self._starts.finish(stream.payload_end)
-        self._hardlinks = resolve_hardlinks(self._tree.nodes)
+        self._hardlinks = resolve_hardlinks(self._tree.nodes, _kind)
         landmark = self._tree.nodes.get(PREFETCH_LANDMARK)
         if NO_PREFETCH_LANDMARK in self._tree.nodes:
             self.prefetch_end = 0
-        elif landmark is not None and landmark.type is EntryType.REG:
+        elif landmark is not None and _kind(landmark) is EntryType.REG:
             self.prefetch_end = landmark_offset
         self.node_count = len(self._tree.nodes) - len(self._hardlinks)
         if self.node_count > MAX_NODE_ID - ROOT_ID:
@@ -107,7 +109,7 @@ class LayerScan:
                 if not digest and not self.allow_unverified:
                     raise FormatError(f"{entry.name}: chunk at {offset} has no digest")
             chunks = msgpack.packb([(*spec[:4], bytes.fromhex(spec[4][7:])) for spec in specs])
-        return _Node(entry.type, attr_of(entry).encode(), chunks)
+        return (entry.type.value, attr_of(entry).encode(), chunks)
 
     def rows(self, layer_id: int) -> Iterator[Rows]:
         """The layer's node, dirent and file-chunk rows under ``layer_id``, in batches."""
@@ -120,12 +122,13 @@ class LayerScan:
         subdirs: Counter[str] = Counter()
         next_id = ROOT_ID
         for path, value in nodes.items():
-            if value.type is EntryType.HARDLINK:
+            kind = _kind(value)
+            if kind is EntryType.HARDLINK:
                 continue
-            if value.type is EntryType.DIR or path in needed:
+            if kind is EntryType.DIR or path in needed:
                 ids[path] = next_id
             next_id += 1
-            if value.type is EntryType.DIR and path and _shows(path):
+            if kind is EntryType.DIR and path and _shows(path):
                 subdirs[parent_of(path)] += 1
         links = Counter(hardlinks.values())
         prefix = struct.pack(">I", layer_id)
@@ -133,16 +136,15 @@ class LayerScan:
         count = 0
         node_id = ROOT_ID - 1
         for path, value in nodes.items():
-            if value.type is EntryType.HARDLINK:
+            if isinstance(value, TOCEntry):  # a hardlink
                 target = ids[hardlinks[path]]
             else:
                 node_id += 1
                 target = node_id
-                assert isinstance(value, _Node)
                 batch["nodes"].append((_NODE_KEY.pack(layer_id, node_id), self._attr(
                     path, value, 1 + links[path], subdirs[path], hides, whiteouts, opaque)))
-                if value.chunks:
-                    batch["file_chunks"].extend(self._chunk_rows(layer_id, node_id, value.chunks))
+                if value[2]:
+                    batch["file_chunks"].extend(self._chunk_rows(layer_id, node_id, value[2]))
             if path:
                 dirent = _dirent(path, nodes, hardlinks)
                 if dirent is not None:
@@ -178,20 +180,21 @@ class LayerScan:
             if sibling in nodes:
                 hides.add(hardlinks.get(sibling, sibling))
             else:
-                mtime = value.mtime if isinstance(value, TOCEntry) else NodeAttr.decode(value.attr).mtime
+                mtime = value.mtime if isinstance(value, TOCEntry) else NodeAttr.decode(value[1]).mtime
                 whiteouts[hardlinks.get(path, path)] = file_time(mtime)
         return hides, whiteouts, opaque
 
     def _attr(self, path: str, node: _Node, names: int, subdirs: int, hides: set[str],
               whiteouts: dict[str, int], opaque: set[str]) -> bytes:
         """The node's row: as encoded while streaming unless a link count or a flag differs."""
-        is_dir = node.type is EntryType.DIR
+        kind, encoded, _ = node
+        is_dir = kind == EntryType.DIR.value
         if path in whiteouts:
             attr = NodeAttr(WHITEOUT_MODE, mtime=whiteouts[path], flags=NodeFlag.WHITEOUT)
         elif (is_dir and subdirs == 0 or not is_dir and names == 1) and path not in hides and path not in opaque:
-            return node.attr
+            return encoded
         else:
-            attr = NodeAttr.decode(node.attr)
+            attr = NodeAttr.decode(encoded)
             attr.nlink = 2 + subdirs if is_dir else names
         if path in hides:
             attr.flags |= NodeFlag.HIDES_LOWER
@@ -237,5 +240,5 @@ def _dirent(path: str, nodes: dict[str, Value], hardlinks: dict[str, str]) -> tu
     return parent, base
 
 
-_IMPLICIT_DIR = _Node(EntryType.DIR, attr_of(TOCEntry(name="", type=EntryType.DIR, mode=0o755)).encode())
+_IMPLICIT_DIR: _Node = (EntryType.DIR.value, attr_of(TOCEntry(name="", type=EntryType.DIR, mode=0o755)).encode(), b"")
 
