@@ -160,12 +160,17 @@ def entry_from_json(obj: Any) -> TOCEntry:
     except ValueError:
         raise TOCError(f"entry {raw_name!r}: unknown type {obj.get('type')!r}") from None
     entry = TOCEntry(name=normalize_name(raw_name), type=kind)
-    for key in obj:  # only the fields present: most entries set a third of them
-        if key in _INT_FIELDS:
-            attr, maximum = _INT_FIELDS[key]
-            setattr(entry, attr, int_field(obj, key, raw_name, maximum))
+    for key, value in obj.items():  # only the fields present: most entries set a third of them
+        spec = _INT_FIELDS.get(key)
+        if spec is not None:
+            attr, maximum = spec
+            if type(value) is not int or not 0 <= value <= maximum:
+                value = int_field(obj, key, raw_name, maximum)  # null is 0; the rest is refused
+            setattr(entry, attr, value)
         elif key in _TEXT_FIELDS:
-            setattr(entry, _TEXT_FIELDS[key], text_field(obj, key, raw_name))
+            if type(value) is not str:
+                value = text_field(obj, key, raw_name)
+            setattr(entry, _TEXT_FIELDS[key], value)
     entry.mode &= _PERM_MASK
     if entry.chunk_digest and entry.chunk_digest == entry.digest:
         entry.chunk_digest = entry.digest  # one string, not two, per single-chunk file

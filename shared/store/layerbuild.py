@@ -209,11 +209,10 @@ class LayerScan:
                 key = chunk_key(digest)
             else:
                 digest, key = "", unverified_key(self.layer_digest, blob_offset, inner)
-            record = FileChunk(chunk_offset, size, blob_offset, inner, self._starts.end_after(blob_offset),
-                               digest, key)
+            record = FileChunk.encode_fields(size, blob_offset, inner, self._starts.end_after(blob_offset), digest, key)
             self.chunk_count += 1
             self.payload_bytes += size
-            yield _CHUNK_KEY.pack(layer_id, node_id, chunk_offset), record.encode()
+            yield _CHUNK_KEY.pack(layer_id, node_id, chunk_offset), record
 
 
 def _shows(path: str) -> bool:

@@ -172,9 +172,14 @@ class FileChunk:
         return self.chunk_offset + self.size
 
     def encode(self) -> bytes:
-        return msgpack.packb(
-            [self.size, self.blob_offset, self.inner_offset, self.blob_end, self.digest, self.data_key]
-        )
+        return self.encode_fields(self.size, self.blob_offset, self.inner_offset, self.blob_end, self.digest,
+                                  self.data_key)
+
+    @staticmethod
+    def encode_fields(size: int, blob_offset: int, inner_offset: int, blob_end: int, digest: str,
+                      data_key: bytes) -> bytes:
+        """`encode` without building the record (registration writes millions of them)."""
+        return msgpack.packb([size, blob_offset, inner_offset, blob_end, digest, data_key])
 
     @classmethod
     def decode(cls, chunk_offset: int, raw: bytes | memoryview) -> "FileChunk":
