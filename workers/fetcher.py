@@ -37,7 +37,7 @@ from typing import Any, Callable
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (CacheFullError, DigestMismatchError, FormatError, LazyLayerError, ProtocolError,
                                      RegistryError, UnverifiedLayerError)
-from lazylayer.shared.estargz.reader import BlobReader, decompress_chunk
+from lazylayer.shared.estargz.reader import decompress_chunk, open_toc
 from lazylayer.shared.logs import Every
 from lazylayer.shared.estargz.toc import Chunk, TOCLimits
 from lazylayer.shared.store.blobs import blob_path
@@ -217,9 +217,10 @@ class Fetcher:
         served = client.blob_size(ref, digest)
         if served != size:
             raise RegistryError(f"layer {digest}: the registry serves {served} bytes, the manifest says {size}")
-        reader = BlobReader.open(RegistryBlobSource(client, ref, digest, size), toc_digest=toc_digest,
-                                 limits=self.settings.toc_limits, allow_unverified=allow_unverified)
-        record = layers.register(digest, size, reader.toc, verified=toc_digest is not None,
+        # The TOC streams into the registration: a large one is never held whole (tocstream.py).
+        _, toc = open_toc(RegistryBlobSource(client, ref, digest, size), toc_digest=toc_digest,
+                          limits=self.settings.toc_limits)
+        record = layers.register(digest, size, toc, verified=toc_digest is not None,
                                  allow_unverified=allow_unverified)
         log.info("layer %s registered (%d nodes, %d chunks)", digest, record.node_count, record.chunk_count)
         return JobResult(_record_dict(record))

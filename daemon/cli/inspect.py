@@ -142,7 +142,7 @@ def _describe_entry(reader: BlobReader, entry: TOCEntry) -> dict[str, Any]:
         size = len(entry.link_name.encode())
     elif entry.type in (EntryType.REG, EntryType.HARDLINK):
         content = toc.entry(target) if target is not None else entry
-        assert content is not None  # parse_toc resolved every hardlink
+        assert content is not None  # build_toc resolved every hardlink
         size, digest = content.size, content.digest
     return {
         "path": entry.name,

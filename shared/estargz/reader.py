@@ -13,9 +13,6 @@ the same code.
 from __future__ import annotations
 
 import hashlib
-import io
-import struct
-import tarfile
 import zlib
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
@@ -25,23 +22,20 @@ import zstandard
 
 from lazylayer.shared.blobsource import BlobSource
 from lazylayer.shared.errors import (
-    DigestMismatchError, FormatError, NotFoundError, TOCError, TOCLimitError,
+    DigestMismatchError, FormatError, NotFoundError, TOCLimitError,
 )
 from lazylayer.shared.estargz import inflate
 from lazylayer.shared.estargz.footer import (
-    MAX_FOOTER_SIZE, ZSTD_SKIPPABLE_HEADER_SIZE, ZSTD_SKIPPABLE_MAGIC, Footer, FooterKind,
-    parse_footer,
+    MAX_FOOTER_SIZE, ZSTD_SKIPPABLE_HEADER_SIZE, Footer, FooterKind, parse_footer,
 )
-from lazylayer.shared.estargz.toc import (
-    TOC, TOC_TAR_NAME, Chunk, EntryType, TOCEntry, TOCLimits, check_digest, parse_toc,
-)
+from lazylayer.shared.estargz.toc import TOC, Chunk, EntryType, TOCEntry, TOCLimits, check_digest
+from lazylayer.shared.estargz.tocstream import TOC_TAR_OVERHEAD, TOCStream, json_pieces
+from lazylayer.shared.estargz.tree import build_toc
 
 #: Bytes read from the end of the blob when opening: the footer plus, for most layers, the TOC.
 TAIL_READ_SIZE = 64 << 10
 #: Largest compressed range fetched in one read when several chunks are needed at once.
 MAX_FETCH_SIZE = 8 << 20
-# The tar around a gzip TOC: header, padding and end-of-archive blocks (PAX headers are small).
-_TOC_TAR_OVERHEAD = 64 << 10
 _GZIP_TRAILER_SIZE = 8  # CRC32 + ISIZE
 
 
@@ -75,28 +69,13 @@ class BlobReader:
         limits: TOCLimits = TOCLimits(),
         allow_unverified: bool = False,
     ) -> "BlobReader":
-        """Read footer and TOC; check the TOC against ``toc_digest`` when one is given.
+        """Read footer and the whole TOC; check the TOC against ``toc_digest`` when one is given.
 
         ``allow_unverified`` lets reads return chunks that have no digest at all (legacy stargz);
         without it such chunks are refused.
         """
-        if toc_digest is not None:
-            check_digest(toc_digest, "expected TOC digest")
-        size = source.size
-        tail_start = max(0, size - max(TAIL_READ_SIZE, MAX_FOOTER_SIZE))
-        tail = source.read_at(tail_start, size - tail_start)
-        footer = parse_footer(tail, size)
-        toc_start, toc_end = _toc_range(footer)
-        _check_compressed_toc_size(footer, limits)
-        if toc_start >= tail_start:
-            raw = tail[toc_start - tail_start : toc_end - tail_start]
-        else:
-            raw = source.read_at(toc_start, toc_end - toc_start)
-        json_bytes = _toc_json(footer, raw, limits)
-        toc = parse_toc(json_bytes, payload_end=toc_start, limits=limits)
-        if toc_digest is not None and toc.json_bytes_digest != toc_digest:
-            raise DigestMismatchError("TOC", toc_digest, toc.json_bytes_digest)
-        return cls(source, footer, toc, allow_unverified=allow_unverified)
+        footer, stream = open_toc(source, toc_digest=toc_digest, limits=limits)
+        return cls(source, footer, build_toc(stream), allow_unverified=allow_unverified)
 
     def prefetch_size(self) -> int | None:
         """Compressed bytes ``[0, N)`` to prefetch: 0 when the layer says "no prefetch", None when
@@ -113,7 +92,7 @@ class BlobReader:
         target = self.toc.hardlink_target(path)
         if target is not None:
             entry = self.toc.entry(target)
-            assert entry is not None  # parse_toc resolved every hardlink
+            assert entry is not None  # build_toc resolved every hardlink
         if entry.type is not EntryType.REG:
             raise NotFoundError(f"{path}: not a regular file (it is a {entry.type.value})")
         return entry
@@ -196,6 +175,27 @@ class BlobReader:
             for chunk in chunks[index:stop]:
                 yield chunk, data[chunk.blob_offset - start : chunk.blob_end - start]
             index = stop
+
+
+def open_toc(
+    source: BlobSource, *, toc_digest: str | None = None, limits: TOCLimits = TOCLimits()
+) -> tuple[Footer, TOCStream]:
+    """Read a blob's footer and compressed TOC; its entries decode as the stream is iterated
+    (tocstream.py), which ends with DigestMismatchError if ``toc_digest`` is given and wrong."""
+    if toc_digest is not None:
+        check_digest(toc_digest, "expected TOC digest")
+    size = source.size
+    tail_start = max(0, size - max(TAIL_READ_SIZE, MAX_FOOTER_SIZE))
+    tail = source.read_at(tail_start, size - tail_start)
+    footer = parse_footer(tail, size)
+    toc_start, toc_end = _toc_range(footer)
+    _check_compressed_toc_size(footer, limits)
+    if toc_start >= tail_start:
+        raw = tail[toc_start - tail_start : toc_end - tail_start]
+    else:
+        raw = source.read_at(toc_start, toc_end - toc_start)
+    pieces = json_pieces(footer, raw, limits)
+    return footer, TOCStream(pieces, payload_end=toc_start, limits=limits, expect_digest=toc_digest)
 
 
 def decompress_chunk(
@@ -312,7 +312,7 @@ def _toc_range(footer: Footer) -> tuple[int, int]:
 def _check_compressed_toc_size(footer: Footer, limits: TOCLimits) -> None:
     """Refuse before reading a TOC that cannot decompress within the limit: compressed data is
     at most a little larger than what it holds (stored blocks add a few bytes per 64 KiB)."""
-    bound = limits.max_toc_bytes + limits.max_toc_bytes // 256 + _TOC_TAR_OVERHEAD
+    bound = limits.max_toc_bytes + limits.max_toc_bytes // 256 + TOC_TAR_OVERHEAD
     if footer.toc_size > bound:
         raise TOCLimitError(
             f"compressed TOC is {footer.toc_size} bytes; the {limits.max_toc_bytes}-byte TOC limit "
@@ -323,68 +323,3 @@ def _check_compressed_toc_size(footer: Footer, limits: TOCLimits) -> None:
             f"footer says the TOC is {footer.toc_json_size} bytes, over the limit of "
             f"{limits.max_toc_bytes}"
         )
-
-
-def _toc_json(footer: Footer, raw: bytes, limits: TOCLimits) -> bytes:
-    """The uncompressed TOC JSON from its compressed bytes (see `_toc_range`)."""
-    if footer.kind is FooterKind.ZSTD_CHUNKED:
-        return _zstd_toc_json(footer, raw)
-    return _gzip_toc_json(raw, limits)
-
-
-def _zstd_toc_json(footer: Footer, raw: bytes) -> bytes:
-    magic, length = raw[:4], struct.unpack_from("<I", raw, 4)[0]
-    if magic != ZSTD_SKIPPABLE_MAGIC or length != footer.toc_size:
-        raise FormatError(
-            f"zstd:chunked TOC at offset {footer.toc_offset} is not inside a skippable frame of "
-            f"{footer.toc_size} bytes"
-        )
-    assert footer.toc_json_size is not None  # zstd footers state it
-    try:
-        data = _unzstd_prefix(raw[ZSTD_SKIPPABLE_HEADER_SIZE:], footer.toc_json_size + 1)
-    except zstandard.ZstdError as exc:
-        raise TOCError(f"zstd:chunked TOC does not decompress: {exc}") from None
-    if len(data) != footer.toc_json_size:
-        raise TOCError(
-            f"zstd:chunked TOC decompresses to {'more than ' if len(data) > footer.toc_json_size else ''}"
-            f"{len(data)} bytes, but the footer says {footer.toc_json_size}"
-        )
-    return bytes(data)
-
-
-def _gzip_toc_json(raw: bytes, limits: TOCLimits) -> bytes:
-    """The TOC is one gzip member holding a tar with exactly one file, stargz.index.json."""
-    limit = limits.max_toc_bytes + _TOC_TAR_OVERHEAD
-    member = zlib.decompressobj(31)
-    try:
-        tar_bytes = member.decompress(raw, limit + 1)
-    except zlib.error as exc:
-        raise TOCError(f"TOC gzip member is corrupt: {exc}") from None
-    if len(tar_bytes) > limit:
-        raise TOCLimitError(f"TOC inflates past {limit} bytes, over the TOC size limit")
-    if not member.eof:
-        raise TOCError("TOC gzip member is truncated")
-    try:
-        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
-            first = tar.next()
-            if first is None:
-                raise TOCError("TOC tar is empty")
-            if first.name != TOC_TAR_NAME or not first.isreg():
-                raise TOCError(
-                    f"TOC tar holds {first.name!r}, expected a regular file {TOC_TAR_NAME!r}"
-                )
-            if first.size > limits.max_toc_bytes:
-                raise TOCLimitError(
-                    f"TOC JSON is {first.size} bytes, over the limit of {limits.max_toc_bytes}"
-                )
-            stream = tar.extractfile(first)
-            assert stream is not None  # a regular file
-            json_bytes = stream.read()
-            if len(json_bytes) != first.size:
-                raise TOCError(f"TOC tar is truncated ({len(json_bytes)} of {first.size} bytes)")
-            extra = tar.next()
-            if extra is not None:
-                raise TOCError(f"TOC tar holds a second entry {extra.name!r}; expected only one")
-    except (tarfile.TarError, EOFError, UnicodeError) as exc:
-        raise TOCError(f"TOC tar is malformed: {exc}") from None
-    return json_bytes

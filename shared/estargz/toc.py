@@ -6,7 +6,7 @@ directories end with `/`, `chunk` entries repeat (and readers ignore) the file n
 is RFC 3339 rounded to seconds, omitted for the zero time and for the Unix epoch.
 
 This module is the model both the reader and the writer use; `TOCEntry` is one JSON entry with
-names already normalised, nothing derived. `parse_toc` turns a whole TOC into a validated `TOC`:
+names already normalised, nothing derived. A `TOC` is a whole TOC validated (tree.py builds it):
 the resolved tree (duplicates, implicit parents, hardlinks) and each regular file's `Chunk` list,
 with every hostile shape (escaping names, link loops, gaps, overlaps, offsets past the payload,
 absurd sizes, over-limit TOCs) refused up front with a `TOCError` naming the entry, so nothing
@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import json
+import functools
 import posixpath
 import re
-from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
-from lazylayer.shared.errors import TOCError, TOCLimitError
-from lazylayer.shared.estargz.fields import DEV_MAJOR_MAX, DEV_MINOR_MAX, UINT32_MAX, int_field, text_field
+from lazylayer.shared.errors import TOCError
+from lazylayer.shared.estargz.fields import (
+    DEV_MAJOR_MAX, DEV_MINOR_MAX, INT64_MAX, UINT32_MAX, int_field, text_field,
+)
 
 TOC_TAR_NAME = "stargz.index.json"
 TOC_VERSION = 1
@@ -89,6 +89,8 @@ def normalize_name(raw: str) -> str:
     A name that would climb above the root is refused here rather than silently clamped:
     a TOC that says ``../x`` is hostile, not sloppy.
     """
+    if "\x00" not in raw and "//" not in raw and "/." not in raw and not raw.startswith((".", "/")):
+        return raw[:-1] if raw.endswith("/") else raw  # already clean: the common case, fast
     if "\x00" in raw:
         raise TOCError(f"entry {raw!r}: name contains a NUL byte")
     parts: list[str] = []
@@ -115,16 +117,37 @@ def format_modtime(mtime: int) -> str | None:
 
 def parse_modtime(value: str, name: str) -> int:
     """Unix seconds from an RFC 3339 string; Go's zero time (year 1) maps to 0 like an omitted one."""
+    try:
+        return _modtime_seconds(value)
+    except ValueError:
+        raise TOCError(f"entry {name!r}: modtime {value!r} is not RFC 3339") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _modtime_seconds(value: str) -> int:
+    """Cached: the files of a layer share few distinct times (often one)."""
     text = value.strip()
     if text.startswith("0001-01-01T00:00:00"):
         return 0
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as exc:
-        raise TOCError(f"entry {name!r}: modtime {value!r} is not RFC 3339") from exc
+    when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return int(when.timestamp() // 1)
+
+
+#: JSON key -> (TOCEntry attribute, largest value) of the integer fields.
+_INT_FIELDS = {
+    "size": ("size", INT64_MAX), "mode": ("mode", UINT32_MAX), "uid": ("uid", UINT32_MAX),
+    "gid": ("gid", UINT32_MAX), "devMajor": ("dev_major", DEV_MAJOR_MAX),
+    "devMinor": ("dev_minor", DEV_MINOR_MAX), "offset": ("offset", INT64_MAX),
+    "chunkOffset": ("chunk_offset", INT64_MAX), "chunkSize": ("chunk_size", INT64_MAX),
+    "innerOffset": ("inner_offset", INT64_MAX),
+}
+#: JSON key -> TOCEntry attribute of the plain string fields.
+_TEXT_FIELDS = {
+    "linkName": "link_name", "userName": "uname", "groupName": "gname", "digest": "digest",
+    "chunkDigest": "chunk_digest",
+}
 
 
 def entry_from_json(obj: Any) -> TOCEntry:
@@ -136,8 +159,24 @@ def entry_from_json(obj: Any) -> TOCEntry:
         kind = EntryType(text_field(obj, "type", raw_name))
     except ValueError:
         raise TOCError(f"entry {raw_name!r}: unknown type {obj.get('type')!r}") from None
-    name = normalize_name(raw_name)
-    xattrs: dict[str, bytes] = {}
+    entry = TOCEntry(name=normalize_name(raw_name), type=kind)
+    for key, value in obj.items():  # only the fields present: most entries set a third of them
+        spec = _INT_FIELDS.get(key)
+        if spec is not None:
+            attr, maximum = spec
+            if type(value) is not int or not 0 <= value <= maximum:
+                value = int_field(obj, key, raw_name, maximum)  # null is 0; the rest is refused
+            setattr(entry, attr, value)
+        elif key in _TEXT_FIELDS:
+            if type(value) is not str:
+                value = text_field(obj, key, raw_name)
+            setattr(entry, _TEXT_FIELDS[key], value)
+    entry.mode &= _PERM_MASK
+    if entry.chunk_digest and entry.chunk_digest == entry.digest:
+        entry.chunk_digest = entry.digest  # one string, not two, per single-chunk file
+    modtime = text_field(obj, "modtime", raw_name)
+    if modtime:
+        entry.mtime = parse_modtime(modtime, raw_name)
     raw_xattrs = obj.get("xattrs") or {}
     if not isinstance(raw_xattrs, dict):
         raise TOCError(f"entry {raw_name!r}: xattrs is not an object")
@@ -145,31 +184,9 @@ def entry_from_json(obj: Any) -> TOCEntry:
         if not isinstance(value, str):
             raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not a base64 string")
         try:
-            xattrs[key] = base64.b64decode(value, validate=True)
+            entry.xattrs[key] = base64.b64decode(value, validate=True)
         except binascii.Error:
             raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not valid base64") from None
-    modtime = text_field(obj, "modtime", raw_name)
-    entry = TOCEntry(
-        name=name,
-        type=kind,
-        size=int_field(obj, "size", raw_name),
-        mtime=parse_modtime(modtime, raw_name) if modtime else 0,
-        link_name=text_field(obj, "linkName", raw_name),
-        mode=int_field(obj, "mode", raw_name, UINT32_MAX) & _PERM_MASK,
-        uid=int_field(obj, "uid", raw_name, UINT32_MAX),
-        gid=int_field(obj, "gid", raw_name, UINT32_MAX),
-        uname=text_field(obj, "userName", raw_name),
-        gname=text_field(obj, "groupName", raw_name),
-        dev_major=int_field(obj, "devMajor", raw_name, DEV_MAJOR_MAX),
-        dev_minor=int_field(obj, "devMinor", raw_name, DEV_MINOR_MAX),
-        xattrs=xattrs,
-        digest=text_field(obj, "digest", raw_name),
-        offset=int_field(obj, "offset", raw_name),
-        chunk_offset=int_field(obj, "chunkOffset", raw_name),
-        chunk_size=int_field(obj, "chunkSize", raw_name),
-        chunk_digest=text_field(obj, "chunkDigest", raw_name),
-        inner_offset=int_field(obj, "innerOffset", raw_name),
-    )
     return entry
 
 
@@ -206,7 +223,13 @@ def entry_to_json(entry: TOCEntry, *, emit_uname: bool = True, emit_gname: bool 
 
 def parent_of(name: str) -> str:
     """Parent directory of a normalised name ('' for the root's children)."""
-    return posixpath.dirname(name)
+    return name.rpartition("/")[0]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(parent, base name) of a normalised name: posixpath.split without its generality."""
+    parent, _, base = name.rpartition("/")
+    return parent, base
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +279,8 @@ class Chunk:
 
 
 class TOC:
-    """A parsed, validated TOC. Build it with `parse_toc`.
+    """A parsed, validated TOC, all in memory (for tools and tests: registration streams instead).
+    Build it with `tree.build_toc`.
 
     ``entries`` keeps every JSON entry in TOC order (chunk entries carry their file's name).
     Lookups see the resolved tree: the later of duplicate names wins (a non-directory replacing
@@ -271,6 +295,8 @@ class TOC:
         entries: list[TOCEntry],
         json_bytes_digest: str,
         json_size: int,
+        payload_end: int,
+        limits: TOCLimits,
         nodes: dict[str, TOCEntry],
         implicit: set[str],
         hardlinks: dict[str, str],
@@ -281,6 +307,9 @@ class TOC:
         self.json_bytes_digest = json_bytes_digest
         #: Length of the uncompressed TOC JSON.
         self.json_size = json_size
+        #: Compressed offset where the TOC starts, and the limits the TOC was checked against.
+        self.payload_end = payload_end
+        self.limits = limits
         self._nodes = nodes
         self._implicit = implicit
         self._hardlinks = hardlinks
@@ -322,55 +351,6 @@ class TOC:
         return list(self._chunks.get(key, ()))
 
 
-def parse_toc(json_bytes: bytes, *, payload_end: int, limits: TOCLimits = TOCLimits()) -> TOC:
-    """Parse and validate the uncompressed TOC JSON of a blob whose payload ends at
-    ``payload_end`` (the compressed offset where the TOC starts).
-
-    Raises TOCLimitError past ``limits`` and TOCError for anything invalid or hostile.
-    """
-    if len(json_bytes) > limits.max_toc_bytes:
-        raise TOCLimitError(
-            f"TOC JSON is {len(json_bytes)} bytes, over the limit of {limits.max_toc_bytes}"
-        )
-    digest = "sha256:" + hashlib.sha256(json_bytes).hexdigest()
-    doc = _load_json(json_bytes)
-    version = doc.get("version")
-    if version != TOC_VERSION or isinstance(version, bool):
-        raise TOCError(f"TOC version is {version!r}; only version {TOC_VERSION} is supported")
-    raw_entries = doc.get("entries")
-    if not isinstance(raw_entries, list):
-        raise TOCError("TOC has no 'entries' list")
-    if len(raw_entries) > limits.max_entries:
-        raise TOCLimitError(
-            f"TOC has {len(raw_entries)} entries, over the limit of {limits.max_entries}"
-        )
-    tree = _TreeBuilder()
-    entries: list[TOCEntry] = []
-    owners: dict[int, str] = {}
-    groups: dict[int, str] = {}
-    pieces: list[TOCEntry] | None = None  # the chunk list of the regular file just seen
-    for raw in raw_entries:
-        entry = entry_from_json(raw)
-        if entry.type is EntryType.CHUNK:
-            if pieces is None:
-                raise TOCError(
-                    f"entry {entry.name!r}: chunk entry does not follow a regular file"
-                )
-            entry.name = pieces[0].name
-            pieces.append(entry)
-        else:
-            _backfill(entry, owners, groups)
-            pieces = tree.add(entry)
-        entries.append(entry)
-    starts = sorted({e.offset for e in entries if e.has_payload} | {payload_end})
-    chunks: dict[str, tuple[Chunk, ...]] = {}
-    for path, node in tree.nodes.items():
-        if node.type is EntryType.REG:
-            chunks[path] = _file_chunks(tree.pieces[path], starts, payload_end, limits)
-    hardlinks = _resolve_hardlinks(tree.nodes)
-    return TOC(version, entries, digest, len(json_bytes), tree.nodes, tree.implicit, hardlinks, chunks)
-
-
 def check_digest(value: str, what: str) -> str:
     """``value`` if it is a ``sha256:<64 lowercase hex>`` digest, else a TOCError about ``what``."""
     if not _DIGEST.fullmatch(value):
@@ -383,190 +363,3 @@ def _lookup_key(path: str) -> str | None:
         return normalize_name(path)
     except TOCError:
         return None
-
-
-def _load_json(json_bytes: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(json_bytes.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TOCError(f"TOC is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except RecursionError:
-        raise TOCError("TOC JSON is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, and ints longer than Python will parse
-        raise TOCError(f"TOC is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise TOCError(f"TOC JSON is a {type(doc).__name__}, not an object")
-    return doc
-
-
-def _backfill(entry: TOCEntry, owners: dict[int, str], groups: dict[int, str]) -> None:
-    """Upstream writers name a uid/gid only the first time they see it; repeat it here."""
-    for attr, ident, names in (("uname", entry.uid, owners), ("gname", entry.gid, groups)):
-        value = getattr(entry, attr)
-        if value:
-            names[ident] = value
-        elif ident in names:
-            setattr(entry, attr, names[ident])
-
-
-class _TreeBuilder:
-    """Applies entries in order the way layer extraction does, keeping the result consistent."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[str, TOCEntry] = {"": _implicit_dir("")}
-        self.implicit: set[str] = {""}
-        self.children: dict[str, set[str]] = {"": set()}
-        #: path -> [reg entry, chunk entries...] for the winning regular file of that path.
-        self.pieces: dict[str, list[TOCEntry]] = {}
-
-    def add(self, entry: TOCEntry) -> list[TOCEntry] | None:
-        """Apply one non-chunk entry; returns the list its chunk entries go into (regular files)."""
-        path = entry.name
-        if path == "" and entry.type is not EntryType.DIR:
-            raise TOCError(f"entry {path!r}: the layer root is a {entry.type.value}, not a dir")
-        if entry.type in (EntryType.SYMLINK, EntryType.HARDLINK) and not entry.link_name:
-            raise TOCError(f"entry {path!r}: {entry.type.value} has no target (linkName)")
-        if path:
-            self._ensure_parent(path)
-        old = self.nodes.get(path)
-        if old is not None and old.type is EntryType.DIR and entry.type is not EntryType.DIR:
-            self._drop_subtree(path)
-        self.nodes[path] = entry
-        self.implicit.discard(path)
-        self.pieces.pop(path, None)
-        if entry.type is EntryType.DIR:
-            self.children.setdefault(path, set())
-        if path:
-            self.children[posixpath.dirname(path)].add(path)
-        if entry.type is not EntryType.REG:
-            return None
-        pieces = [entry]
-        self.pieces[path] = pieces
-        return pieces
-
-    def _ensure_parent(self, path: str) -> None:
-        parent = posixpath.dirname(path)
-        missing: list[str] = []
-        while parent not in self.nodes:
-            missing.append(parent)
-            parent = posixpath.dirname(parent)
-        if self.nodes[parent].type is not EntryType.DIR:
-            raise TOCError(
-                f"entry {path!r}: parent {parent!r} is a {self.nodes[parent].type.value}, "
-                "not a directory"
-            )
-        for name in reversed(missing):
-            self.nodes[name] = _implicit_dir(name)
-            self.implicit.add(name)
-            self.children[name] = set()
-            self.children[posixpath.dirname(name)].add(name)
-
-    def _drop_subtree(self, path: str) -> None:
-        stack = list(self.children.pop(path, ()))
-        while stack:
-            name = stack.pop()
-            del self.nodes[name]
-            self.implicit.discard(name)
-            self.pieces.pop(name, None)
-            stack.extend(self.children.pop(name, ()))
-
-
-def _implicit_dir(name: str) -> TOCEntry:
-    return TOCEntry(name=name, type=EntryType.DIR, mode=0o755)
-
-
-def _file_chunks(
-    pieces: list[TOCEntry], starts: list[int], payload_end: int, limits: TOCLimits
-) -> tuple[Chunk, ...]:
-    """Validate one regular file's chunk entries and turn them into `Chunk`s in file order."""
-    reg = pieces[0]
-    name, size = reg.name, reg.size
-    if reg.digest:
-        check_digest(reg.digest, f"entry {name!r}: digest")
-    if size == 0:
-        if len(pieces) > 1:
-            raise TOCError(f"entry {name!r}: empty file has {len(pieces) - 1} chunk entries")
-        return ()
-    ordered = sorted(pieces, key=lambda e: e.chunk_offset)
-    if ordered[0].chunk_offset != 0:
-        raise TOCError(
-            f"entry {name!r}: gap: the first chunk starts at file offset "
-            f"{ordered[0].chunk_offset}, not 0"
-        )
-    out: list[Chunk] = []
-    for index, piece in enumerate(ordered):
-        last = index == len(ordered) - 1
-        start = piece.chunk_offset
-        end = size if last else ordered[index + 1].chunk_offset
-        if end <= start:
-            where = "is past the file size" if last else "overlaps the next chunk"
-            raise TOCError(f"entry {name!r}: the chunk at file offset {start} {where} ({size})")
-        length = end - start
-        if piece.chunk_size and piece.chunk_size != length:
-            if last:
-                raise TOCError(
-                    f"entry {name!r}: chunk sizes add up to {start + piece.chunk_size}, "
-                    f"not the file size {size}"
-                )
-            problem = "gap after" if piece.chunk_size < length else "overlap at"
-            raise TOCError(
-                f"entry {name!r}: {problem} the chunk at file offset {start} (its chunkSize is "
-                f"{piece.chunk_size}, the next chunk starts at {end})"
-            )
-        if piece.inner_offset + length > limits.max_chunk_bytes:
-            raise TOCLimitError(
-                f"entry {name!r}: the chunk at file offset {start} needs "
-                f"{piece.inner_offset + length} uncompressed bytes, over the limit of "
-                f"{limits.max_chunk_bytes}"
-            )
-        if piece.offset >= payload_end:
-            raise TOCError(
-                f"entry {name!r}: the chunk at file offset {start} has blob offset "
-                f"{piece.offset}, past the payload end {payload_end}"
-            )
-        digest = piece.chunk_digest or (reg.digest if len(ordered) == 1 else "")
-        if digest:
-            check_digest(digest, f"entry {name!r}: chunk at file offset {start}: chunkDigest")
-        blob_end = starts[bisect_right(starts, piece.offset)]
-        out.append(Chunk(start, length, piece.offset, piece.inner_offset, blob_end, digest, name))
-    return tuple(out)
-
-
-def _resolve_hardlinks(nodes: dict[str, TOCEntry]) -> dict[str, str]:
-    """hardlink path -> final target path; refuses missing targets, loops and directories."""
-    resolved: dict[str, str] = {}
-    for path, entry in nodes.items():
-        if entry.type is not EntryType.HARDLINK or path in resolved:
-            continue
-        chain: list[str] = []
-        seen: set[str] = set()
-        current = path
-        while True:
-            node = nodes[current]
-            if current in resolved:
-                target = resolved[current]
-                break
-            if node.type is not EntryType.HARDLINK:
-                target = current
-                break
-            if current in seen:
-                raise TOCError(
-                    f"entry {path!r}: hardlinks loop ({' -> '.join(chain + [current])})"
-                )
-            chain.append(current)
-            seen.add(current)
-            try:
-                current = normalize_name(node.link_name)
-            except TOCError:
-                raise TOCError(
-                    f"entry {node.name!r}: hardlink target {node.link_name!r} escapes the layer root"
-                ) from None
-            if current not in nodes:
-                raise TOCError(
-                    f"entry {node.name!r}: hardlink target {node.link_name!r} is not in the layer"
-                )
-        if nodes[target].type is EntryType.DIR:
-            raise TOCError(f"entry {path!r}: hardlink to a directory ({target!r})")
-        for name in chain:
-            resolved[name] = target
-    return resolved

@@ -1,17 +1,20 @@
 """Layer records: layer digest -> numeric id, sizes, verification and fetch state, last error.
 
-Registration writes the record and the layer's whole metadata (metadata.py) in one transaction,
-so a layer is either fully described or absent. It is idempotent: when two processes race to
-register the same layer, the loser finds the winner's record inside its own write transaction
-and returns it; since node ids are derived from the TOC alone, both computed the same ids.
-The metadata is built before the write transaction begins, so the lock is held only to write.
+Registration writes the layer's metadata (layerbuild.py) in batches under a fresh id, then the
+record in a last transaction: readers find a layer only through its record, so a layer is either
+fully described or absent. It is idempotent: when two processes race to register the same
+layer, the loser finds the winner's record in its publishing transaction, returns it and deletes
+its own rows. The TOC is decoded and checked before the first write, and each write transaction
+is short, so other writers never wait long on a large layer.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import struct
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any
@@ -21,12 +24,20 @@ import msgpack
 
 from lazylayer.shared.errors import CacheError, NotFoundError
 from lazylayer.shared.estargz.toc import TOC
+from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.store.corrupt import decoding
 from lazylayer.shared.store.env import Store
-from lazylayer.shared.store.metadata import ROOT_ID, NodeRef, build_metadata, delete_metadata, write_metadata
+from lazylayer.shared.store.layerbuild import BATCH_ROWS, LayerScan
+from lazylayer.shared.store.metadata import ROOT_ID, NodeRef, delete_metadata, write_rows
+
+log = logging.getLogger(__name__)
 
 _ID = struct.Struct(">I")
 _NEXT_ID_KEY = b"next_layer_id"
+#: Meta key prefix (+ layer id) of a registration under way: its process id and layer digest.
+#: Its rows are unreachable (no layer record names the id yet); if the process dies, the next
+#: registration finds the mark and deletes them.
+PENDING_PREFIX = b"pending_layer:"
 MAX_LAYER_ID = (1 << 31) - 1
 
 
@@ -77,12 +88,6 @@ class LayerRecord:
             return cls(**data)
 
 
-def prefetch_end_of(toc: TOC) -> int | None:
-    if toc.has_no_prefetch_landmark:
-        return 0
-    return toc.prefetch_landmark_offset
-
-
 class Layers:
     """Layer records in the shared environment. Writes need a writable Store (workers)."""
 
@@ -96,47 +101,100 @@ class Layers:
         self,
         digest: str,
         blob_size: int,
-        toc: TOC,
+        toc: TOC | TOCStream,
         *,
         verified: bool,
         allow_unverified: bool = False,
     ) -> LayerRecord:
-        """Store a layer's record and metadata; returns the existing record if already there."""
+        """Store a layer's record and metadata; returns the existing record if already there.
+
+        A stream is decoded and checked whole (its digest included) before the first write; the
+        rows then go in batches under a fresh layer id, and the record, written last, publishes
+        them. Rows of a registration that failed are deleted; those of a process that died
+        are deleted by the next registration (`PENDING_PREFIX`)."""
+        stream = toc if isinstance(toc, TOCStream) else TOCStream.of(toc)
         existing = self.get(digest)
         if existing is not None:
-            return self._same(existing, toc)
-        meta = build_metadata(toc, digest, allow_unverified=allow_unverified)
+            return self._same(existing, _digest_of(stream))
+        scan = LayerScan(digest, allow_unverified=allow_unverified)
+        scan.scan(stream)
+        toc_digest = _digest_of(stream)
+        self._sweep()
+        layer_id = self.store.write(lambda txn: self._begin(txn, digest))
 
-        def register(txn: lmdb.Transaction) -> LayerRecord:
+        def publish(txn: lmdb.Transaction) -> LayerRecord:
             raw = txn.get(digest.encode(), db=self._layers)
             if raw is not None:
-                return LayerRecord.decode(raw)
-            layer_id = allocate_id(txn, self.store)
+                return LayerRecord.decode(raw)  # another process registered it meanwhile
             record = LayerRecord(
                 digest=digest,
                 layer_id=layer_id,
                 blob_size=blob_size,
-                toc_digest=toc.json_bytes_digest,
+                toc_digest=toc_digest,
                 verified=verified,
-                prefetch_end=prefetch_end_of(toc),
-                node_count=meta.node_count,
-                chunk_count=meta.chunk_count,
-                payload_bytes=meta.payload_bytes,
+                prefetch_end=scan.prefetch_end,
+                node_count=scan.node_count,
+                chunk_count=scan.chunk_count,
+                payload_bytes=scan.payload_bytes,
                 registered_at=time.time(),
             )
-            write_metadata(txn, self.store, layer_id, meta)
             txn.put(digest.encode(), record.encode(), db=self._layers)
             txn.put(_ID.pack(layer_id), digest.encode(), db=self._ids)
+            txn.delete(_pending_key(layer_id), db=self._meta)
             return record
 
-        return self._same(self.store.write(register), toc)
+        try:
+            for batch in scan.rows(layer_id):
+                self.store.write(lambda txn: write_rows(txn, self.store, batch))
+            record = self.store.write(publish)
+        except BaseException:
+            self._discard(layer_id)
+            raise
+        if record.layer_id != layer_id:
+            self._discard(layer_id)
+        return self._same(record, toc_digest)
+
+    def _begin(self, txn: lmdb.Transaction, digest: str) -> int:
+        layer_id = allocate_id(txn, self.store)
+        self._mark_pending(txn, layer_id, digest)
+        return layer_id
+
+    def _mark_pending(self, txn: lmdb.Transaction, layer_id: int, digest: str) -> None:
+        txn.put(_pending_key(layer_id), msgpack.packb([os.getpid(), digest]), db=self._meta)
+
+    def _sweep(self) -> None:
+        """Delete the rows of registrations whose process died before publishing them."""
+
+        def pending(txn: lmdb.Transaction) -> list[tuple[int, int]]:
+            out = []
+            with txn.cursor(db=self._meta) as cursor:
+                if cursor.set_range(PENDING_PREFIX):
+                    for key, value in cursor:
+                        if not bytes(key).startswith(PENDING_PREFIX):
+                            break
+                        with decoding("pending registration"):
+                            pid = msgpack.unpackb(value)[0]
+                        out.append((_ID.unpack(key[len(PENDING_PREFIX):])[0], pid))
+            return out
+
+        for layer_id, pid in self.store.read(pending):
+            if not _alive(pid):
+                log.warning("deleting the metadata of layer id %d: its registration (pid %d) died", layer_id, pid)
+                self._discard(layer_id)
+
+    def _discard(self, layer_id: int) -> None:
+        """Delete the rows of an unpublished (or removed) layer id in batches, then its pending
+        mark: each transaction stays small, whatever the layer's size."""
+        while not self.store.write(lambda txn: delete_metadata(txn, self.store, layer_id, BATCH_ROWS)):
+            pass
+        self.store.write(lambda txn: txn.delete(_pending_key(layer_id), db=self._meta))
 
     @staticmethod
-    def _same(record: LayerRecord, toc: TOC) -> LayerRecord:
-        if record.toc_digest != toc.json_bytes_digest:
+    def _same(record: LayerRecord, toc_digest: str) -> LayerRecord:
+        if record.toc_digest != toc_digest:
             raise CacheError(
                 f"layer {record.digest} is registered with TOC {record.toc_digest}, "
-                f"not {toc.json_bytes_digest}; remove it from the cache first"
+                f"not {toc_digest}; remove it from the cache first"
             )
         return record
 
@@ -197,19 +255,25 @@ class Layers:
         return self.store.write(modify)
 
     def remove(self, digest: str) -> bool:
-        """Drop a layer's record and metadata (its chunks stay until evicted: they may be shared)."""
+        """Drop a layer's record, then its metadata in batches (its chunks stay until evicted:
+        they may be shared). The record goes first, leaving a pending mark, so the layer is gone
+        at once and the rows of a process that dies part-way are swept like a registration's."""
 
-        def remove(txn: lmdb.Transaction) -> bool:
+        def unpublish(txn: lmdb.Transaction) -> int | None:
             raw = txn.get(digest.encode(), db=self._layers)
             if raw is None:
-                return False
-            record = LayerRecord.decode(raw)
-            delete_metadata(txn, self.store, record.layer_id)
+                return None
+            layer_id = LayerRecord.decode(raw).layer_id
             txn.delete(digest.encode(), db=self._layers)
-            txn.delete(_ID.pack(record.layer_id), db=self._ids)
-            return True
+            txn.delete(_ID.pack(layer_id), db=self._ids)
+            self._mark_pending(txn, layer_id, digest)
+            return layer_id
 
-        return self.store.write(remove)
+        layer_id = self.store.write(unpublish)
+        if layer_id is None:
+            return False
+        self._discard(layer_id)
+        return True
 
 
 def allocate_id(txn: lmdb.Transaction, store: Store) -> int:
@@ -221,6 +285,29 @@ def allocate_id(txn: lmdb.Transaction, store: Store) -> int:
         raise CacheError("the cache has run out of layer ids; wipe it")
     txn.put(_NEXT_ID_KEY, _ID.pack(layer_id + 1), db=meta)
     return layer_id
+
+
+def _pending_key(layer_id: int) -> bytes:
+    return PENDING_PREFIX + _ID.pack(layer_id)
+
+
+def _digest_of(stream: TOCStream) -> str:
+    """The stream's TOC digest, reading it to the end if nobody has."""
+    if stream.digest is None:
+        for _ in stream:
+            pass
+    assert stream.digest is not None
+    return stream.digest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _copy(raw: bytes | memoryview | None) -> bytes | None:

@@ -1,7 +1,6 @@
 """Per-layer filesystem metadata: nodes, directory entries and file chunk tables.
 
-Built once from a parsed TOC (`build_metadata`, pure computation, no LMDB) and written by
-`layers.register_layer`; afterwards every process answers lookup/getattr/readdir/readlink/xattr
+Built from a streamed TOC (layerbuild.py) and written in batches by `Layers.register`; afterwards every process answers lookup/getattr/readdir/readlink/xattr
 and "which chunks cover this range" from LMDB alone.
 
 Why the choices:
@@ -9,7 +8,7 @@ Why the choices:
 * Node ids follow the resolved tree's order (root = 1, then TOC order; hardlinks share their
   target's node), so they are the same in every process and after every restart, and an inode
   (`inode_of`) is a pure function of (layer id, node id).
-* Overlay semantics are decided here, at registration, as upstream's node.go does at lookup time
+* Overlay semantics are decided at registration (layerbuild.py), as upstream's node.go does at lookup time
   (reference §2.3): every ``.wh.*`` name and the root landmarks are hidden; ``.wh.x`` shows as a
   whiteout (char 0/0, mode exactly S_IFCHR) named ``x`` only if no real ``x`` is beside it; a
   directory holding ``.wh..wh..opq`` is flagged opaque. Storing the result keeps the read path a
@@ -21,10 +20,8 @@ Why the choices:
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 import struct
-from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import NamedTuple
@@ -32,21 +29,18 @@ from typing import NamedTuple
 import lmdb
 import msgpack
 
-from lazylayer.shared.errors import FormatError, NotFoundError, TOCError, TOCLimitError
+from lazylayer.shared.errors import NotFoundError, TOCError
 from lazylayer.shared.estargz.fields import file_time
-from lazylayer.shared.estargz.toc import (
-    NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, TOC, WHITEOUT_PREFIX, EntryType,
-    TOCEntry, normalize_name,
-)
-from lazylayer.shared.store.chunks import chunk_key, unverified_key
+from lazylayer.shared.estargz.toc import EntryType, TOCEntry, normalize_name
 from lazylayer.shared.store.corrupt import decoding
 from lazylayer.shared.store.env import Store
 
 ROOT_ID = 1
 MAX_NODE_ID = (1 << 32) - 1
 BLOCK_SIZE = 4096
-_ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
-_WHITEOUT_MODE = stat.S_IFCHR  # permission bits 0: what overlayfs recognises as a whiteout
+#: A whiteout's mode: permission bits 0 are what overlayfs recognises.
+#: A whiteout's mode: permission bits 0, what overlayfs recognises as a whiteout.
+WHITEOUT_MODE = stat.S_IFCHR
 
 _NODE_KEY = struct.Struct(">II")  # layer id, node id (also a dirent's value)
 _DIRENT_PREFIX = struct.Struct(">II")  # layer id, parent node id; the name follows
@@ -179,9 +173,14 @@ class FileChunk:
         return self.chunk_offset + self.size
 
     def encode(self) -> bytes:
-        return msgpack.packb(
-            [self.size, self.blob_offset, self.inner_offset, self.blob_end, self.digest, self.data_key]
-        )
+        return self.encode_fields(self.size, self.blob_offset, self.inner_offset, self.blob_end, self.digest,
+                                  self.data_key)
+
+    @staticmethod
+    def encode_fields(size: int, blob_offset: int, inner_offset: int, blob_end: int, digest: str,
+                      data_key: bytes) -> bytes:
+        """`encode` without building the record (registration writes millions of them)."""
+        return msgpack.packb([size, blob_offset, inner_offset, blob_end, digest, data_key])
 
     @classmethod
     def decode(cls, chunk_offset: int, raw: bytes | memoryview) -> "FileChunk":
@@ -192,7 +191,7 @@ class FileChunk:
 
 @dataclass
 class LayerMetadata:
-    """Everything a layer's registration writes, computed before any write txn begins.
+    """Everything a merged view's registration writes (merged.py), computed before its txn.
 
     Keys lack the layer-id prefix (unknown until the txn allocates it) and are sorted so the
     write can append.
@@ -207,89 +206,17 @@ class LayerMetadata:
     payload_bytes: int
 
 
-def _name_bytes(name: str) -> bytes:
+def name_bytes(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def build_metadata(toc: TOC, layer_digest: str, *, allow_unverified: bool = False) -> LayerMetadata:
-    """Nodes, dirents and chunk tables of one layer, with the overlay rules applied."""
-    entries = toc.nodes()  # root first, then TOC order
-    ids: dict[str, int] = {}
-    for entry in entries:
-        if toc.hardlink_target(entry.name) is None:
-            ids[entry.name] = ROOT_ID + len(ids)
-    if len(ids) > MAX_NODE_ID - ROOT_ID:
-        raise TOCLimitError(f"layer has {len(ids)} nodes; at most {MAX_NODE_ID - ROOT_ID} fit")
-
-    def node_of(path: str) -> int:
-        return ids[toc.hardlink_target(path) or path]
-
-    names: dict[str, set[str]] = {}  # dir path -> child names (raw, before hiding)
-    for entry in entries:
-        if entry.name:
-            names.setdefault(posixpath.dirname(entry.name), set()).add(posixpath.basename(entry.name))
-
-    attrs: dict[int, NodeAttr] = {}
-    for entry in entries:
-        if entry.name in ids:
-            attrs[ids[entry.name]] = _attr_of(entry)
-    names_of: Counter[int] = Counter()
-    dirents: list[tuple[bytes, NodeRef]] = []
-    for entry in entries:
-        if not entry.name:
-            continue
-        parent, base = posixpath.split(entry.name)
-        parent_attr = attrs[ids[parent]]
-        node_id = node_of(entry.name)
-        names_of[node_id] += 1
-        if base == OPAQUE_WHITEOUT:
-            parent_attr.flags |= NodeFlag.OPAQUE
-            continue
-        if base.startswith(WHITEOUT_PREFIX):
-            hidden = base[len(WHITEOUT_PREFIX):]
-            if not hidden:
-                continue
-            if hidden in names[parent]:
-                attrs[node_of(posixpath.join(parent, hidden))].flags |= NodeFlag.HIDES_LOWER
-                continue
-            attrs[node_id] = NodeAttr(_WHITEOUT_MODE, mtime=entry.mtime, flags=NodeFlag.WHITEOUT)
-            base = hidden
-        elif not parent and base in _ROOT_LANDMARKS:
-            continue
-        elif attrs[node_id].is_dir:
-            parent_attr.nlink += 1
-        dirents.append((struct.pack(">I", ids[parent]) + _name_bytes(base), NodeRef(0, node_id)))
-    for node_id, attr in attrs.items():
-        if not attr.is_dir and not attr.is_whiteout:
-            attr.nlink = max(1, names_of[node_id])  # files: one link per name (hardlinks)
-
-    chunks: list[tuple[bytes, bytes]] = []
-    payload = 0
-    for entry in entries:
-        if entry.name not in ids or entry.type is not EntryType.REG:
-            continue
-        for piece in toc.chunks(entry.name):
-            key = (
-                chunk_key(piece.digest) if piece.digest
-                else unverified_key(layer_digest, piece.blob_offset, piece.inner_offset)
-            )
-            if not piece.digest and not allow_unverified:
-                raise FormatError(f"{entry.name}: chunk at {piece.chunk_offset} has no digest")
-            record = FileChunk(piece.chunk_offset, piece.size, piece.blob_offset, piece.inner_offset,
-                               piece.blob_end, piece.digest, key)
-            chunks.append((struct.pack(">IQ", ids[entry.name], piece.chunk_offset), record.encode()))
-            payload += piece.size
-    dirents.sort()
-    chunks.sort()
-    nodes = sorted((struct.pack(">I", node_id), attr.encode()) for node_id, attr in attrs.items())
-    return LayerMetadata(nodes, dirents, chunks, len(ids), len(chunks), payload)
-
-
-def _attr_of(entry: TOCEntry) -> NodeAttr:
+def attr_of(entry: TOCEntry) -> NodeAttr:
+    """A node's attributes as its TOC entry gives them (link counts and overlay flags are the
+    registration's to fix: layerbuild.py)."""
     kind = _TYPE_BITS[entry.type]
     size = entry.size if entry.type is EntryType.REG else 0
     if entry.type is EntryType.SYMLINK:
-        size = len(_name_bytes(entry.link_name))
+        size = len(name_bytes(entry.link_name))
     rdev = os.makedev(entry.dev_major, entry.dev_minor) if entry.type in (EntryType.CHAR, EntryType.BLOCK) else 0
     nlink = 2 if entry.type is EntryType.DIR else 1
     return NodeAttr(kind | entry.mode, entry.uid, entry.gid, size, file_time(entry.mtime), rdev, nlink,
@@ -316,15 +243,30 @@ def _appendable(txn: lmdb.Transaction, store: Store, db: str, prefix: bytes) -> 
         return not cursor.last() or bytes(cursor.key()) < prefix
 
 
-def delete_metadata(txn: lmdb.Transaction, store: Store, layer_id: int) -> None:
+def write_rows(txn: lmdb.Transaction, store: Store, rows: dict[str, list[tuple[bytes, bytes]]]) -> None:
+    """Put whole keyed rows (database name -> [(key, value)]), each database's in key order."""
+    for db, items in rows.items():
+        items.sort()
+        with txn.cursor(db=store.db(db)) as cursor:
+            cursor.putmulti(items)
+
+
+def delete_metadata(txn: lmdb.Transaction, store: Store, layer_id: int, limit: int | None = None) -> bool:
+    """Delete a layer's (or view's) rows, at most ``limit`` of them; True once none are left."""
     prefix = struct.pack(">I", layer_id)
+    left = limit
     for db in ("nodes", "dirents", "file_chunks"):
         with txn.cursor(db=store.db(db)) as cursor:
             if not cursor.set_range(prefix):
                 continue
             while bytes(cursor.key()).startswith(prefix):
+                if left is not None:
+                    if left == 0:
+                        return False
+                    left -= 1
                 if not cursor.delete():
                     break
+    return True
 
 
 class Metadata:
@@ -380,7 +322,7 @@ class Metadata:
         def walk(txn: lmdb.Transaction) -> NodeRef:
             ref = root
             for part in parts:
-                found = self.lookup(ref, _name_bytes(part), txn)
+                found = self.lookup(ref, name_bytes(part), txn)
                 if found is None:
                     raise NotFoundError(f"{path}: no such file or directory")
                 ref = found

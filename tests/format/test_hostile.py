@@ -227,7 +227,7 @@ def test_too_many_entries():
     builder = BlobBuilder()
     for i in range(11):
         builder.add(name=f"f{i}", type="fifo")
-    refused(builder, TOCLimitError, r"TOC has 11 entries, over the limit of 10",
+    refused(builder, TOCLimitError, r"TOC has more than 10 entries, over the limit",
             limits=TOCLimits(max_entries=10))
     open_blob(builder.build(), limits=TOCLimits(max_entries=11))
 

@@ -1,0 +1,243 @@
+"""A layer's metadata rows built from a streamed TOC and written in bounded batches.
+
+A 1,000,000-entry layer used to be held as JSON text, a list of dicts, a list of entries, the
+resolved tree and the encoded rows, all at once (over a GB), and written in one transaction.
+Here each entry is applied to the tree (tree.py) as it is decoded and kept only as what its rows
+need, already encoded: the node's attributes as msgpack bytes and, for a regular file, its
+validated chunks (digests as raw bytes). Once the stream ends (and with it the TOC digest check)
+the rows are produced in node order and written `BATCH_ROWS` at a time, each batch its own short
+write transaction, so neither this process's memory nor other writers' wait grows with the layer.
+
+The overlay rules (metadata.py's module docstring) are applied in the same passes: whiteouts,
+opaque directories, hidden landmarks, hardlinks sharing their target's node, directory link
+counts. Rows go under a layer id no reader can reach until `Layers.register` publishes the layer
+record last; see `PENDING_PREFIX` for what happens to the rows of a registration that dies.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Iterator
+
+import msgpack
+
+from lazylayer.shared.errors import FormatError, TOCLimitError
+from lazylayer.shared.estargz.fields import file_time
+from lazylayer.shared.estargz.toc import (
+    NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, WHITEOUT_PREFIX, EntryType, TOCEntry,
+    TOCLimits, parent_of, split_name,
+)
+from lazylayer.shared.estargz.tocstream import TOCStream
+from lazylayer.shared.estargz.tree import PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
+from lazylayer.shared.store.chunks import chunk_key, unverified_key
+from lazylayer.shared.store.metadata import (
+    MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, name_bytes,
+)
+
+#: Rows (nodes, dirents and chunks together) written per write transaction.
+BATCH_ROWS = 20_000
+
+_ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
+_NODE_KEY = struct.Struct(">II")
+_CHUNK_KEY = struct.Struct(">IIQ")
+
+
+#: What one path keeps while the TOC streams: (type value, its encoded `NodeAttr`, for a regular
+#: file its chunks as msgpack ``[[chunk offset, size, blob offset, inner offset, raw digest]]``;
+#: blob ends need every payload start, known only at the end). Only str and bytes inside, so
+#: the cyclic GC stops tracking it: a million of them are not walked at every full collection.
+#: Hardlinks keep their entry.
+_Node = tuple[str, bytes, bytes]
+Value = _Node | TOCEntry
+_KINDS = {kind.value: kind for kind in EntryType}
+
+
+def _kind(value: Value) -> EntryType:
+    return value.type if isinstance(value, TOCEntry) else _KINDS[value[0]]
+
+
+Rows = dict[str, list[tuple[bytes, bytes]]]
+
+
+class LayerScan:
+    """A layer's tree from its TOC stream, compact (`scan`); `rows` then yields its rows."""
+
+    def __init__(self, layer_digest: str, *, allow_unverified: bool = False) -> None:
+        self.layer_digest = layer_digest
+        self.allow_unverified = allow_unverified
+        self.node_count = 0
+        #: Counted as `rows` produces them.
+        self.chunk_count = 0
+        self.payload_bytes = 0
+        #: Compressed end of the prefetch range: the landmark's offset, 0 for
+        #: ``.no.prefetch.landmark``, None when the layer has neither.
+        self.prefetch_end: int | None = None
+        self._tree: TreeBuilder[Value] = TreeBuilder(lambda name: _IMPLICIT_DIR, _kind)
+        self._starts = PayloadStarts()
+        self._hardlinks: dict[str, str] = {}
+        self._payload_end = 0
+        self._limits = TOCLimits()
+
+    def scan(self, stream: TOCStream) -> None:
+        """Apply every entry of ``stream``; raises what the TOC is refused for."""
+        self._payload_end, self._limits = stream.payload_end, stream.limits
+        landmark_offset = 0
+        for entry, pieces in grouped(stream):
+            self._tree.add(entry, self._keep(entry, pieces))
+            self._starts.add(pieces)
+            if entry.name == PREFETCH_LANDMARK:
+                landmark_offset = entry.offset
+        self._starts.finish(stream.payload_end)
+        self._hardlinks = resolve_hardlinks(self._tree.nodes, _kind)
+        landmark = self._tree.nodes.get(PREFETCH_LANDMARK)
+        if NO_PREFETCH_LANDMARK in self._tree.nodes:
+            self.prefetch_end = 0
+        elif landmark is not None and _kind(landmark) is EntryType.REG:
+            self.prefetch_end = landmark_offset
+        self.node_count = len(self._tree.nodes) - len(self._hardlinks)
+        if self.node_count > MAX_NODE_ID - ROOT_ID:
+            raise TOCLimitError(f"layer has {self.node_count} nodes; at most {MAX_NODE_ID - ROOT_ID} fit")
+
+    def _keep(self, entry: TOCEntry, pieces: list[TOCEntry]) -> Value:
+        if entry.type is EntryType.HARDLINK:
+            return entry
+        chunks = b""
+        if entry.type is EntryType.REG:
+            specs = file_chunks(pieces, self._payload_end, self._limits)
+            for offset, _, _, _, digest in specs:
+                if not digest and not self.allow_unverified:
+                    raise FormatError(f"{entry.name}: chunk at {offset} has no digest")
+            chunks = msgpack.packb([(*spec[:4], bytes.fromhex(spec[4][7:])) for spec in specs])
+        return (entry.type.value, attr_of(entry).encode(), chunks)
+
+    def rows(self, layer_id: int) -> Iterator[Rows]:
+        """The layer's node, dirent and file-chunk rows under ``layer_id``, in batches."""
+        nodes, hardlinks = self._tree.nodes, self._hardlinks
+        hides, whiteouts, opaque = self._overlay_marks()
+        # Ids of the nodes other rows point at: directories (parents), hardlink targets, and
+        # what a whiteout marks. Everything else gets its id as it is written.
+        needed = set(hardlinks.values()) | hides | set(whiteouts)
+        ids: dict[str, int] = {}
+        subdirs: Counter[str] = Counter()
+        next_id = ROOT_ID
+        for path, value in nodes.items():
+            kind = _kind(value)
+            if kind is EntryType.HARDLINK:
+                continue
+            if kind is EntryType.DIR or path in needed:
+                ids[path] = next_id
+            next_id += 1
+            if kind is EntryType.DIR and path and _shows(path):
+                subdirs[parent_of(path)] += 1
+        links = Counter(hardlinks.values())
+        prefix = struct.pack(">I", layer_id)
+        batch: Rows = {"nodes": [], "dirents": [], "file_chunks": []}
+        count = 0
+        node_id = ROOT_ID - 1
+        for path, value in nodes.items():
+            if isinstance(value, TOCEntry):  # a hardlink
+                target = ids[hardlinks[path]]
+            else:
+                node_id += 1
+                target = node_id
+                batch["nodes"].append((_NODE_KEY.pack(layer_id, node_id), self._attr(
+                    path, value, 1 + links[path], subdirs[path], hides, whiteouts, opaque)))
+                if value[2]:
+                    batch["file_chunks"].extend(self._chunk_rows(layer_id, node_id, value[2]))
+            if path:
+                dirent = _dirent(path, nodes, hardlinks)
+                if dirent is not None:
+                    parent, name = dirent
+                    batch["dirents"].append((prefix + struct.pack(">I", ids[parent]) + name_bytes(name),
+                                             _NODE_KEY.pack(layer_id, target)))
+            count += 1
+            if count >= BATCH_ROWS:
+                yield batch
+                batch, count = {"nodes": [], "dirents": [], "file_chunks": []}, 0
+        yield batch
+
+    def _overlay_marks(self) -> tuple[set[str], dict[str, int], set[str]]:
+        """From the ``.wh.*`` names: the nodes a whiteout of their own name sits beside
+        (HIDES_LOWER), the whiteout nodes shown as char 0/0 (with their mtime), opaque dirs."""
+        nodes, hardlinks = self._tree.nodes, self._hardlinks
+        hides: set[str] = set()
+        whiteouts: dict[str, int] = {}
+        opaque: set[str] = set()
+        for path, value in nodes.items():
+            if WHITEOUT_PREFIX not in path:
+                continue
+            parent, base = split_name(path)
+            if not base.startswith(WHITEOUT_PREFIX):
+                continue
+            if base == OPAQUE_WHITEOUT:
+                opaque.add(parent)
+                continue
+            hidden = base[len(WHITEOUT_PREFIX):]
+            if not hidden:
+                continue
+            sibling = _join(parent, hidden)
+            if sibling in nodes:
+                hides.add(hardlinks.get(sibling, sibling))
+            else:
+                mtime = value.mtime if isinstance(value, TOCEntry) else NodeAttr.decode(value[1]).mtime
+                whiteouts[hardlinks.get(path, path)] = file_time(mtime)
+        return hides, whiteouts, opaque
+
+    def _attr(self, path: str, node: _Node, names: int, subdirs: int, hides: set[str],
+              whiteouts: dict[str, int], opaque: set[str]) -> bytes:
+        """The node's row: as encoded while streaming unless a link count or a flag differs."""
+        kind, encoded, _ = node
+        is_dir = kind == EntryType.DIR.value
+        if path in whiteouts:
+            attr = NodeAttr(WHITEOUT_MODE, mtime=whiteouts[path], flags=NodeFlag.WHITEOUT)
+        elif (is_dir and subdirs == 0 or not is_dir and names == 1) and path not in hides and path not in opaque:
+            return encoded
+        else:
+            attr = NodeAttr.decode(encoded)
+            attr.nlink = 2 + subdirs if is_dir else names
+        if path in hides:
+            attr.flags |= NodeFlag.HIDES_LOWER
+        if path in opaque:
+            attr.flags |= NodeFlag.OPAQUE
+        return attr.encode()
+
+    def _chunk_rows(self, layer_id: int, node_id: int, packed: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for chunk_offset, size, blob_offset, inner, raw_digest in msgpack.unpackb(packed):
+            if raw_digest:
+                digest = "sha256:" + raw_digest.hex()
+                key = chunk_key(digest)
+            else:
+                digest, key = "", unverified_key(self.layer_digest, blob_offset, inner)
+            record = FileChunk.encode_fields(size, blob_offset, inner, self._starts.end_after(blob_offset), digest, key)
+            self.chunk_count += 1
+            self.payload_bytes += size
+            yield _CHUNK_KEY.pack(layer_id, node_id, chunk_offset), record
+
+
+def _shows(path: str) -> bool:
+    """A name that gets a directory entry as itself (not a whiteout, not a root landmark)."""
+    parent, base = split_name(path)
+    return not base.startswith(WHITEOUT_PREFIX) and not (not parent and base in _ROOT_LANDMARKS)
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _dirent(path: str, nodes: dict[str, Value], hardlinks: dict[str, str]) -> tuple[str, str] | None:
+    """(parent path, shown name) of the entry ``path`` gets, or None when it is hidden: ``.wh.x``
+    shows as ``x`` only when no real ``x`` is beside it; root landmarks never show."""
+    parent, base = split_name(path)
+    if base.startswith(WHITEOUT_PREFIX):
+        hidden = base[len(WHITEOUT_PREFIX):]
+        if base == OPAQUE_WHITEOUT or not hidden or _join(parent, hidden) in nodes:
+            return None
+        return parent, hidden
+    if not parent and base in _ROOT_LANDMARKS:
+        return None
+    return parent, base
+
+
+_IMPLICIT_DIR: _Node = (EntryType.DIR.value, attr_of(TOCEntry(name="", type=EntryType.DIR, mode=0o755)).encode(), b"")
+
