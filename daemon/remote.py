@@ -91,6 +91,8 @@ class FetchSettings:
 
     #: one job, queueing and re-dispatch included [s]
     request_timeout: float = 60.0
+    #: one layer resolve: TOC fetch, check and registration [s]
+    resolve_timeout: float = 300.0
     #: refuse layers whose descriptor lacks the TOC digest annotation
     require_toc_digest: bool = True
     #: accept layers without a TOC digest, and legacy chunks without digests
@@ -112,6 +114,7 @@ class FetchSettings:
     def from_config(cls, config: Config) -> "FetchSettings":
         return cls(
             request_timeout=config.workers.request_timeout,
+            resolve_timeout=config.workers.resolve_timeout,
             require_toc_digest=config.verification.require_toc_digest,
             allow_unverified=config.verification.allow_unverified,
             prefetch_size=config.prefetch.size,
@@ -288,7 +291,8 @@ class Remote:
         params = {"ref": ref, "digest": desc.digest, "size": desc.size, "toc_digest": desc.toc_digest,
                   "allow_unverified": self.settings.allow_unverified,
                   "require_toc_digest": self.settings.require_toc_digest}
-        reply = await self._submit("resolve_layer", params, dedup_key=("resolve_layer", desc.digest))
+        reply = await self._submit("resolve_layer", params, dedup_key=("resolve_layer", desc.digest),
+                                   timeout=self.settings.resolve_timeout)
         return _record(reply.result)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -458,7 +462,8 @@ class Remote:
         (pieces of one layer go in order anyway: each carries the previous one's hash state)."""
         if layer.state is LayerState.FETCHED:
             return
-        all_chunks = self.meta.prefetch_chunks(layer.layer_id, layer.blob_size + 1)
+        # a thread: a 200k-entry layer's chunk list took 2 s to read, which would stall every read
+        all_chunks = await trio.to_thread.run_sync(self.meta.prefetch_chunks, layer.layer_id, layer.blob_size + 1)
         state: bytes | None = None
         for piece in plan_pieces(all_chunks, layer.blob_size, self.settings.piece_size):
             params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size, "start": piece.start,

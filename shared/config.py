@@ -72,6 +72,9 @@ class WorkersConfig:
     heartbeat_liveness: int = knob(3, "missed heartbeats before a peer is declared dead", "beats", minimum=1)
     request_timeout: float = knob(60.0, "one fetch request, including re-dispatch; workers cut their registry "
                                         "waits to it, so a hung registry is EIO within it", "s", positive=True)
+    resolve_timeout: float = knob(300.0, "one layer resolve (TOC fetch, check and registration: a 1M-entry TOC "
+                                         "takes about 100 s); registry waits inside keep request_timeout", "s",
+                                  positive=True)
     max_attempts: int = knob(3, "dispatches of one request before it fails", "attempts", minimum=1)
     restart_backoff_max: float = knob(30.0, "ceiling of the restart backoff of spawned workers", "s", minimum=0)
     restart_stable_after: float = knob(10.0, "uptime after which a restarted worker's backoff resets", "s", minimum=0)
