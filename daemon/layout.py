@@ -32,6 +32,7 @@ from typing import Any
 
 from lazylayer.daemon.layer import Layer
 from lazylayer.shared.errors import ConfigError
+from lazylayer.shared.estargz.annotations import UNCOMPRESSED_SIZE_ANNOTATION
 
 IMAGES_DIR = b".images"
 STATE_DIR = b".lazylayer"
@@ -39,7 +40,6 @@ DIFF, INFO, USE, BLOB = b"diff", b"info", b"use", b"blob"
 DIGEST_NAME = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: containers/storage's Compression enum (pkg/archive): what `info` reports
 _COMPRESSION = {"gzip": 2, "zstd": 4}
-_UNCOMPRESSED_SIZE = "io.containers.estargz.uncompressed-size"
 
 
 class Kind(Enum):
@@ -141,7 +141,7 @@ def layer_info(layer: Layer) -> dict[str, Any]:
     info: dict[str, Any] = {"compressed-diff-digest": desc.digest, "compressed-size": desc.size}
     if desc.diff_id:
         info["diff-digest"] = desc.diff_id
-    size = desc.annotations.get(_UNCOMPRESSED_SIZE)
+    size = desc.annotations.get(UNCOMPRESSED_SIZE_ANNOTATION)
     if size and size.isascii() and size.isdigit():
         info["diff-size"] = int(size)
     kind = "zstd" if "zstd" in desc.media_type else "gzip"

@@ -42,7 +42,7 @@ from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
 from lazylayer.daemon.unstored import UnstoredChunks
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import CacheError, LazyLayerError
-from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION
+from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION
 from lazylayer.shared.store.audit import ChunkAudit
 from lazylayer.shared.store.blobs import blob_path
 from lazylayer.shared.store.chunks import ChunkStore

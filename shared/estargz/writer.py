@@ -47,6 +47,7 @@ from multiprocessing import get_context
 from typing import Any, BinaryIO, Protocol
 
 from lazylayer.shared.errors import ConfigError, FormatError, LazyLayerError
+from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from lazylayer.shared.estargz.compress import (
     Member, MemberResult, compress_members, compress_members_to_file, member_pieces,
 )
@@ -60,8 +61,6 @@ from lazylayer.shared.estargz.toc import (
 )
 
 #: Annotation keys a registry manifest carries for an eStargz layer.
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
-UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 
 _BLOCK = tarfile.BLOCKSIZE
 _END_OF_ARCHIVE = bytes(2 * _BLOCK)

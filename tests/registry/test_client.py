@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from lazylayer.shared.errors import NotFoundError
 from lazylayer.shared.estargz.reader import BlobReader
 from lazylayer.workers.registry.blobsource import RegistryBlobSource
-from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION
+from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION
 from lazylayer.workers.registry.manifests import (
     Index, Platform, fetch_config, fetch_document, parse_platform, resolve_manifest,
 )

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lazylayer.shared.errors import FormatError
-from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
+from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from lazylayer.workers.registry.manifests import OCI_MANIFEST, parse_document
 
 LAYER = "sha256:" + "ab" * 32

@@ -15,7 +15,8 @@ import zstandard
 
 from lazylayer.shared.errors import ConfigError, DigestMismatchError, NotFoundError
 from lazylayer.shared.estargz.reader import BlobReader
-from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, WriterOptions
+from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
+from lazylayer.shared.estargz.writer import WriterOptions
 from lazylayer.workers.imageconvert import convert_image, inspect_image
 from lazylayer.workers.registry.blobsource import RegistryBlobSource
 from lazylayer.workers.registry.layout import OCILayout

@@ -53,7 +53,8 @@ import trio
 from lazylayer.daemon.pool import WorkerPool
 from lazylayer.daemon.remote import FetchSettings, LayerDescriptor, Remote
 from lazylayer.shared.config import load_config
-from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION, ConvertResult, WriterOptions, convert_dir
+from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION
+from lazylayer.shared.estargz.writer import ConvertResult, WriterOptions, convert_dir
 from lazylayer.shared.store.env import Store, StoreOptions, open_store
 from lazylayer.shared.store.layers import LayerRecord
 from lazylayer.shared.store.metadata import Metadata

@@ -15,7 +15,7 @@ from typing import Any
 from lazylayer.shared.errors import FormatError, NotFoundError
 from lazylayer.shared.estargz.fields import INT64_MAX, ascii_uint
 from lazylayer.shared.estargz.toc import check_digest
-from lazylayer.shared.estargz.writer import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
+from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from lazylayer.workers.registry.client import RegistryClient, sha256_digest
 from lazylayer.workers.registry.reference import Reference
 
