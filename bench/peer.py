@@ -13,15 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from bench.errors import BenchError
-from bench.lazy import unmount_under
-from lazylayer.daemon import mounts
+from bench.lazy import unmount_under, wait_for_mount
 from lazylayer.shared.procs import die_with_parent, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO.parent / "shared" / "reference" / "go-stargz-store" / "build.sh"
 REF_DIR = Path(os.environ.get("REF_DIR", "/var/tmp/go-stargz-store"))
 BINARY = REF_DIR / "bin" / "stargz-store"
-READY_TIMEOUT = 60.0
 
 #: stargz-store's config for each mode. Upstream's defaults prefetch the landmark range and fetch
 #: whole layers in the background; "lazy" turns both off (as lazylayer's lazy config does).
@@ -79,10 +76,6 @@ def _version() -> str:
     return f"stargz-store v0.12.0 (Debian {done.stdout.strip()})" if done.returncode == 0 else "stargz-store v0.12.0"
 
 
-def is_mounted(path: Path) -> bool:
-    return any(m.mountpoint == str(path) for m in mounts.mounts())
-
-
 @dataclass
 class GoStore:
     """A running stargz-store: its layer store is at ``mountpoint``."""
@@ -122,12 +115,11 @@ def start_go_store(peer: GoPeer, area: Path, mode: str) -> GoStore:
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    preexec_fn=die_with_parent())
     store = GoStore(mountpoint, process, log_path)
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not is_mounted(mountpoint):
-        if process.poll() is not None or time.monotonic() > deadline:
-            store.stop()
-            raise BenchError(f"stargz-store did not mount {mountpoint}: {store.log()[-800:]}")
-        time.sleep(0.005)
+    try:
+        wait_for_mount(mountpoint, process, store.log)
+    except BaseException:
+        store.stop()
+        raise
     return store
 
 

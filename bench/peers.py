@@ -110,7 +110,7 @@ class Peers:
         drop_caches()
         start = time.perf_counter()
         if side == "lazylayer":
-            daemon = start_daemon(area, area / "cache", self.workers, self.configs[mode])
+            daemon = start_daemon(area, area / "cache", self.workers, self.configs[mode], until_mounted=True)
             stop, mountpoint = daemon.stop, daemon.mountpoint
         else:
             store = start_go_store(self.peer, area, mode)
