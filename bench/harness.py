@@ -23,6 +23,7 @@ from bench.errors import BenchError
 from bench.images import FULL, QUICK, build_image
 from bench.lazy import BENCH_CONFIG, unmount_under, write_config
 from bench.machine import Machine, require_root
+from bench.peer import GoPeer, find_peer
 from bench.report import describe_image, print_table, to_json, write_markdown
 from bench.runner import Runner, Settings
 from lazylayer.daemon.cli.output import Progress, print_json, progress
@@ -44,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--random-reads", type=int, help="4 KiB reads per warm latency sample (default 2000, "
                         "--quick 200)")
     parser.add_argument("--build-only", action="store_true", help="build (or find) the image, describe it, stop")
+    parser.add_argument("--no-go", action="store_true",
+                        help="leave the Go stargz-store column out (default: measured; --quick uses it only if built)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--write", type=Path, metavar="FILE", help="also write the results as markdown (BENCHMARKS.md)")
     args = parser.parse_args(argv)
@@ -72,21 +75,29 @@ def run(args: argparse.Namespace) -> int:
     recipe = QUICK if args.quick else FULL
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    unmount_under(workdir / "lazy")  # leftovers of an interrupted run
+    for scratch in ("lazy", "peer"):
+        unmount_under(workdir / scratch)  # leftovers of an interrupted run
     machine = Machine.describe()
     config = write_config(workdir / "lazylayer-bench.toml")
     settings = Settings(runs=args.runs, workers=args.workers, scale=tuple(sorted(set(args.scale))),
                         random_reads=args.random_reads)
+    if args.no_go:
+        peer = GoPeer(None, "left out (--no-go)")
+    else:
+        print("bench: the Go stargz-store peer (built by build.sh when missing: a few minutes once)",
+              file=sys.stderr, flush=True)
+        peer = find_peer(build=not args.quick)
     registry = start_local_registry(workdir / "registry")
     try:
         image = build_image(workdir, recipe, registry.host, _step)
         if args.build_only:
             print(f"image: {describe_image(image)}")
             return 0
-        results = Runner(image, workdir, settings, config, data_span(image)).run()
+        results = Runner(image, workdir, settings, config, data_span(image), peer).run()
     finally:
         registry.stop()
-        unmount_under(workdir / "lazy")
+        for scratch in ("peer", "lazy"):
+            unmount_under(workdir / scratch)
     settings_doc = {"recipe": recipe.name, "runs": settings.runs, "workers": settings.workers,
                     "scale": list(settings.scale), "random_reads": settings.random_reads, "config": BENCH_CONFIG}
     document = to_json(results, machine, image, settings_doc)

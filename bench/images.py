@@ -11,7 +11,9 @@ No internet is needed (only PyPI, for the Python layer's extra packages). Three 
 
 The gzip image is pushed to ``REGISTRY/bench/image:gzip-<recipe>`` with lazylayer's own registry
 client; `lazylayer convert` makes ``...:esgz-<recipe>`` from it, exactly as a user converts an
-image. A stamp in the work dir records the result, so a rerun with the same recipe whose
+image. The app image of the peer comparison (bench/app.py) shares the rootfs and python layers
+and adds a small app layer: ``...:app-gzip-<recipe>``, converted to ``...:app-esgz-<recipe>`` and,
+with the app's recorded start files as the prefetch list, ``...:app-esgz-<recipe>-prefetch``. A stamp in the work dir records the result, so a rerun with the same recipe whose
 registry storage still holds both manifests skips the build.
 """
 
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+from bench import app
 from bench.errors import BenchError
 from bench.measure import MiB
 from lazylayer.workers.registry.client import RegistryClient
@@ -40,7 +43,7 @@ from lazylayer.workers.registry.reference import parse_reference
 from lazylayer.workers.registry.stores import RegistryStore
 
 #: Bump when the way images are built changes: older stamps are then rebuilt.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 REPOSITORY = "bench/image"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -105,7 +108,7 @@ class Recipe:
     largest_file: int = 48 * MiB
 
     def key(self) -> str:
-        text = json.dumps([BUILD_VERSION, asdict(self), FIRST_FILES], sort_keys=True)
+        text = json.dumps([BUILD_VERSION, asdict(self), FIRST_FILES, app.SCRIPTS[self.name]], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -122,7 +125,7 @@ FULL = Recipe(
         Source("/usr/share", 120 * MiB, exclude=("doc", "man", "info", "locale", "package-lists")),
     ),
     python=(Source(_venv_site_packages()),),
-    pip_packages=("numpy==1.26.4", "pandas==2.2.3"),
+    pip_packages=("numpy==1.26.4", "pandas==2.2.3", "rich==13.9.4"),
     data_size=256 * MiB,
 )
 
@@ -162,6 +165,15 @@ class BenchImage:
     data_path: str
     data_size: int
     chunk_size: int
+    #: the app image (bench/app.py): layers rootfs, python, app, without and with a landmark
+    app_esgz_manifest: str
+    app_prefetch_manifest: str
+    app_layers: tuple[LayerInfo, ...]
+    app_prefetch_layers: tuple[LayerInfo, ...]
+    #: image paths (no leading /) of the files the app's start opens: the prefetch list
+    app_files: tuple[str, ...]
+    #: what the app prints (every chroot run must print it too)
+    app_output: str
     registry_host: str = field(default="", compare=False)
 
     @property
@@ -173,21 +185,31 @@ class BenchImage:
         return f"{self.registry_host}/{REPOSITORY}:esgz-{self.recipe}"
 
     @property
+    def app_ref(self) -> str:
+        return f"{self.registry_host}/{REPOSITORY}:app-esgz-{self.recipe}"
+
+    @property
+    def app_prefetch_ref(self) -> str:
+        return f"{self.registry_host}/{REPOSITORY}:app-esgz-{self.recipe}-prefetch"
+
+    @property
     def total_size(self) -> int:
         return sum(layer.uncompressed_size for layer in self.gzip_layers)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(gzip_ref=self.gzip_ref, esgz_ref=self.esgz_ref, total_size=self.total_size)
+        out.update(gzip_ref=self.gzip_ref, esgz_ref=self.esgz_ref, app_ref=self.app_ref,
+                   app_prefetch_ref=self.app_prefetch_ref, total_size=self.total_size)
         return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], registry_host: str) -> "BenchImage":
         names = {f for f in cls.__dataclass_fields__} - {"registry_host"}
         values = {k: raw[k] for k in names}
-        values["gzip_layers"] = tuple(LayerInfo(**l) for l in raw["gzip_layers"])
-        values["esgz_layers"] = tuple(LayerInfo(**l) for l in raw["esgz_layers"])
+        for name in ("gzip_layers", "esgz_layers", "app_layers", "app_prefetch_layers"):
+            values[name] = tuple(LayerInfo(**l) for l in raw[name])
         values["first_files"] = tuple(raw["first_files"])
+        values["app_files"] = tuple(raw["app_files"])
         return cls(**values, registry_host=registry_host)
 
 
@@ -244,8 +266,9 @@ def _with_parents(paths: list[str]) -> list[str]:
     return sorted(out)
 
 
-def rootfs_paths(recipe: Recipe) -> list[str]:
-    chosen = first_files() + [p for p in FIRST_FILES if os.path.islink(p)]
+def rootfs_paths(recipe: Recipe, extra: list[str]) -> list[str]:
+    """The rootfs's host paths: FIRST_FILES, ``extra`` (what the app's start touches), the sources."""
+    chosen = first_files() + [p for p in FIRST_FILES if os.path.islink(p)] + extra
     for source in recipe.rootfs:
         chosen.extend(_walk(source, recipe.largest_file))
     return _with_parents(chosen)
@@ -284,6 +307,8 @@ class BuiltLayer:
     diff_id: str
     uncompressed_size: int
     entries: int
+    #: layer descriptor annotations (an eStargz layer's TOC digest)
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 def write_layer(name: str, out_path: Path, members: Iterator[tuple[str, str]], advance: Callable[[int], None]
@@ -322,13 +347,14 @@ def _image_name(host_path: str) -> str:
     return host_path.lstrip("/")
 
 
-def rootfs_members(recipe: Recipe) -> Iterator[tuple[str, str]]:
+def rootfs_members(recipe: Recipe, extra: list[str]) -> Iterator[tuple[str, str]]:
     yield from (("", name) for name in sorted(ROOT_SYMLINKS))
-    yield from ((p, _image_name(p)) for p in rootfs_paths(recipe))
+    yield from ((p, _image_name(p)) for p in rootfs_paths(recipe, extra) if _image_name(p) not in ROOT_SYMLINKS)
 
 
 def python_members(recipe: Recipe, pip_dir: Path | None) -> Iterator[tuple[str, str]]:
-    roots = [s for s in recipe.python] + ([Source(str(pip_dir))] if pip_dir else [])
+    # the pip packages first: where this venv has the same package, the pinned one wins
+    roots = ([Source(str(pip_dir))] if pip_dir else []) + list(recipe.python)
     seen = set(_with_parents([os.path.dirname(SITE_PACKAGES)]))
     yield from (("", parent) for parent in sorted(seen))
     for source in roots:
@@ -371,6 +397,12 @@ def pip_install(packages: tuple[str, ...], target: Path) -> Path:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise BenchError(f"pip install {' '.join(packages)} failed: {result.stderr.strip()[-400:]}")
+    # .pyc files as an image has them (pip compiles by default); unchecked-hash: valid whatever
+    # mtimes the layer store reports, so no run compiles or writes them
+    compiled = subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
+                               "unchecked-hash", str(target)], capture_output=True, text=True)
+    if compiled.returncode != 0:
+        raise BenchError(f"compileall {target} failed: {compiled.stdout.strip()[-400:]}")
     done.touch()
     return target
 
@@ -402,7 +434,8 @@ def cached_image(workdir: Path, recipe: Recipe, host: str, client: RegistryClien
         return None
     if image.key != recipe.key():
         return None
-    ok = all(_has_manifest(client, f"{host}/{REPOSITORY}@{d}") for d in (image.gzip_manifest, image.esgz_manifest))
+    ok = all(_has_manifest(client, f"{host}/{REPOSITORY}@{d}")
+             for d in (image.gzip_manifest, image.esgz_manifest, image.app_esgz_manifest, image.app_prefetch_manifest))
     return image if ok else None
 
 
@@ -442,32 +475,57 @@ def _estimate(members: list[tuple[str, str]]) -> int:
 
 def _build(workdir: Path, build: Path, recipe: Recipe, host: str, client: RegistryClient, step: Step) -> BenchImage:
     pip_dir = pip_install(recipe.pip_packages, workdir / f"pip-{recipe.key()}") if recipe.pip_packages else None
-    rootfs = list(rootfs_members(recipe))
+    site = pip_dir or Path(recipe.python[0].path)
+    app_dir = build / "app"
+    trace = app.record(app.write_app(app_dir, recipe.name), site)
+    rootfs = list(rootfs_members(recipe, app.rootfs_files(trace, site, app_dir)))
     data_file = build / "data.bin"
     make_data_file(data_file, recipe.data_size, [h for h, _ in rootfs if h])
     plan = [("rootfs", rootfs), ("python", list(python_members(recipe, pip_dir))),
-            ("data", [("", "bench"), (str(data_file), DATA_PATH)])]
-    layers = []
+            ("data", [("", "bench"), (str(data_file), DATA_PATH)]),
+            ("app", [(str(app_dir), app.APP_DIR), (str(app_dir / "main.py"), f"{app.APP_DIR}/main.py")])]
+    built = {}
     for name, members in plan:
         with step(f"build {name} layer", _estimate(members)) as bar:
-            layers.append(write_layer(name, build / f"{name}.tar.gz", iter(members), bar.advance))
+            built[name] = write_layer(name, build / f"{name}.tar.gz", iter(members), bar.advance)
+    layers = [built["rootfs"], built["python"], built["data"]]
+    app_layers = [built["rootfs"], built["python"], built["app"]]
     gzip_ref = f"{host}/{REPOSITORY}:gzip-{recipe.name}"
-    gzip_manifest = push_gzip_image(client, gzip_ref, layers, step)
-    esgz_ref = f"{host}/{REPOSITORY}:esgz-{recipe.name}"
-    converted = convert(gzip_ref, esgz_ref)
-    report = converted["manifests"][0]
-    esgz_layers = tuple(LayerInfo(l.name, c["digest"], c["size"], l.uncompressed_size, l.entries)
-                        for l, c in zip(layers, report["layers"]))
+    gzip_manifest = push_image(client, gzip_ref, layers, step)
+    app_gzip_ref = f"{host}/{REPOSITORY}:app-gzip-{recipe.name}"
+    push_image(client, app_gzip_ref, app_layers, step)
+    app_files = [n for n in (app.image_name(h, site, app_dir, SITE_PACKAGES) for h in trace.opened) if n]
+    converted = convert(gzip_ref, f"{host}/{REPOSITORY}:esgz-{recipe.name}")
+    app_converted = convert(app_gzip_ref, f"{host}/{REPOSITORY}:app-esgz-{recipe.name}")
+
+    def infos(built_layers: list[BuiltLayer], result: dict[str, Any]) -> tuple[LayerInfo, ...]:
+        return tuple(LayerInfo(l.name, c["digest"], c["size"], l.uncompressed_size, l.entries)
+                     for l, c in zip(built_layers, result["manifests"][0]["layers"]))
+
+    # The landmark tag, layer by layer: `lazylayer convert IMAGE --prefetch-list` wants every
+    # listed path in every layer, so each layer gets the paths it holds (as ctr-remote does).
+    landmarked = []
+    for layer in app_layers:
+        names = {name for _, name in dict(plan)[layer.name]}
+        listed = [n for n in app_files if n in names]
+        landmarked.append(convert_layer(layer, build / f"{layer.name}-prefetch.esgz", listed))
+    app_prefetch_manifest = push_image(client, f"{host}/{REPOSITORY}:app-esgz-{recipe.name}-prefetch",
+                                       landmarked, step)
+
     first = first_files()
     return BenchImage(
         recipe=recipe.name, key=recipe.key(), gzip_manifest=gzip_manifest, esgz_manifest=converted["digest"],
         gzip_layers=tuple(LayerInfo(l.name, l.digest, l.size, l.uncompressed_size, l.entries) for l in layers),
-        esgz_layers=esgz_layers, first_files=tuple(_image_name(p) for p in first),
+        esgz_layers=infos(layers, converted), first_files=tuple(_image_name(p) for p in first),
         first_bytes=sum(os.path.getsize(p) for p in first), data_path=DATA_PATH, data_size=recipe.data_size,
-        chunk_size=CHUNK_SIZE, registry_host=host)
+        chunk_size=CHUNK_SIZE, app_esgz_manifest=app_converted["digest"], app_prefetch_manifest=app_prefetch_manifest,
+        app_layers=infos(app_layers, app_converted),
+        app_prefetch_layers=tuple(LayerInfo(l.name, l.digest, l.size, l.uncompressed_size, l.entries)
+                                  for l in landmarked),
+        app_files=tuple(app_files), app_output=trace.output, registry_host=host)
 
 
-def push_gzip_image(client: RegistryClient, ref: str, layers: list[BuiltLayer], step: Step) -> str:
+def push_image(client: RegistryClient, ref: str, layers: list[BuiltLayer], step: Step) -> str:
     """Push the layers, a minimal config and an OCI manifest; returns the manifest digest."""
     store = RegistryStore(client, parse_reference(ref))
     for layer in layers:
@@ -480,15 +538,29 @@ def push_gzip_image(client: RegistryClient, ref: str, layers: list[BuiltLayer], 
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": l.digest, "size": l.size} for l in layers],
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": l.digest, "size": l.size,
+                    **({"annotations": l.annotations} if l.annotations else {})} for l in layers],
     }).encode()
     return store.put_document(manifest, OCI_MANIFEST, store.tag)
 
 
-def convert(src: str, dest: str) -> dict[str, Any]:
-    """`lazylayer convert SRC DEST` as a user runs it (its progress bar shows on a terminal)."""
+def convert_layer(layer: BuiltLayer, out: Path, prefetch: list[str]) -> BuiltLayer:
+    """`lazylayer convert LAYER.tar.gz OUT --prefetch-list FILE`: one eStargz layer, ``prefetch``
+    (image paths) first, before its landmark."""
+    listing = out.with_suffix(".prefetch.txt")
+    listing.write_text("".join(f"/{name}\n" for name in prefetch))
+    result = convert(str(layer.path), str(out), listing if prefetch else None)
+    return BuiltLayer(layer.name, out, result["blob_digest"], result["blob_size"], result["diff_id"],
+                      layer.uncompressed_size, layer.entries, result["annotations"])
+
+
+def convert(src: str, dest: str, prefetch_list: Path | None = None) -> dict[str, Any]:
+    """`lazylayer convert SRC DEST [--prefetch-list FILE]` as a user runs it (its progress bar
+    shows on a terminal)."""
     command = [sys.executable, "-m", "lazylayer.daemon.cli.main", "convert", src, dest,
                "--chunk-size", str(CHUNK_SIZE), "--json"]
+    if prefetch_list is not None:
+        command += ["--prefetch-list", str(prefetch_list)]
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "LAZYLAYER_CONFIG": ""})
     if result.returncode != 0:
         raise BenchError(f"lazylayer convert {src} {dest} failed (exit {result.returncode})")

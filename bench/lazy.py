@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from bench.errors import BenchError
 from lazylayer.daemon import mounts
@@ -94,8 +94,11 @@ class LazyDaemon:
                     return
             except LazyLayerError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.01)  # start time is a figure of item 8
         raise BenchError(f"lazylayer daemon not ready after {READY_TIMEOUT:.0f} s: {self.log()[-800:]}")
+
+    def wait_mounted(self) -> None:
+        wait_for_mount(self.mountpoint, self.process, self.log)
 
     def stop(self) -> None:
         """SIGTERM (the daemon unmounts its views and its store), then make sure nothing of ours
@@ -110,6 +113,21 @@ class LazyDaemon:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def is_mounted(path: Path) -> bool:
+    return any(m.mountpoint == str(path) for m in mounts.mounts())
+
+
+def wait_for_mount(mountpoint: Path, process: subprocess.Popen[bytes], log: Callable[[], str]) -> None:
+    """Until ``mountpoint`` is a mount (polled every 5 ms: the wait is a measured figure)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not is_mounted(mountpoint):
+        if process.poll() is not None:
+            raise BenchError(f"{process.args[0]} exited with {process.returncode}: {log()[-800:]}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{mountpoint} not mounted after {READY_TIMEOUT:.0f} s: {log()[-800:]}")
+        time.sleep(0.005)
+
+
 def unmount_under(root: Path) -> None:
     """Lazily unmount every mount at or below ``root``, deepest first."""
     prefix = os.path.abspath(root)
@@ -121,9 +139,12 @@ def unmount_under(root: Path) -> None:
             pass
 
 
-def start_daemon(area: Path, cache_dir: Path, workers: int, config: Path) -> LazyDaemon:
+def start_daemon(area: Path, cache_dir: Path, workers: int, config: Path, *, until_mounted: bool = False
+                 ) -> LazyDaemon:
     """`lazylayer daemon --workers N --mountpoint AREA/store --cache-dir C --run-dir R` in the
-    foreground, returned once it serves."""
+    foreground, returned once it serves: every worker announced, or with ``until_mounted`` as
+    soon as the layer store is mounted (what a container runtime waits for, and all the Go peer
+    offers to wait on: item 8's "store start")."""
     area.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="llb-", dir="/tmp"))  # ipc:// paths must stay short
     log_path = area / "daemon.log"
@@ -134,7 +155,7 @@ def start_daemon(area: Path, cache_dir: Path, workers: int, config: Path) -> Laz
                                    preexec_fn=die_with_parent())
     daemon = LazyDaemon(area, config, workers, process, run_dir, log_path)
     try:
-        daemon.wait_ready()
+        daemon.wait_mounted() if until_mounted else daemon.wait_ready()
     except BaseException:
         daemon.stop()
         raise

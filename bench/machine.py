@@ -24,6 +24,8 @@ class Machine:
     kernel: str
     python: str
     os_release: str
+    #: 1, 5 and 15 minute load averages when the run started (a shared machine is noisy)
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @classmethod
     def describe(cls) -> "Machine":
@@ -34,6 +36,7 @@ class Machine:
             kernel=f"{platform.system()} {platform.release()}",
             python=platform.python_version(),
             os_release=_os_release(),
+            load=os.getloadavg(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,7 +44,8 @@ class Machine:
 
     def summary(self) -> str:
         return (f"{self.cores} cores ({self.cpu_model}), {self.memory_bytes / (1 << 30):.1f} GiB RAM, "
-                f"{self.kernel}, {self.os_release}, Python {self.python}")
+                f"{self.kernel}, {self.os_release}, Python {self.python}; "
+                f"load average {self.load[0]:.2f} {self.load[1]:.2f} {self.load[2]:.2f} at the start")
 
 
 def _cpu_model() -> str:

@@ -43,19 +43,40 @@ def table_rows(results: Results) -> list[list[str]]:
     rows = []
     for item, item_rows in results.by_item().items():
         for row in item_rows:
-            rows.append([str(item), row.title, fmt_value(row, row.lazy_median), row.baseline,
-                         fmt_value(row, row.base_median), fmt_ratio(row.ratio)])
+            rows.append([str(item), row.title, fmt_value(row, row.lazy_median), row.baseline or "-",
+                         fmt_value(row, row.base_median), fmt_ratio(row.ratio),
+                         fmt_value(row, row.go_median), fmt_ratio(row.go_ratio)])
     return rows
 
 
-COLUMNS = ["#", "measurement", "lazylayer", "baseline", "baseline value", "ratio"]
+COLUMNS = ["#", "measurement", "lazylayer", "baseline", "baseline value", "ratio", "Go", "÷ Go"]
+
+
+def peer_line(results: Results) -> str:
+    """What the Go column is, or why it is empty (never silently missing)."""
+    p = results.peer
+    if p.get("available"):
+        return f"Go peer: {p['version']} ({p['binary']}), same run, same registry and images"
+    return f"Go peer: {p.get('reason') or 'not measured'}"
+
+
+def go_lines(results: Results) -> list[str]:
+    """One line per row with a Go figure: lazylayer ÷ Go."""
+    out = []
+    for row in results.rows.values():
+        if row.go:
+            out.append(f"item {row.item}, {row.title.strip()}: {fmt_value(row, row.lazy_median)} vs "
+                       f"{fmt_value(row, row.go_median)} = **{fmt_ratio(row.go_ratio)}**")
+    return out
 
 
 def print_table(results: Results, machine: Machine, image: BenchImage, runs: int) -> None:
     from lazylayer.daemon.cli.output import print_table as show
 
     show(f"lazylayer benchmarks: medians of {runs} run{'s' if runs > 1 else ''}; "
-         "ratio = lazylayer / baseline (time: lower is better)", COLUMNS, table_rows(results))
+         "ratio = lazylayer / baseline, ÷ Go = lazylayer / Go stargz-store (time: lower is better)",
+         COLUMNS, table_rows(results))
+    print(peer_line(results))
     print(f"machine: {machine.summary()}")
     print(f"image: {describe_image(image)}")
     for line in extras_lines(results):
@@ -91,6 +112,7 @@ def to_json(results: Results, machine: Machine, image: BenchImage, settings: dic
         "settings": settings,
         "items": {str(i): {"title": ITEMS[i], "rows": [r.to_dict() for r in by_item[i]]} for i in ITEMS},
         "extras": results.extras,
+        "peer": results.peer,
         "slowest": results.slowest().key if results.slowest() else None,
     }
 
@@ -135,6 +157,7 @@ What is measured:
 
 {_markdown_table(results)}
 
+- {peer_line(results)}
 {chr(10).join('- ' + line for line in extras_lines(results))}
 - largest ratio: {f"item {slowest.item}, {slowest.title} ({fmt_ratio(slowest.ratio)})" if slowest else "-"}
 
@@ -150,6 +173,14 @@ email, http.client'"` opens on Debian 12)</summary>
 {config_text.rstrip()}
 ```
 </details>
+
+## lazylayer ÷ Go stargz-store
+
+Items 8 and 9, the same run: lazylayer's layer store and upstream's Go stargz-store, one after
+the other (alternating), each with a fresh cache, on the same registry and eStargz images
+(bench/README.md, "The peer"). Below 1.00 lazylayer is faster.
+
+{chr(10).join('- ' + line for line in go_lines(results)) or '- ' + peer_line(results)}
 
 {kept_section(path)}"""
     path.write_text(text)

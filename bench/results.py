@@ -2,7 +2,9 @@
 
 Every row compares a lazylayer figure with a baseline figure of the same unit; the ratio is
 lazylayer ÷ baseline, so for times and latencies 1.0 means "as fast as the baseline" and 3.0
-"three times slower". Medians over runs are what tables show; JSON keeps every sample.
+"three times slower". Rows of items 8 and 9 compare with the Go stargz-store instead (the peer,
+``go`` samples, ``go_ratio`` = lazylayer ÷ Go); a row may have either baseline or both. Medians
+over runs are what tables show; JSON keeps every sample.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ ITEMS = {
     5: "find + stat of the whole tree vs local disk",
     6: "cold throughput by worker count",
     7: "random 4 KiB reads: latency",
+    8: "cold start of a Python app (numpy, pandas, rich) from the layer store vs the Go stargz-store",
+    9: "layer store operations vs the Go stargz-store",
 }
 
 
@@ -29,14 +33,16 @@ class Row:
     item: int
     key: str
     title: str
-    #: what the baseline column measures
-    baseline: str
+    #: what the baseline column measures (None: only the Go peer is compared)
+    baseline: str | None
     #: "s" for durations, "us" for latencies; samples are always stored in seconds
     unit: str = "s"
     #: bytes moved per sample (sequential reads): tables add a throughput
     nbytes: int | None = None
     lazy: list[float] = field(default_factory=list)
     base: list[float] = field(default_factory=list)
+    #: the Go stargz-store doing the same (items 8 and 9)
+    go: list[float] = field(default_factory=list)
 
     @property
     def lazy_median(self) -> float:
@@ -47,10 +53,16 @@ class Row:
         return median(self.base)
 
     @property
+    def go_median(self) -> float:
+        return median(self.go)
+
+    @property
     def ratio(self) -> float:
-        if not self.lazy or not self.base or self.base_median <= 0:
-            return math.nan
-        return self.lazy_median / self.base_median
+        return _ratio(self.lazy, self.base)
+
+    @property
+    def go_ratio(self) -> float:
+        return _ratio(self.lazy, self.go)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -58,12 +70,21 @@ class Row:
             "lazylayer": {"median": self.lazy_median, "samples": self.lazy},
             "baseline_value": {"median": self.base_median, "samples": self.base},
             "ratio": self.ratio,
+            "go": {"median": self.go_median, "samples": self.go},
+            "go_ratio": self.go_ratio,
         }
         if self.nbytes:
             out["bytes"] = self.nbytes
-            out["lazylayer"]["mib_per_s"] = _rate(self.nbytes, self.lazy_median)
-            out["baseline_value"]["mib_per_s"] = _rate(self.nbytes, self.base_median)
+            for side, seconds in (("lazylayer", self.lazy_median), ("baseline_value", self.base_median),
+                                  ("go", self.go_median)):
+                out[side]["mib_per_s"] = _rate(self.nbytes, seconds)
         return out
+
+
+def _ratio(lazy: list[float], other: list[float]) -> float:
+    if not lazy or not other or median(other) <= 0:
+        return math.nan
+    return median(lazy) / median(other)
 
 
 def _rate(nbytes: int, seconds: float) -> float:
@@ -75,6 +96,8 @@ class Results:
     rows: dict[str, Row] = field(default_factory=dict)
     #: figures with no baseline (mount times, entry counts...), one list of samples per name
     extras: dict[str, list[float]] = field(default_factory=dict)
+    #: the Go peer: available, binary, version, or the reason it is missing (bench/peer.py)
+    peer: dict[str, object] = field(default_factory=dict)
 
     def row(self, item: int, key: str, title: str, baseline: str, **kw: Any) -> Row:
         """Declare a row (idempotent: later runs add samples to the same one)."""

@@ -23,6 +23,8 @@ from bench.errors import BenchError
 from bench.images import BenchImage
 from bench.lazy import LazyDaemon, lazy_session
 from bench.machine import drop_caches
+from bench.peer import GoPeer
+from bench.peers import Peers
 from bench.measure import find_stat, percentile, random_reads, read_files, read_sequential, spread_offsets, \
     uniform_offsets
 from bench.results import Results
@@ -48,16 +50,17 @@ def _say(message: str) -> None:
 
 
 class Runner:
-    def __init__(self, image: BenchImage, workdir: Path, settings: Settings, config: Path, span: CompressedSpan
-                 ) -> None:
+    def __init__(self, image: BenchImage, workdir: Path, settings: Settings, config: Path, span: CompressedSpan,
+                 peer: GoPeer) -> None:
         self.image, self.workdir, self.settings, self.config, self.span = image, workdir, settings, config, span
-        self.results = Results()
+        self.results = Results(peer=peer.to_dict())
         self.local = workdir / "local"
         self.area = workdir / "lazy"
         size = image.data_size
         self.spread = spread_offsets(size, image.chunk_size, settings.seed)
         self.uniform = uniform_offsets(size, settings.random_reads, settings.seed)
         self._declare_rows()
+        self.peers = Peers(image, workdir / "peer", self.results, peer, settings.workers)
 
     # -- rows ----------------------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class Runner:
                 ("full pull + local disk", self.baselines), ("lazylayer cold", self.lazy_cold),
                 ("lazylayer warm LMDB", self.lazy_warm), ("lazylayer cold random reads", self.lazy_cold_random),
                 *((f"lazylayer cold, {w} workers", lambda run, w=w: self.lazy_scale(run, w)) for w in extra_scale),
+                ("layer stores: lazylayer and the Go stargz-store", lambda run: self.peers.run(run, _say)),
             ]
             with progress(f"run {run}/{s.runs}", len(steps), unit_bytes=False) as bar:
                 for name, step in steps:
@@ -106,6 +110,7 @@ class Runner:
                     bar.advance(1)
         shutil.rmtree(self.area, ignore_errors=True)
         shutil.rmtree(self.local, ignore_errors=True)  # 1 GiB of scratch; every run unpacks it anew
+        shutil.rmtree(self.workdir / "peer", ignore_errors=True)
         return self.results
 
     def baselines(self, run: int) -> None:

@@ -35,3 +35,40 @@ def test_rewrite_keeps_the_hand_written_section(tmp_path: Path):
     assert kept_section(path) == WHERE_PLACEHOLDER
     path.write_text(f"# t\n\n| table |\n\n{WHERE_HEADING}\n\nnotes\n\n- more\n\n## Later\n\nx\n")
     assert kept_section(path) == f"{WHERE_HEADING}\n\nnotes\n\n- more\n"
+
+
+def test_app_start_needs_the_loader_and_every_link_on_the_way(tmp_path: Path):
+    """The chroot runs /usr/bin/python3.11: its ELF interpreter and each symlink to a traced
+    file must be in the rootfs, not only the file a link ends at."""
+    from bench.app import PYTHON, elf_interpreter, image_name, link_chain
+
+    assert elf_interpreter(PYTHON).startswith("/")
+    (tmp_path / "real").write_text("x")
+    (tmp_path / "link").symlink_to("real")
+    assert link_chain(str(tmp_path / "link")) == [str(tmp_path.resolve() / "link"), str(tmp_path.resolve() / "real")]
+    site, app_dir = tmp_path / "site", tmp_path / "app"
+    assert image_name(f"{site}/numpy/__init__.py", site, app_dir, "usr/site") == "usr/site/numpy/__init__.py"
+    assert image_name(f"{app_dir}/main.py", site, app_dir, "usr/site") == "app/main.py"
+    assert image_name("/etc/passwd", site, app_dir, "usr/site") == "etc/passwd"
+    assert image_name("/proc/self/maps", site, app_dir, "usr/site") is None
+
+
+def test_an_empty_go_column_says_why():
+    """Never a silently missing column: the table names the reason the Go peer is absent."""
+    from bench.report import go_lines, peer_line, table_rows
+    from bench.results import Results
+
+    results = Results(peer={"available": False, "reason": "not available: build.sh failed (exit 100)"})
+    row = results.row(9, "store_seq_lazy", "cold sequential read", None)
+    row.lazy.append(1.0)
+    assert peer_line(results) == "Go peer: not available: build.sh failed (exit 100)"
+    assert table_rows(results)[0][-2:] == ["-", "-"] and go_lines(results) == []
+    row.go.append(4.0)
+    assert row.go_ratio == 0.25 and "= **0.25**" in go_lines(results)[0]
+
+
+def test_layer_store_path_is_base64_of_the_ref():
+    from bench.peers import layer_diff
+
+    path = layer_diff(Path("/mnt"), "127.0.0.1:5000/bench/image:app-esgz-full", "sha256:ab")
+    assert path == Path("/mnt/MTI3LjAuMC4xOjUwMDAvYmVuY2gvaW1hZ2U6YXBwLWVzZ3otZnVsbA==/sha256:ab/diff")
