@@ -14,6 +14,7 @@ say - reading only the tail and TOC ranges of each layer, never whole layers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -121,7 +122,9 @@ def convert_image(src: str, dest: str, *, platform: str | Platform | None = None
         target = open_store(dest, http, create=True)
         if isinstance(target, RegistryStore) and target.ref.digest:
             raise ConfigError(f"destination {dest} names a digest; give a tag instead")
-        converter = _Converter(source, target, options, progress_factory or _no_progress)
+        # A prefetch list names files of the whole image: each layer takes the ones it holds.
+        layer_options = dataclasses.replace(options, prefetch_absent_ok=True)
+        converter = _Converter(source, target, layer_options, progress_factory or _no_progress)
         raw, media_type, digest = source.resolve()
         top = parse_document(raw, media_type, digest)
         tag = target.tag or DEFAULT_TAG

@@ -99,12 +99,15 @@ class EntryList:
             )
         return target.link_target if target.is_link and target.link_target else target
 
-    def ordered(self, prefetch: Sequence[str] = ()) -> list[SourceEntry]:
-        """The blob order, landmark included (see the module docstring)."""
+    def ordered(self, prefetch: Sequence[str] = (), *, absent_ok: bool = False) -> list[SourceEntry]:
+        """The blob order, landmark included (see the module docstring). ``absent_ok``: paths
+        this input lacks are skipped (an image's list spans its layers) instead of refused."""
         entries = self._resolve_replaced_link_targets()
+        by_name = {e.name: e for e in entries}
+        if absent_ok:
+            prefetch = [p for p in prefetch if normalize_name(p) in by_name]
         if not prefetch:
             return [landmark(NO_PREFETCH_LANDMARK), *entries]
-        by_name = {e.name: e for e in entries}
         moved: dict[SourceEntry, None] = {}
 
         def move(entry: SourceEntry) -> None:

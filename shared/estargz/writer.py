@@ -84,7 +84,9 @@ class WriterOptions:
 
     ``compression_level`` defaults to 6, not upstream's 9: measured here, 9 costs several times
     the CPU for about 1 % smaller blobs, and decompression (the lazy-read path) is equally fast.
-    ``prefetch`` holds paths to put first, in order. ``workers`` is the number of compression
+    ``prefetch`` holds paths to put first, in order; with ``prefetch_absent_ok`` (an image's
+    list, which spans its layers, as upstream's ctr-remote takes it) each layer takes the paths it
+    has and a layer with none gets no prefetch range. ``workers`` is the number of compression
     processes (None: one per CPU). ``part_size`` is how much uncompressed data one worker task
     takes; it does not change the output. ``strict_names`` refuses input whose names are not
     UTF-8 instead of writing them into the TOC with U+FFFD.
@@ -93,6 +95,7 @@ class WriterOptions:
     chunk_size: int = 4 << 20
     compression_level: int = 6
     prefetch: tuple[str, ...] = ()
+    prefetch_absent_ok: bool = False
     workers: int | None = None
     part_size: int = 32 << 20
     strict_names: bool = False
@@ -398,7 +401,8 @@ class _HashThread(threading.Thread):
 
 def _write(entries: EntryList, out: BinaryIO, options: WriterOptions, progress: Progress | None,
            work: str) -> ConvertResult:
-    ordered = entries.ordered(tuple(normalize_name(p) for p in options.prefetch))
+    ordered = entries.ordered(tuple(normalize_name(p) for p in options.prefetch),
+                              absent_ok=options.prefetch_absent_ok)
     if options.strict_names:
         for entry in ordered:
             _check_text(entry)

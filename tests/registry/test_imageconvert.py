@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -222,3 +223,25 @@ def test_multi_platform_index_and_oci_layouts(client, registry, tmp_path):
     with pytest.raises(ConfigError, match="digest"):
         convert_image(f"{registry.host}/multi/conv:amd64", f"{registry.host}/multi/conv@sha256:" + "1" * 64,
                       options=OPTIONS, client=client)
+
+
+def test_a_prefetch_list_spans_the_layers_of_an_image(client, registry):
+    """Each layer takes the listed files it holds (upstream's ctr-remote does the same); a layer
+    with none gets no prefetch range. Converting a whole image used to refuse any list whose
+    paths were not all in every layer."""
+    lower, upper = {"etc/conf": b"c" * 5000, "usr/lib/a.so": b"a" * 9000}, {"app/main.py": b"print(1)\n" * 500}
+    layers = [Layer(gz(layer_tar(files)), OCI_LAYER_GZIP, {}, digest_of(layer_tar(files))) for files in (lower, upper)]
+    push_image(registry, "app", "two-layers", layers)
+    extra = {"etc/only-in-lower": b"x"}
+    push_image(registry, "app", "with-unlisted", [Layer(gz(layer_tar(extra)), OCI_LAYER_GZIP, {},
+                                                      digest_of(layer_tar(extra)))])
+    options = dataclasses.replace(OPTIONS, prefetch=("usr/lib/a.so", "app/main.py"))
+    dest = parse_reference(f"{registry.host}/app:two-layers-esgz")
+    convert_image(f"{registry.host}/app:two-layers", str(dest), options=options, client=client)
+    manifest, _ = resolve_manifest(client, dest)
+    readers = [read_back(client, dest, layer) for layer in manifest.layers]
+    assert [r.prefetch_size() > 0 for r in readers] == [True, True]
+    convert_image(f"{registry.host}/app:with-unlisted", f"{registry.host}/app:with-unlisted-esgz",
+                  options=options, client=client)
+    [layer] = resolve_manifest(client, parse_reference(f"{registry.host}/app:with-unlisted-esgz"))[0].layers
+    assert read_back(client, parse_reference(f"{registry.host}/app:with-unlisted-esgz"), layer).prefetch_size() == 0
