@@ -44,6 +44,21 @@ def _diff(daemon: RunningDaemon, ref: str) -> Path:
     return Path(layer["path"])
 
 
+def _warm_cache(registry: RunningRegistry, tmp_path: Path, name: str, files: dict[str, bytes],
+                config: dict = QUIET) -> tuple[str, RunningDaemon]:
+    """Push ``files`` as an image and read each through a daemon, then stop it: a warm cache
+    in ``tmp_path``/d for the test to damage. Returns the ref and the stopped daemon."""
+    ref = _push(registry, name, files)
+    daemon = start_daemon(tmp_path / "d", workers=1, config=config)
+    try:
+        diff = _diff(daemon, ref)
+        for file_name, data in files.items():
+            assert _read_cold(diff / "data" / file_name) == data
+    finally:
+        daemon.stop()
+    return ref, daemon
+
+
 def _read_cold(path: Path) -> bytes:
     with open(path, "rb") as f:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
@@ -52,14 +67,9 @@ def _read_cold(path: Path) -> bytes:
 
 def test_flipped_chunk_bytes_are_refetched_not_served(registry: RunningRegistry, tmp_path: Path):
     files = _files(1, 2, 600_000)
-    ref = _push(registry, "flip", files)
     port = free_port()
     config = {**QUIET, "metrics": {"address": f"127.0.0.1:{port}"}}
-    daemon = start_daemon(tmp_path / "d", workers=1, config=config)
-    try:
-        assert _read_cold(_diff(daemon, ref) / "data/f00") == files["f00"]
-    finally:
-        daemon.stop()
+    ref, daemon = _warm_cache(registry, tmp_path, "flip", files, config)
     data = daemon.cache_dir / "data.mdb"
     raw = bytearray(data.read_bytes())
     where = raw.find(files["f00"][1000:1064])
@@ -80,13 +90,7 @@ def test_flipped_chunk_bytes_are_refetched_not_served(registry: RunningRegistry,
 
 def test_a_garbage_record_is_eio_for_its_file_and_the_daemon_serves_on(registry: RunningRegistry, tmp_path: Path):
     files = _files(2, 2, 1000)
-    ref = _push(registry, "garbage", files)
-    daemon = start_daemon(tmp_path / "d", workers=1, config=QUIET)
-    try:
-        diff = _diff(daemon, ref)
-        assert (diff / "data/f00").read_bytes() == files["f00"]
-    finally:
-        daemon.stop()
+    ref, daemon = _warm_cache(registry, tmp_path, "garbage", files)
     with open_store(StoreOptions(str(daemon.cache_dir), map_size=4 << 30)) as store:
         meta = Metadata(store)
         (record,) = Layers(store).all()
@@ -110,14 +114,7 @@ def test_a_garbage_record_is_eio_for_its_file_and_the_daemon_serves_on(registry:
 
 def test_a_truncated_cache_is_set_aside_and_rebuilt(registry: RunningRegistry, tmp_path: Path):
     files = _files(3, 4, 700_000)
-    ref = _push(registry, "truncated", files)
-    daemon = start_daemon(tmp_path / "d", workers=1, config=QUIET)
-    try:
-        diff = _diff(daemon, ref)
-        for name, data in files.items():
-            assert (diff / "data" / name).read_bytes() == data
-    finally:
-        daemon.stop()
+    ref, daemon = _warm_cache(registry, tmp_path, "truncated", files)
     data = daemon.cache_dir / "data.mdb"
     os.truncate(data, data.stat().st_size // 3)
 
