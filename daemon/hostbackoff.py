@@ -32,8 +32,8 @@ class _Failing:
 
 def is_host_failure(exc: LazyLayerError) -> bool:
     """The registry, not the request, is at fault (workers mark such errors ``host_failure``)."""
-    if isinstance(exc, RequestTimeoutError):
-        return True
+    if isinstance(exc, RequestTimeoutError):  # unless it timed out in our own queue
+        return not getattr(exc, "never_sent", False)
     if not isinstance(exc, RegistryError):
         return False
     status = getattr(exc, "status", None)

@@ -407,6 +407,11 @@ class WorkerPool:
         if not able:
             return PoolUnavailableError(
                 f"no worker able to run {job.kind!r} connected to {self.endpoint} within {timeout:g} s")
+        if job.attempts == 0 and job.worker is None:
+            error = RequestTimeoutError(f"{job.kind} request waited {timeout:g} s in the queue and was never "
+                                        f"sent ({len(able)} worker(s) connected, all busy)")
+            error.never_sent = True  # type: ignore[attr-defined]  # not the registry's fault
+            return error
         return RequestTimeoutError(
             f"{job.kind} request got no answer within {timeout:g} s ({len(able)} worker(s) connected)")
 

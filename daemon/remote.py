@@ -304,18 +304,23 @@ class Remote:
         for attempt in range(READ_ATTEMPTS):
             got = read_range(self.meta, self.chunks, node, file_size, offset, size, audit=self.audit,
                              unstored=self.unstored)
-            if attempt == 0:
-                self.observer.chunks_read(len(got.used), len(got.missing))
+            if attempt == 0:  # unaudited chunks are cached: hits, served once checked
+                self.observer.chunks_read(len(got.used) + len(got.unaudited), len(got.missing))
             if got.data is not None:
                 for key in got.used:
                     self.accesses.touch(key)
                 return got.data
-            if got.corrupt:
-                log.warning("layer %s: %d cached chunk(s) do not match their digest; fetching them again",
-                            layer.digest, len(got.corrupt))
-                self.observer.cache_corrupt(len(got.corrupt))
-            along = self.neighbours(node, got.missing[-1]) if attempt == 0 else ()
-            await self.fetch_chunks(ref, layer, got.missing, Priority.FOREGROUND, replace=got.corrupt, along=along)
+            corrupt: tuple[bytes, ...] = ()
+            if got.unaudited:  # first read of these cached chunks in this process: hash them, off the loop
+                corrupt = await trio.to_thread.run_sync(self.audit.check_stored, self.chunks, got.unaudited)
+                if corrupt:
+                    log.warning("layer %s: %d cached chunk(s) do not match their digest; fetching them again",
+                                layer.digest, len(corrupt))
+                    self.observer.cache_corrupt(len(corrupt))
+            missing = got.missing + tuple(c for c in got.unaudited if c.data_key in corrupt)
+            if missing:
+                along = self.neighbours(node, missing[-1]) if attempt == 0 else ()
+                await self.fetch_chunks(ref, layer, missing, Priority.FOREGROUND, replace=corrupt, along=along)
         raise CacheError(f"layer {layer.digest}: chunks were evicted again right after being fetched; "
                          "the cache budget is too small for the data being read")
 
@@ -428,7 +433,8 @@ class Remote:
         chunks stored and only moves the layer's state."""
         end = layer.prefetch_end if layer.prefetch_end is not None else min(self.settings.prefetch_size,
                                                                             layer.blob_size)
-        chunks = self.meta.prefetch_chunks(layer.layer_id, end) if end > 0 else []
+        # a thread: the scan walks every chunk row of the layer (2 s for 200k), the loop must not wait
+        chunks = await trio.to_thread.run_sync(self.meta.prefetch_chunks, layer.layer_id, end) if end > 0 else []
         fetched = 0
         errors: list[LazyLayerError] = []
 

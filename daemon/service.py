@@ -254,10 +254,11 @@ class Daemon:
             try:
                 mounts.unmount(mount.target, lazy=True)
             except MountError as exc:
-                log.warning("%s", exc)
+                log.warning("%s; leaving its state in %s", exc, mount.state_dir or "place")
+            else:
+                if mount.state_dir:  # detached: nothing can reach its upper/work dirs any more
+                    shutil.rmtree(mount.state_dir, ignore_errors=True)
             self._release(mount)
-            if mount.state_dir:
-                shutil.rmtree(mount.state_dir, ignore_errors=True)
         self.user_mounts.clear()
 
 
@@ -279,7 +280,10 @@ def _clean_run_dir(run_dir: str) -> None:
             pass
         except OSError as exc:
             log.info("leaving %s: %s", path, exc.strerror)
-    os.unlink(os.path.join(run_dir, "daemon.pid"))
+    try:
+        os.unlink(os.path.join(run_dir, "daemon.pid"))
+    except FileNotFoundError:
+        pass
 
 
 def wall_clock(trio_time: float) -> float:

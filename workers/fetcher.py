@@ -34,10 +34,11 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
+from lazylayer.shared.blobsource import FileSource
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (CacheFullError, DigestMismatchError, FormatError, LazyLayerError, ProtocolError,
                                      RegistryError, UnverifiedLayerError)
-from lazylayer.shared.estargz.reader import decompress_chunk, open_toc
+from lazylayer.shared.estargz.reader import decompress_chunk, open_toc, toc_digest_of
 from lazylayer.shared.logs import Every
 from lazylayer.shared.estargz.toc import Chunk, TOCLimits
 from lazylayer.shared.store.blobs import blob_path
@@ -227,24 +228,31 @@ class Fetcher:
 
     def _settle_conflict(self, ref: Reference, digest: str, size: int, toc_digest: str,
                          existing: LayerRecord) -> LayerRecord | None:
-        """Two sources disagree on the TOC of one blob digest; only one can be right, and only the
-        whole blob's sha256 tells which. A registration whose blob was checked (FETCHED) stands.
-        Otherwise it was registered on its source's word alone, so it must not shadow the layer
-        for everyone else (an evil registry serving its own blob under a real layer's digest):
-        this source's whole blob is checked now, and if it is the real one, the old registration
-        is dropped (None: register anew). Its chunks may stay: they are keyed by their own digests."""
+        """Two manifests disagree on the TOC of one blob digest. A blob can back only one TOC, and
+        only the whole blob's sha256 proves it is the blob: a registration whose blob was checked
+        (FETCHED) stands. Otherwise this source's whole blob is checked now and its TOC hashed:
+        if that is the registered TOC, the newcomer's annotation is wrong and refused (the layer
+        stays as it is, mounted or not); if it is the newcomer's, the registration came from a
+        source serving another blob under this digest and is dropped (None: register anew).
+        Chunks may stay either way: they are keyed by their own digests."""
         if existing.state is LayerState.FETCHED:
             raise DigestMismatchError(f"TOC of layer {digest} (its blob was verified with the TOC registered)",
                                       toc_digest, existing.toc_digest)
         log.warning("layer %s: %s names TOC %s but %s is registered, unverified; checking the whole blob",
                     digest, ref, toc_digest, existing.toc_digest)
-        with tempfile.TemporaryFile(dir=self.store().options.path) as sink:
+        with tempfile.NamedTemporaryFile(dir=self.store().options.path) as sink:
             fetched = self.client(ref).download_blob(ref, digest, sink)  # DigestMismatchError: it lies
-        if fetched != size:
-            raise RegistryError(f"layer {digest}: the registry served {fetched} bytes, not {size}")
+            if fetched != size:
+                raise RegistryError(f"layer {digest}: the registry served {fetched} bytes, not {size}")
+            sink.flush()
+            with FileSource(sink.name) as blob:
+                actual = toc_digest_of(blob, self.settings.toc_limits)
+        if actual != toc_digest:
+            raise DigestMismatchError(f"TOC of layer {digest} (the genuine blob's TOC is the registered one)",
+                                      toc_digest, actual)
         Layers(self.store()).remove(digest)
-        log.warning("layer %s: the blob from %s is genuine; the registration with TOC %s is dropped",
-                    digest, ref, existing.toc_digest)
+        log.warning("layer %s: the blob from %s is genuine and backs its TOC; the registration with TOC %s "
+                    "is dropped", digest, ref, existing.toc_digest)
         return None
 
     def fetch_chunks(self, job: Job) -> JobResult:
@@ -442,7 +450,7 @@ class Fetcher:
         for chunk, payload in one_by_one:
             try:
                 if chunk.digest:
-                    chunk_store.put(chunk.digest, payload)
+                    chunk_store.put_many([(chunk.digest, payload)], hashed_by_caller=True)
                 else:
                     chunk_store.put_unverified(digest, chunk.blob_offset, chunk.inner_offset, payload)
                 stored += 1

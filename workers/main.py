@@ -324,7 +324,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=os.environ.get("LAZYLAYER_CONFIG"), help="config file (TOML)")
     parser.add_argument("--endpoint", help="front's worker endpoint (default: ipc://RUN_DIR/workers.sock)")
     parser.add_argument("--cache-dir", help="LMDB cache directory (default: cache.dir)")
-    parser.add_argument("--capacity", type=int, help="jobs run at once (default: workers.capacity)")
+    parser.add_argument("--capacity", type=int, help="jobs run at once for one registry (default: workers.capacity)")
     parser.add_argument("--heartbeat-interval", type=float, help="seconds (default: workers.heartbeat_interval)")
     parser.add_argument("--heartbeat-liveness", type=int, help="missed beats before the front counts as dead")
     parser.add_argument("--drain-timeout", type=float,

@@ -198,6 +198,20 @@ def open_toc(
     return footer, TOCStream(pieces, payload_end=toc_start, limits=limits, expect_digest=toc_digest)
 
 
+def toc_digest_of(source: BlobSource, limits: TOCLimits = TOCLimits()) -> str:
+    """The sha256 of a blob's TOC JSON: what a descriptor's TOC digest annotation must say. For
+    telling which of two disagreeing annotations a genuine blob backs."""
+    size = source.size
+    tail_start = max(0, size - max(TAIL_READ_SIZE, MAX_FOOTER_SIZE))
+    footer = parse_footer(source.read_at(tail_start, size - tail_start), size)
+    toc_start, toc_end = _toc_range(footer)
+    _check_compressed_toc_size(footer, limits)
+    digest = hashlib.sha256()
+    for piece in json_pieces(footer, source.read_at(toc_start, toc_end - toc_start), limits):
+        digest.update(piece)
+    return "sha256:" + digest.hexdigest()
+
+
 def decompress_chunk(
     compression: str,
     compressed: bytes | memoryview,

@@ -60,8 +60,6 @@ from lazylayer.shared.estargz.toc import (
     format_modtime, normalize_name,
 )
 
-#: Annotation keys a registry manifest carries for an eStargz layer.
-
 _BLOCK = tarfile.BLOCKSIZE
 _END_OF_ARCHIVE = bytes(2 * _BLOCK)
 _EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()

@@ -341,7 +341,10 @@ class ChunkStore:
     # -- reading (front and workers) -----------------------------------------------------------
 
     def has(self, key: bytes) -> bool:
-        return self.store.read(lambda txn: txn.get(key, db=self._index) is not None)
+        return self.store.read(lambda txn: self.stored_in(txn, key))
+
+    def stored_in(self, txn: lmdb.Transaction, key: bytes) -> bool:
+        return txn.get(key, db=self._index) is not None
 
     def read(self, key: bytes, offset: int = 0, size: int | None = None) -> bytes | None:
         """``size`` bytes (clipped to the chunk) from ``offset`` of a stored chunk; None on a miss."""

@@ -114,10 +114,20 @@ class Store:
         private_dir(options.path)
         # Before mapping it: a damaged file is set aside (a short one would be SIGBUS).
         self._users_fd = hold_open(options.path)
+        try:
+            self.env = self._open_env(options, readonly)
+        except BaseException:
+            os.close(self._users_fd)
+            raise
+        self._key = key
+        _OPEN[key] = self
+
+    def _open_env(self, options: StoreOptions, readonly: bool) -> lmdb.Environment:
+        """The environment and its databases; on any failure nothing stays open."""
         if readonly:
             _initialise(options)
         try:
-            self.env = lmdb.open(
+            env = lmdb.open(
                 options.path,
                 map_size=options.map_size,
                 max_readers=options.max_readers,
@@ -133,16 +143,22 @@ class Store:
                 # The cache holds every image's file contents (0600 ones too): root's alone.
                 mode=0o600,
             )
-            self.dbs = self._open_dbs()
         except lmdb.Error as exc:
-            os.close(self._users_fd)
             raise CacheError(f"{options.path}: cannot open the cache: {exc}") from exc
-        if not readonly:
-            for name in ("data.mdb", "lock.mdb"):
-                private_file(os.path.join(options.path, name))
-            self._check_format()
-        self._key = key
-        _OPEN[key] = self
+        try:
+            self.env = env
+            self.dbs = self._open_dbs()
+            if not readonly:
+                for name in ("data.mdb", "lock.mdb"):
+                    private_file(os.path.join(options.path, name))
+                self._check_format()
+        except lmdb.Error as exc:
+            env.close()
+            raise CacheError(f"{options.path}: cannot open the cache: {exc}") from exc
+        except BaseException:
+            env.close()
+            raise
+        return env
 
     def _open_dbs(self) -> dict[str, lmdb._Database]:
         # No txn= here: py-lmdb then opens each handle in its own txn and keeps it (a handle

@@ -38,7 +38,6 @@ from lazylayer.shared.store.env import Store
 ROOT_ID = 1
 MAX_NODE_ID = (1 << 32) - 1
 BLOCK_SIZE = 4096
-#: A whiteout's mode: permission bits 0 are what overlayfs recognises.
 #: A whiteout's mode: permission bits 0, what overlayfs recognises as a whiteout.
 WHITEOUT_MODE = stat.S_IFCHR
 

@@ -27,8 +27,8 @@ class RangeRead:
     missing: tuple[FileChunk, ...] = ()
     #: Keys of the chunks the data came from, for the reader's AccessLog.
     used: tuple[bytes, ...] = ()
-    #: Keys among ``missing`` that are stored but corrupt: the fetch must replace them.
-    corrupt: tuple[bytes, ...] = ()
+    #: Stored chunks not yet checked in this process (with ``audit``): check them, then read again.
+    unaudited: tuple[FileChunk, ...] = ()
 
 
 def read_range(meta: Metadata, chunks: ChunkStore, ref: NodeRef, file_size: int,
@@ -36,8 +36,9 @@ def read_range(meta: Metadata, chunks: ChunkStore, ref: NodeRef, file_size: int,
                unstored: Mapping[bytes, bytes] | None = None) -> RangeRead:
     """Bytes ``[offset, offset+size)`` of a regular file whose size the caller already knows
     (from getattr), so no attribute lookup happens here. With ``audit``, a chunk is served only
-    once its bytes were checked in this process; ``unstored`` holds verified chunks a worker
-    could not store (cache filesystem full), looked up where LMDB has none."""
+    once its bytes were checked in this process (others come back as ``unaudited``); ``unstored``
+    holds verified chunks a worker could not store (cache filesystem full), looked up where LMDB
+    has none."""
     end = min(offset + size, file_size)
     if offset >= end:
         return RangeRead(b"")
@@ -46,24 +47,23 @@ def read_range(meta: Metadata, chunks: ChunkStore, ref: NodeRef, file_size: int,
         covering = meta.chunks_covering(ref, offset, end - offset, txn)
         pieces: list[bytes] = []
         missing: list[FileChunk] = []
-        corrupt: list[bytes] = []
+        unaudited: list[FileChunk] = []
         for chunk in covering:
             lo = max(offset, chunk.chunk_offset) - chunk.chunk_offset
             hi = min(end, chunk.end) - chunk.chunk_offset
-            if audit is not None and not audit.check(chunks, txn, chunk.data_key, chunk.digest):
-                corrupt.append(chunk.data_key)
-                piece = None
-            else:
-                piece = _piece(chunks, txn, chunk, lo, hi, unstored)
+            if audit is not None and not audit.trusted(chunk) and chunks.stored_in(txn, chunk.data_key):
+                unaudited.append(chunk)
+                continue
+            piece = _piece(chunks, txn, chunk, lo, hi, unstored)
             if piece is None:
                 missing.append(chunk)
             elif len(piece) != hi - lo:
                 raise CorruptCacheError(f"chunk {chunk.digest or chunk.data_key.hex()}: stored size differs "
                                         "from the TOC")
-            elif not missing:
+            elif not missing and not unaudited:
                 pieces.append(piece)
-        if missing:
-            return RangeRead(None, tuple(missing), corrupt=tuple(corrupt))
+        if missing or unaudited:
+            return RangeRead(None, tuple(missing), unaudited=tuple(unaudited))
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         return RangeRead(data, used=tuple(c.data_key for c in covering))
 

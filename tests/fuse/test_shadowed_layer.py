@@ -70,3 +70,38 @@ def test_an_evil_registry_cannot_shadow_a_real_layer(registry: RunningRegistry, 
     finally:
         evil_proxy.stop()
         good_proxy.stop()
+
+
+def test_a_wrong_toc_annotation_over_the_real_blob_leaves_the_layer_alone(registry: RunningRegistry,
+                                                                          tmp_path: Path):
+    """A manifest naming the real layer (real blob) with a wrong TOC digest annotation must be
+    refused without dropping the layer's registration: the genuine blob backs the registered TOC,
+    not the annotation (the review found the first fix dropped it, under a mounted layer)."""
+    good = push_image_trees(registry, "shadow2/good", "v1",
+                            [_tree(tmp_path / "good", {"etc/motd": b"the real layer\n" * 50})])
+    real = good.layers[0]
+    manifest = _manifest(registry.host, "shadow2/good", "v1")
+    manifest["layers"][0]["annotations"]["containerd.io/snapshot/stargz/toc.digest"] = "sha256:" + "1" * 64
+    body = json.dumps(manifest).encode()
+    liar = FaultProxy(registry.host)
+    try:
+        liar.add(Rule("serve", times=None, method=None, path=r"^/v2/shadow2/good/manifests/v1$", body=body,
+                      headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json",
+                               "Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()}))
+        daemon = start_daemon(tmp_path / "d", workers=1, config=QUIET)
+        try:
+            diff = daemon.layer_dir(good.ref, real.digest)
+            assert (diff / "etc/motd").read_bytes() == b"the real layer\n" * 50
+            try:
+                (daemon.layer_dir(good.ref_via(liar.host), real.digest) / "etc/motd").read_bytes()
+                raise AssertionError("the wrong annotation was accepted")
+            except OSError:
+                pass
+            assert (diff / "etc/motd").read_bytes() == b"the real layer\n" * 50
+            [cached] = daemon.call("status")["cached_layers"]
+            assert cached["digest"] == real.digest and cached["state"] != "failed"
+            assert "the genuine blob's TOC is the registered one" in daemon.log()
+        finally:
+            daemon.stop()
+    finally:
+        liar.stop()

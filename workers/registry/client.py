@@ -172,8 +172,8 @@ class RegistryClient:
     def _timeout(self, what: str) -> float:
         """One request's connect and idle timeout: ``request_timeout``, clipped to the job's deadline."""
         left = deadline.remaining()
-        if left <= 0:
-            raise host_failure(f"{what}: the request's deadline passed before it could be sent")
+        if left <= 0:  # the job's time went elsewhere (queue, earlier requests): not the registry's fault
+            raise RegistryError(f"{what}: the request's deadline passed before it could be sent")
         return min(self.options.request_timeout, left)
 
     def _retry_delay(self, attempt: int, retry_after: float | None = None) -> float | None:
