@@ -68,11 +68,14 @@ class ResolverSettings:
     background: bool = True
     entry_ttl: float = 120.0
     check_interval: float = 60.0
+    #: resolve every layer of an image when the first one is asked for
+    image_layers: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> "ResolverSettings":
         p = config.prefetch
-        return cls(p.enabled, p.timeout, config.background.enabled, p.resolve_ttl, p.check_interval)
+        return cls(p.enabled, p.timeout, config.background.enabled, p.resolve_ttl, p.check_interval,
+                   p.image_layers)
 
 
 class Layer:
@@ -403,9 +406,24 @@ class Resolver:
         async def compute() -> ResolvedImage:
             image = await self.remote.resolve_image(ref)
             self._images[ref] = (trio.current_time(), image)
+            if self.settings.image_layers and self._nursery is not None:
+                for desc in image.layers:
+                    self._nursery.start_soon(self._resolve_ahead, ref, desc)
             return image
 
         return await self._shared(("image", ref), compute)
+
+    async def _resolve_ahead(self, ref: str, desc: LayerDescriptor) -> None:
+        """Resolve a layer nobody asked for yet: an overlay mount (a container start) looks its
+        layers up one after another, and each TOC fetch and registration is a worker's job, so
+        starting them all when the image is first resolved runs them side by side over the
+        workers. Takes no lasting reference; a failure is recorded like any resolve's."""
+        try:
+            layer = await self.resolve(ref, desc)
+        except LazyLayerError as exc:
+            log.debug("resolving layer %s of %s ahead: %s", desc.digest, ref, exc)
+            return
+        layer.done()
 
     async def descriptor(self, ref: str, digest: str) -> LayerDescriptor:
         image = await self.resolve_image(ref)

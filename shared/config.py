@@ -139,6 +139,8 @@ class PrefetchConfig:
     size: int = knob(0, "bytes to prefetch for layers without landmarks", "bytes", minimum=0)
     resolve_ttl: float = knob(120.0, "how long an unreferenced resolved layer stays resolved", "s", minimum=0)
     check_interval: float = knob(60.0, "how often a layer in use checks its blob still answers", "s", positive=True)
+    image_layers: bool = knob(True, "when one layer of an image is first looked up, resolve all its layers at "
+                                    "once, over every worker (a container needs them all)")
 
 
 @dataclass(frozen=True)
