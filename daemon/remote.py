@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 #: Compressed bytes per prefetch job: small enough that every worker gets a share [bytes].
 PREFETCH_PIECE = 2 << 20
 
+#: Job kinds the pool runs one at a time per worker process: registering a layer is Python per
+#: TOC entry with the GIL held, so two in one process are no faster than one after the other.
+EXCLUSIVE_KINDS = frozenset({"resolve_layer"})
+
 #: Reads retried after a fetch; more only when eviction keeps removing what was just fetched.
 READ_ATTEMPTS = 3
 

@@ -35,7 +35,7 @@ from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.metrics import Metrics, StateSources
 from lazylayer.daemon.pool import WorkerPool
-from lazylayer.daemon.remote import FetchSettings, Remote
+from lazylayer.daemon.remote import EXCLUSIVE_KINDS, FetchSettings, Remote
 from lazylayer.shared.config import Config, config_changes, load_config
 from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError
 from lazylayer.shared.logs import redact, setup_logging
@@ -351,7 +351,8 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
                       heartbeat_interval=w.heartbeat_interval, heartbeat_liveness=w.heartbeat_liveness,
                       max_attempts=w.max_attempts, max_groups=w.max_registries,
                       quiet_period=config.background.quiet_period,
-                      restart_backoff_max=w.restart_backoff_max, restart_stable_after=w.restart_stable_after)
+                      restart_backoff_max=w.restart_backoff_max, restart_stable_after=w.restart_stable_after,
+                      exclusive_kinds=EXCLUSIVE_KINDS)
     metrics = Metrics()
     async with pool:
         remote = Remote(pool, store, FetchSettings.from_config(config), metrics)
