@@ -40,6 +40,7 @@ import errno
 import itertools
 import logging
 import math
+import subprocess
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -136,6 +137,7 @@ class WorkerPool:
         restart_stable_after: float = 10.0,
         stop_timeout: float = 10.0,
         exclusive_kinds: frozenset[str] = frozenset(),
+        adopt: Sequence[subprocess.Popen[bytes]] = (),
     ) -> None:
         self.endpoint = endpoint
         self.exclusive_kinds = exclusive_kinds
@@ -147,7 +149,7 @@ class WorkerPool:
         self.spawner = WorkerSpawner(
             worker_command or default_worker_command(endpoint, heartbeat_interval, heartbeat_liveness), spawn,
             SpawnSettings(restart_backoff, restart_backoff_max, restart_stable_after, stop_timeout),
-            on_exit=self._process_exited, on_change=self._notify_changed)
+            on_exit=self._process_exited, on_change=self._notify_changed, adopt=adopt)
         self._workers: dict[bytes, _Worker] = {}
         self._jobs: dict[int, _Job] = {}
         self._dedup: dict[tuple[str, Hashable], _Job] = {}

@@ -15,15 +15,14 @@ made, then the FUSE mount, and stop the workers.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import shutil
 import signal
-import sys
+import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import pyfuse3
 import trio
@@ -36,36 +35,16 @@ from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.metrics import Metrics, StateSources
 from lazylayer.daemon.pool import WorkerPool
 from lazylayer.daemon.remote import EXCLUSIVE_KINDS, FetchSettings, Remote
+from lazylayer.daemon.startup import DaemonOptions, clean_run_dir, worker_command
 from lazylayer.shared.config import Config, config_changes, load_config
 from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError
 from lazylayer.shared.logs import redact, setup_logging
-from lazylayer.shared.perms import private_dir, private_umask
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import Layers
 from lazylayer.shared.store.merged import MergedViews
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DaemonOptions:
-    config: Config
-    #: the config file, handed to spawned workers (None: defaults + environment)
-    config_path: str | None = None
-    #: CLI flags ({"section.key": value}), re-applied on reload
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    #: resolved once at start: resolving stats the path, which must never happen on our own
-    #: mount from the loop's thread (it would wait for itself)
-    mountpoint: str = field(init=False)
-    run_dir: str = field(init=False)
-    cache_dir: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mountpoint", os.path.realpath(self.config.daemon.mountpoint))
-        object.__setattr__(self, "run_dir", os.path.abspath(self.config.daemon.run_dir))
-        object.__setattr__(self, "cache_dir", os.path.abspath(self.config.cache.dir))
 
 
 @dataclass
@@ -262,58 +241,9 @@ class Daemon:
         self.user_mounts.clear()
 
 
-#: what a daemon creates in its run dir; a clean stop removes them (the pid file last, under the lock)
-RUN_FILES = ("control.sock", "workers.sock", "overlay")
-
-
-def _clean_run_dir(run_dir: str) -> None:
-    """Remove our sockets and the (by now empty) overlay dir; a non-empty overlay dir holds a
-    writable mount's state we did not make (e.g. one whose `record_mount` never reached us) and stays."""
-    for name in RUN_FILES:
-        path = os.path.join(run_dir, name)
-        try:
-            if os.path.isdir(path):
-                os.rmdir(path)
-            else:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.info("leaving %s: %s", path, exc.strerror)
-    try:
-        os.unlink(os.path.join(run_dir, "daemon.pid"))
-    except FileNotFoundError:
-        pass
-
-
 def wall_clock(trio_time: float) -> float:
     """A ``trio.current_time()`` instant as seconds since the epoch."""
     return time.time() - (trio.current_time() - trio_time)
-
-
-def _lock_run_dir(run_dir: str) -> int:
-    """One daemon per run dir: an flock on RUN/daemon.pid held for the daemon's life (released
-    by the kernel when it dies, however it dies)."""
-    private_dir(run_dir)
-    fd = os.open(os.path.join(run_dir, "daemon.pid"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise MountError(f"another lazylayer daemon (pid {other or '?'}) is running with run dir {run_dir}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def worker_command(options: DaemonOptions) -> list[str]:
-    command = [sys.executable, "-m", "lazylayer.workers.main", "--endpoint", f"ipc://{options.run_dir}/workers.sock",
-               "--cache-dir", options.cache_dir, "--log-level", options.config.daemon.log_level,
-               "--parent-pid", str(os.getpid())]  # a killed daemon's workers must not join the next one
-    if options.config_path:
-        command += ["--config", options.config_path]
-    return command
 
 
 def fuse_options(config: Config) -> set[str]:
@@ -327,24 +257,25 @@ def fuse_options(config: Config) -> set[str]:
     return options
 
 
-async def run_daemon(options: DaemonOptions) -> int:
+async def run_daemon(options: DaemonOptions, lock: int, early_workers: Sequence[subprocess.Popen[bytes]] = ()) -> int:
+    """Serve until SIGTERM/SIGINT. The caller (daemon/startup.py's steps, in the CLI) has set
+    the private umask, holds the run dir's ``lock`` (released here) and may have started
+    ``early_workers``, which the pool adopts."""
     config = options.config
-    mounts.require_fuse()
-    private_umask()  # sockets, cache files and overlay dirs we create are root's alone
-    lock = _lock_run_dir(options.run_dir)
     try:
+        mounts.require_fuse()
         mounts.prepare_mountpoint(options.mountpoint)
         store = open_store(StoreOptions.from_config(config.cache, options.cache_dir), readonly=True)
         try:
-            return await _serve(options, store)
+            return await _serve(options, store, early_workers)
         finally:
             store.close()
     finally:
-        _clean_run_dir(options.run_dir)
+        clean_run_dir(options.run_dir)
         os.close(lock)
 
 
-async def _serve(options: DaemonOptions, store: Any) -> int:
+async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[subprocess.Popen[bytes]]) -> int:
     config = options.config
     w = config.workers
     pool = WorkerPool(f"ipc://{options.run_dir}/workers.sock", spawn=w.count, worker_command=worker_command(options),
@@ -352,7 +283,7 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
                       max_attempts=w.max_attempts, max_groups=w.max_registries,
                       quiet_period=config.background.quiet_period,
                       restart_backoff_max=w.restart_backoff_max, restart_stable_after=w.restart_stable_after,
-                      exclusive_kinds=EXCLUSIVE_KINDS)
+                      exclusive_kinds=EXCLUSIVE_KINDS, adopt=early_workers)
     metrics = Metrics()
     async with pool:
         remote = Remote(pool, store, FetchSettings.from_config(config), metrics)

@@ -1,17 +1,19 @@
 """`lazylayer daemon [--config F] [--workers N] [--mountpoint DIR] [--cache-dir DIR] [--run-dir DIR]`:
 the FUSE front, in the foreground (daemon/service.py). Flags override the config file and the
-environment. SIGTERM/SIGINT unmount cleanly; SIGHUP re-reads the config's live knobs."""
+environment. SIGTERM/SIGINT unmount cleanly; SIGHUP re-reads the config's live knobs.
+
+The workers start before the front's own imports (daemon/startup.py says why), so the service
+module is imported only once they run."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-import trio
-
-from lazylayer.daemon.service import DaemonOptions, run_daemon
+from lazylayer.daemon.startup import DaemonOptions, lock_run_dir, start_workers, stop_strays
 from lazylayer.shared.config import load_config
 from lazylayer.shared.logs import setup_logging
+from lazylayer.shared.perms import private_umask
 
 HELP = "run the FUSE front (layer store + image views) with its fetcher workers, in the foreground"
 
@@ -30,4 +32,15 @@ def run(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in flags.items() if value is not None}
     config = load_config(args.config or None, overrides=overrides).config
     setup_logging(config.daemon.log_level, config.daemon.log_format)
-    return trio.run(run_daemon, DaemonOptions(config, args.config or None, overrides))
+    options = DaemonOptions(config, args.config or None, overrides)
+    private_umask()  # sockets, cache files and overlay dirs we create are root's alone
+    lock = lock_run_dir(options.run_dir)
+    workers = start_workers(options)
+    try:
+        import trio
+
+        from lazylayer.daemon.service import run_daemon
+
+        return trio.run(run_daemon, options, lock, workers)
+    finally:
+        stop_strays(workers)
