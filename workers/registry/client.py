@@ -86,7 +86,8 @@ class RegistryClient:
             credentials = DockerConfigCredentials(self.options.credentials_file or None)
         self.backoff = backoff or Backoff(self.options.min_backoff, self.options.max_backoff,
                                           self.options.max_retries)
-        self.auth = Authenticator(self.session, credentials, self.options.request_timeout, self._verify_for_host)
+        self.auth = Authenticator(self.session, credentials, self.options.request_timeout, self._verify_for_host,
+                                  self.options.min_rate)
         self._lock = threading.Lock()
         self._locations: dict[tuple[str, str, str], _Location] = {}
         self._single_range_hosts: set[str] = set()
