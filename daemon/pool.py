@@ -445,7 +445,10 @@ class WorkerPool:
 
     def _next_assignment(self) -> tuple[_Job, _Worker] | None:
         """The first queued job (by priority, then queue order) some worker has a slot for; a
-        job whose group finds no slot does not hold up other groups' jobs behind it."""
+        job whose group finds no slot does not hold up other groups' jobs behind it. With every
+        worker full nothing can go, so the queues (thousands of prefetch pieces) are not walked."""
+        if not any(not w.blocked and len(w.in_flight) < w.capacity * self.max_groups for w in self._workers.values()):
+            return None
         now = trio.current_time()
         for priority, queue in self._queues.items():
             if not queue or (priority is Priority.BACKGROUND and not self._background_allowed(now)):
