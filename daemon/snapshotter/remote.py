@@ -4,8 +4,8 @@ The snapshotter is a client of the front exactly as podman is: a layer is the di
 ``MNT/<base64(ref)>/<digest>/diff`` (looking it up makes the front resolve it), creating
 ``MNT/<base64(ref)>/<digest>/use`` takes a reference that keeps the layer resolved, and
 ``rmdir MNT/<base64(ref)>/<digest>`` gives it back (daemon/layout.py, daemon/fs.py). References
-live in the front's memory: a restarted front has none, so the snapshotter notices the new FUSE
-mount (a new device number) and takes them again.
+live in the front's memory: a restarted front has none, so the snapshotter notices the new front
+(another pid, another FUSE mount) and takes them again.
 
 Labels: containerd's unpacker names the snapshot it wants committed in ``containerd.io/snapshot.ref``
 (the chain id); the image and layer come from the labels ``ctr-remote image rpull`` sets
@@ -59,8 +59,9 @@ def requested_layer(labels: dict[str, str]) -> RemoteLayer | None:
 class LayerStore:
     """The front's layer store at ``mountpoint``, seen from another process."""
 
-    def __init__(self, mountpoint: str, resolve_timeout: float) -> None:
+    def __init__(self, mountpoint: str, run_dir: str, resolve_timeout: float) -> None:
         self.mountpoint = mountpoint
+        self.run_dir = run_dir
         self.resolve_timeout = resolve_timeout
         #: lookups that may hang on a registry run here, so a gRPC thread can give up on them
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
@@ -77,10 +78,18 @@ class LayerStore:
         return os.path.join(self.layer_dir(layer), DIFF.decode())
 
     def front_id(self) -> str | None:
-        """The serving FUSE mount's device ("major:minor", new for every mount), None if no
-        front serves the store."""
+        """Which front serves the store: its pid (RUN/daemon.pid) and its FUSE mount's device;
+        None if none does. Both, because the kernel hands a new mount the lowest free device
+        number - often the one the dead front's mount had."""
         entry = mounts.mount_at(self.mountpoint)
-        return entry.device if entry is not None and entry.fstype == mounts.FUSE_TYPE else None
+        if entry is None or entry.fstype != mounts.FUSE_TYPE:
+            return None
+        try:
+            with open(os.path.join(self.run_dir, "daemon.pid"), encoding="ascii", errors="replace") as f:
+                pid = f.read().strip()
+        except OSError:
+            pid = "?"
+        return f"{pid}@{entry.device}"
 
     def resolve(self, layer: RemoteLayer) -> None:
         """Make the front resolve the layer (fetch and verify its TOC); raises if it cannot

@@ -169,7 +169,7 @@ def start(config: Config) -> RunningSnapshotter:
     """Open the metadata, bind the socket (a stale one from a crash is replaced), serve."""
     options = config.snapshotter
     private_dir(options.root)
-    snapshotter = Snapshotter(options.root, LayerStore(config.daemon.mountpoint, options.resolve_timeout))
+    snapshotter = Snapshotter(options.root, LayerStore(config.daemon.mountpoint, config.daemon.run_dir, options.resolve_timeout))
     address = options.address
     os.makedirs(os.path.dirname(address) or ".", mode=0o700, exist_ok=True)
     try:

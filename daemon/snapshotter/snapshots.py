@@ -127,18 +127,18 @@ class Snapshotter:
             self.counts.local += 1
             return self._mounts(snapshot)
         target = labels[TARGET_LABEL]
-        existing = self.meta.find(target)
-        if existing is None:
-            try:
-                self._commit_remote(snapshot, target, layer)
-            except LazyLayerError as exc:
-                log.warning("layer %s of %s is unpacked by containerd: the layer store cannot serve it (%s)",
-                            layer.digest, layer.ref, exc)
-                self.counts.fallback += 1
-                return self._mounts(snapshot)
+        try:
+            if self.meta.find(target) is not None:
+                raise AlreadyExistsError(f"target snapshot {target!r} already exists")
+            self._commit_remote(snapshot, target, layer)
             log.info("remote snapshot %s: layer %s of %s", target, layer.digest, layer.ref)
-        else:
-            self.remove(key)  # the target is there already (committed by an earlier pull)
+        except AlreadyExistsError:
+            self.remove(key)  # committed meanwhile, by an earlier or a concurrent pull: as good
+        except LazyLayerError as exc:
+            log.warning("layer %s of %s is unpacked by containerd: the layer store cannot serve it (%s)",
+                        layer.digest, layer.ref, exc)
+            self.counts.fallback += 1
+            return self._mounts(snapshot)
         self.counts.remote += 1
         raise AlreadyExistsError(f"target snapshot {target!r} already exists")
 

@@ -207,6 +207,13 @@ class Stack:
     front: RunningDaemon
     snapshotter: SnapshotterProcess
     containerd: Containerd
+    front_config: dict
+
+    def restart_front(self) -> None:
+        """SIGKILL the front and start it again on the same mountpoint, cache and run dir."""
+        self.front.kill()
+        self.front = start_daemon(self.front.workdir, workers=1, config=self.front_config,
+                                  run_dir=self.front.run_dir)
 
     def ctr(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return self.containerd.ctr(*args, **kw)
@@ -225,14 +232,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     snapshotter = containerd = None
     try:
         # lazy only: no prefetch, no background fetch, so fetched bytes are the bytes read
-        front = start_daemon(workdir / "front", workers=1, config={
-            "prefetch": {"enabled": False}, "background": {"enabled": False},
-            "snapshotter": {"address": str(workdir / "sn.sock"), "root": str(workdir / "sn"),
-                            "check_interval": 0.5, "resolve_timeout": 30.0}})
+        front_config = {"prefetch": {"enabled": False}, "background": {"enabled": False},
+                        "snapshotter": {"address": str(workdir / "sn.sock"), "root": str(workdir / "sn"),
+                                        "check_interval": 0.5, "resolve_timeout": 30.0}}
+        front = start_daemon(workdir / "front", workers=1, config=front_config)
         snapshotter = SnapshotterProcess(front.config_path, workdir / "sn.sock", workdir / "sn")
         snapshotter.start()
         containerd = start_containerd(workdir / "c", snapshotter.socket)
-        yield Stack(front, snapshotter, containerd)
+        stack = Stack(front, snapshotter, containerd, front_config)
+        yield stack
+        front = stack.front
     finally:
         if containerd is not None:
             _kill_tasks(containerd)

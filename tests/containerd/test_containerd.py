@@ -72,13 +72,27 @@ def test_snapshotter_restart_keeps_running_containers_and_metadata(stack: Stack,
     assert "keeper" in tasks and "RUNNING" in tasks
     out = stack.ctr("task", "exec", "--exec-id", "probe", "keeper", "cat", f"/{SMALL}").stdout
     assert out.encode() == SMALL_TEXT
-    # containerd reaches the new process: its view of the snapshots is intact
-    listed = stack.ctr("snapshot", "--snapshotter", SNAPSHOTTER, "ls").stdout
-    assert "keeper" in listed
+    # containerd reaches the new process (once its gRPC client's reconnect backoff has passed)
+    # and its view of the snapshots is intact
+    _wait_for(lambda: stack.ctr("snapshot", "--snapshotter", SNAPSHOTTER, "ls", check=False).returncode == 0)
+    assert "keeper" in stack.ctr("snapshot", "--snapshotter", SNAPSHOTTER, "ls").stdout
     stack.ctr("task", "kill", "-s", "SIGKILL", "keeper")
     _wait_for(lambda: "RUNNING" not in stack.ctr("task", "ls").stdout)
     stack.ctr("task", "delete", "keeper")
     stack.ctr("container", "rm", "keeper")
+
+
+def test_front_restart_keeps_snapshots_and_the_snapshotter_holds_the_layers_again(
+        stack: Stack, images: ImageRefs) -> None:
+    before = stack.snapshotter.snapshots()
+    stack.restart_front()
+    digests = {f"sha256:{d}" for d, _ in images.esgz_layers}
+    # the snapshotter notices the new front and takes its layer references again
+    _wait_for(lambda: {l["digest"] for l in stack.front.call("status")["layers"]
+                       if l["ref"] == images.esgz and l["references"] >= 1} == digests,
+              why=stack.snapshotter.log)
+    assert stack.snapshotter.snapshots() == before
+    assert run_in(stack, images.esgz, "after-front", "cat", f"/{SMALL}").encode() == SMALL_TEXT
 
 
 def test_removing_the_image_frees_its_snapshots(stack: Stack, images: ImageRefs) -> None:
@@ -92,8 +106,8 @@ def test_removing_the_image_frees_its_snapshots(stack: Stack, images: ImageRefs)
     assert all(released.get(d, 0) == 0 for d in held), released
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+def _wait_for(condition: Callable[[], bool], timeout: float = 20, why: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
+        assert time.monotonic() < deadline, f"condition not met in time\n{why()}"
         time.sleep(0.1)
