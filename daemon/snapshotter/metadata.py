@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum
 from typing import Callable, Iterator, TypeVar
@@ -71,6 +72,25 @@ class Snapshot:
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def summarize(snapshots: list[Snapshot]) -> dict[str, int]:
+    """Snapshots by kind, remote ones apart (status and metrics)."""
+    counts = Counter("remote" if s.remote else s.kind.name.lower() for s in snapshots)
+    return {kind: counts.get(kind, 0) for kind in ("remote", "committed", "active", "view")}
+
+
+def read_summary(root: str) -> dict[str, int] | None:
+    """`summarize` of the snapshots kept under a snapshotter ``root``; None when it has none
+    (never ran there). Safe beside the running snapshotter: LMDB readers do not block it."""
+    path = os.path.join(root, "metadata")
+    if not os.path.exists(os.path.join(path, "data.mdb")):
+        return None
+    store = MetaStore(path)
+    try:
+        return summarize(store.all())
+    finally:
+        store.close()
 
 
 class MetaStore:

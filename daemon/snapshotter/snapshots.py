@@ -25,15 +25,14 @@ import logging
 import os
 import shutil
 import threading
-from collections import Counter
 from dataclasses import dataclass
 
 from lazylayer.daemon import mounts
 from lazylayer.daemon.snapshotter.filters import matches
-from lazylayer.daemon.snapshotter.metadata import Kind, MetaStore, Snapshot
+from lazylayer.daemon.snapshotter.metadata import Kind, MetaStore, Snapshot, summarize
 from lazylayer.daemon.snapshotter.remote import (REMOTE_LABEL, REMOTE_LABEL_VALUE, TARGET_LABEL, LayerStore,
                                                  RemoteLayer, requested_layer)
-from lazylayer.shared.errors import AlreadyExistsError, LazyLayerError, NotFoundError
+from lazylayer.shared.errors import AlreadyExistsError, LazyLayerError
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +236,7 @@ class Snapshotter:
             self._note_front()
 
     def summary(self) -> dict[str, int]:
-        """Snapshots by kind, remote ones apart (status and metrics)."""
-        counts = Counter("remote" if s.remote else s.kind.name.lower() for s in self.meta.all())
-        return {kind: counts.get(kind, 0) for kind in ("remote", "committed", "active", "view")}
+        return summarize(self.meta.all())
 
 
 def _layer(snapshot: Snapshot) -> RemoteLayer:

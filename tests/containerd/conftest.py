@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import requests
 
+from lazylayer.shared.procs import die_with_parent, stop_process
+from lazylayer.workers.registry.local import free_port
 from tests.fuse.daemonproc import LAZYLAYER, RunningDaemon, start_daemon, unmount_under
 from tests.support.layers import Item, binary_items, build_layer, directory, file, make_tar
 from tests.support.registry import Layer, RunningRegistry, push_image, registry  # noqa: F401
-from lazylayer.shared.procs import die_with_parent, stop_process
 
 NAMESPACE = "lltest"
 SNAPSHOTTER = "lazylayer"
@@ -218,6 +220,10 @@ class Stack:
     def ctr(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return self.containerd.ctr(*args, **kw)
 
+    def snapshotter_metrics(self) -> str:
+        address = self.front_config["snapshotter"]["metrics_address"]
+        return requests.get(f"http://{address}/metrics", timeout=10).text
+
     def layer_fetched(self, digest: str) -> int:
         """Compressed bytes the front fetched for a layer (``sha256:`` + hex ``digest``)."""
         rows = [l for l in self.front.call("status")["cached_layers"] if l["digest"] == f"sha256:{digest}"]
@@ -234,7 +240,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # lazy only: no prefetch, no background fetch, so fetched bytes are the bytes read
         front_config = {"prefetch": {"enabled": False}, "background": {"enabled": False},
                         "snapshotter": {"address": str(workdir / "sn.sock"), "root": str(workdir / "sn"),
-                                        "check_interval": 0.5, "resolve_timeout": 30.0}}
+                                        "check_interval": 0.5, "resolve_timeout": 30.0,
+                                        "metrics_address": f"127.0.0.1:{free_port()}"}}
         front = start_daemon(workdir / "front", workers=1, config=front_config)
         snapshotter = SnapshotterProcess(front.config_path, workdir / "sn.sock", workdir / "sn")
         snapshotter.start()

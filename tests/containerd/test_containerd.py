@@ -8,6 +8,7 @@ The tests share one stack (module-scoped) and run in order.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Callable
@@ -39,6 +40,11 @@ def test_estargz_rpull_takes_layers_from_the_store_and_fetches_only_what_is_read
     remote = [s for s in stack.snapshotter.snapshots() if s["remote_digest"]]
     assert sorted(s["remote_digest"] for s in remote) == sorted(f"sha256:{d}" for d, _ in images.esgz_layers)
     assert all(s["remote_ref"] == images.esgz and s["kind"] == "committed" for s in remote)
+    status = stack.front.cli("status", "--json")
+    assert json.loads(status.stdout)["snapshots"]["remote"] == 2, status.stderr
+    metrics = stack.snapshotter_metrics()
+    assert 'lazylayer_snapshots{kind="remote"} 2.0' in metrics
+    assert 'lazylayer_snapshot_prepares_total{outcome="remote"} 2.0' in metrics
     # containerd downloaded no layer: its content store has none of the blobs
     content = stack.ctr("content", "ls", "-q").stdout
     assert not any(d in content for d, _ in images.esgz_layers)

@@ -4,7 +4,6 @@ and `as_nobody` to act as an unprivileged local user (runuser)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sysconfig
