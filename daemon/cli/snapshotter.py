@@ -13,7 +13,7 @@ import dataclasses
 import os
 
 from lazylayer.daemon.cli.output import print_json, print_table
-from lazylayer.shared.config import load_config
+from lazylayer.shared.config import Config, load_config
 from lazylayer.shared.logs import setup_logging
 
 HELP = "run the containerd snapshotter (gRPC, proxy plugin) over the layer store, in the foreground"
@@ -29,14 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     flags = {"snapshotter.address": args.address, "snapshotter.root": args.root}
-    config = load_config(args.config or None,
-                         overrides={k: v for k, v in flags.items() if v is not None}).config
+
+    def load() -> Config:
+        return load_config(args.config or None, overrides={k: v for k, v in flags.items() if v is not None}).config
+
+    config = load()
     if args.list:
         return _list(config.snapshotter.root, args.json)
     setup_logging(config.daemon.log_level, config.daemon.log_format)
     from lazylayer.daemon.snapshotter.service import serve_forever  # grpc: only when serving
 
-    return serve_forever(config)
+    return serve_forever(config, load)
 
 
 def _list(root: str, as_json: bool) -> int:

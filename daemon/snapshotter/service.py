@@ -30,6 +30,7 @@ from lazylayer.daemon.snapshotter.snapshots import Mount, Snapshotter
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (AlreadyExistsError, ConfigError, LazyLayerError, NotFoundError,
                                      PreconditionError, ProtocolError)
+from lazylayer.shared.logs import setup_logging
 from lazylayer.shared.perms import private_dir
 
 log = logging.getLogger(__name__)
@@ -206,13 +207,25 @@ def _watch_front(snapshotter: Snapshotter, interval: float, stop: threading.Even
             log.exception("checking the front failed")
 
 
-def serve_forever(config: Config) -> int:
-    """Until SIGTERM/SIGINT. Mounts are containerd's: stopping leaves every container running."""
+def serve_forever(config: Config, load: Callable[[], Config]) -> int:
+    """Until SIGTERM/SIGINT. Mounts are containerd's: stopping leaves every container running.
+    SIGHUP re-reads the log settings with ``load`` (as the front and the workers do)."""
     running = start(config)
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: _reload(load))
     done.wait()
     log.info("snapshotter stopping")
     running.stop()
     return 0
+
+
+def _reload(load: Callable[[], Config]) -> None:
+    try:
+        config = load()
+    except LazyLayerError as exc:
+        log.error("reload refused: %s", exc)
+        return
+    setup_logging(config.daemon.log_level, config.daemon.log_format)
+    log.info("reloaded: log level %s, format %s", config.daemon.log_level, config.daemon.log_format)
