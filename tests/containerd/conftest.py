@@ -14,7 +14,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import Iterator
 import pytest
 import requests
 
+from bench.containerd import Containerd, accepts, start_containerd
 from lazylayer.shared.procs import die_with_parent, stop_process
 from lazylayer.workers.registry.local import free_port
 from tests.fuse.daemonproc import LAZYLAYER, RunningDaemon, start_daemon, unmount_under
@@ -94,62 +94,6 @@ def _gzip(items: list[Item]) -> Layer:
 
 
 @dataclass
-class Containerd:
-    workdir: Path
-    socket: Path
-    process: subprocess.Popen | None = None
-    log_path: Path | None = None
-
-    def ctr(self, *args: str, binary: str = "ctr", timeout: float = 120, check: bool = True
-            ) -> subprocess.CompletedProcess:
-        done = subprocess.run([binary, "--address", str(self.socket), "--namespace", NAMESPACE, *args],
-                              capture_output=True, text=True, timeout=timeout)
-        if check and done.returncode != 0:
-            raise AssertionError(f"{binary} {' '.join(args)} failed ({done.returncode}):\n{done.stderr}\n"
-                                 f"containerd log tail:\n{self.log()[-3000:]}")
-        return done
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout=30)
-            self.process = None
-
-
-def start_containerd(workdir: Path, snapshotter_socket: Path) -> Containerd:
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "config.toml"
-    socket = workdir / "c.sock"
-    config.write_text(f"""version = 2
-root = "{workdir / 'root'}"
-state = "{workdir / 'state'}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{socket}"
-[ttrpc]
-  address = "{socket}.ttrpc"
-[proxy_plugins.{SNAPSHOTTER}]
-  type = "snapshot"
-  address = "{snapshotter_socket}"
-""")
-    running = Containerd(workdir, socket, log_path=workdir / f"containerd-{time.monotonic_ns()}.log")
-    with open(running.log_path, "wb") as log:  # type: ignore[arg-type]
-        running.process = subprocess.Popen(["containerd", "--config", str(config), "--log-level", "info"],
-                                           stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if running.process.poll() is not None:
-            raise AssertionError(f"containerd exited:\n{running.log()}")
-        if socket.exists() and running.ctr("version", check=False).returncode == 0:
-            return running
-        time.sleep(0.1)
-    running.stop()
-    raise AssertionError(f"containerd did not start:\n{running.log()}")
-
-
-@dataclass
 class SnapshotterProcess:
     config_path: Path
     socket: Path
@@ -168,7 +112,7 @@ class SnapshotterProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"snapshotter exited:\n{self.log()}")
-            if _accepts(self.socket):  # not just exists: a killed one leaves its socket file
+            if accepts(self.socket):  # not just exists: a killed one leaves its socket file
                 return
             time.sleep(0.05)
         raise AssertionError(f"snapshotter did not start:\n{self.log()}")
@@ -191,17 +135,6 @@ class SnapshotterProcess:
                               capture_output=True, text=True, timeout=60, env={**os.environ, "LAZYLAYER_CONFIG": ""})
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
-
-
-def _accepts(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 @dataclass
@@ -245,13 +178,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         front = start_daemon(workdir / "front", workers=1, config=front_config)
         snapshotter = SnapshotterProcess(front.config_path, workdir / "sn.sock", workdir / "sn")
         snapshotter.start()
-        containerd = start_containerd(workdir / "c", snapshotter.socket)
+        containerd = start_containerd(workdir / "c", SNAPSHOTTER, snapshotter.socket, NAMESPACE)
         stack = Stack(front, snapshotter, containerd, front_config)
         yield stack
         front = stack.front
     finally:
         if containerd is not None:
-            _kill_tasks(containerd)
             containerd.stop()
         if snapshotter is not None:
             snapshotter.stop()
@@ -259,16 +191,3 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             front.stop()
         unmount_under(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _kill_tasks(containerd: Containerd) -> None:
-    """Containers a failed test left running: their shims outlive containerd otherwise."""
-    listed = containerd.ctr("task", "ls", "-q", check=False).stdout.split()
-    for task in listed:
-        containerd.ctr("task", "kill", "-s", "SIGKILL", task, check=False)
-    deadline = time.monotonic() + 10
-    while listed and time.monotonic() < deadline:
-        listed = [t for t in listed if containerd.ctr("task", "delete", t, check=False).returncode != 0]
-        time.sleep(0.2)
-    for container in containerd.ctr("container", "ls", "-q", check=False).stdout.split():
-        containerd.ctr("container", "rm", container, check=False)

@@ -70,7 +70,7 @@ def test_rpull_of_a_plain_gzip_image_falls_back_to_unpacking(stack: Stack, image
 
 def test_snapshotter_restart_keeps_running_containers_and_metadata(stack: Stack, images: ImageRefs) -> None:
     stack.ctr("run", "-d", "--snapshotter", SNAPSHOTTER, images.esgz, "keeper", "sleep", "600")
-    before = stack.snapshotter.snapshots()
+    before = _settled(stack, "keeper")
     stack.snapshotter.kill()
     stack.snapshotter.start()
     assert stack.snapshotter.snapshots() == before
@@ -90,7 +90,7 @@ def test_snapshotter_restart_keeps_running_containers_and_metadata(stack: Stack,
 
 def test_front_restart_keeps_snapshots_and_the_snapshotter_holds_the_layers_again(
         stack: Stack, images: ImageRefs) -> None:
-    before = stack.snapshotter.snapshots()
+    before = _settled(stack)
     stack.restart_front()
     digests = {f"sha256:{d}" for d, _ in images.esgz_layers}
     # the snapshotter notices the new front and takes its layer references again
@@ -110,6 +110,17 @@ def test_removing_the_image_frees_its_snapshots(stack: Stack, images: ImageRefs)
     assert os.listdir(stack.snapshotter.root / "snapshots") == []
     released = {l["digest"]: l["references"] for l in stack.front.call("status")["layers"] if l["ref"] == images.esgz}
     assert all(released.get(d, 0) == 0 for d in held), released
+
+
+def _settled(stack: Stack, *running: str) -> list[dict]:
+    """The snapshots once containerd's garbage collector has removed what `run --rm` left:
+    committed ones and the write layers of the ``running`` containers."""
+    def snapshots() -> list[dict]:
+        return stack.snapshotter.snapshots()
+
+    _wait_for(lambda: all(s["kind"] == "committed" or s["name"].rpartition("/")[2] in running
+                          for s in snapshots()))
+    return snapshots()
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 20, why: Callable[[], str] = lambda: "") -> None:
