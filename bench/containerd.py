@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 from bench.app import PYTHON, APP_DIR, app_env
 from bench.errors import BenchError
 from bench.images import SITE_PACKAGES, BenchImage
-from bench.lazy import lazylayer_command, start_daemon, unmount_under
+from bench.lazy import lazylayer_command, start_daemon, unmount_under, wait_until
 from bench.machine import drop_caches
 from bench.peer import GoPeer
 from bench.peers import LAZY_CONFIG, MODE_TITLE, MODES
@@ -39,7 +39,6 @@ from bench.results import Results
 from lazylayer.shared.procs import die_with_parent, stop_process
 
 NAMESPACE = "bench"
-READY_TIMEOUT = 60.0
 #: containerd-stargz-grpc's config per mode (fs config keys, as stargz-store's in bench/peer.py)
 GRPC_CONFIG = {
     "lazy": "noprefetch = true\nno_background_fetch = true\nno_prometheus = true\n",
@@ -57,16 +56,6 @@ def accepts(path: Path) -> bool:
         return False
     finally:
         probe.close()
-
-
-def wait_accepting(path: Path, process: subprocess.Popen, log: Callable[[], str], what: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not accepts(path):
-        if process.poll() is not None:
-            raise BenchError(f"{what} exited with {process.returncode}: {log()[-1500:]}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} does not accept on {path} after {READY_TIMEOUT:.0f} s: {log()[-1500:]}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -130,7 +119,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
     running = Containerd(workdir, sock, process, log_path, namespace)
     try:
-        wait_accepting(sock, process, running.log, "containerd")
+        wait_until(lambda: accepts(sock), process, running.log, f"containerd does not accept on {sock}")
     except BaseException:
         running.stop()
         raise
@@ -222,7 +211,7 @@ class ContainerdItem:
             return log_path.read_text(errors="replace") if log_path.exists() else ""
 
         try:
-            wait_accepting(address, process, read_log, f"{side} snapshotter")
+            wait_until(lambda: accepts(address), process, read_log, f"{side} snapshotter does not accept on {address}")
             yield address, read_log
         finally:
             process.send_signal(2)  # SIGINT: containerd-stargz-grpc unmounts and cleans up (upstream)

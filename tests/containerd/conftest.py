@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -25,6 +26,7 @@ import pytest
 import requests
 
 from bench.containerd import Containerd, accepts, start_containerd
+from bench.lazy import wait_until
 from lazylayer.shared.procs import die_with_parent, stop_process
 from lazylayer.workers.registry.local import free_port
 from tests.fuse.daemonproc import LAZYLAYER, RunningDaemon, start_daemon, unmount_under
@@ -108,23 +110,13 @@ class SnapshotterProcess:
             self.process = subprocess.Popen([*LAZYLAYER, "snapshotter", "--config", str(self.config_path)],
                                             stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(),
                                             env={**os.environ, "LAZYLAYER_CONFIG": ""})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"snapshotter exited:\n{self.log()}")
-            if accepts(self.socket):  # not just exists: a killed one leaves its socket file
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"snapshotter did not start:\n{self.log()}")
+        # accepting, not just there: a killed snapshotter leaves its socket file behind
+        wait_until(lambda: accepts(self.socket), self.process, self.log, "snapshotter not accepting")
 
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """SIGTERM: a clean stop; SIGKILL: a crash."""
         if self.process is not None:
-            stop_process(self.process, timeout=30)
+            stop_process(self.process, signum, timeout=30)
             self.process = None
 
     def log(self) -> str:

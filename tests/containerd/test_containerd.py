@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from typing import Callable
 
@@ -71,7 +72,7 @@ def test_rpull_of_a_plain_gzip_image_falls_back_to_unpacking(stack: Stack, image
 def test_snapshotter_restart_keeps_running_containers_and_metadata(stack: Stack, images: ImageRefs) -> None:
     stack.ctr("run", "-d", "--snapshotter", SNAPSHOTTER, images.esgz, "keeper", "sleep", "600")
     before = _settled(stack, "keeper")
-    stack.snapshotter.kill()
+    stack.snapshotter.stop(signal.SIGKILL)
     stack.snapshotter.start()
     assert stack.snapshotter.snapshots() == before
     tasks = stack.ctr("task", "ls").stdout
