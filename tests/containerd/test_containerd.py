@@ -14,7 +14,11 @@ import signal
 import time
 from typing import Callable
 
+import grpc
 import pytest
+
+from lazylayer.daemon.snapshotter.proto import snapshots_pb2 as pb
+from lazylayer.daemon.snapshotter.proto import snapshots_pb2_grpc
 
 from tests.containerd.conftest import BIG, SMALL, SMALL_TEXT, SNAPSHOTTER, Stack, ImageRefs
 
@@ -67,6 +71,25 @@ def test_rpull_of_a_plain_gzip_image_falls_back_to_unpacking(stack: Stack, image
     assert new and not any(s["remote_digest"] for s in new)
     assert "could not serve" in stack.snapshotter.log() or "unpacked by containerd" in stack.snapshotter.log()
     assert run_in(stack, images.gzip_other, "fallback", "cat", f"/{SMALL}").encode() == SMALL_TEXT
+
+
+def test_cri_labels_take_a_layer_from_the_store_too(stack: Stack, images: ImageRefs) -> None:
+    """containerd's CRI plugin labels a layer differently from ctr-remote; the snapshotter takes
+    both (checked on the wire: this containerd runs without CRI)."""
+    digest = f"sha256:{images.esgz_layers[0][0]}"
+    labels = {"containerd.io/snapshot.ref": "cri-target", "containerd.io/snapshot/cri.image-ref": images.esgz,
+              "containerd.io/snapshot/cri.layer-digest": digest,
+              "containerd.io/snapshot/cri.image-layers": ",".join(f"sha256:{d}" for d, _ in images.esgz_layers)}
+    with grpc.insecure_channel(f"unix:{stack.snapshotter.socket}") as channel:
+        stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Prepare(pb.PrepareSnapshotRequest(key="cri-extract", labels=labels))
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        info = stub.Stat(pb.StatSnapshotRequest(key="cri-target")).info
+        assert info.kind == pb.COMMITTED and info.labels["containerd.io/snapshot/remote"] == "remote snapshot"
+        with pytest.raises(grpc.RpcError):  # the active snapshot was committed, not left behind
+            stub.Stat(pb.StatSnapshotRequest(key="cri-extract"))
+        stub.Remove(pb.RemoveSnapshotRequest(key="cri-target"))
 
 
 def test_snapshotter_restart_keeps_running_containers_and_metadata(stack: Stack, images: ImageRefs) -> None:
