@@ -124,7 +124,7 @@ class Snapshotter:
         layer = requested_layer(labels)
         if layer is None:
             self.counts.local += 1
-            return self._mounts(snapshot)
+            return self._new_mounts(snapshot)
         target = labels[TARGET_LABEL]
         try:
             if self.meta.find(target) is not None:
@@ -137,7 +137,7 @@ class Snapshotter:
             log.warning("layer %s of %s is unpacked by containerd: the layer store cannot serve it (%s)",
                         layer.digest, layer.ref, exc)
             self.counts.fallback += 1
-            return self._mounts(snapshot)
+            return self._new_mounts(snapshot)
         self.counts.remote += 1
         raise AlreadyExistsError(f"target snapshot {target!r} already exists")
 
@@ -156,7 +156,16 @@ class Snapshotter:
         self._remove_dir(self._dir(active))  # the layer store holds its tree
 
     def view(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
-        return self._mounts(self._create(Kind.VIEW, key, parent, labels))
+        return self._new_mounts(self._create(Kind.VIEW, key, parent, labels))
+
+    def _new_mounts(self, snapshot: Snapshot) -> list[Mount]:
+        """The mounts of a snapshot just created; if there are none to give (a remote parent
+        the store cannot serve now), the snapshot goes again: containerd never learnt its key."""
+        try:
+            return self._mounts(snapshot)
+        except BaseException:
+            self.remove(snapshot.name)
+            raise
 
     def _create(self, kind: Kind, key: str, parent: str, labels: dict[str, str]) -> Snapshot:
         snapshot = self.meta.create(kind, key, parent, labels)

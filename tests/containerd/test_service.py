@@ -15,6 +15,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
+from lazylayer.daemon.snapshotter.metadata import Kind
 from lazylayer.daemon.snapshotter.proto import snapshots_pb2 as pb
 from lazylayer.daemon.snapshotter.proto import snapshots_pb2_grpc
 from lazylayer.daemon.snapshotter.service import RunningSnapshotter, start
@@ -82,6 +83,17 @@ def test_remote_prepare_without_a_front_falls_back_to_an_ordinary_snapshot(serve
     info = stub.Stat(pb.StatSnapshotRequest(key="extract-1")).info
     assert info.kind == pb.ACTIVE and "containerd.io/snapshot/remote" not in info.labels
     assert running.snapshotter.counts.fallback == 1
+
+
+def test_a_child_of_a_remote_layer_the_store_cannot_serve_is_unavailable_and_not_kept(served) -> None:
+    running, stub = served
+    meta = running.snapshotter.meta
+    meta.create(Kind.ACTIVE, "r", "", {})
+    meta.commit("r", "remote", {}, remote_ref="127.0.0.1:1/none:v1", remote_digest="sha256:" + "e" * 64)
+    assert _code(lambda: stub.Prepare(pb.PrepareSnapshotRequest(key="child", parent="remote"))) == \
+        grpc.StatusCode.UNAVAILABLE  # no front serves the layer store
+    assert _code(lambda: stub.Stat(pb.StatSnapshotRequest(key="child"))) == grpc.StatusCode.NOT_FOUND
+    assert [s.name for s in meta.all()] == ["remote"]
 
 
 def test_list_filters_as_containerd_sends_them_and_update_masks(served) -> None:
