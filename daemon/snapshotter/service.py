@@ -169,6 +169,9 @@ class RunningSnapshotter:
 def start(config: Config) -> RunningSnapshotter:
     """Open the metadata, bind the socket (a stale one from a crash is replaced), serve."""
     options = config.snapshotter
+    metrics_host, _, metrics_port = options.metrics_address.rpartition(":")
+    if options.metrics_address and (not metrics_host or not metrics_port.isdigit()):
+        raise ConfigError(f"snapshotter.metrics_address: {options.metrics_address!r} is not HOST:PORT")
     private_dir(options.root)
     snapshotter = Snapshotter(options.root, LayerStore(config.daemon.mountpoint, config.daemon.run_dir, options.resolve_timeout))
     address = options.address
@@ -190,10 +193,12 @@ def start(config: Config) -> RunningSnapshotter:
     if options.metrics_address:
         registry = CollectorRegistry()
         registry.register(_Collector(snapshotter))  # type: ignore[arg-type]
-        host, _, port = options.metrics_address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"snapshotter.metrics_address: {options.metrics_address!r} is not HOST:PORT")
-        start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        try:
+            start_http_server(int(metrics_port), addr=metrics_host.strip("[]"), registry=registry)
+        except OSError as exc:
+            server.stop(grace=0)
+            snapshotter.close()
+            raise ConfigError(f"snapshotter.metrics_address {options.metrics_address}: {exc.strerror or exc}") from None
     log.info("snapshotter on unix:%s (root %s, layer store %s): %s", address, options.root,
              config.daemon.mountpoint, snapshotter.summary())
     return RunningSnapshotter(server, snapshotter, address, stop)

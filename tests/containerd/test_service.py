@@ -141,6 +141,17 @@ def test_metadata_survives_a_restart_and_cleanup_removes_orphan_dirs(tmp_path: P
         running.stop()
 
 
+def test_a_bad_metrics_address_is_one_clear_error_before_serving(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "lazylayer.daemon.cli.main", "snapshotter",
+                           "--address", str(tmp_path / "s.sock"), "--root", str(tmp_path / "root")],
+                          env={**os.environ, "LAZYLAYER_CONFIG": "", "LAZYLAYER_SNAPSHOTTER_METRICS_ADDRESS": "9412"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "lazylayer snapshotter: snapshotter.metrics_address: '9412' is not HOST:PORT"]
+    assert not (tmp_path / "s.sock").exists()
+
+
 def test_generated_protos_are_current(tmp_path: Path) -> None:
     """scripts/gen-protos run now gives exactly the committed files."""
     done = subprocess.run([str(REPO / "scripts" / "gen-protos"), str(tmp_path)], capture_output=True, text=True,
