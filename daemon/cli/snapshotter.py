@@ -43,13 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(root: str, as_json: bool) -> int:
-    from lazylayer.daemon.snapshotter.metadata import MetaStore
+    from lazylayer.daemon.snapshotter.metadata import read_snapshots
 
-    store = MetaStore(os.path.join(root, "metadata"))
-    try:
-        snapshots = store.all()
-    finally:
-        store.close()
+    snapshots = read_snapshots(root) or []
     if as_json:
         print_json([dataclasses.asdict(s) | {"kind": s.kind.name.lower()} for s in snapshots])
         return 0

@@ -16,7 +16,7 @@ import time
 
 from lazylayer.daemon.cli.output import human_size, print_json, print_table
 from lazylayer.daemon.control import add_client_arguments, call, client_run_dir
-from lazylayer.daemon.snapshotter.metadata import read_summary
+from lazylayer.daemon.snapshotter.metadata import read_snapshots, summarize
 from lazylayer.shared.config import load_config
 
 HELP = "show the daemon's layers, errors, mounts, workers and cache use"
@@ -41,7 +41,8 @@ def clock(when: float) -> str:
 def run(args: argparse.Namespace) -> int:
     status = call(client_run_dir(args), "status", timeout=30.0)
     # the containerd snapshotter's snapshots (its metadata; absent where it never ran)
-    status["snapshots"] = read_summary(load_config(args.config or None).config.snapshotter.root)
+    snapshots = read_snapshots(load_config(args.config or None).config.snapshotter.root)
+    status["snapshots"] = summarize(snapshots) if snapshots is not None else None
     if args.json:
         print_json(status)
         return 0

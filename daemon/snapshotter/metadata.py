@@ -80,15 +80,15 @@ def summarize(snapshots: list[Snapshot]) -> dict[str, int]:
     return {kind: counts.get(kind, 0) for kind in ("remote", "committed", "active", "view")}
 
 
-def read_summary(root: str) -> dict[str, int] | None:
-    """`summarize` of the snapshots kept under a snapshotter ``root``; None when it has none
-    (never ran there). Safe beside the running snapshotter: LMDB readers do not block it."""
+def read_snapshots(root: str) -> list[Snapshot] | None:
+    """The snapshots kept under a snapshotter ``root``, None where it never ran (nothing is
+    created). Safe beside the running snapshotter: LMDB readers do not block it."""
     path = os.path.join(root, "metadata")
     if not os.path.exists(os.path.join(path, "data.mdb")):
         return None
     store = MetaStore(path)
     try:
-        return summarize(store.all())
+        return store.all()
     finally:
         store.close()
 
