@@ -56,7 +56,9 @@ def peer_line(results: Results) -> str:
     """What the Go column is, or why it is empty (never silently missing)."""
     p = results.peer
     if p.get("available"):
-        return f"Go peer: {p['version']} ({p['binary']}), same run, same registry and images"
+        grpc = (f"; item 10: containerd-stargz-grpc ({p['grpc_binary']})" if p.get("grpc_binary")
+                else "; item 10: containerd-stargz-grpc not built (build.sh builds it)")
+        return f"Go peer: {p['version']} ({p['binary']}), same run, same registry and images{grpc}"
     return f"Go peer: {p.get('reason') or 'not measured'}"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from bench.baselines import CompressedSpan, full_pull, get_and_gunzip
+from bench.containerd import ContainerdItem
 from bench.errors import BenchError
 from bench.images import BenchImage
 from bench.lazy import LazyDaemon, lazy_session
@@ -41,6 +42,8 @@ class Settings:
     #: 4 KiB reads per warm random-read sample
     random_reads: int
     seed: int = 1
+    #: item 10 alone (`--containerd-only`)
+    containerd_only: bool = False
 
 
 def _say(message: str) -> None:
@@ -61,6 +64,7 @@ class Runner:
         self.uniform = uniform_offsets(size, settings.random_reads, settings.seed)
         self._declare_rows()
         self.peers = Peers(image, workdir / "peer", self.results, peer, settings.workers)
+        self.containerd = ContainerdItem(image, workdir / "ctrd", self.results, peer, settings.workers)
 
     # -- rows ----------------------------------------------------------------------------------
 
@@ -102,7 +106,10 @@ class Runner:
                 ("lazylayer warm LMDB", self.lazy_warm), ("lazylayer cold random reads", self.lazy_cold_random),
                 *((f"lazylayer cold, {w} workers", lambda run, w=w: self.lazy_scale(run, w)) for w in extra_scale),
                 ("layer stores: lazylayer and the Go stargz-store", lambda run: self.peers.run(run, _say)),
+                ("containerd: lazylayer and containerd-stargz-grpc", lambda run: self.containerd.run(run, _say)),
             ]
+            if s.containerd_only:
+                steps = steps[-1:]
             with progress(f"run {run}/{s.runs}", len(steps), unit_bytes=False) as bar:
                 for name, step in steps:
                     _say(f"run {run}/{s.runs}: {name}")
@@ -111,6 +118,9 @@ class Runner:
         shutil.rmtree(self.area, ignore_errors=True)
         shutil.rmtree(self.local, ignore_errors=True)  # 1 GiB of scratch; every run unpacks it anew
         shutil.rmtree(self.workdir / "peer", ignore_errors=True)
+        shutil.rmtree(self.workdir / "ctrd", ignore_errors=True)
+        if s.containerd_only:
+            self.results.rows = {k: r for k, r in self.results.rows.items() if r.item == 10}
         return self.results
 
     def baselines(self, run: int) -> None:

@@ -171,6 +171,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SnapshotterConfig:
+    address: str = knob("/run/lazylayer/snapshotter.sock", "unix socket of `lazylayer snapshotter` (containerd's "
+                                                           "proxy_plugins address)")
+    root: str = knob("/var/lib/lazylayer/snapshotter", "snapshot metadata (LMDB) and the snapshots' upper dirs")
+    resolve_timeout: float = knob(120.0, "how long a Prepare waits for the layer store to resolve a remote layer "
+                                         "before containerd unpacks it instead", "s", positive=True)
+    check_interval: float = knob(5.0, "how often the snapshotter checks the front was restarted (it then takes "
+                                      "its layer references again)", "s", positive=True)
+    metrics_address: str = knob("", "HOST:PORT for the snapshotter's Prometheus metrics; empty = off")
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -182,6 +194,7 @@ class Config:
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     format: FormatConfig = field(default_factory=FormatConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    snapshotter: SnapshotterConfig = field(default_factory=SnapshotterConfig)
 
 
 @dataclass(frozen=True)

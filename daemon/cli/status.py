@@ -1,5 +1,6 @@
 """`lazylayer status [--json]`: what the running daemon serves - layers (Info, state, last
-error), failed resolves, user mounts, workers, cache use.
+error), failed resolves, user mounts, workers, cache use - and the containerd snapshotter's
+snapshots by kind (read from its metadata at ``snapshotter.root``).
 
 Times are wall-clock (``read_time``, a failure's ``when``: seconds since the epoch in ``--json``,
 local time here); durations say "s". Sizes are bytes in ``--json`` and carry a unit here.
@@ -15,6 +16,8 @@ import time
 
 from lazylayer.daemon.cli.output import human_size, print_json, print_table
 from lazylayer.daemon.control import add_client_arguments, call, client_run_dir
+from lazylayer.daemon.snapshotter.metadata import read_snapshots, summarize
+from lazylayer.shared.config import load_config
 
 HELP = "show the daemon's layers, errors, mounts, workers and cache use"
 
@@ -37,6 +40,9 @@ def clock(when: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     status = call(client_run_dir(args), "status", timeout=30.0)
+    # the containerd snapshotter's snapshots (its metadata; absent where it never ran)
+    snapshots = read_snapshots(load_config(args.config or None).config.snapshotter.root)
+    status["snapshots"] = summarize(snapshots) if snapshots is not None else None
     if args.json:
         print_json(status)
         return 0
@@ -65,5 +71,7 @@ def run(args: argparse.Namespace) -> int:
     queued = ", ".join(f"{priority} {count}" for priority, count in workers["queued"].items())
     print(f"cache: {cache['chunks']} chunks, {human_size(cache['accounted_bytes'])} of "
           f"{human_size(cache['budget'])} (decompressed); queued jobs: {queued}")
+    if status["snapshots"] is not None:
+        print("containerd snapshots: " + ", ".join(f"{count} {kind}" for kind, count in status["snapshots"].items()))
     print(LEGEND)
     return 0
