@@ -35,6 +35,7 @@ from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.metrics import Metrics, StateSources
 from lazylayer.daemon.pool import WorkerPool
+from lazylayer.daemon.profiles import ProfileSettings, Profiling
 from lazylayer.daemon.remote import FetchSettings, Remote
 from lazylayer.shared.config import Config, config_changes, load_config
 from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError
@@ -89,6 +90,7 @@ class Daemon:
     pool: WorkerPool
     #: the config in effect (SIGHUP compares the file against it)
     config: Config
+    profiling: Profiling
     user_mounts: dict[str, UserMount] = field(default_factory=dict)
     #: cap the next janitor job makes the shared one (the config's at start, then on SIGHUP)
     pending_budget: int | None = None
@@ -126,7 +128,7 @@ class Daemon:
     def handlers(self) -> dict[str, Any]:
         return {"status": self.status, "image": self.image, "open_view": self.open_view,
                 "record_mount": self.record_mount, "umount": self.umount, "prefetch_layer": self.prefetch_layer,
-                "fetch_layer": self.fetch_layer}
+                "fetch_layer": self.fetch_layer, "profile_flush": self.profile_flush}
 
     def layer_path(self, ref: str, digest: str) -> str:
         return os.path.join(self.options.mountpoint, encode_ref(ref), digest, "diff")
@@ -221,6 +223,11 @@ class Daemon:
         await self.remote.background_fetch(layer.ref, layer.current_record())
         return {"info": layer.info().to_dict(), "error": layer.error()}
 
+    async def profile_flush(self, params: dict[str, Any]) -> dict[str, Any]:
+        """End the recording of an image now and have it stored (`lazylayer profile push`)."""
+        image = await self.resolver.resolve_image(str(params["ref"]))
+        return await self.profiling.flush(image.manifest_digest)
+
     async def status(self, params: dict[str, Any]) -> dict[str, Any]:
         layers = []
         seen = set()
@@ -245,6 +252,7 @@ class Daemon:
             "workers": self.pool.status().to_dict(),
             "cache": dataclasses.asdict(ChunkStore(self.remote.store).stats()),
             "fetch": {k: v for k, v in dataclasses.asdict(self.remote.stats).items() if k != "by_worker"},
+            "profiles": self.profiling.status(),
         })
 
     def unmount_user_mounts(self) -> None:
@@ -355,11 +363,12 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
     metrics = Metrics()
     async with pool:
         remote = Remote(pool, store, FetchSettings.from_config(config), metrics)
+        profiling = Profiling(remote, ProfileSettings.from_config(config))
         resolver = Resolver(remote, ResolverSettings.from_config(config),
-                            allow_unverified=config.verification.allow_unverified)
+                            allow_unverified=config.verification.allow_unverified, profiling=profiling)
 
         fs = LazyFS(store, resolver, FsSettings.from_config(config), metrics.read_done)
-        daemon = Daemon(options, fs, resolver, remote, pool, config)
+        daemon = Daemon(options, fs, resolver, remote, pool, config, profiling)
         daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
         if config.metrics.address:
             metrics.attach(StateSources.in_trio(lambda: Layers(store).all(), ChunkStore(store).stats, pool.status))
@@ -376,6 +385,7 @@ async def _serve(options: DaemonOptions, store: Any) -> int:
                 await nursery.start(ControlServer(options.run_dir, daemon.handlers()).serve)
                 nursery.start_soon(_signals, daemon, options)
                 nursery.start_soon(daemon.janitor_loop, config.cache.janitor_interval)
+                nursery.start_soon(profiling.run)
                 nursery.start_soon(_after_init, options.mountpoint, config.fuse.read_ahead_kb)
                 await pyfuse3.main(max_tasks=config.fuse.max_tasks)
                 nursery.cancel_scope.cancel()

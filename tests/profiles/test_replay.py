@@ -1,0 +1,82 @@
+"""Done-when of learned prefetch: a real program run on a mounted image is recorded, the profile
+pushed to the real registry, and a second daemon with an empty cache replays it: the program's
+reads are then cache hits, and the registry saw a handful of large requests, not hundreds."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.fuse.daemonproc import RunningDaemon, start_daemon
+from tests.profiles.conftest import READ_FILES, blob_reads
+from tests.support.faultproxy import FaultProxy
+from tests.support.fetchstack import PushedImage
+
+#: no neighbour fetch, no background walk: every cold miss is its own request, nothing else runs
+CONFIG: dict[str, dict[str, Any]] = {"background": {"enabled": False}, "fuse": {"neighbour_window": 0},
+                                     "prefetch": {"profile_quiet": 60.0}}
+
+
+def run_program(root: Path) -> bytes:
+    """The recorded program: cat of every module, as a start-up reads its imports."""
+    done = subprocess.run(["sh", "-c", 'cat "$1"/lib/*.py', "sh", str(root)], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def mount(daemon: RunningDaemon, ref: str, target: Path) -> None:
+    done = daemon.cli("mount", ref, str(target))
+    assert done.returncode == 0, done.stderr + daemon.log()
+
+
+def wait_replays(daemon: RunningDaemon, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        profiles = daemon.call("status")["profiles"]
+        if profiles["replays"] and all(r["state"] != "running" for r in profiles["replays"]):
+            return profiles
+        time.sleep(0.1)
+    raise AssertionError(f"replay not done after {timeout} s:\n{daemon.log()}")
+
+
+def test_recorded_profile_pushed_then_replayed_by_a_cold_daemon(proxy: FaultProxy, app_image: PushedImage,
+                                                                tmp_path: Path) -> None:
+    ref = app_image.ref_via(proxy.host)
+    first = start_daemon(tmp_path / "first", workers=2, config=CONFIG)
+    try:
+        mount(first, ref, tmp_path / "first" / "view")
+        with proxy.lock:
+            proxy.seen.clear()
+        expected = run_program(tmp_path / "first" / "view")
+        cold_requests = blob_reads(proxy)
+        pushed = first.cli("profile", "push", ref, "--json")
+        assert pushed.returncode == 0, pushed.stderr + first.log()
+    finally:
+        first.stop()
+    assert cold_requests >= READ_FILES  # one miss, one request per module
+
+    second = start_daemon(tmp_path / "second", workers=2,
+                          config={**CONFIG, "prefetch": {"profiles": "registry", "profile_quiet": 60.0}})
+    try:
+        with proxy.lock:
+            proxy.seen.clear()
+        mount(second, ref, tmp_path / "second" / "view")
+        profiles = wait_replays(second)
+        replay_requests = blob_reads(proxy)
+        with proxy.lock:
+            proxy.seen.clear()
+        assert run_program(tmp_path / "second" / "view") == expected
+        after_requests = blob_reads(proxy)
+        profiles = second.call("status")["profiles"]
+        shown = second.cli("profile", "show", ref)
+    finally:
+        second.stop()
+    assert [r["state"] for r in profiles["replays"]] == ["done"]
+    assert profiles["replays"][0]["chunks"] == READ_FILES and profiles["replays"][0]["skipped"] == 0
+    # a handful of large requests instead of hundreds, and the program then hardly fetches at all
+    assert replay_requests <= 4, replay_requests
+    assert after_requests <= READ_FILES // 20, after_requests
+    assert profiles["hits"] >= READ_FILES * 0.95 and profiles["waste"] <= READ_FILES * 0.05, profiles
+    assert shown.returncode == 0 and "from registry" in shown.stdout, shown.stdout + shown.stderr
