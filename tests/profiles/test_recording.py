@@ -1,0 +1,90 @@
+"""Recording and replay on one node: a recording ends on its own after the quiet period, runs of
+later daemons on the same cache merge into the profile, and a replay checks every entry against
+the TOC (what the TOC does not have is skipped, said once) and ignores images the profile is not
+about."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from lazylayer.shared.store.env import StoreOptions, open_store
+from lazylayer.shared.store.profiles import Profile, Profiles, replay_order
+from tests.fuse.daemonproc import RunningDaemon, start_daemon
+from tests.profiles.conftest import READ_FILES, make_tree
+from tests.profiles.test_replay import CONFIG, mount, run_program, wait_replays
+from tests.support.fetchstack import ImageTree, PushedImage, push_image_trees
+from tests.support.registry import RunningRegistry
+
+#: neighbours fetched along (a faster cold run); a recording ends after 1 s without a new read
+QUIET: dict[str, dict[str, Any]] = {"background": {"enabled": False}, "prefetch": {"profile_quiet": 1.0}}
+
+
+def wait_recorded(daemon: RunningDaemon, runs: int = 1, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.call("status")["profiles"]["runs_recorded"] >= runs:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no run recorded after {timeout} s:\n{daemon.log()}")
+
+
+def stored(cache_dir: Path) -> Profiles:
+    return Profiles(open_store(StoreOptions(str(cache_dir), map_size=4 << 30)))
+
+
+@pytest.fixture(scope="module")
+def recorded(app_image: PushedImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Profile]:
+    """Two daemons one after the other on one cache, each running the program once."""
+    workdir = tmp_path_factory.mktemp("recording")
+    for run in (1, 2):
+        daemon = start_daemon(workdir, workers=1, config=QUIET)
+        try:
+            mount(daemon, app_image.ref, workdir / f"view{run}")
+            run_program(workdir / f"view{run}")
+            wait_recorded(daemon)
+            shown = daemon.cli("profile", "show", app_image.manifest_digest)
+            assert shown.returncode == 0 and f"{run} run(s)" in shown.stdout, shown.stdout + shown.stderr
+        finally:
+            daemon.stop()
+    profiles = stored(workdir / "cache")
+    try:
+        yield profiles.get(app_image.manifest_digest).profile
+    finally:
+        profiles.store.close()
+
+
+def test_runs_end_after_the_quiet_period_and_merge(recorded: Profile) -> None:
+    assert recorded.runs == 2
+    assert len(recorded.chunks) == READ_FILES and {c.seen for c in recorded.chunks} == {2}
+
+
+def test_replay_checks_each_entry_against_the_toc(recorded: Profile, app_image: PushedImage,
+                                                  registry: RunningRegistry, tmp_path: Path) -> None:
+    lying = [dataclasses.replace(c, digest="sha256:" + "0" * 64) for c in recorded.chunks[:5]]
+    absent = [dataclasses.replace(c, node_id=100_000 + i) for i, c in enumerate(recorded.chunks[:3])]
+    tampered = Profile(recorded.manifest, recorded.runs, replay_order([*lying, *absent, *recorded.chunks[5:]], 2))
+    profiles = stored(tmp_path / "cache")
+    try:
+        profiles.put(tampered, "test")
+    finally:
+        profiles.store.close()
+    changed = push_image_trees(registry, "profiles/app", "v2", [ImageTree(make_tree(tmp_path / "v2", seed=17))])
+    daemon = start_daemon(tmp_path, workers=2, config=CONFIG)
+    try:
+        mount(daemon, app_image.ref, tmp_path / "view")
+        replays = wait_replays(daemon)["replays"]
+        mount(daemon, changed.ref, tmp_path / "view2")  # another image: its layer is in no profile
+        with open(tmp_path / "view" / "lib" / "m000.py", "rb") as f:
+            assert f.read() == (app_image.layers[0].root / "lib" / "m000.py").read_bytes()
+        time.sleep(1.0)
+        after = daemon.call("status")["profiles"]["replays"]
+    finally:
+        daemon.stop()
+    assert [(r["chunks"], r["skipped"], r["state"]) for r in replays] == [(READ_FILES - 5, 8, "done")]
+    assert after == replays
+    assert daemon.log().count("are not in its TOC; skipped") == 1
