@@ -1,5 +1,6 @@
 """`lazylayer status [--json]`: what the running daemon serves - layers (Info, state, last
-error), failed resolves, user mounts, workers, cache use.
+error), failed resolves, user mounts, workers, cache use, learned profiles (recordings, and the
+chunks replays fetched: read since, or not).
 
 Times are wall-clock (``read_time``, a failure's ``when``: seconds since the epoch in ``--json``,
 local time here); durations say "s". Sizes are bytes in ``--json`` and carry a unit here.
@@ -65,5 +66,10 @@ def run(args: argparse.Namespace) -> int:
     queued = ", ".join(f"{priority} {count}" for priority, count in workers["queued"].items())
     print(f"cache: {cache['chunks']} chunks, {human_size(cache['accounted_bytes'])} of "
           f"{human_size(cache['budget'])} (decompressed); queued jobs: {queued}")
+    profiles = status.get("profiles")
+    if profiles:
+        print(f"profiles ({profiles['mode']}): {len(profiles['recording'])} recording, "
+              f"{profiles['runs_recorded']} run(s) recorded; replayed {profiles['prefetched']} chunks: "
+              f"{profiles['hits']} read since (hits), {profiles['waste']} not (waste)")
     print(LEGEND)
     return 0

@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from tests.fuse.daemonproc import RunningDaemon, start_daemon
 from tests.profiles.conftest import READ_FILES, blob_reads
 from tests.support.faultproxy import FaultProxy
 from tests.support.fetchstack import PushedImage
+from tests.support.registry import free_port
 
 #: no neighbour fetch, no background walk: every cold miss is its own request, nothing else runs
 CONFIG: dict[str, dict[str, Any]] = {"background": {"enabled": False}, "fuse": {"neighbour_window": 0},
@@ -57,8 +60,10 @@ def test_recorded_profile_pushed_then_replayed_by_a_cold_daemon(proxy: FaultProx
         first.stop()
     assert cold_requests >= READ_FILES  # one miss, one request per module
 
+    port = free_port()
     second = start_daemon(tmp_path / "second", workers=2,
-                          config={**CONFIG, "prefetch": {"profiles": "registry", "profile_quiet": 60.0}})
+                          config={**CONFIG, "prefetch": {"profiles": "registry", "profile_quiet": 60.0},
+                                  "metrics": {"address": f"127.0.0.1:{port}"}})
     try:
         with proxy.lock:
             proxy.seen.clear()
@@ -71,6 +76,8 @@ def test_recorded_profile_pushed_then_replayed_by_a_cold_daemon(proxy: FaultProx
         after_requests = blob_reads(proxy)
         profiles = second.call("status")["profiles"]
         shown = second.cli("profile", "show", ref)
+        status = second.cli("status")
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     finally:
         second.stop()
     assert [r["state"] for r in profiles["replays"]] == ["done"]
@@ -80,3 +87,6 @@ def test_recorded_profile_pushed_then_replayed_by_a_cold_daemon(proxy: FaultProx
     assert after_requests <= READ_FILES // 20, after_requests
     assert profiles["hits"] >= READ_FILES * 0.95 and profiles["waste"] <= READ_FILES * 0.05, profiles
     assert shown.returncode == 0 and "from registry" in shown.stdout, shown.stdout + shown.stderr
+    assert f"{profiles['hits']} read since (hits)" in status.stdout, status.stdout
+    assert f"lazylayer_profile_hit_chunks {float(profiles['hits'])}" in metrics
+    assert f"lazylayer_profile_unread_chunks {float(profiles['waste'])}" in metrics
