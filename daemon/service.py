@@ -243,6 +243,7 @@ class Daemon:
         return redact({  # errors may quote a mirror URL: no credentials in status
             "pid": os.getpid(),
             "mountpoint": self.options.mountpoint,
+            "cache_dir": self.options.cache_dir,
             "layers": layers,
             "cached_layers": cached,
             # trio's clock is monotonic: `when` is shown on the wall clock, as every other time

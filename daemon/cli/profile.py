@@ -7,7 +7,8 @@ daemon to finish a recording under way), `pull` fetches the registry's into this
 says what is in it and where it came from, `rm` forgets it here. Every daemon of a fleet then
 replays it when it resolves the image (``prefetch.profiles = "local"`` after a pull, or
 ``"registry"`` to look it up by itself). REF names an image; `show` and `rm` also take a bare
-``sha256:`` manifest digest, which needs no registry.
+``sha256:`` manifest digest, which needs no registry. The cache is the running daemon's (else
+``cache.dir``, or ``--cache-dir``).
 """
 
 from __future__ import annotations
@@ -39,12 +40,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--platform", help="OS/ARCH[/VARIANT] of a multi-platform image (default: this host's)")
     parser.add_argument("--limit", type=int, default=20, help="show: chunks listed (default 20; 0: all)")
+    parser.add_argument("--cache-dir", help="the cache holding profiles (default: the running daemon's, "
+                        "else cache.dir)")
     add_client_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or None).config
-    with open_store(StoreOptions.from_config(config.cache)) as store:
+    daemon = client_run_dir(args)
+    if not os.path.exists(control_path(daemon)):
+        daemon = None
+    if args.action == "push" and daemon is not None:
+        # a recording under way is stored now, so the push includes it
+        call(daemon, "profile_flush", {"ref": args.ref}, timeout=120.0)
+    cache_dir = args.cache_dir or (call(daemon, "status")["cache_dir"] if daemon is not None else None)
+    with open_store(StoreOptions.from_config(config.cache, cache_dir)) as store:
         profiles = Profiles(store)
         if args.action in ("show", "rm") and _DIGEST.fullmatch(args.ref):
             manifest_digest, image = args.ref, None
@@ -68,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
                          "chunks": len(profile.chunks)}, f"pulled the profile of {manifest_digest}: "
                   f"{profile.runs} run(s), {len(profile.chunks)} chunks ({artifact})")
             return 0
-        _flush(args)
         stored = profiles.get(manifest_digest)
         if stored is None:
             raise NotFoundError(f"no profile of {args.ref} ({manifest_digest}) in this cache: run the image "
@@ -84,13 +93,6 @@ def _image(client: RegistryClient, args: argparse.Namespace) -> Manifest:
     manifest, _ = resolve_manifest(client, parse_reference(args.ref),
                                    parse_platform(args.platform) if args.platform else None)
     return manifest
-
-
-def _flush(args: argparse.Namespace) -> None:
-    """A running daemon still recording REF stores that run now, so the push includes it."""
-    run_dir = client_run_dir(args)
-    if os.path.exists(control_path(run_dir)):
-        call(run_dir, "profile_flush", {"ref": args.ref}, timeout=120.0)
 
 
 def _said(args: argparse.Namespace, result: dict[str, object], line: str) -> None:
