@@ -25,6 +25,7 @@ from bench.lazy import LazyDaemon, lazy_session
 from bench.machine import drop_caches
 from bench.peer import GoPeer
 from bench.peers import Peers
+from bench.profiled import ProfiledStart
 from bench.measure import find_stat, percentile, random_reads, read_files, read_sequential, spread_offsets, \
     uniform_offsets
 from bench.results import Results
@@ -61,6 +62,7 @@ class Runner:
         self.uniform = uniform_offsets(size, settings.random_reads, settings.seed)
         self._declare_rows()
         self.peers = Peers(image, workdir / "peer", self.results, peer, settings.workers)
+        self.profiled = ProfiledStart(image, workdir / "profiled", self.results, self.peers, settings.workers)
 
     # -- rows ----------------------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class Runner:
                 ("lazylayer warm LMDB", self.lazy_warm), ("lazylayer cold random reads", self.lazy_cold_random),
                 *((f"lazylayer cold, {w} workers", lambda run, w=w: self.lazy_scale(run, w)) for w in extra_scale),
                 ("layer stores: lazylayer and the Go stargz-store", lambda run: self.peers.run(run, _say)),
+                ("app start with a learned profile", lambda run: self.profiled.run(run, _say)),
             ]
             with progress(f"run {run}/{s.runs}", len(steps), unit_bytes=False) as bar:
                 for name, step in steps:
@@ -111,6 +114,7 @@ class Runner:
         shutil.rmtree(self.area, ignore_errors=True)
         shutil.rmtree(self.local, ignore_errors=True)  # 1 GiB of scratch; every run unpacks it anew
         shutil.rmtree(self.workdir / "peer", ignore_errors=True)
+        shutil.rmtree(self.workdir / "profiled", ignore_errors=True)
         return self.results
 
     def baselines(self, run: int) -> None:

@@ -44,6 +44,8 @@ MAX_RECORDED_READS = 50_000
 MAX_REPLAY_PIECE = 16 << 20
 #: how long a registry lookup that found no profile is not repeated [s]
 REGISTRY_MISS_TTL = 120.0
+#: longest a layer's replay waits for the image's other layers to be resolved [s]
+REPLAY_WAIT = 30.0
 #: layer replays `status` lists (the latest)
 SHOWN_REPLAYS = 64
 
@@ -132,6 +134,8 @@ class Profiling:
         self._by_layer: dict[str, list[Recording]] = {}
         self._recorded: set[str] = set()
         self._registry_misses: dict[str, float] = {}
+        #: per manifest, its layers not resolved yet, and an event set once none is left
+        self._unresolved: dict[str, tuple[set[str], trio.Event]] = {}
         self._warned: set[tuple[str, str]] = set()
         self.replays: deque[ReplayState] = deque(maxlen=SHOWN_REPLAYS)
         self.runs_shipped = 0
@@ -141,6 +145,8 @@ class Profiling:
     def image_resolved(self, image: ResolvedImage) -> None:
         """Start recording ``image`` unless it was recorded in this run already."""
         manifest = image.manifest_digest
+        if manifest not in self._unresolved:
+            self._unresolved[manifest] = ({l.digest for l in image.layers}, trio.Event())
         if not self.settings.record or manifest in self._recorded:
             return
         self._recorded.add(manifest)
@@ -206,6 +212,7 @@ class Profiling:
         log: the reads that need a chunk fetch it themselves."""
         if self.settings.mode == "off":
             return
+        await self._all_resolved(manifest, layer.digest)
         try:
             entries = await self._entries(ref, manifest, layer.digest)
         except LazyLayerError as exc:
@@ -232,6 +239,20 @@ class Profiling:
         except LazyLayerError as exc:
             state.state, state.error = "failed", str(exc)
             log.warning("profile of %s: replay of layer %s: %s", manifest, layer.digest, exc)
+
+    async def _all_resolved(self, manifest: str, digest: str) -> None:
+        """Wait until every layer of the image is resolved (at most REPLAY_WAIT): nothing
+        reads an image before its last layer is there (an overlay mount needs them all), and a
+        replay running beside the other layers' TOC fetches and registrations only slows them."""
+        unresolved = self._unresolved.get(manifest)
+        if unresolved is None:
+            return
+        pending, done = unresolved
+        pending.discard(digest)
+        if not pending:
+            done.set()
+        with trio.move_on_after(REPLAY_WAIT):
+            await done.wait()
 
     async def _entries(self, ref: str, manifest: str, digest: str) -> list[ProfileChunk]:
         """The layer's entries: from the image's own profile (local, else the registry when

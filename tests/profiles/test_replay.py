@@ -4,6 +4,7 @@ reads are then cache hits, and the registry saw a handful of large requests, not
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -78,6 +79,8 @@ def test_recorded_profile_pushed_then_replayed_by_a_cold_daemon(proxy: FaultProx
         shown = second.cli("profile", "show", ref)
         status = second.cli("status")
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        removed, gone = second.cli("profile", "rm", ref), second.cli("profile", "show", ref)
+        pulled, back = second.cli("profile", "pull", ref), second.cli("profile", "show", ref, "--json")
     finally:
         second.stop()
     assert [r["state"] for r in profiles["replays"]] == ["done"]
@@ -90,3 +93,6 @@ def test_recorded_profile_pushed_then_replayed_by_a_cold_daemon(proxy: FaultProx
     assert f"{profiles['hits']} read since (hits)" in status.stdout, status.stdout
     assert f"lazylayer_profile_hit_chunks {float(profiles['hits'])}" in metrics
     assert f"lazylayer_profile_unread_chunks {float(profiles['waste'])}" in metrics
+    assert removed.returncode == 0 and gone.returncode == 1 and "no profile of" in gone.stderr, gone.stderr
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(back.stdout)["chunks"] == READ_FILES and json.loads(back.stdout)["source"].startswith("registry")
