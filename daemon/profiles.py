@@ -260,10 +260,13 @@ class Profiling:
         profiles = Profiles(self.remote.store)
         stored = await trio.to_thread.run_sync(profiles.get, manifest)
         if stored is None and self.settings.mode == "registry" and self._may_ask_registry(manifest):
-            if await self.remote.fetch_profile(ref, manifest, self.settings.max_bytes):
-                stored = await trio.to_thread.run_sync(profiles.get, manifest)
-            else:
-                self._registry_misses[manifest] = trio.current_time()
+            found = False
+            try:
+                found = await self.remote.fetch_profile(ref, manifest, self.settings.max_bytes)
+            finally:  # none there, or none usable: the image's other layers do not ask again
+                if not found:
+                    self._registry_misses[manifest] = trio.current_time()
+            stored = await trio.to_thread.run_sync(profiles.get, manifest)
         if stored is not None:
             return stored.profile.for_layer(digest)
         return await trio.to_thread.run_sync(profiles.for_layer, digest)

@@ -1,0 +1,42 @@
+"""A layer's replay starts once every layer of its image is resolved (nothing reads the image
+before; replay jobs beside TOC registrations only slow them), or after REPLAY_WAIT if one never is."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from lazylayer.daemon.profiles import REPLAY_WAIT, ProfileSettings, Profiling
+from lazylayer.daemon.remote import LayerDescriptor, ResolvedImage
+
+M = "sha256:" + "a" * 64
+L1, L2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def image() -> ResolvedImage:
+    return ResolvedImage("r/x:1", M, "sha256:" + "c" * 64, (LayerDescriptor(L1, 1, "t"), LayerDescriptor(L2, 1, "t")))
+
+
+def test_replay_waits_for_the_image_s_last_layer() -> None:
+    async def main() -> None:
+        profiling = Profiling(None, ProfileSettings())  # type: ignore[arg-type]  (the gate needs no remote)
+        profiling.image_resolved(image())
+        released: list[tuple[str, float]] = []
+
+        async def layer(digest: str, after: float) -> None:
+            await trio.sleep(after)
+            await profiling._all_resolved(M, digest)
+            released.append((digest, trio.current_time()))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(layer, L1, 0.0)
+            nursery.start_soon(layer, L2, 3.0)
+        assert sorted(released) == [(L1, 3.0), (L2, 3.0)]
+
+        profiling.image_resolved(ResolvedImage("r/y:1", "sha256:" + "b" * 64, "c", (LayerDescriptor(L1, 1, "t"),
+                                                                                   LayerDescriptor(L2, 1, "t"))))
+        start = trio.current_time()
+        await profiling._all_resolved("sha256:" + "b" * 64, L1)  # L2 never comes
+        assert trio.current_time() - start == REPLAY_WAIT
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
