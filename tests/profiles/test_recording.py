@@ -15,8 +15,9 @@ import pytest
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.profiles import Profile, Profiles, replay_order
 from tests.fuse.daemonproc import RunningDaemon, start_daemon
-from tests.profiles.conftest import READ_FILES, make_tree
+from tests.profiles.conftest import READ_FILES, blob_reads, make_tree
 from tests.profiles.test_replay import CONFIG, mount, run_program, wait_replays
+from tests.support.faultproxy import FaultProxy
 from tests.support.fetchstack import ImageTree, PushedImage, push_image_trees
 from tests.support.registry import RunningRegistry
 
@@ -88,3 +89,29 @@ def test_replay_checks_each_entry_against_the_toc(recorded: Profile, app_image: 
     assert [(r["chunks"], r["skipped"], r["state"]) for r in replays] == [(READ_FILES - 5, 8, "done")]
     assert after == replays
     assert daemon.log().count("are not in its TOC; skipped") == 1
+
+
+def test_a_program_started_while_the_replay_runs_joins_its_jobs(recorded: Profile, app_image: PushedImage,
+                                                                proxy: FaultProxy, tmp_path: Path) -> None:
+    """No waiting for the replay: the program runs as soon as the mount is there, its reads join
+    the jobs in flight (or find the chunks stored), and nothing is fetched twice."""
+    profiles = stored(tmp_path / "cache")
+    try:
+        profiles.put(recorded, "test")
+    finally:
+        profiles.store.close()
+    daemon = start_daemon(tmp_path, workers=2, config=CONFIG)
+    try:
+        with proxy.lock:
+            proxy.seen.clear()
+        mount(daemon, app_image.ref_via(proxy.host), tmp_path / "view")
+        output = run_program(tmp_path / "view")
+        requests = blob_reads(proxy)
+        status = daemon.call("status")
+    finally:
+        daemon.stop()
+    root = app_image.layers[0].root / "lib"
+    assert output == b"".join((root / f"m{i:03d}.py").read_bytes() for i in range(READ_FILES))
+    assert requests <= 4, requests  # the TOC, and the replay's few large requests
+    assert status["profiles"]["hits"] >= READ_FILES * 0.95, status["profiles"]
+    assert status["fetch"]["jobs"] <= 4, status["fetch"]
