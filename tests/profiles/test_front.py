@@ -1,5 +1,6 @@
-"""A layer's replay starts once every layer of its image is resolved (nothing reads the image
-before; replay jobs beside TOC registrations only slow them), or after REPLAY_WAIT if one never is."""
+"""The front's part alone (no daemon): a layer's replay starts once every layer of its image is
+resolved (nothing reads the image before; replay jobs beside TOC registrations only slow them), or
+after REPLAY_WAIT if one never is; the knobs that turn replay and recording off."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import trio.testing
 
 from lazylayer.daemon.profiles import REPLAY_WAIT, ProfileSettings, Profiling
 from lazylayer.daemon.remote import LayerDescriptor, ResolvedImage
+from lazylayer.shared.store.metadata import NodeRef
 
 M = "sha256:" + "a" * 64
 L1, L2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
@@ -40,3 +42,24 @@ def test_replay_waits_for_the_image_s_last_layer() -> None:
         assert trio.current_time() - start == REPLAY_WAIT
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_off_knobs_replay_nothing_and_record_nothing() -> None:
+    async def main() -> None:
+        off = Profiling(None, ProfileSettings(mode="off", record=False))  # type: ignore[arg-type]
+        off.image_resolved(image())
+        off.note(L1, NodeRef(1, 2), 0, 4096)
+        assert not off._active
+        # no remote, no layer record: anything past the knob would fail
+        await off.replay("r/x:1", M, None)  # type: ignore[arg-type]
+
+    trio.run(main)
+
+
+def test_a_recording_keeps_each_first_read_once_in_order() -> None:
+    on = Profiling(None, ProfileSettings())  # type: ignore[arg-type]
+    on.image_resolved(image())
+    for node, offset in ((5, 0), (3, 0), (5, 0), (5, 65536), (3, 0)):
+        on.note(L2, NodeRef(9, node), offset, 4096)
+    on.note("sha256:" + "f" * 64, NodeRef(8, 1), 0, 1)  # a layer of no recorded image
+    assert list(on._active[M].reads) == [(9, 5, 0), (9, 3, 0), (9, 5, 65536)]
