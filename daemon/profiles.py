@@ -312,7 +312,7 @@ class Profiling:
                           for r in self._active.values()],
             "runs_recorded": self.runs_shipped,
             "replays": [asdict(state) for state in self.replays],
-            "prefetched": tally.prefetched, "hits": tally.hits, "waste": len(tally.unread),
+            "prefetched": tally.prefetched, "hits": tally.hits, "waste": tally.waste,
         }
 
 

@@ -166,23 +166,34 @@ class FetchObserver:
 @dataclass
 class ReplayTally:
     """Chunks a profile replay fetched, and whether reads came for them: hits are what the
-    profile was right about, what stays unread is its waste."""
+    profile was right about, what stays unread is its waste. At most ``limit`` unread keys are
+    remembered (a daemon runs for months); older ones count as waste for good."""
 
-    unread: set[bytes] = field(default_factory=set)
+    unread: dict[bytes, None] = field(default_factory=dict)
     prefetched: int = 0
     hits: int = 0
+    #: unread keys forgotten to stay within ``limit``
+    forgotten: int = 0
+    limit: int = 1 << 18
+
+    @property
+    def waste(self) -> int:
+        return len(self.unread) + self.forgotten
 
     def fetched(self, keys: Iterable[bytes]) -> None:
-        new = set(keys) - self.unread
-        self.prefetched += len(new)
-        self.unread |= new
+        for key in keys:
+            if key not in self.unread:
+                self.prefetched += 1
+                self.unread[key] = None
+        while len(self.unread) > self.limit:
+            del self.unread[next(iter(self.unread))]
+            self.forgotten += 1
 
     def read(self, keys: Iterable[bytes]) -> int:
         """Count the replayed ones among chunks a read was served from; returns how many."""
         if not self.unread:
             return 0
-        found = [key for key in keys if key in self.unread]
-        self.unread.difference_update(found)
+        found = [key for key in keys if self.unread.pop(key, 0) is None]
         self.hits += len(found)
         return len(found)
 
@@ -501,7 +512,7 @@ class Remote:
 
     def _report_replay(self) -> None:
         tally = self.replayed
-        self.observer.profile_chunks(tally.prefetched, tally.hits, len(tally.unread))
+        self.observer.profile_chunks(tally.prefetched, tally.hits, tally.waste)
 
     def replay_started(self, keys: Iterable[bytes]) -> None:
         """A profile replay is about to fetch the chunks with these keys (uncached ones)."""

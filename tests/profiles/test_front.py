@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from lazylayer.daemon.profiles import REPLAY_WAIT, ProfileSettings, Profiling
-from lazylayer.daemon.remote import LayerDescriptor, ResolvedImage
+from lazylayer.daemon.remote import LayerDescriptor, ReplayTally, ResolvedImage
 from lazylayer.shared.store.metadata import NodeRef
 
 M = "sha256:" + "a" * 64
@@ -63,3 +63,14 @@ def test_a_recording_keeps_each_first_read_once_in_order() -> None:
         on.note(L2, NodeRef(9, node), offset, 4096)
     on.note("sha256:" + "f" * 64, NodeRef(8, 1), 0, 1)  # a layer of no recorded image
     assert list(on._active[M].reads) == [(9, 5, 0), (9, 3, 0), (9, 5, 65536)]
+
+
+def test_replay_tally_counts_hits_and_bounds_what_it_remembers() -> None:
+    tally = ReplayTally(limit=3)
+    tally.fetched([b"a", b"b", b"a"])
+    assert (tally.prefetched, tally.hits, tally.waste) == (2, 0, 2)
+    assert tally.read([b"a", b"x"]) == 1 and tally.read([b"a"]) == 0  # a hit counts once
+    tally.fetched([b"c", b"d", b"e"])  # four unread now: the oldest (b) is forgotten, as waste
+    assert (tally.prefetched, tally.hits, tally.waste, tally.forgotten) == (5, 1, 4, 1)
+    assert tally.read([b"b"]) == 0 and tally.read([b"e", b"c"]) == 2
+    assert tally.waste == 2
