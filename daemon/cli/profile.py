@@ -53,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "push" and daemon is not None:
         # a recording under way is stored now, so the push includes it
         call(daemon, "profile_flush", {"ref": args.ref}, timeout=120.0)
-    cache_dir = args.cache_dir or (call(daemon, "status")["cache_dir"] if daemon is not None else None)
-    with open_store(StoreOptions.from_config(config.cache, cache_dir)) as store:
+    options = StoreOptions.from_config(config.cache, args.cache_dir or (
+        call(daemon, "status")["cache_dir"] if daemon is not None else None))
+    if args.action != "pull" and not os.path.exists(os.path.join(options.path, "data.mdb")):
+        raise NotFoundError(f"no lazylayer cache at {options.path} (--cache-dir, or cache.dir in the config)")
+    with open_store(options) as store:
         profiles = Profiles(store)
         if args.action in ("show", "rm") and _DIGEST.fullmatch(args.ref):
             manifest_digest, image = args.ref, None

@@ -99,3 +99,15 @@ def test_a_cache_made_before_the_profiles_database_opens_read_only(tmp_path, mon
     monkeypatch.setattr(env, "DB_NAMES", DB_NAMES)
     with open_store(options, readonly=True) as store:
         assert Profiles(store).get(M) is None
+
+
+def test_cli_says_when_there_is_no_cache_and_creates_none(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "nowhere"
+    done = subprocess.run([sys.executable, "-m", "lazylayer.daemon.cli.main", "profile", "show", M, "--cache-dir",
+                           str(missing), "--run-dir", str(tmp_path / "run")], capture_output=True, text=True,
+                          env={"LAZYLAYER_CONFIG": "", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 1 and f"no lazylayer cache at {missing}" in done.stderr, done.stderr
+    assert not missing.exists()
