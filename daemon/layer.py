@@ -427,6 +427,11 @@ class Resolver:
 
         return await self._shared(("image", ref), compute)
 
+    def cached_image(self, ref: str) -> ResolvedImage | None:
+        """The image ``ref`` was last resolved to here, if it was (however long ago)."""
+        cached = self._images.get(ref)
+        return None if cached is None else cached[1]
+
     async def _resolve_ahead(self, ref: str, desc: LayerDescriptor) -> None:
         """Resolve a layer nobody asked for yet: an overlay mount (a container start) looks its
         layers up one after another, and each TOC fetch and registration is a worker's job, so

@@ -224,8 +224,11 @@ class Daemon:
         return {"info": layer.info().to_dict(), "error": layer.error()}
 
     async def profile_flush(self, params: dict[str, Any]) -> dict[str, Any]:
-        """End the recording of an image now and have it stored (`lazylayer profile push`)."""
-        image = await self.resolver.resolve_image(str(params["ref"]))
+        """End the recording of an image now and have it stored (`lazylayer profile push`); an
+        image this daemon never resolved has none (and is not resolved for the asking)."""
+        image = self.resolver.cached_image(str(params["ref"]))
+        if image is None:
+            return {"manifest": None, "recorded": False}
         return await self.profiling.flush(image.manifest_digest)
 
     async def status(self, params: dict[str, Any]) -> dict[str, Any]:
