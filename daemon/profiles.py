@@ -194,6 +194,15 @@ class Profiling:
         self._stop(recording)
         return {"manifest": manifest, "recorded": True, **await self._ship(recording)}
 
+    async def flush_all(self) -> None:
+        """Store every recording that read something (the daemon is stopping)."""
+        for recording in [r for r in self._active.values() if r.reads]:
+            self._stop(recording)
+            try:
+                await self._ship(recording)
+            except LazyLayerError as exc:
+                log.warning("profile of %s: recording not stored at stop: %s", recording.manifest, exc)
+
     async def _ship(self, recording: Recording) -> dict[str, Any]:
         run = await trio.to_thread.run_sync(recording.to_profile, self.remote)
         if run is None:

@@ -274,6 +274,9 @@ class Daemon:
         self.user_mounts.clear()
 
 
+#: how long a stopping daemon tries to store the recordings under way [s]
+PROFILE_STOP_FLUSH = 2.0
+
 #: what a daemon creates in its run dir; a clean stop removes them (the pid file last, under the lock)
 RUN_FILES = ("control.sock", "workers.sock", "overlay")
 
@@ -418,6 +421,8 @@ async def _signals(daemon: Daemon, options: DaemonOptions) -> None:
                 _reload(daemon, options)
                 continue
             log.info("%s: unmounting", signal.Signals(signum).name)
+            with trio.move_on_after(PROFILE_STOP_FLUSH):  # recordings under way are kept, if quickly
+                await daemon.profiling.flush_all()
             pyfuse3.terminate()
             return
 

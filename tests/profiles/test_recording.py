@@ -1,5 +1,5 @@
-"""Recording and replay on one node: a recording ends on its own after the quiet period, runs of
-later daemons on the same cache merge into the profile, and a replay checks every entry against
+"""Recording and replay on one node: a recording ends on its own after the quiet period (or is
+stored when the daemon stops), runs of later daemons on the same cache merge into the profile, and a replay checks every entry against
 the TOC (what the TOC does not have is skipped, said once) and ignores images the profile is not
 about."""
 
@@ -40,18 +40,28 @@ def stored(cache_dir: Path) -> Profiles:
 
 @pytest.fixture(scope="module")
 def recorded(app_image: PushedImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Profile]:
-    """Two daemons one after the other on one cache, each running the program once."""
+    """Two daemons one after the other on one cache, each running the program once: the first
+    stopped while still recording (it stores the run as it stops), the second's recording ends
+    after its quiet period."""
     workdir = tmp_path_factory.mktemp("recording")
-    for run in (1, 2):
-        daemon = start_daemon(workdir, workers=1, config=QUIET)
+    long_quiet = {**QUIET, "prefetch": {"profile_quiet": 600.0}}
+    for run, config in ((1, long_quiet), (2, QUIET)):
+        daemon = start_daemon(workdir, workers=1, config=config)
         try:
             mount(daemon, app_image.ref, workdir / f"view{run}")
             run_program(workdir / f"view{run}")
-            wait_recorded(daemon)
-            shown = daemon.cli("profile", "show", app_image.manifest_digest)
-            assert shown.returncode == 0 and f"{run} run(s)" in shown.stdout, shown.stdout + shown.stderr
+            if run == 2:
+                wait_recorded(daemon)
+                shown = daemon.cli("profile", "show", app_image.manifest_digest)
+                assert shown.returncode == 0 and "2 run(s)" in shown.stdout, shown.stdout + shown.stderr
         finally:
             daemon.stop()
+        if run == 1:
+            first = stored(workdir / "cache")
+            try:
+                assert first.get(app_image.manifest_digest).profile.runs == 1, daemon.log()
+            finally:
+                first.store.close()
     profiles = stored(workdir / "cache")
     try:
         yield profiles.get(app_image.manifest_digest).profile
