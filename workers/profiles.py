@@ -23,7 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from lazylayer.shared.errors import FormatError, NotFoundError, ProtocolError
-from lazylayer.shared.store.profiles import PROFILE_MEDIA_TYPE, Profile, Profiles
+from lazylayer.shared.store.profiles import DEFAULT_MAX_BYTES, PROFILE_MEDIA_TYPE, Profile, Profiles
 from lazylayer.workers.jobs import Handler, Job, JobResult
 from lazylayer.workers.registry.client import MAX_DOCUMENT_SIZE, RegistryClient, sha256_digest
 from lazylayer.workers.registry.manifests import OCI_INDEX, OCI_MANIFEST, Manifest
@@ -46,13 +46,18 @@ def fallback_tag(manifest_digest: str) -> str:
     return manifest_digest.replace(":", "-", 1)
 
 
-def push_profile(client: RegistryClient, ref: Reference, image: Manifest, profile: Profile) -> str:
+def push_profile(client: RegistryClient, ref: Reference, image: Manifest, profile: Profile,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """Push ``profile`` as an artifact whose subject is ``image`` and list it in the fallback
     tag's index (replacing an earlier lazylayer profile there, keeping other referrers);
-    returns the artifact manifest's digest."""
+    returns the artifact manifest's digest. A document above ``max_bytes`` is refused: the
+    daemons pulling it would refuse it."""
     if profile.manifest != image.digest:
         raise FormatError(f"the profile is of image manifest {profile.manifest}, not {image.digest}")
     document = profile.to_json()
+    if len(document) > max_bytes:
+        raise FormatError(f"the profile is {len(document)} bytes, more than the {max_bytes}-byte limit "
+                          "(prefetch.profile_max_size) daemons accept")
     config_digest, document_digest = sha256_digest(EMPTY_CONFIG), sha256_digest(document)
     push_blob(client, ref, config_digest, len(EMPTY_CONFIG), io.BytesIO(EMPTY_CONFIG), chunk_size=None)
     push_blob(client, ref, document_digest, len(document), io.BytesIO(document), chunk_size=None)

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if stored is None:
             raise NotFoundError(f"no profile of {args.ref} ({manifest_digest}) in this cache: run the image "
                                 "through the daemon first (prefetch.profile_record = true), or pull one")
-        artifact = push_profile(client, reference, image, stored.profile)
+        artifact = push_profile(client, reference, image, stored.profile, config.prefetch.profile_max_size)
         _said(args, {"manifest": manifest_digest, "artifact": artifact, "runs": stored.profile.runs,
                      "chunks": len(stored.profile.chunks)}, f"pushed the profile of {manifest_digest}: "
               f"{stored.profile.runs} run(s), {len(stored.profile.chunks)} chunks as {artifact}")

@@ -81,6 +81,8 @@ def test_pull_refuses_what_does_not_hold_up(registry: RunningRegistry) -> None:
         pull_profile(client, ref_c, b.digest, 1 << 20)
     with pytest.raises(FormatError, match="is of image manifest"):
         push_profile(client, ref_c, b, profile_of(a))
+    with pytest.raises(FormatError, match="more than the 100-byte limit"):
+        push_profile(client, ref_c, b, profile_of(b), max_bytes=100)
 
 
 def test_referrers_api_is_asked_first(registry: RunningRegistry) -> None:
