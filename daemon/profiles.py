@@ -4,16 +4,18 @@ Recording: when an image is resolved a `Recording` starts for its manifest diges
 daemon run). Every read of one of its layers notes ``(layer id, node id, offset) -> (layer
 digest, size, ms since the image was resolved)`` the first time that offset is read: one dict
 lookup and insert, no syscall, no LMDB (``time.monotonic`` is a vDSO call). The recording ends
-after ``profile_quiet`` seconds without a new read or ``profile_window`` after it began; its reads
-are then turned into chunks (a thread walks the file-chunk table) and handed to a worker job
-(`profile_record`), which merges the run into the stored profile: the front never writes LMDB.
+after ``profile_quiet`` seconds without a new read or ``profile_window`` after it began (or when
+`profile push` or a stopping daemon flushes it); its reads are then turned into chunks (a thread
+walks the file-chunk table) and handed to a worker job (`profile_record`), which merges the run
+into the stored profile: the front never writes LMDB.
 
-Replay: when a layer of an image is resolved, the entries its profile names for that layer are
-checked against this cache's TOC (same node, same chunk offset, size and digest; the rest is
-skipped and logged once), the cached ones dropped, and the others fetched at PREFETCH priority
-in replay order by the prefetch machinery (`Remote.fetch_pieces`): few large chunk jobs, as many
-as there are worker slots, each coalesced by its worker into multi-range requests; a demand read
-of a chunk in flight joins its job. Chunks are verified by digest as every fetched chunk is: a
+Replay: once every layer of an image is resolved (nothing reads an image before its last layer is
+there, and replay jobs beside the TOC registrations only slow them), the entries its profile
+names for each layer are checked against this cache's TOC (same node, same chunk offset, size
+and digest; the rest is skipped and logged once), the cached ones dropped, and the others fetched
+at PREFETCH priority in replay order by the prefetch machinery (`Remote.fetch_pieces`): few large
+chunk jobs, as many as there are worker slots, each coalesced by its worker into multi-range
+requests; a demand read of a chunk in flight joins its job. Chunks are verified by digest as every fetched chunk is: a
 profile only says what to fetch. An image without a profile of its own uses, per layer, the
 entries of any stored profile that names the layer (a shared base layer benefits everywhere).
 """
@@ -181,10 +183,7 @@ class Profiling:
             for recording in [r for r in self._active.values() if r.over(now, self.settings.quiet,
                                                                          self.settings.window)]:
                 self._stop(recording)
-                try:
-                    await self._ship(recording)
-                except LazyLayerError as exc:
-                    log.warning("profile of %s: recording not stored: %s", recording.manifest, exc)
+                await self._ship_or_log(recording)
 
     async def flush(self, manifest: str) -> dict[str, Any]:
         """End the recording of ``manifest`` now and store it (before `profile push`)."""
@@ -198,10 +197,13 @@ class Profiling:
         """Store every recording that read something (the daemon is stopping)."""
         for recording in [r for r in self._active.values() if r.reads]:
             self._stop(recording)
-            try:
-                await self._ship(recording)
-            except LazyLayerError as exc:
-                log.warning("profile of %s: recording not stored at stop: %s", recording.manifest, exc)
+            await self._ship_or_log(recording)
+
+    async def _ship_or_log(self, recording: Recording) -> None:
+        try:
+            await self._ship(recording)
+        except LazyLayerError as exc:
+            log.warning("profile of %s: recording not stored: %s", recording.manifest, exc)
 
     async def _ship(self, recording: Recording) -> dict[str, Any]:
         run = await trio.to_thread.run_sync(recording.to_profile, self.remote)
