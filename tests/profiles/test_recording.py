@@ -6,6 +6,7 @@ about."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -125,3 +126,25 @@ def test_a_program_started_while_the_replay_runs_joins_its_jobs(recorded: Profil
     assert requests <= 4, requests  # the TOC, and the replay's few large requests
     assert status["profiles"]["hits"] >= READ_FILES * 0.95, status["profiles"]
     assert status["fetch"]["jobs"] <= 4, status["fetch"]
+
+
+def test_the_layer_store_replays_when_a_layer_is_looked_up(recorded: Profile, app_image: PushedImage,
+                                                           tmp_path: Path) -> None:
+    """What podman does: look MNT/<base64(ref)>/<digest>/diff up; resolving replays the profile."""
+    profiles = stored(tmp_path / "cache")
+    try:
+        profiles.put(recorded, "test")
+    finally:
+        profiles.store.close()
+    daemon = start_daemon(tmp_path, workers=2, config=CONFIG)
+    try:
+        diff = daemon.layer_dir(app_image.ref, app_image.layers[0].digest)
+        assert "lib" in os.listdir(diff)
+        replays = wait_replays(daemon)["replays"]
+        data = (diff / "lib" / "m007.py").read_bytes()
+        profiles_status = daemon.call("status")["profiles"]
+    finally:
+        daemon.stop()
+    assert [(r["chunks"], r["skipped"], r["state"]) for r in replays] == [(READ_FILES, 0, "done")]
+    assert data == (app_image.layers[0].root / "lib" / "m007.py").read_bytes()
+    assert profiles_status["prefetched"] == READ_FILES and profiles_status["hits"] == 1
