@@ -136,6 +136,10 @@ class Profiling:
         self._by_layer: dict[str, list[Recording]] = {}
         self._recorded: set[str] = set()
         self._registry_misses: dict[str, float] = {}
+        #: registry lookups under way, by manifest
+        self._lookups: dict[str, trio.Event] = {}
+        #: where lookups started at image resolution run (`run`'s)
+        self._nursery: trio.Nursery | None = None
         #: per manifest, its layers not resolved yet, and an event set once none is left
         self._unresolved: dict[str, tuple[set[str], trio.Event]] = {}
         self._warned: set[tuple[str, str]] = set()
@@ -149,6 +153,8 @@ class Profiling:
         manifest = image.manifest_digest
         if manifest not in self._unresolved:
             self._unresolved[manifest] = ({l.digest for l in image.layers}, trio.Event())
+            if self.settings.mode == "registry" and self._nursery is not None:
+                self._nursery.start_soon(self._registry_lookup, image.ref, manifest)
         if not self.settings.record or manifest in self._recorded:
             return
         self._recorded.add(manifest)
@@ -176,14 +182,18 @@ class Profiling:
                 self._by_layer.pop(digest, None)
 
     async def run(self) -> None:
-        """Ship each recording whose window closed (the daemon's nursery runs this)."""
-        while True:
-            await trio.sleep(min(1.0, self.settings.quiet / 4))
-            now = time.monotonic()
-            for recording in [r for r in self._active.values() if r.over(now, self.settings.quiet,
-                                                                         self.settings.window)]:
-                self._stop(recording)
-                await self._ship_or_log(recording)
+        """Ship each recording whose window closed, and run the registry lookups started at
+        image resolution (the daemon's nursery runs this)."""
+        async with trio.open_nursery() as self._nursery:
+            while True:
+                await trio.sleep(min(1.0, self.settings.quiet / 4))
+                await self._ship_closed()
+
+    async def _ship_closed(self) -> None:
+        now = time.monotonic()
+        for recording in [r for r in self._active.values() if r.over(now, self.settings.quiet, self.settings.window)]:
+            self._stop(recording)
+            await self._ship_or_log(recording)
 
     async def flush(self, manifest: str) -> dict[str, Any]:
         """End the recording of ``manifest`` now and store it (before `profile push`)."""
@@ -268,23 +278,37 @@ class Profiling:
     async def _entries(self, ref: str, manifest: str, digest: str) -> list[ProfileChunk]:
         """The layer's entries: from the image's own profile (local, else the registry when
         configured), else from any stored profile naming the layer."""
+        if self.settings.mode == "registry":
+            await self._registry_lookup(ref, manifest)
         profiles = Profiles(self.remote.store)
         stored = await trio.to_thread.run_sync(profiles.get, manifest)
-        if stored is None and self.settings.mode == "registry" and self._may_ask_registry(manifest):
-            found = False
-            try:
-                found = await self.remote.fetch_profile(ref, manifest, self.settings.max_bytes)
-            finally:  # none there, or none usable: the image's other layers do not ask again
-                if not found:
-                    self._registry_misses[manifest] = trio.current_time()
-            stored = await trio.to_thread.run_sync(profiles.get, manifest)
         if stored is not None:
             return stored.profile.for_layer(digest)
         return await trio.to_thread.run_sync(profiles.for_layer, digest)
 
-    def _may_ask_registry(self, manifest: str) -> bool:
-        missed = self._registry_misses.get(manifest)
-        return missed is None or trio.current_time() - missed >= REGISTRY_MISS_TTL
+    async def _registry_lookup(self, ref: str, manifest: str) -> None:
+        """Have the registry's profile of ``manifest`` stored here unless one is: one lookup at
+        a time per image (started as the image is resolved, so it runs beside the layers' TOC
+        fetches), none again for REGISTRY_MISS_TTL after it found none or none usable."""
+        running = self._lookups.get(manifest)
+        if running is not None:
+            await running.wait()
+            return
+        done = self._lookups[manifest] = trio.Event()
+        try:
+            missed = self._registry_misses.get(manifest)
+            if missed is not None and trio.current_time() - missed < REGISTRY_MISS_TTL:
+                return
+            if await trio.to_thread.run_sync(Profiles(self.remote.store).get, manifest) is not None:
+                return
+            if not await self.remote.fetch_profile(ref, manifest, self.settings.max_bytes):
+                self._registry_misses[manifest] = trio.current_time()
+        except LazyLayerError as exc:  # none usable: the layers replay without (it runs in no caller's task)
+            self._registry_misses[manifest] = trio.current_time()
+            log.warning("profile of %s: registry lookup failed: %s", manifest, exc)
+        finally:
+            del self._lookups[manifest]
+            done.set()
 
     def _plan(self, layer_id: int, entries: list[ProfileChunk]) -> ReplayPlan:
         """Each entry checked against this layer's TOC rows (one read txn), in replay order."""

@@ -12,11 +12,16 @@ from typing import Any
 
 import requests
 
+from lazylayer.shared.store.profiles import Profile, ProfileChunk
+from lazylayer.workers.profiles import push_profile
+from lazylayer.workers.registry.client import RegistryClient
+from lazylayer.workers.registry.manifests import resolve_manifest
+from lazylayer.workers.registry.reference import parse_reference
 from tests.fuse.daemonproc import RunningDaemon, start_daemon
-from tests.profiles.conftest import READ_FILES, blob_reads
+from tests.profiles.conftest import READ_FILES, blob_reads, make_tree
 from tests.support.faultproxy import FaultProxy
-from tests.support.fetchstack import PushedImage
-from tests.support.registry import free_port
+from tests.support.fetchstack import ImageTree, PushedImage, push_image_trees
+from tests.support.registry import RunningRegistry, free_port
 
 #: no neighbour fetch, no background walk: every cold miss is its own request, nothing else runs
 CONFIG: dict[str, dict[str, Any]] = {"background": {"enabled": False}, "fuse": {"neighbour_window": 0},
@@ -96,3 +101,27 @@ def test_recorded_profile_pushed_then_replayed_by_a_cold_daemon(proxy: FaultProx
     assert removed.returncode == 0 and gone.returncode == 1 and "no profile of" in gone.stderr, gone.stderr
     assert pulled.returncode == 0, pulled.stderr
     assert json.loads(back.stdout)["chunks"] == READ_FILES and json.loads(back.stdout)["source"].startswith("registry")
+
+
+def test_a_registry_profile_that_is_refused_leaves_the_image_working(registry: RunningRegistry,
+                                                                      tmp_path: Path) -> None:
+    """Above prefetch.profile_max_size: the lookup says why in the log, no replay, reads work."""
+    image = push_image_trees(registry, "profiles/big", "v1", [ImageTree(make_tree(tmp_path / "tree", seed=3))])
+    client, ref = RegistryClient(), parse_reference(image.ref)
+    manifest = resolve_manifest(client, ref)[0]
+    layer = image.layers[0].digest
+    push_profile(client, ref, manifest, Profile(manifest.digest, 1, tuple(
+        ProfileChunk(layer, n, 0, 10, "sha256:" + "d" * 64, 1, n) for n in range(2, 40))))
+    daemon = start_daemon(tmp_path / "d", workers=1,
+                          config={**CONFIG, "prefetch": {"profiles": "registry", "profile_max_size": 200}})
+    try:
+        mount(daemon, image.ref, tmp_path / "d" / "view")
+        assert (tmp_path / "d" / "view" / "etc" / "app.conf").read_text() == "answer = 42\n"
+        deadline = time.monotonic() + 30
+        while "registry lookup failed" not in daemon.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        profiles = daemon.call("status")["profiles"]
+    finally:
+        daemon.stop()
+    assert "more than the 200-byte limit" in daemon.log()
+    assert profiles["replays"] == [] and profiles["prefetched"] == 0
