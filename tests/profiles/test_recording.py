@@ -39,6 +39,16 @@ def stored(cache_dir: Path) -> Profiles:
     return Profiles(open_store(StoreOptions(str(cache_dir), map_size=4 << 30)))
 
 
+def daemon_with(profile: Profile, workdir: Path) -> RunningDaemon:
+    """A daemon on a fresh cache that holds ``profile`` (as after `lazylayer profile pull`)."""
+    profiles = stored(workdir / "cache")
+    try:
+        profiles.put(profile, "test")
+    finally:
+        profiles.store.close()
+    return start_daemon(workdir, workers=2, config=CONFIG)
+
+
 @pytest.fixture(scope="module")
 def recorded(app_image: PushedImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Profile]:
     """Two daemons one after the other on one cache, each running the program once: the first
@@ -80,13 +90,8 @@ def test_replay_checks_each_entry_against_the_toc(recorded: Profile, app_image: 
     lying = [dataclasses.replace(c, digest="sha256:" + "0" * 64) for c in recorded.chunks[:5]]
     absent = [dataclasses.replace(c, node_id=100_000 + i) for i, c in enumerate(recorded.chunks[:3])]
     tampered = Profile(recorded.manifest, recorded.runs, replay_order([*lying, *absent, *recorded.chunks[5:]], 2))
-    profiles = stored(tmp_path / "cache")
-    try:
-        profiles.put(tampered, "test")
-    finally:
-        profiles.store.close()
     changed = push_image_trees(registry, "profiles/app", "v2", [ImageTree(make_tree(tmp_path / "v2", seed=17))])
-    daemon = start_daemon(tmp_path, workers=2, config=CONFIG)
+    daemon = daemon_with(tampered, tmp_path)
     try:
         mount(daemon, app_image.ref, tmp_path / "view")
         replays = wait_replays(daemon)["replays"]
@@ -106,12 +111,7 @@ def test_a_program_started_while_the_replay_runs_joins_its_jobs(recorded: Profil
                                                                 proxy: FaultProxy, tmp_path: Path) -> None:
     """No waiting for the replay: the program runs as soon as the mount is there, its reads join
     the jobs in flight (or find the chunks stored), and nothing is fetched twice."""
-    profiles = stored(tmp_path / "cache")
-    try:
-        profiles.put(recorded, "test")
-    finally:
-        profiles.store.close()
-    daemon = start_daemon(tmp_path, workers=2, config=CONFIG)
+    daemon = daemon_with(recorded, tmp_path)
     try:
         with proxy.lock:
             proxy.seen.clear()
@@ -131,12 +131,7 @@ def test_a_program_started_while_the_replay_runs_joins_its_jobs(recorded: Profil
 def test_the_layer_store_replays_when_a_layer_is_looked_up(recorded: Profile, app_image: PushedImage,
                                                            tmp_path: Path) -> None:
     """What podman does: look MNT/<base64(ref)>/<digest>/diff up; resolving replays the profile."""
-    profiles = stored(tmp_path / "cache")
-    try:
-        profiles.put(recorded, "test")
-    finally:
-        profiles.store.close()
-    daemon = start_daemon(tmp_path, workers=2, config=CONFIG)
+    daemon = daemon_with(recorded, tmp_path)
     try:
         diff = daemon.layer_dir(app_image.ref, app_image.layers[0].digest)
         assert "lib" in os.listdir(diff)
