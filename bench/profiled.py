@@ -1,4 +1,4 @@
-"""Item 10: cold start of the Python app with a learned profile recorded on another cache.
+"""Item 11: cold start of the Python app with a learned profile recorded on another cache.
 
 Once per benchmark a daemon on a cache of its own runs the app (item 8's way: the three layers
 resolved, then ``chroot`` on an overlayfs over their diff dirs) with profiles recorded, and
@@ -48,7 +48,7 @@ class ProfiledStart:
                   "daemon": "  store start", "resolve": f"  resolve {n} layers (profile looked up, replay started)",
                   "run": "  app run on overlayfs"}
         for part in PARTS:
-            results.row(10, f"profile_{part}", titles[part], "item 8 without a profile (prefetch off)")
+            results.row(11, f"profile_{part}", titles[part], "item 8 without a profile (prefetch off)")
 
     def run(self, run: int, say: Callable[[str], None]) -> None:
         if not self.recorded:

@@ -25,7 +25,7 @@ ITEMS = {
     7: "random 4 KiB reads: latency",
     8: "cold start of a Python app (numpy, pandas, rich) from the layer store vs the Go stargz-store",
     9: "layer store operations vs the Go stargz-store",
-    10: "cold start of the Python app with a learned profile from another cache (vs item 8)",
+    11: "cold start of the Python app with a learned profile from another cache (vs item 8)",
 }
 
 

@@ -274,9 +274,6 @@ class Daemon:
         self.user_mounts.clear()
 
 
-#: how long a stopping daemon tries to store the recordings under way [s]
-PROFILE_STOP_FLUSH = 2.0
-
 #: what a daemon creates in its run dir; a clean stop removes them (the pid file last, under the lock)
 RUN_FILES = ("control.sock", "workers.sock", "overlay")
 
@@ -411,6 +408,10 @@ async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
     thread returns only after INIT, since the loop must answer it."""
     await trio.to_thread.run_sync(os.stat, mountpoint)
     mounts.set_read_ahead(mountpoint, read_ahead_kb)
+
+
+#: how long a stopping daemon tries to store the recordings under way [s]
+PROFILE_STOP_FLUSH = 2.0
 
 
 async def _signals(daemon: Daemon, options: DaemonOptions) -> None:
