@@ -79,6 +79,10 @@ class LazyDaemon:
         self._cli("umount", str(target))
         self.targets.remove(target)
 
+    def push_profile(self, ref: str) -> None:
+        """`lazylayer profile push REF`: the recording under way is stored, then pushed."""
+        self._cli("profile", "push", ref)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -26,6 +26,7 @@ ITEMS = {
     8: "cold start of a Python app (numpy, pandas, rich) from the layer store vs the Go stargz-store",
     9: "layer store operations vs the Go stargz-store",
     10: "containerd: ctr-remote rpull + ctr run of the app, lazylayer snapshotter vs containerd-stargz-grpc",
+    11: "cold start of the Python app with a learned profile from another cache (vs item 8)",
 }
 
 

@@ -26,6 +26,7 @@ from bench.lazy import LazyDaemon, lazy_session
 from bench.machine import drop_caches
 from bench.peer import GoPeer
 from bench.peers import Peers
+from bench.profiled import ProfiledStart
 from bench.measure import find_stat, percentile, random_reads, read_files, read_sequential, spread_offsets, \
     uniform_offsets
 from bench.results import Results
@@ -65,6 +66,7 @@ class Runner:
         self._declare_rows()
         self.peers = Peers(image, workdir / "peer", self.results, peer, settings.workers)
         self.containerd = ContainerdItem(image, workdir / "ctrd", self.results, peer, settings.workers)
+        self.profiled = ProfiledStart(image, workdir / "profiled", self.results, self.peers, settings.workers)
 
     # -- rows ----------------------------------------------------------------------------------
 
@@ -106,6 +108,7 @@ class Runner:
                 ("lazylayer warm LMDB", self.lazy_warm), ("lazylayer cold random reads", self.lazy_cold_random),
                 *((f"lazylayer cold, {w} workers", lambda run, w=w: self.lazy_scale(run, w)) for w in extra_scale),
                 ("layer stores: lazylayer and the Go stargz-store", lambda run: self.peers.run(run, _say)),
+                ("app start with a learned profile", lambda run: self.profiled.run(run, _say)),
                 ("containerd: lazylayer and containerd-stargz-grpc", lambda run: self.containerd.run(run, _say)),
             ]
             if s.containerd_only:
@@ -118,6 +121,7 @@ class Runner:
         shutil.rmtree(self.area, ignore_errors=True)
         shutil.rmtree(self.local, ignore_errors=True)  # 1 GiB of scratch; every run unpacks it anew
         shutil.rmtree(self.workdir / "peer", ignore_errors=True)
+        shutil.rmtree(self.workdir / "profiled", ignore_errors=True)
         shutil.rmtree(self.workdir / "ctrd", ignore_errors=True)
         if s.containerd_only:
             self.results.rows = {k: r for k, r in self.results.rows.items() if r.item == 10}

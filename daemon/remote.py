@@ -32,7 +32,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import msgpack
 import trio
@@ -163,6 +163,44 @@ class FetchObserver:
     def cache_corrupt(self, chunks: int) -> None:
         """Cached chunks a read found not matching their digest (dropped and fetched again)."""
 
+    def profile_chunks(self, prefetched: int, hits: int, unread: int) -> None:
+        """Profile replay: chunks it fetched, of those later read (hits), and read by nobody yet."""
+
+
+@dataclass
+class ReplayTally:
+    """Chunks a profile replay fetched, and whether reads came for them: hits are what the
+    profile was right about, what stays unread is its waste. At most ``limit`` unread keys are
+    remembered (a daemon runs for months); older ones count as waste for good."""
+
+    unread: dict[bytes, None] = field(default_factory=dict)
+    prefetched: int = 0
+    hits: int = 0
+    #: unread keys forgotten to stay within ``limit``
+    forgotten: int = 0
+    limit: int = 1 << 18
+
+    @property
+    def waste(self) -> int:
+        return len(self.unread) + self.forgotten
+
+    def fetched(self, keys: Iterable[bytes]) -> None:
+        for key in keys:
+            if key not in self.unread:
+                self.prefetched += 1
+                self.unread[key] = None
+        while len(self.unread) > self.limit:
+            del self.unread[next(iter(self.unread))]
+            self.forgotten += 1
+
+    def read(self, keys: Iterable[bytes]) -> int:
+        """Count the replayed ones among chunks a read was served from; returns how many."""
+        if not self.unread:
+            return 0
+        found = [key for key in keys if self.unread.pop(key, 0) is None]
+        self.hits += len(found)
+        return len(found)
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -258,15 +296,19 @@ class Remote:
         #: when the bandwidth cap lets the next background piece start (trio clock)
         self._background_next = 0.0
         self.host_backoff = HostBackoff(settings.request_timeout / 2)
+        #: chunks profile replays fetched and whether they were read since
+        self.replayed = ReplayTally()
 
     async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
-                      dedup_key: Hashable | None = None, timeout: float | None = None) -> PoolReply:
+                      dedup_key: Hashable | None = None, timeout: float | None = None,
+                      payloads: Sequence[bytes] = ()) -> PoolReply:
         registry = registry_of(params["ref"]) if "ref" in params else None
         if registry is not None:
             self.host_backoff.check(registry)
         started = time.monotonic()
         try:
-            reply = await self.pool.submit(kind, params, priority=priority, dedup_key=dedup_key, group=registry,
+            reply = await self.pool.submit(kind, params, payloads, priority=priority, dedup_key=dedup_key,
+                                           group=registry,
                                            timeout=self.settings.request_timeout if timeout is None else timeout)
         except LazyLayerError as exc:
             if registry is not None and is_host_failure(exc):
@@ -313,6 +355,8 @@ class Remote:
             if got.data is not None:
                 for key in got.used:
                     self.accesses.touch(key)
+                if self.replayed.read(got.used):
+                    self._report_replay()
                 return got.data
             corrupt: tuple[bytes, ...] = ()
             if got.unaudited:  # first read of these cached chunks in this process: hash them, off the loop
@@ -440,6 +484,20 @@ class Remote:
         # a thread: the scan walks every chunk row of the layer (2 s for 200k), the loop must not wait
         chunks = await trio.to_thread.run_sync(self.meta.prefetch_chunks, layer.layer_id, end) if end > 0 else []
         fetched = 0
+        if chunks:
+            pieces = plan_pieces(chunks, max(c.blob_end for c in chunks), PREFETCH_PIECE)
+            fetched = await self.fetch_pieces(ref, layer, [p.chunks for p in pieces if p.chunks])
+        params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size,
+                  "prefetch_size": self.settings.prefetch_size}
+        reply = await self._submit("prefetch", params, Priority.PREFETCH, ("prefetch", layer.digest))
+        self.observer.fetched(Priority.PREFETCH, reply.result["bytes"])
+        return fetched + reply.result["bytes"]
+
+    async def fetch_pieces(self, ref: str, layer: LayerRecord, pieces: Sequence[Sequence[FileChunk]]) -> int:
+        """One PREFETCH chunk job per piece, all submitted at once, so every worker takes a share
+        and a demand read of a chunk in flight joins its piece (raising it to FOREGROUND).
+        Raises the first error once all are done; returns the compressed bytes fetched."""
+        fetched = 0
         errors: list[LazyLayerError] = []
 
         async def piece(members: Sequence[FileChunk]) -> None:
@@ -449,18 +507,21 @@ class Remote:
             except LazyLayerError as exc:
                 errors.append(exc)
 
-        if chunks:
-            async with trio.open_nursery() as nursery:
-                for part in plan_pieces(chunks, max(c.blob_end for c in chunks), PREFETCH_PIECE):
-                    if part.chunks:
-                        nursery.start_soon(piece, part.chunks)
+        async with trio.open_nursery() as nursery:
+            for members in pieces:
+                nursery.start_soon(piece, members)
         if errors:
             raise errors[0]
-        params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size,
-                  "prefetch_size": self.settings.prefetch_size}
-        reply = await self._submit("prefetch", params, Priority.PREFETCH, ("prefetch", layer.digest))
-        self.observer.fetched(Priority.PREFETCH, reply.result["bytes"])
-        return fetched + reply.result["bytes"]
+        return fetched
+
+    def _report_replay(self) -> None:
+        tally = self.replayed
+        self.observer.profile_chunks(tally.prefetched, tally.hits, tally.waste)
+
+    def replay_started(self, keys: Iterable[bytes]) -> None:
+        """A profile replay is about to fetch the chunks with these keys (uncached ones)."""
+        self.replayed.fetched(keys)
+        self._report_replay()
 
     async def background_fetch(self, ref: str, layer: LayerRecord,
                                progress: Callable[[int, int], None] | None = None) -> None:
@@ -518,6 +579,19 @@ class Remote:
         accesses = [[key, when] for key, when in self.accesses.drain()]
         reply = await self._submit("janitor", {"accesses": accesses, "budget": budget}, Priority.PREFETCH)
         return reply.result
+
+    async def record_profile(self, manifest: str, run: bytes) -> dict[str, Any]:
+        """Hand one recorded run (a profile document) to a worker, which merges it into the
+        stored profile of ``manifest``: the front never writes LMDB."""
+        reply = await self._submit("profile_record", {"manifest": manifest}, Priority.PREFETCH, payloads=[run])
+        return reply.result
+
+    async def fetch_profile(self, ref: str, manifest: str, max_bytes: int) -> bool:
+        """Have a worker look the registry up for a profile of ``manifest`` (OCI referrers) and
+        store it; False when the registry has none."""
+        reply = await self._submit("profile_fetch", {"ref": ref, "manifest": manifest, "max_bytes": max_bytes},
+                                   Priority.PREFETCH, ("profile_fetch", manifest))
+        return bool(reply.result["found"])
 
     async def check(self, ref: str, desc: LayerDescriptor) -> None:
         """Connectivity: the blob still answers a 1-byte ranged read with the expected size."""

@@ -34,6 +34,7 @@ from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.metrics import Metrics, StateSources
 from lazylayer.daemon.pool import WorkerPool
+from lazylayer.daemon.profiles import ProfileSettings, Profiling
 from lazylayer.daemon.remote import EXCLUSIVE_KINDS, FetchSettings, Remote
 from lazylayer.daemon.startup import DaemonOptions, clean_run_dir, worker_command
 from lazylayer.shared.config import Config, config_changes, load_config
@@ -68,6 +69,7 @@ class Daemon:
     pool: WorkerPool
     #: the config in effect (SIGHUP compares the file against it)
     config: Config
+    profiling: Profiling
     user_mounts: dict[str, UserMount] = field(default_factory=dict)
     #: cap the next janitor job makes the shared one (the config's at start, then on SIGHUP)
     pending_budget: int | None = None
@@ -105,7 +107,7 @@ class Daemon:
     def handlers(self) -> dict[str, Any]:
         return {"status": self.status, "image": self.image, "open_view": self.open_view,
                 "record_mount": self.record_mount, "umount": self.umount, "prefetch_layer": self.prefetch_layer,
-                "fetch_layer": self.fetch_layer}
+                "fetch_layer": self.fetch_layer, "profile_flush": self.profile_flush}
 
     def layer_path(self, ref: str, digest: str) -> str:
         return os.path.join(self.options.mountpoint, encode_ref(ref), digest, "diff")
@@ -200,6 +202,14 @@ class Daemon:
         await self.remote.background_fetch(layer.ref, layer.current_record())
         return {"info": layer.info().to_dict(), "error": layer.error()}
 
+    async def profile_flush(self, params: dict[str, Any]) -> dict[str, Any]:
+        """End the recording of an image now and have it stored (`lazylayer profile push`); an
+        image this daemon never resolved has none (and is not resolved for the asking)."""
+        image = self.resolver.cached_image(str(params["ref"]))
+        if image is None:
+            return {"manifest": None, "recorded": False}
+        return await self.profiling.flush(image.manifest_digest)
+
     async def status(self, params: dict[str, Any]) -> dict[str, Any]:
         layers = []
         seen = set()
@@ -215,6 +225,7 @@ class Daemon:
         return redact({  # errors may quote a mirror URL: no credentials in status
             "pid": os.getpid(),
             "mountpoint": self.options.mountpoint,
+            "cache_dir": self.options.cache_dir,
             "layers": layers,
             "cached_layers": cached,
             # trio's clock is monotonic: `when` is shown on the wall clock, as every other time
@@ -224,6 +235,7 @@ class Daemon:
             "workers": self.pool.status().to_dict(),
             "cache": dataclasses.asdict(ChunkStore(self.remote.store).stats()),
             "fetch": {k: v for k, v in dataclasses.asdict(self.remote.stats).items() if k != "by_worker"},
+            "profiles": self.profiling.status(),
         })
 
     def unmount_user_mounts(self) -> None:
@@ -287,11 +299,12 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[sub
     metrics = Metrics()
     async with pool:
         remote = Remote(pool, store, FetchSettings.from_config(config), metrics)
+        profiling = Profiling(remote, ProfileSettings.from_config(config))
         resolver = Resolver(remote, ResolverSettings.from_config(config),
-                            allow_unverified=config.verification.allow_unverified)
+                            allow_unverified=config.verification.allow_unverified, profiling=profiling)
 
         fs = LazyFS(store, resolver, FsSettings.from_config(config), metrics.read_done)
-        daemon = Daemon(options, fs, resolver, remote, pool, config)
+        daemon = Daemon(options, fs, resolver, remote, pool, config, profiling)
         daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
         if config.metrics.address:
             metrics.attach(StateSources.in_trio(lambda: Layers(store).all(), ChunkStore(store).stats, pool.status))
@@ -308,6 +321,7 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[sub
                 await nursery.start(ControlServer(options.run_dir, daemon.handlers()).serve)
                 nursery.start_soon(_signals, daemon, options)
                 nursery.start_soon(daemon.janitor_loop, config.cache.janitor_interval)
+                nursery.start_soon(profiling.run)
                 nursery.start_soon(_after_init, options.mountpoint, config.fuse.read_ahead_kb)
                 await pyfuse3.main(max_tasks=config.fuse.max_tasks)
                 nursery.cancel_scope.cancel()
@@ -328,6 +342,10 @@ async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
     mounts.set_read_ahead(mountpoint, read_ahead_kb)
 
 
+#: how long a stopping daemon tries to store the recordings under way [s]
+PROFILE_STOP_FLUSH = 2.0
+
+
 async def _signals(daemon: Daemon, options: DaemonOptions) -> None:
     """SIGTERM/SIGINT: leave pyfuse3's loop (the caller unmounts). SIGHUP: apply live knobs."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -336,6 +354,8 @@ async def _signals(daemon: Daemon, options: DaemonOptions) -> None:
                 _reload(daemon, options)
                 continue
             log.info("%s: unmounting", signal.Signals(signum).name)
+            with trio.move_on_after(PROFILE_STOP_FLUSH):  # recordings under way are kept, if quickly
+                await daemon.profiling.flush_all()
             pyfuse3.terminate()
             return
 

@@ -141,6 +141,16 @@ class PrefetchConfig:
     check_interval: float = knob(60.0, "how often a layer in use checks its blob still answers", "s", positive=True)
     image_layers: bool = knob(True, "when one layer of an image is first looked up, resolve all its layers at "
                                     "once, over every worker (a container needs them all)")
+    profiles: str = knob("local", "learned access profiles replayed when an image is resolved: off, local (this "
+                                  "cache's) or registry (also looked up as OCI referrers of the image)",
+                         choices=("off", "local", "registry"))
+    profile_record: bool = knob(True, "record which chunks each image reads first (merged into its profile)")
+    profile_quiet: float = knob(30.0, "a recording ends after this long without a new chunk read", "s",
+                                positive=True)
+    profile_window: float = knob(300.0, "a recording ends this long after the image was first resolved", "s",
+                                 positive=True)
+    profile_max_size: int = knob(4 << 20, "largest profile document accepted (pulled, or replayed)", "bytes",
+                                 positive=True)
 
 
 @dataclass(frozen=True)

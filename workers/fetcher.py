@@ -49,6 +49,7 @@ from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
 from lazylayer.workers.blobhash import PieceHash
 from lazylayer.workers.jobs import Handler, Job, JobResult
+from lazylayer.workers.profiles import ProfileJobs
 from lazylayer.workers.registry.blobsource import RegistryBlobSource
 from lazylayer.workers.registry.client import RegistryClient
 from lazylayer.workers.registry.hosts import RegistryOptions
@@ -528,7 +529,9 @@ def _batches(chunks: list[WantedChunk], limit: int) -> list[list[WantedChunk]]:
 
 
 def fetcher_handlers(config: Config, cache_dir: str | None = None) -> dict[str, Handler]:
-    return Fetcher(FetcherSettings.from_config(config, cache_dir)).handlers()
+    """The fetcher jobs plus the profile jobs (workers/profiles.py), sharing one store and clients."""
+    fetcher = Fetcher(FetcherSettings.from_config(config, cache_dir))
+    return {**fetcher.handlers(), **ProfileJobs(fetcher).handlers()}
 
 
 def _advance(record: LayerRecord, state: LayerState, **changes: Any) -> LayerRecord:

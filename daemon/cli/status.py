@@ -1,6 +1,7 @@
 """`lazylayer status [--json]`: what the running daemon serves - layers (Info, state, last
-error), failed resolves, user mounts, workers, cache use - and the containerd snapshotter's
-snapshots by kind (read from its metadata at ``snapshotter.root``).
+error), failed resolves, user mounts, workers, cache use, learned profiles (recordings, and the
+chunks replays fetched: read since, or not) - and the containerd snapshotter's snapshots by kind
+(read from its metadata at ``snapshotter.root``).
 
 Times are wall-clock (``read_time``, a failure's ``when``: seconds since the epoch in ``--json``,
 local time here); durations say "s". Sizes are bytes in ``--json`` and carry a unit here.
@@ -73,5 +74,10 @@ def run(args: argparse.Namespace) -> int:
           f"{human_size(cache['budget'])} (decompressed); queued jobs: {queued}")
     if status["snapshots"] is not None:
         print("containerd snapshots: " + ", ".join(f"{count} {kind}" for kind, count in status["snapshots"].items()))
+    profiles = status.get("profiles")
+    if profiles:
+        print(f"profiles ({profiles['mode']}): {len(profiles['recording'])} recording, "
+              f"{profiles['runs_recorded']} run(s) recorded; replayed {profiles['prefetched']} chunks: "
+              f"{profiles['hits']} read since (hits), {profiles['waste']} not (waste)")
     print(LEGEND)
     return 0

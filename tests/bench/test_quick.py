@@ -1,5 +1,5 @@
 """The benchmark harness end to end, small: `python -m bench.harness --quick` builds a tiny image,
-runs all ten items once through a real registry, daemon and FUSE mount (and the Go
+runs all eleven items once through a real registry, daemon and FUSE mount (and the Go
 stargz-store, when it is built: --quick never builds it), and must report a finite figure on
 every side of every row, or say why the Go column is empty (so the harness never rots). About
 60-100 s here, so it stays in the default run; no figure is compared with any time."""
@@ -35,7 +35,7 @@ def test_quick_benchmark_reports_every_item_with_finite_numbers(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(done.stdout)
 
-    assert sorted(doc["items"], key=int) == [str(i) for i in range(1, 11)]
+    assert sorted(doc["items"], key=int) == [str(i) for i in range(1, 12)]
     peer = doc["peer"]
     assert peer["available"] or peer["reason"], "an empty Go column must say why"
     for item, body in doc["items"].items():
