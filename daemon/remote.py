@@ -37,7 +37,7 @@ from typing import Any, Callable, Hashable, Sequence
 import msgpack
 import trio
 
-from lazylayer.daemon.hostbackoff import HostBackoff, is_host_failure
+from lazylayer.daemon.hostbackoff import HostBackoff, MirrorRanges, is_host_failure
 from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
 from lazylayer.daemon.unstored import UnstoredChunks
 from lazylayer.shared.config import Config
@@ -254,12 +254,17 @@ class Remote:
         #: when the bandwidth cap lets the next background piece start (trio clock)
         self._background_next = 0.0
         self.host_backoff = HostBackoff(settings.request_timeout / 2)
+        #: mirrors' range support as the workers report it, passed on to every job
+        self.mirrors = MirrorRanges()
 
     async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
                       dedup_key: Hashable | None = None, timeout: float | None = None) -> PoolReply:
         registry = registry_of(params["ref"]) if "ref" in params else None
         if registry is not None:
             self.host_backoff.check(registry)
+            marks = self.mirrors.marks()
+            if marks:
+                params = {**params, "mirror_marks": marks}
         started = time.monotonic()
         try:
             reply = await self.pool.submit(kind, params, priority=priority, dedup_key=dedup_key, group=registry,
@@ -272,6 +277,7 @@ class Remote:
             self.observer.job_done(kind, time.monotonic() - started)
         if registry is not None:
             self.host_backoff.succeeded(registry)
+        self.mirrors.learn(reply.result.get("mirrors", ()))
         return reply
 
     # -- images and layers ---------------------------------------------------------------------

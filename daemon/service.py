@@ -245,6 +245,7 @@ class Daemon:
             "workers": self.pool.status().to_dict(),
             "cache": dataclasses.asdict(ChunkStore(self.remote.store).stats()),
             "fetch": {k: v for k, v in dataclasses.asdict(self.remote.stats).items() if k != "by_worker"},
+            "mirrors": self.remote.mirrors.status(),
         })
 
     def unmount_user_mounts(self) -> None:

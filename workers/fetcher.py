@@ -54,6 +54,7 @@ from lazylayer.workers.registry.client import RegistryClient
 from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.manifests import parse_platform, resolve_manifest
 from lazylayer.workers.registry.ranges import ByteRange
+from lazylayer.workers.registry.rangesupport import RangeSupport
 from lazylayer.workers.registry.reference import Reference, parse_reference
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,11 @@ class Fetcher:
         self._lock = threading.Lock()
         self._store: Store | None = None
         self._clients: dict[tuple[str, str], RegistryClient] = {}
+        #: which mirrors serve ranges now: one view for all clients of this worker
+        self.range_support = RangeSupport()
 
     def handlers(self) -> dict[str, Handler]:
-        return {
+        return {kind: self._sharing_mirror_state(handler) for kind, handler in {
             "resolve_image": self.resolve_image,
             "resolve_layer": self.resolve_layer,
             "fetch_chunks": self.fetch_chunks,
@@ -165,7 +168,21 @@ class Fetcher:
             "refresh": self.refresh,
             "janitor": self.janitor,
             "fetch_blob": self.fetch_blob,
-        }
+        }.items()}
+
+    def _sharing_mirror_state(self, handler: Handler) -> Handler:
+        """Mirror marks come in with the job (``mirror_marks``: what other workers learnt) and
+        this worker's view goes back with the reply (``mirrors``), so one probe of a filling
+        pull-through cache serves the whole daemon (workers/registry/rangesupport.py)."""
+        def run(job: Job) -> JobResult:
+            for host, strikes, seconds in _param(job.params, "mirror_marks", list, []):
+                self.range_support.adopt(str(host), int(strikes), float(seconds))
+            reply = handler(job)
+            known = self.range_support.snapshot()
+            if known:
+                reply.result["mirrors"] = [asdict(h) for h in known]
+            return reply
+        return run
 
     # -- per-process resources -----------------------------------------------------------------
 
@@ -180,7 +197,7 @@ class Fetcher:
         with self._lock:
             if fresh or key not in self._clients:
                 # A replaced client is not closed: another job thread may still be using it.
-                self._clients[key] = RegistryClient(self.settings.registry)
+                self._clients[key] = RegistryClient(self.settings.registry, range_support=self.range_support)
             return self._clients[key]
 
     # -- jobs ----------------------------------------------------------------------------------

@@ -12,6 +12,15 @@ wanted ranges are coalesced and sent as one multi-range request. Quirks handled:
 blob (the bytes are then verified against the blob digest and the ranges cut out while streaming),
 206 without Content-Type, 400 to multi-range (that host goes to single-range mode for good), 403 on
 a redirected URL (the pre-signed URL expired: resolve again, once).
+
+Mirrors (README "Running a fleet"): a mirror that answers a ranged read with the whole blob is a
+pull-through cache that has not cached it yet. Its body is closed unread (reading it makes the
+cache fetch the blob from the origin once more), the mirror is marked (rangesupport.py) and the
+ranges come from the next source, up to ``FALLBACK_SHARE`` of the blob per blob and client;
+past that a read waits for the mirror's copy (asking again when the mark expires) while the
+job's deadline allows, so a cluster costs the origin about one blob. No request of the read path
+is a HEAD: a cache answers HEAD of a blob it lacks by fetching the whole blob (twice, for
+docker-registry 2.8).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from lazylayer.workers.registry.ranges import (
     ByteRange, Part, coalesce, multipart_boundary, parse_content_range, parse_multipart,
     range_header, slice_parts,
 )
+from lazylayer.workers.registry.rangesupport import RangeSupport
 from lazylayer.workers.registry.retry import Backoff, is_retryable_status, parse_retry_after
 from lazylayer.workers.registry.transport import Transient, body_pieces, describe, host_failure, is_timeout
 
@@ -48,6 +58,10 @@ MULTIPART_SLACK_PER_PART = 512
 MAX_DOCUMENT_SIZE = 8 << 20
 #: bytes of an error answer read for the registry's message [bytes]
 ERROR_BODY_PREFIX = 4096
+#: share of a blob read from the next source while a mirror fills its copy, per client
+FALLBACK_SHARE = 1 / 64
+#: ... but at least this much (the footer, TOC and first files of a small layer) [bytes]
+MIN_FALLBACK = 1 << 20
 
 Progress = Callable[[int], None]
 
@@ -70,6 +84,8 @@ class _Location:
     endpoint: Endpoint
     size: int
     redirected: bool
+    #: a mirror passed over because it answered ranged reads with whole blobs ("" if none)
+    instead_of: str = ""
 
 
 class RegistryClient:
@@ -77,7 +93,7 @@ class RegistryClient:
 
     def __init__(self, options: RegistryOptions | None = None,
                  credentials: CredentialLookup | None = None, *,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, range_support: RangeSupport | None = None) -> None:
         self.options = options or RegistryOptions()
         self.session = requests.Session()
         self.session.headers.update({"Accept-Encoding": "identity", "User-Agent": "lazylayer"})
@@ -90,6 +106,10 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._locations: dict[tuple[str, str, str], _Location] = {}
         self._single_range_hosts: set[str] = set()
+        #: which mirrors serve ranges now (shared by the clients of one worker)
+        self.range_support = range_support or RangeSupport()
+        #: bytes of each blob read from another source while its mirror was passed over
+        self._fallback_bytes: dict[str, int] = {}
         if self.options.skip_verify:
             # Said once here instead of urllib3 warning on every request.
             log.warning("TLS certificates are not verified for %s", ", ".join(self.options.skip_verify))
@@ -185,13 +205,15 @@ class RegistryClient:
         return delay if delay < deadline.remaining() else None
 
     def api(self, method: str, ref: Reference, path: str, *, push: bool = False,
-            ok: Iterable[int] = (200,), what: str = "", **kwargs) -> tuple[requests.Response, Endpoint]:
-        """Call `/v2/<repo>/<path>` on the mirrors in order, then the registry itself.
+            ok: Iterable[int] = (200,), what: str = "", endpoints: list[Endpoint] | None = None,
+            **kwargs) -> tuple[requests.Response, Endpoint]:
+        """Call `/v2/<repo>/<path>` on the mirrors in order, then the registry itself (or on
+        ``endpoints``, ending with the registry).
 
         A mirror that cannot be reached, fails, or lacks the content is skipped; the last
         endpoint's failure is the error raised. Pushes go to the registry only.
         """
-        endpoints = endpoints_for(ref.registry, self.options)
+        endpoints = endpoints or endpoints_for(ref.registry, self.options)
         if push:
             endpoints = endpoints[-1:]
         base_params = dict(kwargs.pop("params", None) or {})
@@ -253,14 +275,29 @@ class RegistryClient:
         return self._location(ref, digest).size
 
     def _location(self, ref: Reference, digest: str, refresh: bool = False) -> _Location:
+        """Where the blob is read from: the first source that answers a 1-byte GET (never a HEAD:
+        a pull-through cache fetches the whole blob for one), passing over mirrors that answer
+        it, or did lately, with the whole blob. A location that passed a mirror over is resolved
+        again once that mirror's mark expired."""
         key = (ref.registry, ref.repository, digest)
         with self._lock:
             known = self._locations.get(key)
-        if known and not refresh:
+        if known and not refresh and not (known.instead_of and self.range_support.usable(known.instead_of)):
             return known
         what = f"blob {digest} of {ref.name}"
-        response, endpoint = self.api("GET", ref, f"blobs/{digest}", ok=(200, 206, 301, 302, 303, 307, 308),
-                                      headers={"Range": "bytes=0-0"}, allow_redirects=False, what=what)
+        endpoints = endpoints_for(ref.registry, self.options)
+        while True:
+            candidates = [e for e in endpoints[:-1] if self.range_support.usable(e.host)] + endpoints[-1:]
+            response, endpoint = self.api("GET", ref, f"blobs/{digest}", ok=(200, 206, 301, 302, 303, 307, 308),
+                                          headers={"Range": "bytes=0-0"}, allow_redirects=False, what=what,
+                                          endpoints=candidates)
+            if not (endpoint.is_mirror and response.status_code == 200):
+                break
+            self._passed_over(response, endpoint, digest)
+        ahead = endpoints[:endpoints.index(endpoint)]
+        instead_of = next((e.host for e in ahead if not self.range_support.usable(e.host)), "")
+        if endpoint.is_mirror and response.status_code == 206:
+            self.range_support.ranged(endpoint.host)
         url = response.url
         redirected = 300 <= response.status_code < 400
         try:
@@ -277,11 +314,40 @@ class RegistryClient:
             size = _total_size(response, what)
         finally:
             response.close()
-        location = _Location(url, endpoint, size, redirected)
+        location = _Location(url, endpoint, size, redirected, instead_of)
         with self._lock:
             self._locations[key] = location
         log.debug("%s is served from %s (%d bytes)", what, safe_url(url), size)
         return location
+
+    def _passed_over(self, response: requests.Response, endpoint: Endpoint, digest: str) -> None:
+        """A mirror sent the whole blob for a ranged read: close it unread, mark the mirror."""
+        response.close()
+        self.range_support.full_body(endpoint.host)
+        log.info("mirror %s answered a ranged read of %s with the whole blob (not cached there yet?); "
+                 "reading ranges from the next source for %.0f s", endpoint.host, digest,
+                 self.range_support.wait(endpoint.host))
+
+    def _wait_for_mirror(self, location: _Location, digest: str, wanted: int) -> bool:
+        """Whether to wait for the passed-over mirror instead of reading ``wanted`` more bytes
+        from the next source: once this blob's fallback share is spent, wait (True) until the
+        mirror is asked again, unless the job's deadline would pass first."""
+        if not location.instead_of:
+            return False
+        share = max(MIN_FALLBACK, int(location.size * FALLBACK_SHARE))
+        with self._lock:
+            spent = self._fallback_bytes.get(digest, 0)
+        if spent + wanted <= share:
+            with self._lock:
+                self._fallback_bytes[digest] = spent + wanted
+            return False
+        pause = self.range_support.wait(location.instead_of)
+        if pause + self.options.request_timeout / 2 >= deadline.remaining():
+            return False
+        log.info("blob %s: %d bytes read beside mirror %s already; waiting %.1f s for its copy",
+                 digest, spent, location.instead_of, pause)
+        self.backoff.sleep(pause)
+        return True
 
     def _blob_get(self, ref: Reference, digest: str, headers: dict[str, str],
                   ok: tuple[int, ...]) -> tuple[requests.Response, _Location]:
@@ -326,6 +392,8 @@ class RegistryClient:
             with self._lock:
                 single = host in self._single_range_hosts
             request = [ByteRange(fetch[0].offset, fetch[-1].end - fetch[0].offset)] if single else fetch
+            if self._wait_for_mirror(location, digest, sum(r.length for r in request)):
+                continue
             try:
                 response, location = self._blob_get(ref, digest, {"Range": range_header(request)}, (200, 206, 400))
                 if response.status_code == 400:
@@ -336,8 +404,14 @@ class RegistryClient:
                     with self._lock:
                         self._single_range_hosts.add(host)
                     continue
+                if response.status_code == 200 and location.endpoint.is_mirror:
+                    self._passed_over(response, location.endpoint, digest)
+                    self._location(ref, digest, refresh=True)
+                    continue
                 if response.status_code == 200:
                     return self._parts_from_full_body(response, digest, fetch, size)
+                if location.endpoint.is_mirror:
+                    self.range_support.ranged(location.endpoint.host)
                 return self._parts_from_partial(response, digest, request, size)
             except Transient as exc:
                 self._after_broken_body(attempt, f"blob {digest}: {exc}")
