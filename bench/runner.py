@@ -20,6 +20,7 @@ from typing import Callable, ContextManager
 
 from bench.baselines import CompressedSpan, full_pull, get_and_gunzip
 from bench.errors import BenchError
+from bench.fleet import measure_fleet
 from bench.images import BenchImage
 from bench.lazy import LazyDaemon, lazy_session
 from bench.machine import drop_caches
@@ -93,7 +94,8 @@ class Runner:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def run(self) -> Results:
+    def run(self, only: str | None = None) -> Results:
+        """Every item, or with ``only="fleet"`` item 10 alone."""
         s = self.settings
         extra_scale = [w for w in s.scale if w != s.workers]
         for run in range(1, s.runs + 1):
@@ -102,7 +104,8 @@ class Runner:
                 ("lazylayer warm LMDB", self.lazy_warm), ("lazylayer cold random reads", self.lazy_cold_random),
                 *((f"lazylayer cold, {w} workers", lambda run, w=w: self.lazy_scale(run, w)) for w in extra_scale),
                 ("layer stores: lazylayer and the Go stargz-store", lambda run: self.peers.run(run, _say)),
-            ]
+            ] if only is None else []
+            steps.append(("a fleet behind a cold pull-through cache", self.fleet))
             with progress(f"run {run}/{s.runs}", len(steps), unit_bytes=False) as bar:
                 for name, step in steps:
                     _say(f"run {run}/{s.runs}: {name}")
@@ -112,6 +115,10 @@ class Runner:
         shutil.rmtree(self.local, ignore_errors=True)  # 1 GiB of scratch; every run unpacks it anew
         shutil.rmtree(self.workdir / "peer", ignore_errors=True)
         return self.results
+
+    def fleet(self, run: int) -> None:
+        drop_caches()
+        measure_fleet(self.image, self.workdir, self.config, self.settings.workers, self.results.extra)
 
     def baselines(self, run: int) -> None:
         rows, img = self.results.rows, self.image
