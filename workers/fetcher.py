@@ -56,6 +56,7 @@ from lazylayer.workers.registry.manifests import parse_platform, resolve_manifes
 from lazylayer.workers.registry.ranges import ByteRange
 from lazylayer.workers.registry.rangesupport import RangeSupport
 from lazylayer.workers.registry.reference import Reference, parse_reference
+from lazylayer.workers.wholeblob import Streams, WholeBody
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,8 @@ class Fetcher:
         self._clients: dict[tuple[str, str], RegistryClient] = {}
         #: which mirrors serve ranges now: one view for all clients of this worker
         self.range_support = RangeSupport()
+        #: blobs arriving whole for a ranged read: other jobs for them wait (workers/wholeblob.py)
+        self._streams = Streams()
 
     def handlers(self) -> dict[str, Handler]:
         return {kind: self._sharing_mirror_state(handler) for kind, handler in {
@@ -425,8 +428,12 @@ class Fetcher:
         first_error: LazyLayerError | None = None
         unstored: list[tuple[bytes, bytes]] = []
         for batch in _batches(missing, self.settings.max_request_bytes):
+            if self._streams.wait(digest):  # the blob streamed whole meanwhile: stored already?
+                batch = self._missing(batch)
+                if not batch:
+                    continue
             ranges = sorted({(c.blob_offset, c.blob_end) for c in batch})
-            datas = client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges])
+            datas = self._read_keeping_whole_blob(client, ref, digest, ranges)
             by_range = dict(zip(ranges, datas))
             fetched += sum(len(d) for d in datas)
             count, error = self._store_chunks(digest, batch, lambda c: by_range[(c.blob_offset, c.blob_end)],
@@ -434,6 +441,38 @@ class Fetcher:
             stored += count
             first_error = first_error or error
         return FetchOutcome(stored, fetched, first_error, tuple(unstored))
+
+    def _read_keeping_whole_blob(self, client: RegistryClient, ref: Reference, digest: str,
+                                 ranges: list[tuple[int, int]]) -> list[bytes]:
+        """`read_ranges`; a whole-blob answer also stores every chunk of the layer it carries and,
+        its digest checked, makes the layer FETCHED (a mismatch distrusts the layer)."""
+        layers = Layers(self.store())
+
+        def layer_chunks() -> list[WantedChunk]:
+            record = layers.get(digest)
+            if record is None:  # still resolving: only the wanted ranges matter
+                return []
+            return self._missing([_wanted_from_store(c) for c in
+                                  Metadata(self.store()).prefetch_chunks(record.layer_id, record.blob_size + 1)])
+
+        def store(got: list[tuple[Any, bytes]]) -> None:
+            _, error = self._store_chunks(digest, [c for c, _ in got], dict(got).__getitem__)
+            if error is not None:
+                log.warning("layer %s: a chunk of the whole-blob answer was bad: %s", digest, error)
+
+        whole = WholeBody(self._streams, digest, layer_chunks, store)
+        try:
+            datas = client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges],
+                                       whole_body=whole.feed)
+        except DigestMismatchError:
+            if whole.close():  # its chunks go with the layer's
+                self._distrust(digest, "blob digest mismatch in a whole-blob answer to a ranged read")
+            raise
+        finally:
+            whole.close()
+        if whole.streamed and layers.get(digest) is not None:
+            layers.modify(digest, lambda r: replace(r, state=LayerState.FETCHED, fetched_bytes=r.blob_size))
+        return datas
 
     def _store_chunks(self, digest: str, chunks: list[WantedChunk], compressed: Callable[[WantedChunk], bytes],
                       unstored: list[tuple[bytes, bytes]] | None = None) -> tuple[int, LazyLayerError | None]:

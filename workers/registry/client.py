@@ -370,8 +370,13 @@ class RegistryClient:
             break
         raise self.error(response, f"GET blob {digest} of {ref.name}")
 
-    def read_ranges(self, ref: Reference, digest: str, ranges: list[ByteRange]) -> list[bytes]:
-        """The bytes of each range, in the order given, fetched in as few requests as allowed."""
+    def read_ranges(self, ref: Reference, digest: str, ranges: list[ByteRange], *,
+                    whole_body: Callable[[int, bytes], None] | None = None) -> list[bytes]:
+        """The bytes of each range, in the order given, fetched in as few requests as allowed.
+
+        When the answer is the whole blob (200), every piece of it also goes to ``whole_body``
+        (offset, bytes) as it streams, so the caller can keep what it carries
+        (workers/wholeblob.py); the blob digest is checked before this returns."""
         size = self.blob_size(ref, digest)
         for r in ranges:
             if r.offset < 0 or r.length < 0 or r.end > size:
@@ -380,11 +385,12 @@ class RegistryClient:
         fetch = coalesce(wanted, self.options.coalesce_gap)
         if not fetch:
             return [b"" for _ in ranges]
-        parts = self._fetch_parts(ref, digest, fetch, size)
+        parts = self._fetch_parts(ref, digest, fetch, size, whole_body)
         got = iter(slice_parts(wanted, parts, f"blob {digest}"))
         return [next(got) if r.length > 0 else b"" for r in ranges]
 
-    def _fetch_parts(self, ref: Reference, digest: str, fetch: list[ByteRange], size: int) -> list[Part]:
+    def _fetch_parts(self, ref: Reference, digest: str, fetch: list[ByteRange], size: int,
+                     whole_body: Callable[[int, bytes], None] | None = None) -> list[Part]:
         attempt = 0
         while True:
             location = self._location(ref, digest)
@@ -409,7 +415,7 @@ class RegistryClient:
                     self._location(ref, digest, refresh=True)
                     continue
                 if response.status_code == 200:
-                    return self._parts_from_full_body(response, digest, fetch, size)
+                    return self._parts_from_full_body(response, digest, fetch, size, whole_body)
                 if location.endpoint.is_mirror:
                     self.range_support.ranged(location.endpoint.host)
                 return self._parts_from_partial(response, digest, request, size)
@@ -433,9 +439,16 @@ class RegistryClient:
             raise RegistryError(f"{where}: got {len(body)} bytes for a {length}-byte Content-Range")
         return [Part(offset, body)]
 
-    def _parts_from_full_body(self, response: requests.Response, digest: str,
-                              fetch: list[ByteRange], size: int) -> list[Part]:
-        """A 200 to a ranged GET: stream the whole blob, verify it, keep only the wanted ranges."""
+    def _parts_from_full_body(self, response: requests.Response, digest: str, fetch: list[ByteRange], size: int,
+                              whole_body: Callable[[int, bytes], None] | None) -> list[Part]:
+        """A 200 to a ranged GET: stream the whole blob, verify it, cut out the wanted ranges
+        (and hand every piece to ``whole_body``). A body announced at another length than the
+        blob's is refused unread: it cannot be the blob."""
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) != size:
+            response.close()
+            raise RegistryError(f"blob {digest}: a ranged read was answered with a {declared}-byte body; "
+                                f"the blob has {size} bytes", 200)
         buffers = [bytearray() for _ in fetch]
 
         def keep(offset: int, piece: bytes) -> None:
@@ -443,6 +456,8 @@ class RegistryClient:
                 lo, hi = max(r.offset, offset), min(r.end, offset + len(piece))
                 if lo < hi:
                     buf += piece[lo - offset : hi - offset]
+            if whole_body is not None:
+                whole_body(offset, piece)
 
         log.info("blob %s: registry ignored Range and sent the whole blob", digest)
         self.stream_verified(response, digest, size, keep, f"blob {digest}")

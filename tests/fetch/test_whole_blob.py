@@ -1,0 +1,56 @@
+"""A registry that answers ranged reads with the whole blob (200): what arrives is kept (issue 18).
+
+Before, each chunk fetch downloaded the whole blob, verified it, kept the few ranges it wanted
+and threw the rest away, so reading a layer file by file downloaded the blob once per miss.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from lazylayer.shared.errors import RegistryError
+from lazylayer.shared.store.layers import Layers, LayerState
+from tests.ipc.harness import trio_test
+from tests.support.faultproxy import FaultProxy, Rule
+from tests.support.fetchstack import expected_files, open_fetch_stack, read_path
+
+DEADLINE = 60
+LEAF = "opt/data/deep/a/b/c/leaf.txt"
+
+
+def _ranged_gets(proxy: FaultProxy) -> list:
+    return [s for s in proxy.seen if s.method == "GET" and "/blobs/" in s.path and s.range
+            and s.range != "bytes=0-0"]
+
+
+@trio_test
+async def test_whole_blob_answer_stores_every_chunk_and_is_asked_for_once(app_image, proxy, tmp_path):
+    ref = app_image.ref_via(proxy.host)
+    layer = app_image.layers[1]  # many chunks over several files
+    files = expected_files(layer.root)
+    async with open_fetch_stack(tmp_path, workers=1, capacity=2) as s:
+        with trio.fail_after(DEADLINE):
+            record = await s.remote.resolve_layer(ref, layer.descriptor())
+            proxy.seen.clear()
+            proxy.add(Rule("full_body", times=None, ranged=True))
+            assert await read_path(s.remote, ref, record, LEAF) == files[LEAF]
+            assert [g.status for g in _ranged_gets(proxy)] == [200]
+            # every other file is served from what that one answer carried: no request more
+            for path, data in files.items():
+                assert await read_path(s.remote, ref, record, path) == data, path
+            assert len(_ranged_gets(proxy)) == 1
+            assert Layers(s.store).get(layer.digest).state is LayerState.FETCHED  # blob digest checked
+
+
+@trio_test
+async def test_whole_blob_answer_of_the_wrong_length_is_refused_unread(app_image, proxy, tmp_path):
+    ref = app_image.ref_via(proxy.host)
+    layer = app_image.layers[1]
+    async with open_fetch_stack(tmp_path, workers=1) as s:
+        with trio.fail_after(DEADLINE):
+            record = await s.remote.resolve_layer(ref, layer.descriptor())
+            proxy.add(Rule("serve", times=None, method="GET", path=r"/blobs/", body=b"x" * (layer.size - 7)))
+            with pytest.raises(RegistryError, match=f"{layer.size - 7}-byte body; the blob has {layer.size} bytes"):
+                await read_path(s.remote, ref, record, LEAF)
+            assert s.remote.chunks.stats().chunks == 0

@@ -1,0 +1,158 @@
+"""A whole blob arriving for a ranged read: every chunk it carries is kept, none thrown away.
+
+Registries that ignore `Range` (an ECR-like origin, an old Dragonfly, a cache with no next
+source to turn to) answer a chunk fetch with ``200`` and the whole blob. The registry client
+verifies such a body against the blob digest while streaming it (RegistryClient.stream_verified)
+and hands every piece to `ChunkStream.feed`, which cuts out each chunk of the layer as its
+compressed bytes complete, checks it against its own digest and stores it, as background fetch
+does. Memory stays bounded by the chunks whose bytes are still arriving (one chunk, in blob
+order), never the blob. When the stream ends the whole-blob digest has been checked: the layer
+is FETCHED; a mismatch makes the caller distrust the layer (its chunks are removed).
+
+Single flight per worker: while one job streams a blob, other jobs of this worker for the same
+blob wait for that stream (`Streams.wait`) instead of asking the registry for it again, then
+find their chunks stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Iterable, Protocol
+
+from lazylayer.workers.registry import deadline
+
+log = logging.getLogger(__name__)
+
+#: verified chunks stored in one write transaction while a blob streams [chunks]
+STORE_BATCH = 32
+
+
+class Span(Protocol):
+    """A chunk's compressed range (workers/fetcher.WantedChunk)."""
+
+    @property
+    def blob_offset(self) -> int: ...
+
+    @property
+    def blob_end(self) -> int: ...
+
+
+class ChunkStream:
+    """Cuts the chunks of ``spans`` out of a blob streamed in order; ``store`` gets batches of
+    (chunk, compressed bytes) and verifies and stores them."""
+
+    def __init__(self, spans: Iterable[Span], store: Callable[[list[tuple[Span, bytes]]], None]) -> None:
+        self._pending = sorted(spans, key=lambda c: (c.blob_offset, c.blob_end))
+        self._next = 0
+        self._store = store
+        self._buffer = bytearray()
+        self._buffer_start = 0
+        self._ready: list[tuple[Span, bytes]] = []
+        self.stored = 0
+
+    def feed(self, offset: int, piece: bytes) -> None:
+        """The blob's bytes ``[offset, offset + len(piece))``, in order."""
+        if self._next >= len(self._pending):
+            return
+        start = self._pending[self._next].blob_offset
+        if not self._buffer:
+            self._buffer_start = max(start, offset)
+        lo = max(self._buffer_start + len(self._buffer), offset)
+        if lo < offset + len(piece):
+            self._buffer += piece[lo - offset:]
+        end = self._buffer_start + len(self._buffer)
+        while self._next < len(self._pending) and self._pending[self._next].blob_end <= end:
+            chunk = self._pending[self._next]
+            self._ready.append((chunk, bytes(self._buffer[chunk.blob_offset - self._buffer_start:
+                                                         chunk.blob_end - self._buffer_start])))
+            self._next += 1
+        if self._next < len(self._pending):
+            keep_from = min(self._pending[self._next].blob_offset, end)
+            del self._buffer[:max(0, keep_from - self._buffer_start)]
+            self._buffer_start = max(self._buffer_start, keep_from)
+        else:
+            self._buffer.clear()
+        if len(self._ready) >= STORE_BATCH or (self._ready and self._next >= len(self._pending)):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._ready:
+            batch, self._ready = self._ready, []
+            self._store(batch)
+            self.stored += len(batch)
+
+
+class Streams:
+    """The blobs this worker is streaming whole right now (single flight per worker)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, threading.Event] = {}
+
+    def start(self, digest: str) -> bool:
+        """Claim ``digest``; False when another job of this worker streams it already."""
+        with self._lock:
+            if digest in self._running:
+                return False
+            self._running[digest] = threading.Event()
+            return True
+
+    def done(self, digest: str) -> None:
+        with self._lock:
+            event = self._running.pop(digest, None)
+        if event is not None:
+            event.set()
+
+    def wait(self, digest: str) -> bool:
+        """Wait (within the job's deadline) while ``digest`` streams; True if it was streaming."""
+        with self._lock:
+            event = self._running.get(digest)
+        if event is None:
+            return False
+        log.info("blob %s is streaming whole in this worker; waiting for it", digest)
+        event.wait(max(0.0, min(deadline.remaining(), 3600.0)))
+        return True
+
+
+class WholeBody:
+    """The ``whole_body`` hook of one chunk fetch (RegistryClient.read_ranges). Nothing happens
+    unless the registry sends the whole blob: then the first piece claims the blob for this
+    worker and loads the layer's chunks still missing (``chunks``), and every chunk goes to
+    ``store`` as its bytes complete. `close` after the request, whatever its outcome."""
+
+    def __init__(self, streams: Streams, digest: str, chunks: Callable[[], list[Span]],
+                 store: Callable[[list[tuple[Span, bytes]]], None]) -> None:
+        self._streams = streams
+        self._digest = digest
+        self._chunks = chunks
+        self._store = store
+        self.started = False
+        #: this hook stored the blob's chunks (it had the claim)
+        self.streamed = False
+        self._claimed = False
+        self.stream: ChunkStream | None = None
+
+    def feed(self, offset: int, piece: bytes) -> None:
+        if not self.started:
+            self.started = True
+            self._claimed = self._streams.start(self._digest)
+            if self._claimed:
+                self.streamed = True
+                self.stream = ChunkStream(self._chunks(), self._store)
+        if self.stream is not None:
+            self.stream.feed(offset, piece)
+
+    def close(self) -> bool:
+        """Store what is ready and release the claim (once; later calls do nothing). True when
+        the registry sent the whole blob."""
+        stream, self.stream = self.stream, None
+        try:
+            if stream is not None:
+                stream.flush()
+                log.info("blob %s came whole: %d more chunk(s) of it stored", self._digest, stream.stored)
+        finally:
+            if self._claimed:
+                self._claimed = False
+                self._streams.done(self._digest)
+        return self.started
