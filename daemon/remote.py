@@ -17,6 +17,10 @@ Why it is built this way:
   the whole blob BACKGROUND (held by the pool while foreground work is active).
 - **A failing registry is paused** (daemon/hostbackoff.py) and its jobs are grouped by registry
   in the pool, so a stalled registry costs its own reads, not other registries' (issue 15).
+- **A blob that came whole is waited for.** When a registry answers a chunk fetch with the whole
+  blob, the worker keeps streaming it into the store (workers/wholeblob.py) and says so in the
+  reply; until it is done, reads of that layer wait for their chunks to appear in the store
+  instead of asking the registry for the blob again through another worker.
 - **Background fetch checks the blob.** The blob is walked in order in pieces of about
   ``piece_size`` compressed bytes cut where no chunk spans the cut; each piece's reply carries
   the sha256 state that the next piece resumes, and the last piece's worker compares the digest
@@ -48,7 +52,7 @@ from lazylayer.shared.store.blobs import blob_path
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import Store
 from lazylayer.shared.store.eviction import AccessLog
-from lazylayer.shared.store.layers import LayerRecord, LayerState
+from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
 from lazylayer.shared.store.metadata import FileChunk, Metadata, NodeRef
 from lazylayer.shared.store.reads import read_range
 
@@ -59,6 +63,9 @@ PREFETCH_PIECE = 2 << 20
 
 #: Reads retried after a fetch; more only when eviction keeps removing what was just fetched.
 READ_ATTEMPTS = 3
+
+#: How often a read waiting for a blob that streams whole into the store looks for its chunks [s]
+STREAM_POLL = 0.02
 
 
 @dataclass(frozen=True)
@@ -249,6 +256,8 @@ class Remote:
         self.stats = FetchStats()
         self._index = store.db("chunk_index")
         self._inflight: dict[bytes, _Pending] = {}
+        #: layer digest -> until when (trio clock) a worker streams its whole blob into the store
+        self._streaming: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._background_slots = trio.CapacityLimiter(max(1, settings.background_concurrency))
         #: when the bandwidth cap lets the next background piece start (trio clock)
@@ -386,6 +395,8 @@ class Remote:
             else:
                 waits[id(pending)] = pending
                 self.stats.joined += 1
+        if mine and layer.digest in self._streaming:
+            mine = await self._wait_for_stream(layer.digest, mine)
         if mine:
             mine += [chunk for key, chunk in extra.items() if key not in cached]
             params = {"ref": ref, "digest": layer.digest, "chunks": [chunk_wire(c) for c in mine],
@@ -403,6 +414,23 @@ class Remote:
             raise errors[0]
         return 0 if started is None else started.fetched
 
+    async def _wait_for_stream(self, digest: str, chunks: list[FileChunk]) -> list[FileChunk]:
+        """The chunks not stored once the whole-blob stream of layer ``digest`` ended (the layer
+        FETCHED or FAILED, or a new last error: it broke off) or ran past its time; [] as soon
+        as all of them are stored."""
+        first = Layers(self.store).get(digest)
+        while first is not None and trio.current_time() < self._streaming.get(digest, 0.0):
+            chunks = self.store.read(lambda txn: [c for c in chunks if txn.get(c.data_key, db=self._index) is None])
+            if not chunks:
+                return chunks
+            record = Layers(self.store).get(digest)
+            if (record is None or record.state in (LayerState.FETCHED, LayerState.FAILED)
+                    or record.last_error != first.last_error):
+                break
+            await trio.sleep(STREAM_POLL)
+        self._streaming.pop(digest, None)
+        return chunks
+
     async def _wait(self, pending: _Pending, priority: Priority, errors: list[LazyLayerError]) -> None:
         pending.waiters += 1
         try:
@@ -415,6 +443,8 @@ class Remote:
                 self.stats.chunks += reply.result["stored"]
                 self.stats.bytes += reply.result["bytes"]
                 pending.fetched = reply.result["bytes"]
+                if reply.result.get("whole"):
+                    self._streaming[pending.params["digest"]] = trio.current_time() + self.settings.request_timeout
                 self.stats.by_worker[reply.worker] += 1
                 self.observer.fetched(priority, reply.result["bytes"])
         except LazyLayerError as exc:

@@ -124,6 +124,8 @@ class FetchOutcome:
     error: LazyLayerError | None = None
     #: verified chunks the cache could not take (filesystem full): (data key, bytes), sent back
     unstored: tuple[tuple[bytes, bytes], ...] = ()
+    #: the registry sent the whole blob, which goes on streaming into the store
+    whole: bool = False
 
 
 def _param(params: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
@@ -287,7 +289,7 @@ class Fetcher:
         self._account(digest, outcome)
         # Chunks the cache could not take go back with the reply, so the read is still served.
         return JobResult({"stored": outcome.stored, "bytes": outcome.bytes,
-                          "unstored": [key for key, _ in outcome.unstored]},
+                          "unstored": [key for key, _ in outcome.unstored], "whole": outcome.whole},
                          [data for _, data in outcome.unstored])
 
     def prefetch(self, job: Job) -> JobResult:
@@ -425,6 +427,7 @@ class Fetcher:
         missing = self._missing(wanted)
         client = self.client(ref)
         stored = fetched = 0
+        whole = False
         first_error: LazyLayerError | None = None
         unstored: list[tuple[bytes, bytes]] = []
         for batch in _batches(missing, self.settings.max_request_bytes):
@@ -433,46 +436,49 @@ class Fetcher:
                 if not batch:
                     continue
             ranges = sorted({(c.blob_offset, c.blob_end) for c in batch})
-            datas = self._read_keeping_whole_blob(client, ref, digest, ranges)
+            datas, came_whole = self._read_keeping_whole_blob(client, ref, digest, ranges)
+            whole = whole or came_whole
             by_range = dict(zip(ranges, datas))
             fetched += sum(len(d) for d in datas)
             count, error = self._store_chunks(digest, batch, lambda c: by_range[(c.blob_offset, c.blob_end)],
                                               unstored)
             stored += count
             first_error = first_error or error
-        return FetchOutcome(stored, fetched, first_error, tuple(unstored))
+        return FetchOutcome(stored, fetched, first_error, tuple(unstored), whole)
 
     def _read_keeping_whole_blob(self, client: RegistryClient, ref: Reference, digest: str,
-                                 ranges: list[tuple[int, int]]) -> list[bytes]:
-        """`read_ranges`; a whole-blob answer also stores every chunk of the layer it carries and,
-        its digest checked, makes the layer FETCHED (a mismatch distrusts the layer)."""
+                                 ranges: list[tuple[int, int]]) -> tuple[list[bytes], bool]:
+        """`read_ranges`; a whole-blob answer also stores every other missing chunk of the layer
+        as it streams on and, its digest checked, makes the layer FETCHED (a mismatch
+        distrusts the layer). Whether a blob came whole goes back in the reply (``whole``)."""
         layers = Layers(self.store())
+        own = set(ranges)
 
         def layer_chunks() -> list[WantedChunk]:
             record = layers.get(digest)
             if record is None:  # still resolving: only the wanted ranges matter
                 return []
-            return self._missing([_wanted_from_store(c) for c in
-                                  Metadata(self.store()).prefetch_chunks(record.layer_id, record.blob_size + 1)])
+            every = Metadata(self.store()).prefetch_chunks(record.layer_id, record.blob_size + 1)
+            return self._missing([_wanted_from_store(c) for c in every if (c.blob_offset, c.blob_end) not in own])
 
         def store(got: list[tuple[Any, bytes]]) -> None:
             _, error = self._store_chunks(digest, [c for c, _ in got], dict(got).__getitem__)
             if error is not None:
                 log.warning("layer %s: a chunk of the whole-blob answer was bad: %s", digest, error)
 
-        whole = WholeBody(self._streams, digest, layer_chunks, store)
-        try:
-            datas = client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges],
-                                       whole_body=whole.feed)
-        except DigestMismatchError:
-            if whole.close():  # its chunks go with the layer's
+        def finished(error: BaseException | None) -> None:  # the front's waiting reads look at the record
+            if isinstance(error, DigestMismatchError):
                 self._distrust(digest, "blob digest mismatch in a whole-blob answer to a ranged read")
-            raise
-        finally:
-            whole.close()
-        if whole.streamed and layers.get(digest) is not None:
-            layers.modify(digest, lambda r: replace(r, state=LayerState.FETCHED, fetched_bytes=r.blob_size))
-        return datas
+            elif layers.get(digest) is None:
+                return
+            elif error is not None:
+                layers.set_error(digest, f"the whole-blob answer to a ranged read broke off: {error}")
+            else:
+                layers.modify(digest, lambda r: replace(r, state=LayerState.FETCHED, fetched_bytes=r.blob_size))
+
+        whole = WholeBody(self._streams, digest, layer_chunks, store, finished)
+        datas = client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges], whole_body=whole)
+        return datas, whole.started
 
     def _store_chunks(self, digest: str, chunks: list[WantedChunk], compressed: Callable[[WantedChunk], bytes],
                       unstored: list[tuple[bytes, bytes]] | None = None) -> tuple[int, LazyLayerError | None]:

@@ -9,18 +9,24 @@ does. Memory stays bounded by the chunks whose bytes are still arriving (one chu
 order), never the blob. When the stream ends the whole-blob digest has been checked: the layer
 is FETCHED; a mismatch makes the caller distrust the layer (its chunks are removed).
 
-Single flight per worker: while one job streams a blob, other jobs of this worker for the same
-blob wait for that stream (`Streams.wait`) instead of asking the registry for it again, then
-find their chunks stored.
+The fetch that got the answer returns as soon as its own ranges have passed; the stream goes on
+in a thread of the worker. Single flight per worker: while it runs, other jobs of this worker
+for the same blob wait for it (`Streams.wait`) instead of asking the registry again, then find
+their chunks stored; the front's readers wait for the chunks to appear in the store
+(daemon/remote.py), so other workers do not ask either.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import Callable, Iterable, Protocol
 
+from lazylayer.shared.errors import DigestMismatchError
 from lazylayer.workers.registry import deadline
+from lazylayer.workers.registry.client import BlobStream
+from lazylayer.workers.registry.transport import host_failure
 
 log = logging.getLogger(__name__)
 
@@ -116,43 +122,67 @@ class Streams:
 
 
 class WholeBody:
-    """The ``whole_body`` hook of one chunk fetch (RegistryClient.read_ranges). Nothing happens
-    unless the registry sends the whole blob: then the first piece claims the blob for this
-    worker and loads the layer's chunks still missing (``chunks``), and every chunk goes to
-    ``store`` as its bytes complete. `close` after the request, whatever its outcome."""
+    """A `WholeBlobSink` for one chunk fetch (RegistryClient.read_ranges): when the registry
+    sends the whole blob, the stream moves to a thread of its own that stores every missing
+    chunk of the layer (``chunks``) as its bytes complete, and the fetch returns as soon as its
+    own ranges have passed. ``finished(None)`` follows a stream whose blob digest matched,
+    ``finished(error)`` one that broke off or whose digest did not match (DigestMismatchError:
+    the caller distrusts the layer)."""
 
     def __init__(self, streams: Streams, digest: str, chunks: Callable[[], list[Span]],
-                 store: Callable[[list[tuple[Span, bytes]]], None]) -> None:
+                 store: Callable[[list[tuple[Span, bytes]]], None],
+                 finished: Callable[[BaseException | None], None]) -> None:
         self._streams = streams
         self._digest = digest
         self._chunks = chunks
         self._store = store
+        self._finished = finished
+        #: the registry sent the whole blob
         self.started = False
-        #: this hook stored the blob's chunks (it had the claim)
-        self.streamed = False
-        self._claimed = False
-        self.stream: ChunkStream | None = None
 
-    def feed(self, offset: int, piece: bytes) -> None:
-        if not self.started:
-            self.started = True
-            self._claimed = self._streams.start(self._digest)
-            if self._claimed:
-                self.streamed = True
-                self.stream = ChunkStream(self._chunks(), self._store)
-        if self.stream is not None:
-            self.stream.feed(offset, piece)
-
-    def close(self) -> bool:
-        """Store what is ready and release the claim (once; later calls do nothing). True when
-        the registry sent the whole blob."""
-        stream, self.stream = self.stream, None
+    def run(self, stream: BlobStream, until: int) -> None:
+        self.started = True
+        if not self._streams.start(self._digest):  # another job of this worker keeps it already
+            stream(lambda offset, piece: None)
+            return
         try:
-            if stream is not None:
-                stream.flush()
-                log.info("blob %s came whole: %d more chunk(s) of it stored", self._digest, stream.stored)
-        finally:
-            if self._claimed:
-                self._claimed = False
+            chunks = ChunkStream(self._chunks(), self._store)
+        except BaseException:
+            self._streams.done(self._digest)
+            raise
+        passed = threading.Event()
+        reached: list[bool] = []
+        failure: list[BaseException] = []
+
+        def feed(offset: int, piece: bytes) -> None:
+            chunks.feed(offset, piece)
+            if offset + len(piece) >= until and not reached:
+                reached.append(True)
+                passed.set()
+
+        def body() -> None:
+            try:
+                stream(feed)
+                chunks.flush()
+                log.info("blob %s came whole: %d more chunk(s) of it stored, digest checked",
+                         self._digest, chunks.stored)
+                self._finished(None)
+            except DigestMismatchError as exc:
+                failure.append(exc)
+                self._finished(exc)
+            except Exception as exc:  # noqa: BLE001 - the waiting fetch raises it, or it is logged
+                failure.append(exc)
+                chunks.flush()  # what was verified stays; later reads fetch the rest
+                log.warning("blob %s: the whole-blob answer broke off: %s", self._digest, exc)
+                self._finished(exc)
+            finally:
                 self._streams.done(self._digest)
-        return self.started
+                passed.set()
+
+        threading.Thread(target=body, name=f"whole-{self._digest[7:19]}", daemon=True).start()
+        left = deadline.remaining()
+        if not passed.wait(left if math.isfinite(left) else None):
+            raise host_failure(f"blob {self._digest}: the job's deadline passed while the whole blob streamed "
+                               "(the stream goes on in this worker)")
+        if failure and not reached:
+            raise failure[0]

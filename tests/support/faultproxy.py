@@ -73,6 +73,8 @@ class Rule:
     after: int = 0
     interval: float = 0.2
     hold: float = 60.0
+    #: slow actions: ask upstream without Range (a 200 with the whole blob) instead of forwarding it
+    whole: bool = False
 
     def matches(self, method: str, path: str, range_header: str | None) -> bool:
         if self.times is not None and self.times <= 0:
@@ -276,7 +278,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 released.wait(rule.hold)
                 return
             endless = rule.action == "endless"
-            status, headers, body = self._forward(self.path, drop=("range",) if endless else ())
+            status, headers, body = self._forward(self.path, drop=("range",) if endless or rule.whole else ())
             proxy.record(self.command, self.path, self.headers.get("Range"), status)
             self.send_response(status)
             for name, value in headers:

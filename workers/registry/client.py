@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -64,6 +64,16 @@ FALLBACK_SHARE = 1 / 64
 MIN_FALLBACK = 1 << 20
 
 Progress = Callable[[int], None]
+#: passes every piece of a whole-blob body, at its offset, to the function given; returns the size
+BlobStream = Callable[[Callable[[int, bytes], None]], int]
+
+
+class WholeBlobSink(Protocol):
+    """Takes over a whole-blob answer to a ranged read (workers/wholeblob.py)."""
+
+    def run(self, stream: BlobStream, until: int) -> None:
+        """Run ``stream`` (it checks the blob digest at its end) and return once the bytes
+        before ``until`` have passed; the rest may go on streaming after the return."""
 
 
 def safe_url(url: str) -> str:
@@ -371,12 +381,13 @@ class RegistryClient:
         raise self.error(response, f"GET blob {digest} of {ref.name}")
 
     def read_ranges(self, ref: Reference, digest: str, ranges: list[ByteRange], *,
-                    whole_body: Callable[[int, bytes], None] | None = None) -> list[bytes]:
+                    whole_body: WholeBlobSink | None = None) -> list[bytes]:
         """The bytes of each range, in the order given, fetched in as few requests as allowed.
 
-        When the answer is the whole blob (200), every piece of it also goes to ``whole_body``
-        (offset, bytes) as it streams, so the caller can keep what it carries
-        (workers/wholeblob.py); the blob digest is checked before this returns."""
+        When the answer is the whole blob (200), the blob digest is checked before this
+        returns; with ``whole_body``, that sink runs the stream instead and this returns as soon
+        as the wanted ranges have passed (like a 206's bytes, they are then vouched for by the
+        caller's chunk and TOC digests), the sink keeping the rest (workers/wholeblob.py)."""
         size = self.blob_size(ref, digest)
         for r in ranges:
             if r.offset < 0 or r.length < 0 or r.end > size:
@@ -390,7 +401,7 @@ class RegistryClient:
         return [next(got) if r.length > 0 else b"" for r in ranges]
 
     def _fetch_parts(self, ref: Reference, digest: str, fetch: list[ByteRange], size: int,
-                     whole_body: Callable[[int, bytes], None] | None = None) -> list[Part]:
+                     whole_body: WholeBlobSink | None = None) -> list[Part]:
         attempt = 0
         while True:
             location = self._location(ref, digest)
@@ -440,10 +451,10 @@ class RegistryClient:
         return [Part(offset, body)]
 
     def _parts_from_full_body(self, response: requests.Response, digest: str, fetch: list[ByteRange], size: int,
-                              whole_body: Callable[[int, bytes], None] | None) -> list[Part]:
+                              whole_body: WholeBlobSink | None) -> list[Part]:
         """A 200 to a ranged GET: stream the whole blob, verify it, cut out the wanted ranges
-        (and hand every piece to ``whole_body``). A body announced at another length than the
-        blob's is refused unread: it cannot be the blob."""
+        (or let ``whole_body`` stream it). A body announced at another length than the blob's is
+        refused unread: it cannot be the blob."""
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) != size:
             response.close()
@@ -456,11 +467,17 @@ class RegistryClient:
                 lo, hi = max(r.offset, offset), min(r.end, offset + len(piece))
                 if lo < hi:
                     buf += piece[lo - offset : hi - offset]
-            if whole_body is not None:
-                whole_body(offset, piece)
 
         log.info("blob %s: registry ignored Range and sent the whole blob", digest)
-        self.stream_verified(response, digest, size, keep, f"blob {digest}")
+        if whole_body is None:
+            self.stream_verified(response, digest, size, keep, f"blob {digest}")
+        else:
+            def stream(sink: Callable[[int, bytes], None]) -> int:
+                def both(offset: int, piece: bytes) -> None:
+                    keep(offset, piece)
+                    sink(offset, piece)
+                return self.stream_verified(response, digest, size, both, f"blob {digest}")
+            whole_body.run(stream, fetch[-1].end)
         return [Part(r.offset, bytes(buf)) for r, buf in zip(fetch, buffers)]
 
     def download_blob(self, ref: Reference, digest: str, out: BinaryIO,
