@@ -400,7 +400,9 @@ class Remote:
         if mine:
             mine += [chunk for key, chunk in extra.items() if key not in cached]
             params = {"ref": ref, "digest": layer.digest, "chunks": [chunk_wire(c) for c in mine],
-                      "replace": [c.digest for c in mine if c.data_key in replace]}
+                      "replace": [c.digest for c in mine if c.data_key in replace],
+                      # a reader waits: may read beside a filling pull-through cache (README "Running a fleet")
+                      "urgent": priority is Priority.FOREGROUND}
             started = _Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
             for key in started.keys:
                 self._inflight[key] = started

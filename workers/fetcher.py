@@ -49,6 +49,7 @@ from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
 from lazylayer.workers.blobhash import PieceHash
 from lazylayer.workers.jobs import Handler, Job, JobResult
+from lazylayer.workers.registry import deadline
 from lazylayer.workers.registry.blobsource import RegistryBlobSource
 from lazylayer.workers.registry.client import RegistryClient
 from lazylayer.workers.registry.hosts import RegistryOptions
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 #: Compressed bytes one HTTP request of a job may ask for (several chunks coalesce up to it).
 MAX_REQUEST_BYTES = 16 << 20
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: jobs nobody waits for: they never read beside a pull-through cache still filling
+_PATIENT_JOBS = frozenset({"prefetch", "background_fetch", "fetch_blob"})
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -163,7 +166,7 @@ class Fetcher:
         self._streams = Streams()
 
     def handlers(self) -> dict[str, Handler]:
-        return {kind: self._sharing_mirror_state(handler) for kind, handler in {
+        return {kind: self._job_context(kind, handler) for kind, handler in {
             "resolve_image": self.resolve_image,
             "resolve_layer": self.resolve_layer,
             "fetch_chunks": self.fetch_chunks,
@@ -175,14 +178,18 @@ class Fetcher:
             "fetch_blob": self.fetch_blob,
         }.items()}
 
-    def _sharing_mirror_state(self, handler: Handler) -> Handler:
+    def _job_context(self, kind: str, handler: Handler) -> Handler:
         """Mirror marks come in with the job (``mirror_marks``: what other workers learnt) and
         this worker's view goes back with the reply (``mirrors``), so one probe of a filling
-        pull-through cache serves the whole daemon (workers/registry/rangesupport.py)."""
+        pull-through cache serves the whole daemon (workers/registry/rangesupport.py). The job
+        runs urgent (deadline.urgency) unless nobody waits for it: prefetch, background, the
+        whole blob, a chunk fetch the front says is not (read-ahead, prefetch pieces)."""
         def run(job: Job) -> JobResult:
             for host, strikes, seconds in _param(job.params, "mirror_marks", list, []):
                 self.range_support.adopt(str(host), int(strikes), float(seconds))
-            reply = handler(job)
+            urgent = kind not in _PATIENT_JOBS and _param(job.params, "urgent", bool, True)
+            with deadline.urgency(urgent):
+                reply = handler(job)
             known = self.range_support.snapshot()
             if known:
                 reply.result["mirrors"] = [asdict(h) for h in known]

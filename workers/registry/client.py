@@ -16,9 +16,10 @@ a redirected URL (the pre-signed URL expired: resolve again, once).
 Mirrors (README "Running a fleet"): a mirror that answers a ranged read with the whole blob is a
 pull-through cache that has not cached it yet. Its body is closed unread (reading it makes the
 cache fetch the blob from the origin once more), the mirror is marked (rangesupport.py) and the
-ranges come from the next source, up to ``FALLBACK_SHARE`` of the blob per blob and client;
-past that a read waits for the mirror's copy (asking again when the mark expires) while the
-job's deadline allows, so a cluster costs the origin about one blob. No request of the read path
+ranges of urgent jobs (deadline.urgency: a reader waits) come from the next source, up to
+``FALLBACK_SHARE`` of the blob per blob and client; other reads, and urgent ones past that
+share, wait for the mirror's copy (asking again when the mark expires) while the job's deadline
+allows, so a cluster costs the origin about one blob and the first byte does not wait. No request of the read path
 is a HEAD: a cache answers HEAD of a blob it lacks by fetching the whole blob (twice, for
 docker-registry 2.8).
 """
@@ -340,20 +341,19 @@ class RegistryClient:
 
     def _wait_for_mirror(self, location: _Location, digest: str, wanted: int) -> bool:
         """Whether to wait for the passed-over mirror instead of reading ``wanted`` more bytes
-        from the next source: once this blob's fallback share is spent, wait (True) until the
-        mirror is asked again, unless the job's deadline would pass first."""
+        from the next source: an urgent read within this blob's fallback share goes ahead;
+        others wait (True) until the mirror is asked again, unless the job's deadline would
+        pass first."""
         if not location.instead_of:
             return False
         share = max(MIN_FALLBACK, int(location.size * FALLBACK_SHARE))
         with self._lock:
             spent = self._fallback_bytes.get(digest, 0)
-        if spent + wanted <= share:
-            with self._lock:
+            pause = self.range_support.wait(location.instead_of)
+            if ((deadline.urgent() and spent + wanted <= share)
+                    or pause + self.options.request_timeout / 2 >= deadline.remaining()):
                 self._fallback_bytes[digest] = spent + wanted
-            return False
-        pause = self.range_support.wait(location.instead_of)
-        if pause + self.options.request_timeout / 2 >= deadline.remaining():
-            return False
+                return False
         log.info("blob %s: %d bytes read beside mirror %s already; waiting %.1f s for its copy",
                  digest, spent, location.instead_of, pause)
         self.backoff.sleep(pause)
