@@ -8,7 +8,9 @@ use the cache as their mirror. Host 1 reads a small file (its **first byte** is 
 resolve included, the daemon already serving) and then the layer's largest file; then hosts 2 and
 3 read both at once. Every file read is compared with the same file on this machine (the image
 is built from this machine's files). Figures (extras): origin bytes / blob size for the whole
-cluster, host 1's first byte, and each host's big-file time.
+cluster (the layer read, and all blobs: resolving one layer resolves the image's others too, which
+the cache then fills as well), host 1's first byte, the same first byte on a fresh daemon reading
+the origin directly (no mirror: the baseline, taken first), and each host's big-file time.
 """
 
 from __future__ import annotations
@@ -59,13 +61,29 @@ def _check(digest: str, path: Path, layer_dir: Path) -> None:
         raise BenchError(f"{path}: its contents differ from {here}, which the image was built from")
 
 
+def _first_byte(layer_dir: Path, path: str) -> float:
+    started = time.monotonic()
+    with open(layer_dir / path, "rb") as f:
+        if not f.read(4096):
+            raise BenchError(f"{path} read empty")
+    return time.monotonic() - started
+
+
 def measure_fleet(image: BenchImage, workdir: Path, config: Path, workers: int,
-                  record: Callable[[str, float], None]) -> None:
+                  record: Callable[[str, float], None], drop_caches: Callable[[], None]) -> None:
     """One run of item 10; figures go to ``record(name, value)``."""
     layer = max(image.esgz_layers, key=lambda l: l.size)
     small = image.first_files[0]
     area = workdir / "fleet"
     shutil.rmtree(area, ignore_errors=True)
+    direct = start_daemon(area / "direct", area / "direct" / "cache", workers, config)
+    try:
+        drop_caches()
+        record("fleet_first_byte_direct_s", _first_byte(direct.mountpoint / encode_ref(image.esgz_ref) / layer.digest
+                                                        / "diff", small))
+    finally:
+        direct.stop()
+    drop_caches()
     forwarder = FaultProxy(image.registry_host)
     mirror = start_local_registry(area / "cache", extra_yaml=f"proxy:\n  remoteurl: {forwarder.url}\n")
     fleet_config = area / "lazylayer-fleet.toml"
@@ -76,11 +94,7 @@ def measure_fleet(image: BenchImage, workdir: Path, config: Path, workers: int,
         for i in range(HOSTS):
             daemons.append(start_daemon(area / f"host{i}", area / f"host{i}" / "cache", workers, fleet_config))
         dirs = [d.mountpoint / encode_ref(ref) / layer.digest / "diff" for d in daemons]
-        started = time.monotonic()
-        with open(dirs[0] / small, "rb") as f:
-            if not f.read(4096):
-                raise BenchError(f"{small} read empty")
-        record("fleet_first_byte_s", time.monotonic() - started)
+        record("fleet_first_byte_s", _first_byte(dirs[0], small))
         big = _largest_file(dirs[0]).relative_to(dirs[0])
         failures: list[BaseException] = []
 
@@ -104,6 +118,7 @@ def measure_fleet(image: BenchImage, workdir: Path, config: Path, workers: int,
             raise BenchError(f"fleet: {failures[0]}")
         sent = forwarder.body_bytes("GET", f"/blobs/{layer.digest}")
         record("fleet_origin_ratio", sent / layer.size)
+        record("fleet_origin_ratio_all", forwarder.body_bytes("GET", "/blobs/") / sum(l.size for l in image.esgz_layers))
         record("fleet_blob_mb", layer.size / 1e6)
         record("fleet_big_file_mb", (dirs[0] / big).stat().st_size / 1e6)
     finally:

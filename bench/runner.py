@@ -117,8 +117,7 @@ class Runner:
         return self.results
 
     def fleet(self, run: int) -> None:
-        drop_caches()
-        measure_fleet(self.image, self.workdir, self.config, self.settings.workers, self.results.extra)
+        measure_fleet(self.image, self.workdir, self.config, self.settings.workers, self.results.extra, drop_caches)
 
     def baselines(self, run: int) -> None:
         rows, img = self.results.rows, self.image

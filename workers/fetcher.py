@@ -57,7 +57,7 @@ from lazylayer.workers.registry.manifests import parse_platform, resolve_manifes
 from lazylayer.workers.registry.ranges import ByteRange
 from lazylayer.workers.registry.rangesupport import RangeSupport
 from lazylayer.workers.registry.reference import Reference, parse_reference
-from lazylayer.workers.wholeblob import Streams, WholeBody
+from lazylayer.workers.wholeblob import Streams, WholeBody, settle_layer
 
 log = logging.getLogger(__name__)
 
@@ -473,17 +473,8 @@ class Fetcher:
             if error is not None:
                 log.warning("layer %s: a chunk of the whole-blob answer was bad: %s", digest, error)
 
-        def finished(error: BaseException | None) -> None:  # the front's waiting reads look at the record
-            if isinstance(error, DigestMismatchError):
-                self._distrust(digest, "blob digest mismatch in a whole-blob answer to a ranged read")
-            elif layers.get(digest) is None:
-                return
-            elif error is not None:
-                layers.set_error(digest, f"the whole-blob answer to a ranged read broke off: {error}")
-            else:
-                layers.modify(digest, lambda r: replace(r, state=LayerState.FETCHED, fetched_bytes=r.blob_size))
-
-        whole = WholeBody(self._streams, digest, layer_chunks, store, finished)
+        whole = WholeBody(self._streams, digest, layer_chunks, store,
+                          lambda error: settle_layer(layers, digest, error, self._distrust))
         datas = client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges], whole_body=whole)
         return datas, whole.started
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import replace
 from typing import Callable, Iterable, Protocol
 
 from lazylayer.shared.errors import DigestMismatchError
+from lazylayer.shared.store.layers import Layers, LayerState
 from lazylayer.workers.registry import deadline
 from lazylayer.workers.registry.client import BlobStream
 from lazylayer.workers.registry.transport import host_failure
@@ -32,6 +34,21 @@ log = logging.getLogger(__name__)
 
 #: verified chunks stored in one write transaction while a blob streams [chunks]
 STORE_BATCH = 32
+
+
+def settle_layer(layers: Layers, digest: str, error: BaseException | None,
+                 distrust: Callable[[str, str], None]) -> None:
+    """After a whole-blob stream: the layer is FETCHED (digest checked), distrusted (digest
+    mismatch), or carries the break-off as its last error - which the front's waiting reads
+    look for (daemon/remote.py)."""
+    if isinstance(error, DigestMismatchError):
+        distrust(digest, "blob digest mismatch in a whole-blob answer to a ranged read")
+    elif layers.get(digest) is None:
+        return
+    elif error is not None:
+        layers.set_error(digest, f"the whole-blob answer to a ranged read broke off: {error}")
+    else:
+        layers.modify(digest, lambda r: replace(r, state=LayerState.FETCHED, fetched_bytes=r.blob_size))
 
 
 class Span(Protocol):
