@@ -49,13 +49,12 @@ from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
 from lazylayer.workers.blobhash import PieceHash
 from lazylayer.workers.jobs import Handler, Job, JobResult
-from lazylayer.workers.registry import deadline
 from lazylayer.workers.registry.blobsource import RegistryBlobSource
 from lazylayer.workers.registry.client import RegistryClient
 from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.manifests import parse_platform, resolve_manifest
 from lazylayer.workers.registry.ranges import ByteRange
-from lazylayer.workers.registry.rangesupport import RangeSupport
+from lazylayer.workers.registry.rangesupport import RangeSupport, job_context
 from lazylayer.workers.registry.reference import Reference, parse_reference
 from lazylayer.workers.wholeblob import Streams, WholeBody, settle_layer
 
@@ -64,8 +63,6 @@ log = logging.getLogger(__name__)
 #: Compressed bytes one HTTP request of a job may ask for (several chunks coalesce up to it).
 MAX_REQUEST_BYTES = 16 << 20
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-#: jobs nobody waits for: they never read beside a pull-through cache still filling
-_PATIENT_JOBS = frozenset({"prefetch", "background_fetch", "fetch_blob"})
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -166,7 +163,7 @@ class Fetcher:
         self._streams = Streams()
 
     def handlers(self) -> dict[str, Handler]:
-        return {kind: self._job_context(kind, handler) for kind, handler in {
+        return {kind: job_context(self.range_support, kind, handler) for kind, handler in {
             "resolve_image": self.resolve_image,
             "resolve_layer": self.resolve_layer,
             "fetch_chunks": self.fetch_chunks,
@@ -177,24 +174,6 @@ class Fetcher:
             "janitor": self.janitor,
             "fetch_blob": self.fetch_blob,
         }.items()}
-
-    def _job_context(self, kind: str, handler: Handler) -> Handler:
-        """Mirror marks come in with the job (``mirror_marks``: what other workers learnt) and
-        this worker's view goes back with the reply (``mirrors``), so one probe of a filling
-        pull-through cache serves the whole daemon (workers/registry/rangesupport.py). The job
-        runs urgent (deadline.urgency) unless nobody waits for it: prefetch, background, the
-        whole blob, a chunk fetch the front says is not (read-ahead, prefetch pieces)."""
-        def run(job: Job) -> JobResult:
-            for host, strikes, seconds in _param(job.params, "mirror_marks", list, []):
-                self.range_support.adopt(str(host), int(strikes), float(seconds))
-            urgent = kind not in _PATIENT_JOBS and _param(job.params, "urgent", bool, True)
-            with deadline.urgency(urgent):
-                reply = handler(job)
-            known = self.range_support.snapshot()
-            if known:
-                reply.result["mirrors"] = [asdict(h) for h in known]
-            return reply
-        return run
 
     # -- per-process resources -----------------------------------------------------------------
 
@@ -443,21 +422,27 @@ class Fetcher:
                 if not batch:
                     continue
             ranges = sorted({(c.blob_offset, c.blob_end) for c in batch})
-            datas, came_whole = self._read_keeping_whole_blob(client, ref, digest, ranges)
-            whole = whole or came_whole
+            datas, stream = self._read_keeping_whole_blob(client, ref, digest, ranges)
+            whole = whole or stream.started
             by_range = dict(zip(ranges, datas))
             fetched += sum(len(d) for d in datas)
-            count, error = self._store_chunks(digest, batch, lambda c: by_range[(c.blob_offset, c.blob_end)],
-                                              unstored)
+            try:
+                count, error = self._store_chunks(digest, batch, lambda c: by_range[(c.blob_offset, c.blob_end)],
+                                                  unstored)
+            finally:
+                settled = stream.release()
+            if isinstance(settled, DigestMismatchError):  # the blob is not what it claims: nothing stays
+                raise settled
             stored += count
             first_error = first_error or error
         return FetchOutcome(stored, fetched, first_error, tuple(unstored), whole)
 
     def _read_keeping_whole_blob(self, client: RegistryClient, ref: Reference, digest: str,
-                                 ranges: list[tuple[int, int]]) -> tuple[list[bytes], bool]:
+                                 ranges: list[tuple[int, int]]) -> tuple[list[bytes], WholeBody]:
         """`read_ranges`; a whole-blob answer also stores every other missing chunk of the layer
         as it streams on and, its digest checked, makes the layer FETCHED (a mismatch
-        distrusts the layer). Whether a blob came whole goes back in the reply (``whole``)."""
+        distrusts the layer) once the caller released it. Whether a blob came whole goes back
+        in the reply (``whole``)."""
         layers = Layers(self.store())
         own = set(ranges)
 
@@ -475,8 +460,12 @@ class Fetcher:
 
         whole = WholeBody(self._streams, digest, layer_chunks, store,
                           lambda error: settle_layer(layers, digest, error, self._distrust))
-        datas = client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges], whole_body=whole)
-        return datas, whole.started
+        try:
+            return client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges],
+                                      whole_body=whole), whole
+        except BaseException:
+            whole.release()
+            raise
 
     def _store_chunks(self, digest: str, chunks: list[WantedChunk], compressed: Callable[[WantedChunk], bytes],
                       unstored: list[tuple[bytes, bytes]] | None = None) -> tuple[int, LazyLayerError | None]:

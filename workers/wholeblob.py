@@ -144,7 +144,8 @@ class WholeBody:
     chunk of the layer (``chunks``) as its bytes complete, and the fetch returns as soon as its
     own ranges have passed. ``finished(None)`` follows a stream whose blob digest matched,
     ``finished(error)`` one that broke off or whose digest did not match (DigestMismatchError:
-    the caller distrusts the layer)."""
+    the caller distrusts the layer) - once the stream ended *and* the fetch called `release`
+    after storing its own chunks, so a distrusted layer keeps none of them."""
 
     def __init__(self, streams: Streams, digest: str, chunks: Callable[[], list[Span]],
                  store: Callable[[list[tuple[Span, bytes]]], None],
@@ -156,6 +157,10 @@ class WholeBody:
         self._finished = finished
         #: the registry sent the whole blob
         self.started = False
+        self._lock = threading.Lock()
+        self._released = False
+        #: how the last stream ended, once it did: [error or None]
+        self._ended: list[BaseException | None] = []
 
     def run(self, stream: BlobStream, until: int) -> None:
         self.started = True
@@ -167,6 +172,8 @@ class WholeBody:
         except BaseException:
             self._streams.done(self._digest)
             raise
+        with self._lock:
+            self._ended = []
         passed = threading.Event()
         reached: list[bool] = []
         failure: list[BaseException] = []
@@ -183,15 +190,15 @@ class WholeBody:
                 chunks.flush()
                 log.info("blob %s came whole: %d more chunk(s) of it stored, digest checked",
                          self._digest, chunks.stored)
-                self._finished(None)
+                self._end(None)
             except DigestMismatchError as exc:
                 failure.append(exc)
-                self._finished(exc)
+                self._end(exc)
             except Exception as exc:  # noqa: BLE001 - the waiting fetch raises it, or it is logged
                 failure.append(exc)
                 chunks.flush()  # what was verified stays; later reads fetch the rest
                 log.warning("blob %s: the whole-blob answer broke off: %s", self._digest, exc)
-                self._finished(exc)
+                self._end(exc)
             finally:
                 self._streams.done(self._digest)
                 passed.set()
@@ -203,3 +210,23 @@ class WholeBody:
                                "(the stream goes on in this worker)")
         if failure and not reached:
             raise failure[0]
+
+    def _end(self, error: BaseException | None) -> None:
+        with self._lock:
+            self._ended = [error]
+            ready = self._released
+        if ready:
+            self._finished(error)
+
+    def release(self) -> BaseException | None:
+        """The fetch stored its own chunks (or failed): the stream's outcome may settle now.
+        Returns the stream's error when it had ended already (None otherwise)."""
+        with self._lock:
+            if self._released:
+                return None
+            self._released = True
+            ended = list(self._ended)
+        if ended:
+            self._finished(ended[0])
+            return ended[0]
+        return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.client
 import re
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,6 +89,15 @@ class Rule:
         return self.ranged is None or self.ranged == (range_header is not None)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client hanging up (a closed whole-blob answer, a deadline) is routine here."""
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class FaultProxy:
     def __init__(self, upstream_host: str) -> None:
         self.upstream = upstream_host
@@ -97,8 +107,7 @@ class FaultProxy:
         self.generation = 0
         self.lock = threading.Lock()
         self.released = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         threading.Thread(target=self._server.serve_forever, daemon=True, name="faultproxy").start()
 
     @property

@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
+
+from lazylayer.shared.errors import ProtocolError
+from lazylayer.workers.jobs import Handler, Job, JobResult
+from lazylayer.workers.registry import deadline
 
 #: first pause before a mirror that answered a ranged read with the whole blob is asked again [s]
 FIRST_PAUSE = 2.0
 #: longest such pause [s]
 MAX_PAUSE = 60.0
+#: jobs nobody waits for: they never read beside a pull-through cache still filling
+PATIENT_JOBS = frozenset({"prefetch", "background_fetch", "fetch_blob"})
 
 
 @dataclass
@@ -102,3 +108,26 @@ class RangeSupport:
                    for host, mark in self._full.items()]
             out += [HostRanges(host, "ranged", 0, 0.0) for host in self._ranged]
         return sorted(out, key=lambda h: h.host)
+
+
+def job_context(support: RangeSupport, kind: str, handler: Handler) -> Handler:
+    """``handler`` with the mirror state shared: marks come in with the job (``mirror_marks``:
+    what other workers learnt) and this worker's view goes back with the reply (``mirrors``), so
+    one probe of a filling pull-through cache serves the whole daemon. The job runs urgent
+    (deadline.urgency) unless nobody waits for it: prefetch, background, the whole blob, or a
+    chunk fetch the front sends with ``urgent = false`` (read-ahead, prefetch pieces)."""
+    def run(job: Job) -> JobResult:
+        try:
+            marks = [(str(host), int(strikes), float(seconds))
+                     for host, strikes, seconds in job.params.get("mirror_marks") or ()]
+        except (TypeError, ValueError):
+            raise ProtocolError(f"malformed mirror_marks {job.params.get('mirror_marks')!r:.200}") from None
+        for host, strikes, seconds in marks:
+            support.adopt(host, strikes, seconds)
+        with deadline.urgency(kind not in PATIENT_JOBS and job.params.get("urgent") is not False):
+            reply = handler(job)
+        known = support.snapshot()
+        if known:
+            reply.result["mirrors"] = [asdict(h) for h in known]
+        return reply
+    return run
