@@ -18,6 +18,7 @@ from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.ranges import ByteRange
 from lazylayer.workers.registry.rangesupport import FIRST_PAUSE, HostRanges, RangeSupport
 from lazylayer.workers.registry.retry import Backoff
+from lazylayer.workers.registry.stores import RegistryStore
 from tests.support.faultproxy import Rule
 
 WANTED = [ByteRange(100, 50), ByteRange(3_000_000, 1000)]
@@ -86,3 +87,12 @@ def test_reads_nobody_waits_for_wait_for_the_mirror(registry, proxy, pushed, clo
         assert client.read_ranges(pushed.ref, pushed.digest, WANTED) == [pushed.blob[r.offset:r.end] for r in WANTED]
     assert clock.slept == [FIRST_PAUSE]  # waited for the mark to expire instead of asking the origin
     assert [(s.range, s.status) for s in _mirror_gets(proxy)][-1] == ("bytes=100-149,3000000-3000999", 206)
+
+
+def test_a_destination_is_asked_for_its_blobs_without_the_mirror(registry, proxy, pushed, clock):
+    """`convert` to a registry checks the destination's blobs with HEAD: never through a mirror,
+    which would fetch a blob it lacks from the origin (twice, for docker-registry 2.8)."""
+    store = RegistryStore(_client(registry, proxy, clock), pushed.ref)
+    assert store.has_blob(pushed.digest)
+    assert not store.has_blob("sha256:" + "2" * 64)
+    assert proxy.seen == []
