@@ -96,3 +96,12 @@ def test_a_destination_is_asked_for_its_blobs_without_the_mirror(registry, proxy
     assert store.has_blob(pushed.digest)
     assert not store.has_blob("sha256:" + "2" * 64)
     assert proxy.seen == []
+
+
+def test_a_mirror_that_never_serves_ranges_is_not_waited_for_forever(registry, proxy, pushed, clock):
+    client = _client(registry, proxy, clock)
+    proxy.add(Rule("full_body", times=None, ranged=True))  # ignores Range for good (not a filling cache)
+    with deadline.job_deadline(3600), deadline.urgency(False):
+        assert client.read_ranges(pushed.ref, pushed.digest, WANTED) == [pushed.blob[r.offset:r.end] for r in WANTED]
+    assert clock.slept == [2.0, 4.0, 8.0, 16.0, 32.0]  # asked again after each pause, then read beside it
+    assert client.range_support.gave_up(proxy.host)

@@ -19,9 +19,10 @@ cache fetch the blob from the origin once more), the mirror is marked (rangesupp
 ranges of urgent jobs (deadline.urgency: a reader waits) come from the next source, up to
 ``FALLBACK_SHARE`` of the blob per blob and client; other reads, and urgent ones past that
 share, wait for the mirror's copy (asking again when the mark expires) while the job's deadline
-allows, so a cluster costs the origin about one blob and the first byte does not wait. No request of the read path
-is a HEAD: a cache answers HEAD of a blob it lacks by fetching the whole blob (twice, for
-docker-registry 2.8).
+allows, so a cluster costs the origin about one blob and the first byte does not wait. A mirror
+that keeps sending whole blobs (rangesupport.GIVE_UP_STRIKES in a row) is not waited for any
+more. No request of the read path is a HEAD: a cache answers HEAD of a blob it lacks by
+fetching the whole blob (twice, for docker-registry 2.8).
 """
 
 from __future__ import annotations
@@ -350,7 +351,7 @@ class RegistryClient:
         with self._lock:
             spent = self._fallback_bytes.get(digest, 0)
             pause = self.range_support.wait(location.instead_of)
-            if ((deadline.urgent() and spent + wanted <= share)
+            if ((deadline.urgent() and spent + wanted <= share) or self.range_support.gave_up(location.instead_of)
                     or pause + self.options.request_timeout / 2 >= deadline.remaining()):
                 self._fallback_bytes[digest] = spent + wanted
                 return False

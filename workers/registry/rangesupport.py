@@ -31,6 +31,9 @@ from lazylayer.workers.registry import deadline
 FIRST_PAUSE = 2.0
 #: longest such pause [s]
 MAX_PAUSE = 60.0
+#: whole-blob answers in a row after which reads stop waiting for the mirror's copy: it is not
+#: filling a cache, it ignores Range (2 + 4 + ... + 60 s: two minutes of asking)
+GIVE_UP_STRIKES = 6
 #: jobs nobody waits for: they never read beside a pull-through cache still filling
 PATIENT_JOBS = frozenset({"prefetch", "background_fetch", "fetch_blob"})
 
@@ -77,6 +80,12 @@ class RangeSupport:
         with self._lock:
             mark = self._full.get(host)
             return 0.0 if mark is None else max(0.0, mark.until - self.clock())
+
+    def gave_up(self, host: str) -> bool:
+        """``host`` sent whole blobs GIVE_UP_STRIKES times in a row: not worth waiting for."""
+        with self._lock:
+            mark = self._full.get(host)
+            return mark is not None and mark.strikes >= GIVE_UP_STRIKES
 
     def full_body(self, host: str) -> None:
         """``host`` answered a ranged read with the whole blob."""
