@@ -24,9 +24,9 @@ from tests.support.registry import RunningRegistry, start_registry
 
 SMALL = "etc/app.conf"
 BIG = "data/big.bin"
-BIG_SIZE = 64 << 20
+BIG_SIZE = 32 << 20
 #: the rest of the layer, not read: the blob is what the cache fetches whole
-REST_SIZE = 32 << 20
+REST_SIZE = 96 << 20
 
 
 @pytest.fixture(scope="module")

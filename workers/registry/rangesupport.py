@@ -18,6 +18,7 @@ front in job replies and from there, as marks, in the next jobs to every worker 
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -68,6 +69,7 @@ class RangeSupport:
         self._lock = threading.Lock()
         self._full: dict[str, _FullBody] = {}
         self._ranged: set[str] = set()
+        self._rng = random.Random()
 
     def usable(self, host: str) -> bool:
         """False while ``host`` is marked: ranged reads go to the next source."""
@@ -96,9 +98,11 @@ class RangeSupport:
             self._ranged.discard(host)
 
     def adopt(self, host: str, strikes: int, seconds: float) -> None:
-        """Another worker's mark (sent by the front): held unless this one knows better."""
+        """Another worker's mark (sent by the front): held unless this one knows better, and a
+        little longer (up to a quarter), so the worker that marked it asks again first: two
+        probes at once of a cache still filling cost the origin twice."""
         with self._lock:
-            until = self.clock() + seconds
+            until = self.clock() + seconds * (1 + self._rng.random() / 4)
             mark = self._full.get(host)
             if seconds > 0 and (mark is None or mark.until < until):
                 self._full[host] = _FullBody(max(strikes, mark.strikes if mark else 0), until)
