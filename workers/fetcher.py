@@ -417,7 +417,7 @@ class Fetcher:
         first_error: LazyLayerError | None = None
         unstored: list[tuple[bytes, bytes]] = []
         for batch in _batches(missing, self.settings.max_request_bytes):
-            if self._streams.wait(digest):  # the blob streamed whole meanwhile: stored already?
+            if self._streams.wait(digest, lambda: not self._missing(batch)):  # streaming whole: stored yet?
                 batch = self._missing(batch)
                 if not batch:
                     continue

@@ -32,8 +32,13 @@ from lazylayer.workers.registry.transport import host_failure
 
 log = logging.getLogger(__name__)
 
-#: verified chunks stored in one write transaction while a blob streams [chunks]
+#: chunks stored in one write transaction while a blob streams: at most this many, or as soon as
+#: they hold STORE_BYTES compressed bytes (a reader may be waiting for one of them) [chunks]
 STORE_BATCH = 32
+#: [bytes]
+STORE_BYTES = 1 << 20
+#: how often a job waiting for a stream of its worker looks for its chunks [s]
+POLL = 0.05
 
 
 def settle_layer(layers: Layers, digest: str, error: BaseException | None,
@@ -96,7 +101,8 @@ class ChunkStream:
             self._buffer_start = max(self._buffer_start, keep_from)
         else:
             self._buffer.clear()
-        if len(self._ready) >= STORE_BATCH or (self._ready and self._next >= len(self._pending)):
+        if (len(self._ready) >= STORE_BATCH or sum(len(data) for _, data in self._ready) >= STORE_BYTES
+                or (self._ready and self._next >= len(self._pending))):
             self.flush()
 
     def flush(self) -> None:
@@ -127,14 +133,17 @@ class Streams:
         if event is not None:
             event.set()
 
-    def wait(self, digest: str) -> bool:
-        """Wait (within the job's deadline) while ``digest`` streams; True if it was streaming."""
+    def wait(self, digest: str, arrived: Callable[[], bool]) -> bool:
+        """While ``digest`` streams, wait (within the job's deadline) until ``arrived()`` says
+        what the caller needs is stored, or the stream ended; True if it was streaming."""
         with self._lock:
             event = self._running.get(digest)
         if event is None:
             return False
         log.info("blob %s is streaming whole in this worker; waiting for it", digest)
-        event.wait(max(0.0, min(deadline.remaining(), 3600.0)))
+        while not event.wait(min(POLL, max(0.0, deadline.remaining()))) and deadline.remaining() > 0:
+            if arrived():
+                break
         return True
 
 

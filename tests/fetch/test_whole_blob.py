@@ -6,12 +6,16 @@ and threw the rest away, so reading a layer file by file downloaded the blob onc
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
+
 import pytest
 import trio
 
 from lazylayer.shared.errors import RegistryError
 from lazylayer.shared.store.layers import Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
+from lazylayer.workers.wholeblob import ChunkStream
 from tests.ipc.harness import trio_test
 from tests.support.faultproxy import FaultProxy, Rule
 from tests.support.fetchstack import expected_files, open_fetch_stack, read_path
@@ -95,3 +99,25 @@ async def test_read_is_served_once_its_bytes_passed_and_others_wait_for_the_stre
             assert result["lib"] == files["usr/lib/libx.so.1"]
             assert [g.status for g in _ranged_gets(proxy)] == [200, 206]
             assert "broke off" in Layers(s.store).get(layer.digest).last_error
+
+
+@dataclass(frozen=True)
+class _Span:
+    blob_offset: int
+    blob_end: int
+
+
+@pytest.mark.parametrize("piece", [1, 333, 4096, 1 << 20])
+def test_chunk_stream_cuts_every_chunk_and_holds_one_at_a_time(piece):
+    blob = random.Random(piece).randbytes(200_000)
+    spans = [_Span(10, 100), _Span(100, 400), _Span(100, 400), _Span(1000, 50_000), _Span(60_000, 200_000)]
+    got: list = []
+    stream = ChunkStream(spans, got.extend)
+    held = 0
+    for offset in range(0, len(blob), piece):
+        stream.feed(offset, blob[offset:offset + piece])
+        held = max(held, len(stream._buffer))
+    stream.flush()
+    assert [(c, data) for c, data in got] == [(c, blob[c.blob_offset:c.blob_end])
+                                            for c in sorted(spans, key=lambda c: (c.blob_offset, c.blob_end))]
+    assert held <= 140_000 + piece  # the largest chunk and one piece, never the blob
