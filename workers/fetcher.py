@@ -56,7 +56,7 @@ from lazylayer.workers.registry.manifests import parse_platform, resolve_manifes
 from lazylayer.workers.registry.ranges import ByteRange
 from lazylayer.workers.registry.rangesupport import RangeSupport, job_context
 from lazylayer.workers.registry.reference import Reference, parse_reference
-from lazylayer.workers.wholeblob import Streams, WholeBody, settle_layer
+from lazylayer.workers.wholeblob import StreamBusy, Streams, WholeBody, settle_layer
 
 log = logging.getLogger(__name__)
 
@@ -416,13 +416,19 @@ class Fetcher:
         whole = False
         first_error: LazyLayerError | None = None
         unstored: list[tuple[bytes, bytes]] = []
-        for batch in _batches(missing, self.settings.max_request_bytes):
-            if self._streams.wait(digest, lambda: not self._missing(batch)):  # streaming whole: stored yet?
+        batches = _batches(missing, self.settings.max_request_bytes)
+        while batches:
+            batch = batches.pop(0)
+            while batch and self._streams.wait(digest, lambda: not self._missing(batch)):  # streaming whole
                 batch = self._missing(batch)
-                if not batch:
-                    continue
+            if not batch:
+                continue
             ranges = sorted({(c.blob_offset, c.blob_end) for c in batch})
-            datas, stream = self._read_keeping_whole_blob(client, ref, digest, ranges)
+            try:
+                datas, stream = self._read_keeping_whole_blob(client, ref, digest, ranges)
+            except StreamBusy:  # a whole blob this worker streams already: wait for it, then look again
+                batches.insert(0, batch)
+                continue
             whole = whole or stream.started
             by_range = dict(zip(ranges, datas))
             fetched += sum(len(d) for d in datas)

@@ -56,6 +56,11 @@ def settle_layer(layers: Layers, digest: str, error: BaseException | None,
         layers.modify(digest, lambda r: replace(r, state=LayerState.FETCHED, fetched_bytes=r.blob_size))
 
 
+class StreamBusy(Exception):
+    """The registry sent the whole blob while another job of this worker streams it: the answer
+    was closed unread; wait for that stream (`Streams.wait`) and look again."""
+
+
 class Span(Protocol):
     """A chunk's compressed range (workers/fetcher.WantedChunk)."""
 
@@ -141,9 +146,10 @@ class Streams:
         if event is None:
             return False
         log.info("blob %s is streaming whole in this worker; waiting for it", digest)
-        while not event.wait(min(POLL, max(0.0, deadline.remaining()))) and deadline.remaining() > 0:
-            if arrived():
-                break
+        while not event.wait(min(POLL, max(0.0, deadline.remaining()))) and not arrived():
+            if deadline.remaining() <= 0:
+                raise host_failure(f"blob {digest}: the job's deadline passed while waiting for the whole blob "
+                                   "this worker streams")
         return True
 
 
@@ -174,8 +180,9 @@ class WholeBody:
     def run(self, stream: BlobStream, until: int) -> None:
         self.started = True
         if not self._streams.start(self._digest):  # another job of this worker keeps it already
-            stream(lambda offset, piece: None)
-            return
+            def refuse(offset: int, piece: bytes) -> None:
+                raise StreamBusy(self._digest)
+            stream(refuse)  # closes the answer at its first piece
         try:
             chunks = ChunkStream(self._chunks(), self._store)
         except BaseException:
