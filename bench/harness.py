@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="item 10 alone: containerd rpull + run on both remote snapshotters")
     parser.add_argument("--no-go", action="store_true",
                         help="leave the Go stargz-store column out (default: measured; --quick uses it only if built)")
+    parser.add_argument("--only", choices=["fleet"],
+                        help="run one item alone: fleet = item 12 (a fleet behind a cold pull-through cache)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--write", type=Path, metavar="FILE", help="also write the results as markdown (BENCHMARKS.md)")
     args = parser.parse_args(argv)
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         if args.build_only:
             print(f"image: {describe_image(image)}")
             return 0
-        results = Runner(image, workdir, settings, config, data_span(image), peer).run()
+        results = Runner(image, workdir, settings, config, data_span(image), peer).run(args.only)
     finally:
         registry.stop()
         for scratch in ("peer", "lazy"):

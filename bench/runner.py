@@ -21,6 +21,7 @@ from typing import Callable, ContextManager
 from bench.baselines import CompressedSpan, full_pull, get_and_gunzip
 from bench.containerd import ContainerdItem
 from bench.errors import BenchError
+from bench.fleet import measure_fleet
 from bench.images import BenchImage
 from bench.lazy import LazyDaemon, lazy_session
 from bench.machine import drop_caches
@@ -99,7 +100,8 @@ class Runner:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def run(self) -> Results:
+    def run(self, only: str | None = None) -> Results:
+        """Every item, or with ``only="fleet"`` item 12 alone."""
         s = self.settings
         extra_scale = [w for w in s.scale if w != s.workers]
         for run in range(1, s.runs + 1):
@@ -109,10 +111,13 @@ class Runner:
                 *((f"lazylayer cold, {w} workers", lambda run, w=w: self.lazy_scale(run, w)) for w in extra_scale),
                 ("layer stores: lazylayer and the Go stargz-store", lambda run: self.peers.run(run, _say)),
                 ("app start with a learned profile", lambda run: self.profiled.run(run, _say)),
+                ("a fleet behind a cold pull-through cache", self.fleet),
                 ("containerd: lazylayer and containerd-stargz-grpc", lambda run: self.containerd.run(run, _say)),
             ]
             if s.containerd_only:
                 steps = steps[-1:]
+            elif only == "fleet":
+                steps = steps[-2:-1]
             with progress(f"run {run}/{s.runs}", len(steps), unit_bytes=False) as bar:
                 for name, step in steps:
                     _say(f"run {run}/{s.runs}: {name}")
@@ -126,6 +131,9 @@ class Runner:
         if s.containerd_only:
             self.results.rows = {k: r for k, r in self.results.rows.items() if r.item == 10}
         return self.results
+
+    def fleet(self, run: int) -> None:
+        measure_fleet(self.image, self.workdir, self.config, self.settings.workers, self.results.extra, drop_caches)
 
     def baselines(self, run: int) -> None:
         rows, img = self.results.rows, self.image

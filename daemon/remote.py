@@ -17,6 +17,10 @@ Why it is built this way:
   the whole blob BACKGROUND (held by the pool while foreground work is active).
 - **A failing registry is paused** (daemon/hostbackoff.py) and its jobs are grouped by registry
   in the pool, so a stalled registry costs its own reads, not other registries' (issue 15).
+- **A blob that came whole is waited for.** When a registry answers a chunk fetch with the whole
+  blob, the worker keeps streaming it into the store (workers/wholeblob.py) and says so in the
+  reply; until it is done, reads of that layer wait for their chunks to appear in the store
+  instead of asking the registry for the blob again through another worker.
 - **Background fetch checks the blob.** The blob is walked in order in pieces of about
   ``piece_size`` compressed bytes cut where no chunk spans the cut; each piece's reply carries
   the sha256 state that the next piece resumes, and the last piece's worker compares the digest
@@ -37,7 +41,7 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 import msgpack
 import trio
 
-from lazylayer.daemon.hostbackoff import HostBackoff, is_host_failure
+from lazylayer.daemon.hostbackoff import HostBackoff, MirrorRanges, is_host_failure
 from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
 from lazylayer.daemon.unstored import UnstoredChunks
 from lazylayer.shared.config import Config
@@ -48,7 +52,7 @@ from lazylayer.shared.store.blobs import blob_path
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import Store
 from lazylayer.shared.store.eviction import AccessLog
-from lazylayer.shared.store.layers import LayerRecord, LayerState
+from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
 from lazylayer.shared.store.metadata import FileChunk, Metadata, NodeRef
 from lazylayer.shared.store.reads import read_range
 
@@ -63,6 +67,9 @@ EXCLUSIVE_KINDS = frozenset({"resolve_layer"})
 
 #: Reads retried after a fetch; more only when eviction keeps removing what was just fetched.
 READ_ATTEMPTS = 3
+
+#: How often a read waiting for a blob that streams whole into the store looks for its chunks [s]
+STREAM_POLL = 0.02
 
 
 @dataclass(frozen=True)
@@ -291,6 +298,8 @@ class Remote:
         self.stats = FetchStats()
         self._index = store.db("chunk_index")
         self._inflight: dict[bytes, _Pending] = {}
+        #: layer digest -> until when (trio clock) a worker streams its whole blob into the store
+        self._streaming: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._background_slots = trio.CapacityLimiter(max(1, settings.background_concurrency))
         #: when the bandwidth cap lets the next background piece start (trio clock)
@@ -298,6 +307,8 @@ class Remote:
         self.host_backoff = HostBackoff(settings.request_timeout / 2)
         #: chunks profile replays fetched and whether they were read since
         self.replayed = ReplayTally()
+        #: mirrors' range support as the workers report it, passed on to every job
+        self.mirrors = MirrorRanges()
 
     async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
                       dedup_key: Hashable | None = None, timeout: float | None = None,
@@ -305,6 +316,9 @@ class Remote:
         registry = registry_of(params["ref"]) if "ref" in params else None
         if registry is not None:
             self.host_backoff.check(registry)
+            marks = self.mirrors.marks()
+            if marks:
+                params = {**params, "mirror_marks": marks}
         started = time.monotonic()
         try:
             reply = await self.pool.submit(kind, params, payloads, priority=priority, dedup_key=dedup_key,
@@ -318,6 +332,7 @@ class Remote:
             self.observer.job_done(kind, time.monotonic() - started)
         if registry is not None:
             self.host_backoff.succeeded(registry)
+        self.mirrors.learn(reply.result.get("mirrors", ()))
         return reply
 
     # -- images and layers ---------------------------------------------------------------------
@@ -428,10 +443,14 @@ class Remote:
             else:
                 waits[id(pending)] = pending
                 self.stats.joined += 1
+        if mine and layer.digest in self._streaming:
+            mine = await self._wait_for_stream(layer.digest, mine)
         if mine:
             mine += [chunk for key, chunk in extra.items() if key not in cached]
             params = {"ref": ref, "digest": layer.digest, "chunks": [chunk_wire(c) for c in mine],
-                      "replace": [c.digest for c in mine if c.data_key in replace]}
+                      "replace": [c.digest for c in mine if c.data_key in replace],
+                      # a reader waits: may read beside a filling pull-through cache (README "Running a fleet")
+                      "urgent": priority is Priority.FOREGROUND}
             started = _Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
             for key in started.keys:
                 self._inflight[key] = started
@@ -445,6 +464,23 @@ class Remote:
             raise errors[0]
         return 0 if started is None else started.fetched
 
+    async def _wait_for_stream(self, digest: str, chunks: list[FileChunk]) -> list[FileChunk]:
+        """The chunks not stored once the whole-blob stream of layer ``digest`` ended (the layer
+        FETCHED or FAILED, or a new last error: it broke off) or ran past its time; [] as soon
+        as all of them are stored."""
+        first = Layers(self.store).get(digest)
+        while first is not None and trio.current_time() < self._streaming.get(digest, 0.0):
+            chunks = self.store.read(lambda txn: [c for c in chunks if txn.get(c.data_key, db=self._index) is None])
+            if not chunks:
+                return chunks
+            record = Layers(self.store).get(digest)
+            if (record is None or record.state in (LayerState.FETCHED, LayerState.FAILED)
+                    or record.last_error != first.last_error):
+                break
+            await trio.sleep(STREAM_POLL)
+        self._streaming.pop(digest, None)
+        return chunks
+
     async def _wait(self, pending: _Pending, priority: Priority, errors: list[LazyLayerError]) -> None:
         pending.waiters += 1
         try:
@@ -457,6 +493,8 @@ class Remote:
                 self.stats.chunks += reply.result["stored"]
                 self.stats.bytes += reply.result["bytes"]
                 pending.fetched = reply.result["bytes"]
+                if reply.result.get("whole"):
+                    self._streaming[pending.params["digest"]] = trio.current_time() + self.settings.request_timeout
                 self.stats.by_worker[reply.worker] += 1
                 self.observer.fetched(priority, reply.result["bytes"])
         except LazyLayerError as exc:

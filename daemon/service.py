@@ -236,6 +236,7 @@ class Daemon:
             "cache": dataclasses.asdict(ChunkStore(self.remote.store).stats()),
             "fetch": {k: v for k, v in dataclasses.asdict(self.remote.stats).items() if k != "by_worker"},
             "profiles": self.profiling.status(),
+            "mirrors": self.remote.mirrors.status(),
         })
 
     def unmount_user_mounts(self) -> None:

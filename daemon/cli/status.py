@@ -68,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         print_table("spawned workers", ["slot", "pid", "running", "restarts", "backoff"],
                     [[p["slot"], p["pid"] or "-", "yes" if p["running"] else "no", p["restarts"],
                       f"{p['backoff']:.1f} s"] for p in workers["processes"]])
+    if status.get("mirrors"):
+        print_table("mirrors", ["host", "ranged reads", "whole blobs in a row", "asked again in"],
+                    [[m["host"], "served" if m["state"] == "ranged" else "whole blob sent: next source used",
+                      m["strikes"], f"{m['retry_in']:.1f} s"] for m in status["mirrors"]])
     cache = status["cache"]
     queued = ", ".join(f"{priority} {count}" for priority, count in workers["queued"].items())
     print(f"cache: {cache['chunks']} chunks, {human_size(cache['accounted_bytes'])} of "

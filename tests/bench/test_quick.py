@@ -55,6 +55,8 @@ def test_quick_benchmark_reports_every_item_with_finite_numbers(tmp_path: Path):
     assert {r["key"] for r in doc["items"]["6"]["rows"]} == {"cold_seq_w1", "cold_seq_w2", "cold_seq_w4"}
     assert doc["machine"]["cores"] == os.cpu_count()
     assert doc["extras"]["entries_lazylayer"] == doc["extras"]["entries_local"]
+    for figure in ("fleet_origin_ratio", "fleet_first_byte_s", "fleet_first_byte_direct_s"):  # item 12
+        assert all(math.isfinite(v) and v > 0 for v in doc["extras"][figure]), figure
 
     text = markdown.read_text()
     assert "| # | measurement |" in text and doc["machine"]["kernel"] in text
