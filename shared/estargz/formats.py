@@ -160,19 +160,24 @@ class Decompressors:
                  limits: TOCLimits) -> tuple[str, TOCStream]:
         """The name of the decompressor that claims the layer and its TOC stream; one tail read
         for both."""
-        cached = self._with_tail(source)
-        name = self.choose(media_type, cached.tail, cached.size)
+        name, cached = self.claim(source, media_type)
         return name, self.chain[name].open_toc(cached, toc_digest=toc_digest, limits=limits)
 
     def toc_digest_of(self, source: BlobSource, media_type: str, limits: TOCLimits) -> str:
-        cached = self._with_tail(source)
-        return self.chain[self.choose(media_type, cached.tail, cached.size)].toc_digest_of(cached, limits)
+        name, cached = self.claim(source, media_type)
+        return self.chain[name].toc_digest_of(cached, limits)
 
-    @staticmethod
-    def _with_tail(source: BlobSource) -> _TailCached:
+    def claim(self, source: BlobSource, media_type: str) -> tuple[str, BlobSource]:
+        """The name of the decompressor that claims the layer, and ``source`` with its tail
+        read (reads inside the tail then cost nothing)."""
         size = source.size
         start = max(0, size - TAIL_SIZE)
-        return _TailCached(source, source.read_at(start, size - start))
+        cached = _TailCached(source, source.read_at(start, size - start))
+        return self.choose(media_type, cached.tail, size), cached
+
+    @property
+    def plugins(self) -> list[str]:
+        return [name for name, decompressor in self.chain.items() if BUILTIN.get(name) is not decompressor]
 
     def decompress_chunk(self, name: str, compressed: bytes | memoryview, chunk: Chunk, *,
                          allow_unverified: bool) -> bytes:
