@@ -251,10 +251,11 @@ class Fetcher:
         toc_digest = _param(job.params, "toc_digest", str, None)
         allow_unverified = _param(job.params, "allow_unverified", bool, False)
         require_toc_digest = _param(job.params, "require_toc_digest", bool, True)
+        spec = self._spec(job, ref, digest, size)
         layers = Layers(self.store())
         existing = layers.get(digest)
         if existing is not None and toc_digest is not None and existing.toc_digest != toc_digest:
-            existing = self._settle_conflict(ref, digest, size, toc_digest, existing)
+            existing = self._settle_conflict(spec, toc_digest, existing)
         if existing is not None and toc_digest is not None:
             if not existing.verified:  # its TOC hashes to the annotation: now it is vouched for
                 existing = layers.update(digest, verified=True)
@@ -264,7 +265,6 @@ class Fetcher:
             raise UnverifiedLayerError(
                 f"layer {digest} has no TOC digest annotation: not eStargz/zstd:chunked: "
                 "convert it with `lazylayer convert`")
-        spec = self._spec(job, ref, digest, size)
         source = self.source(ref, digest, spec=spec, choose=True)  # probes: the size must be the manifest's
         # The TOC streams into the registration: a large one is never held whole (tocstream.py).
         decoder, toc = self.decompressors.open_toc(source, spec.media_type, toc_digest=toc_digest,
@@ -285,8 +285,7 @@ class Fetcher:
             raise ProtocolError("job parameter 'urls' must be a list of strings")
         return LayerSpec(ref, digest, size, _param(job.params, "media_type", str, ""), tuple(urls))
 
-    def _settle_conflict(self, ref: str, digest: str, size: int, toc_digest: str,
-                         existing: LayerRecord) -> LayerRecord | None:
+    def _settle_conflict(self, spec: LayerSpec, toc_digest: str, existing: LayerRecord) -> LayerRecord | None:
         """Two manifests disagree on the TOC of one blob digest. A blob can back only one TOC, and
         only the whole blob's sha256 proves it is the blob: a registration whose blob was checked
         (FETCHED) stands. Otherwise this source's whole blob is checked now and its TOC hashed:
@@ -294,17 +293,17 @@ class Fetcher:
         stays as it is, mounted or not); if it is the newcomer's, the registration came from a
         source serving another blob under this digest and is dropped (None: register anew).
         Chunks may stay either way: they are keyed by their own digests."""
+        ref, digest = spec.ref, spec.digest
         if existing.state is LayerState.FETCHED:
             raise DigestMismatchError(f"TOC of layer {digest} (its blob was verified with the TOC registered)",
                                       toc_digest, existing.toc_digest)
         log.warning("layer %s: %s names TOC %s but %s is registered, unverified; checking the whole blob",
                     digest, ref, toc_digest, existing.toc_digest)
         with tempfile.NamedTemporaryFile(dir=self.store().options.path) as sink:
-            source = self.source(ref, digest, choose=True)
-            source.download(sink)  # DigestMismatchError: it lies
+            self.source(ref, digest, spec=spec, choose=True).download(sink)  # DigestMismatchError: it lies
             sink.flush()
             with FileSource(sink.name) as blob:
-                actual = self.decompressors.toc_digest_of(blob, existing.media_type, self.settings.toc_limits)
+                actual = self.decompressors.toc_digest_of(blob, spec.media_type, self.settings.toc_limits)
         if actual != toc_digest:
             raise DigestMismatchError(f"TOC of layer {digest} (the genuine blob's TOC is the registered one)",
                                       toc_digest, actual)
