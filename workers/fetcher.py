@@ -43,7 +43,7 @@ from typing import Any, Callable
 from lazylayer.shared.blobsource import FileSource
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (CacheFullError, DigestMismatchError, FormatError, LazyLayerError, ProtocolError,
-                                     RegistryError, UnverifiedLayerError)
+                                     UnverifiedLayerError)
 from lazylayer.shared.estargz.formats import Decompressors
 from lazylayer.shared.logs import Every
 from lazylayer.shared.estargz.toc import Chunk, TOCLimits

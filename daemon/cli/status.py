@@ -52,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
         print_json(status)
         return 0
     print(f"daemon pid {status['pid']} serving {status['mountpoint']}")
-    print_table("layers", ["ref", "digest", "source", "format", "state", "size", "fetched", "prefetch", "last read",
-                           "refs", "error"],
-                [[l["ref"], l["digest"][:19], l.get("source") or "-", l.get("decompressor") or "-",
-                  l["info"]["state"], human_size(l["info"]["size"]),
+    print_table("layers", ["ref", "digest", "state", "size", "fetched", "prefetch", "last read", "refs", "source",
+                           "format", "error"],
+                [[l["ref"], l["digest"][:19], l["info"]["state"], human_size(l["info"]["size"]),
                   human_size(l["info"]["fetched_size"]), human_size(l["info"]["prefetch_size"]),
-                  clock(l["info"]["read_time"]), l["references"], l["error"]]
+                  clock(l["info"]["read_time"]), l["references"], l["source"] or "-", l["decompressor"] or "-",
+                  l["error"]]
                  for l in status["layers"]])
     if status["failures"]:
         print_table("failed resolves", ["ref", "digest", "kind", "when", "error"],

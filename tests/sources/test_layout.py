@@ -4,6 +4,7 @@ image by the absolute ref)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def test_oci_layout_image_mounts_without_a_registry(daemon: RunningDaemon, tmp_p
         assert "oci-layout" in human and "gzip" in human
     finally:
         assert daemon.cli("umount", str(target)).returncode == 0
+    report = json.loads(daemon.cli("inspect", f"oci:{layout}:1.0", "--json").stdout)
+    assert [(l["source"], l["decompressor"]) for l in report["manifests"][0]["layers"]] == [("oci-layout", "gzip")] * 2
 
 
 def test_wrong_bytes_in_a_layout_are_refused(daemon: RunningDaemon, tmp_path: Path):

@@ -3,6 +3,7 @@ has no copy, the layer is served from the URL with ranged GETs and verified like
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import requests
@@ -41,6 +42,9 @@ def test_foreign_layer_is_served_from_its_urls(daemon: RunningDaemon, registry: 
     entry = layer_status(daemon, layer.digest)
     assert (entry["source"], entry["decompressor"]) == ("urls", "gzip")
     assert entry["source_location"] == blob_server.url(name)
+    report = json.loads(daemon.cli("inspect", ref, "--json").stdout)
+    [facts] = report["manifests"][0]["layers"]
+    assert (facts["source"], facts["decompressor"], facts["toc_digest_matches"]) == ("urls", "gzip", True)
 
 
 def test_wrong_bytes_from_a_url_are_refused(daemon: RunningDaemon, registry: RunningRegistry,
