@@ -121,22 +121,15 @@ class Decompressors:
     def load(cls, order: tuple[str, ...] = ()) -> "Decompressors":
         """``order`` (config `decompressors.order`): the names to use, in claim order; empty
         means the built-ins, then every installed plug-in by name."""
-        installed = plugins.installed(plugins.DECOMPRESSORS_GROUP)
-        names = order or (*BUILTIN, *(n for n in installed if n not in BUILTIN))
+        installed = (plugins.check_names("decompressors.order", order, BUILTIN, plugins.DECOMPRESSORS_GROUP)
+                     if order else plugins.installed(plugins.DECOMPRESSORS_GROUP))
         chain: dict[str, Decompressor] = {}
-        for name in names:
-            if name in BUILTIN:
-                chain[name] = BUILTIN[name]
-            elif name in installed:
-                made = plugins.make(installed[name])
-                if not isinstance(made, Decompressor):
-                    raise ConfigError(f"decompressor plug-in {name!r} lacks claims/open_toc/toc_digest_of/"
-                                      "decompress_chunk")
-                chain[name] = made
-            else:
-                raise ConfigError(f"decompressors.order names {name!r}, which is neither built in "
-                                  f"({', '.join(BUILTIN)}) nor an installed plug-in "
-                                  f"({', '.join(installed) or 'none installed'})")
+        for name in order or (*BUILTIN, *(n for n in installed if n not in BUILTIN)):
+            made = BUILTIN.get(name) or plugins.make(installed[name])
+            if not isinstance(made, Decompressor):
+                raise ConfigError(f"decompressor plug-in {name!r} lacks claims/open_toc/toc_digest_of/"
+                                  "decompress_chunk")
+            chain[name] = made
         return cls(chain)
 
     def get(self, name: str) -> Decompressor:

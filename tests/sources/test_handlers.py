@@ -3,15 +3,19 @@ cannot serve, and clear refusals of names nobody provides."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from lazylayer_testplugin.rawchunk import MEDIA_TYPE, write_blob
 
 from lazylayer.shared.blobsource import BytesSource
 from lazylayer.shared.config import load_config
 from lazylayer.shared.errors import ConfigError, NotEStargzError
-from lazylayer.shared.estargz.formats import Decompressors
+from lazylayer.shared.estargz.formats import BUILTIN, Decompressors
+from lazylayer.shared.plugins import BUILTIN_DECOMPRESSORS
 from lazylayer.workers.sources.base import LayerSpec
 from lazylayer.workers.sources.handlers import Sources, rule_matches
+from tests.fuse.daemonproc import start_daemon
 from tests.sources.conftest import sample_layer
 from tests.support.blobserver import BlobServer
 from tests.support.registry import RunningRegistry, push_blob
@@ -34,6 +38,7 @@ def test_rules_match_at_name_boundaries_and_the_longest_wins():
 
 
 def test_unknown_handler_and_decompressor_names_are_refused_naming_them():
+    assert tuple(BUILTIN) == BUILTIN_DECOMPRESSORS  # the names a config check knows without importing formats
     with pytest.raises(ConfigError, match="'p2p'.*neither built in.*testdir"):
         sources(order=["p2p", "registry"])
     with pytest.raises(ConfigError, match="'lz4'.*neither built in.*rawchunk"):
@@ -62,3 +67,14 @@ def test_decompressors_claim_by_footer_and_plugins_are_loaded():
     assert chain.claim(BytesSource(blob), MEDIA_TYPE)[0] == "rawchunk"
     with pytest.raises(NotEStargzError, match="no decompressor"):
         Decompressors.load(("gzip", "zstd")).claim(BytesSource(blob), MEDIA_TYPE)
+
+
+def test_the_daemon_refuses_a_handler_nobody_provides_before_starting(tmp_path: Path):
+    daemon = start_daemon(tmp_path, wait=False, config={"sources": {"rules": {"reg.example": ["p2p"]}}})
+    assert daemon.process is not None
+    try:
+        assert daemon.process.wait(timeout=60) == 1
+    finally:
+        daemon.stop()
+    assert "[sources] names 'p2p', which is neither built in" in daemon.log()
+    assert "worker" not in daemon.log()  # refused before any worker was started

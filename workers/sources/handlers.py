@@ -28,8 +28,7 @@ from lazylayer.workers.sources.urls import URLHandler
 
 log = logging.getLogger(__name__)
 
-REGISTRY, URLS, LAYOUT = "registry", "urls", "oci-layout"
-BUILTIN = (LAYOUT, URLS, REGISTRY)
+LAYOUT, URLS, REGISTRY = plugins.BUILTIN_SOURCES
 
 
 def rule_matches(prefix: str, ref: str) -> bool:
@@ -51,15 +50,10 @@ class Sources:
         self.registry = RegistryHandler(options, range_support)
         self.handlers: dict[str, SourceHandler] = {REGISTRY: self.registry, URLS: URLHandler(options),
                                                    LAYOUT: LayoutHandler()}
-        installed = plugins.installed(plugins.SOURCES_GROUP)
-        wanted = dict.fromkeys(name for names in (self.order, *self.rules.values()) for name in names)
-        for name in wanted:
+        installed = plugins.check_config(config)
+        for name in dict.fromkeys(name for names in (self.order, *self.rules.values()) for name in names):
             if name in self.handlers:
                 continue
-            if name not in installed:
-                raise ConfigError(f"[sources] names handler {name!r}, which is neither built in "
-                                  f"({', '.join(BUILTIN)}) nor an installed plug-in "
-                                  f"({', '.join(installed) or 'none installed'})")
             made = plugins.make(installed[name], config)
             if not isinstance(made, SourceHandler):
                 raise ConfigError(f"source plug-in {name!r} has no open(spec) method")
