@@ -17,9 +17,9 @@ Why it is shaped like this:
   (`decompress_chunk`) before `ChunkStore.put`, which re-checks it; a bad chunk is a
   DigestMismatchError (or FormatError for undecodable data) and nothing of it is stored. Good
   chunks of the same job are still stored, then the first error is raised.
-- **Few requests.** Wanted compressed ranges are handed to the source's `read_ranges` (the
-  registry's, `RegistryClient.read_ranges`,
-  coalesces them (`registry.coalesce_gap`) into one multi-range request; a job is split into
+- **Few requests.** Wanted compressed ranges go to the source's `read_ranges` in one call; the
+  registry's (`RegistryClient.read_ranges`) coalesces them (`registry.coalesce_gap`) into one
+  multi-range request, the URL source into few ranged GETs. A job is split into
   requests of at most ``max_request_bytes`` so a huge prefetch never sits in memory at once.
 - **Blocking and thread-safe.** Handlers run in the worker's job threads; the store is opened
   once, after exec, on first use, and LMDB serialises writers. Network and CPU work happen
