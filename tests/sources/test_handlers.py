@@ -35,6 +35,7 @@ def test_rules_match_at_name_boundaries_and_the_longest_wins():
     assert chooser.order_for("reg.example/team/app:1") == ("urls", "registry")
     assert chooser.order_for("reg.example/other:1") == ("registry",)
     assert chooser.order_for("elsewhere.example/x:1") == ("oci-layout", "urls", "registry")
+    assert sources(rules={"docker.io": ["registry"]}).order_for("ubuntu") == ("registry",)  # normalised
 
 
 def test_unknown_handler_and_decompressor_names_are_refused_naming_them():

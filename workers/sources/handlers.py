@@ -21,6 +21,7 @@ from lazylayer.shared.config import Config
 from lazylayer.shared.errors import ConfigError, LazyLayerError, RegistryError
 from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.rangesupport import RangeSupport
+from lazylayer.workers.registry.reference import parse_image_ref
 from lazylayer.workers.sources.base import LayerSource, LayerSpec, SourceHandler
 from lazylayer.workers.sources.layout import LayoutHandler
 from lazylayer.workers.sources.registry import RegistryHandler
@@ -60,7 +61,10 @@ class Sources:
             self.handlers[name] = made
 
     def order_for(self, ref: str) -> tuple[str, ...]:
-        matching = [prefix for prefix in self.rules if rule_matches(prefix, ref)]
+        """The order for ``ref``, matched in its normalised form (`ubuntu` is
+        `docker.io/library/ubuntu:latest`, so a `docker.io` rule covers it)."""
+        name = str(parse_image_ref(ref))
+        matching = [prefix for prefix in self.rules if rule_matches(prefix, name)]
         return self.rules[max(matching, key=len)] if matching else self.order
 
     def _claims(self, spec: LayerSpec, prefer: str = "") -> list[LayerSource]:
