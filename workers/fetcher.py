@@ -163,8 +163,6 @@ class Fetcher:
         # plug-ins are built here, at worker start: a bad one fails the worker, saying why
         self.sources = Sources(settings.config, self.range_support)
         self.decompressors = Decompressors.load(settings.config.decompressors.order)
-        self._layer_sources: dict[tuple[str, str], LayerSource] = {}
-        self._decoders: dict[str, str] = {}
         #: blobs arriving whole for a ranged read: other jobs for them wait (workers/wholeblob.py)
         self._streams = Streams()
 
@@ -200,37 +198,9 @@ class Fetcher:
 
     def source(self, ref: str, digest: str, size: int | None = None, *, spec: LayerSpec | None = None,
                choose: bool = False) -> LayerSource:
-        """The layer's source for ``ref``, kept per (ref, layer) in this process; the first time,
-        the handler recorded on the layer (or the first that claims it), without a probe. With
-        ``choose`` the handlers are asked again in order, probing (registration, refresh). The
-        layer is described by ``spec``, else by its record, else by ``size`` alone."""
-        key = (ref, digest)
-        with self._lock:
-            found = self._layer_sources.get(key)
-        if found is not None and not choose:
-            return found
-        record = Layers(self.store()).get(digest)
-        if spec is None and record is not None:
-            spec = LayerSpec(ref, digest, record.blob_size, record.media_type, record.urls)
-        elif spec is None:
-            if size is None:
-                raise ProtocolError(f"layer {digest} is not registered: resolve it first")
-            spec = LayerSpec(ref, digest, size)
-        source = self.sources.choose(spec) if choose else self.sources.open(spec, record.source if record else "")
-        with self._lock:
-            self._layer_sources[key] = source
-        return source
-
-    def _decoder(self, digest: str) -> str:
-        """The decompressor the layer was registered with ("" for records older than the name)."""
-        with self._lock:
-            name = self._decoders.get(digest)
-        if name is None:
-            name = Layers(self.store()).require(digest).decompressor
-            if name:
-                with self._lock:
-                    self._decoders[digest] = name
-        return name
+        """The layer's source for ``ref`` (workers/sources/handlers.py `Sources.layer_source`)."""
+        return self.sources.layer_source(ref, digest, lambda: Layers(self.store()).get(digest), size, spec=spec,
+                                         choose=choose)
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -241,7 +211,7 @@ class Fetcher:
         manifest = resolve_image_manifest(store, parse_platform(platform) if platform else None)
         diff_ids = _diff_ids(store, manifest.config.digest, len(manifest.layers))
         layers = [{"digest": d.digest, "size": d.size, "media_type": d.media_type, "annotations": d.annotations,
-                   "diff_id": diff_id, "urls": _urls(d.extra, d.digest)}
+                   "diff_id": diff_id, "urls": list(d.urls)}
                   for d, diff_id in zip(manifest.layers, diff_ids)]
         return JobResult({"ref": str(ref), "manifest_digest": manifest.digest,
                           "config_digest": manifest.config.digest, "layers": layers})
@@ -534,7 +504,8 @@ class Fetcher:
         caller serves it."""
         first_error: LazyLayerError | None = None
         verified: list[tuple[WantedChunk, bytes]] = []
-        decoder = self._decoder(digest) if chunks else ""
+        # the decompressor the layer was registered with ("": a record older than the name)
+        decoder = Layers(self.store()).require(digest).decompressor if chunks else ""
         for chunk in chunks:
             try:
                 verified.append((chunk, self.decompressors.decompress_chunk(
@@ -610,14 +581,6 @@ def _diff_ids(store: ImageStore, config_digest: str, count: int) -> list[str | N
                     config_digest, store.name)
         return [None] * count
     return diff_ids
-
-
-def _urls(extra: dict[str, Any], digest: str) -> list[str]:
-    """A layer descriptor's `urls` (non-distributable layers), checked where it enters."""
-    urls = extra.get("urls") or []
-    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise FormatError(f"layer {digest}: the descriptor's urls is not a list of strings")
-    return urls
 
 
 def _record_dict(record: LayerRecord) -> dict[str, Any]:

@@ -328,9 +328,9 @@ class _LayerInspector:
     def source(self, layer: Descriptor) -> tuple[str, BlobSource]:
         """Where a layer is read: the image's own store, or the descriptor's urls when the store
         has no copy (a non-distributable layer)."""
-        urls = tuple(u for u in layer.extra.get("urls") or () if isinstance(u, str))
-        if urls and not self.store.has_blob(layer.digest):
-            found = self.urls.open(LayerSpec(self.store.name, layer.digest, layer.size, layer.media_type, urls))
+        if layer.urls and not self.store.has_blob(layer.digest):
+            found = self.urls.open(LayerSpec(self.store.name, layer.digest, layer.size, layer.media_type,
+                                             layer.urls))
             if found is not None:
                 return "urls", found
         kind = "oci-layout" if isinstance(self.store, OCILayout) else "registry"

@@ -96,6 +96,14 @@ class Descriptor:
     extra: dict[str, Any] = field(default_factory=dict)
     platform_extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Where else the blob may be fetched (OCI non-distributable / Docker foreign layers)."""
+        urls = self.extra.get("urls") or []
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise FormatError(f"descriptor {self.digest}: urls is not a list of strings")
+        return tuple(urls)
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         out.update(self.extra)

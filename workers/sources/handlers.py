@@ -16,9 +16,12 @@ order still has it and it still claims the layer: no probe per job, and all work
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Callable
 from lazylayer.shared import plugins
 from lazylayer.shared.config import Config
-from lazylayer.shared.errors import ConfigError, LazyLayerError, RegistryError
+from lazylayer.shared.errors import ConfigError, LazyLayerError, ProtocolError, RegistryError
+from lazylayer.shared.store.layers import LayerRecord
 from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.rangesupport import RangeSupport
 from lazylayer.workers.registry.reference import parse_image_ref
@@ -47,6 +50,8 @@ class Sources:
         section = config.sources
         self.order = section.order
         self.rules = dict(section.rules)
+        self._lock = threading.Lock()
+        self._layers: dict[tuple[str, str], LayerSource] = {}
         options = RegistryOptions.from_config(config.registry)
         self.registry = RegistryHandler(options, range_support)
         self.handlers: dict[str, SourceHandler] = {REGISTRY: self.registry, URLS: URLHandler(options),
@@ -107,6 +112,29 @@ class Sources:
             raise errors[0][1]  # its own type: an auth error, a host failure the front backs off
         raise RegistryError(f"layer {spec.digest}: no source could serve it ("
                             + "; ".join(f"{name}: {exc}" for name, exc in errors) + ")")
+
+    def layer_source(self, ref: str, digest: str, record: Callable[[], LayerRecord | None],
+                     size: int | None = None, *, spec: LayerSpec | None = None, choose: bool = False) -> LayerSource:
+        """The layer's source for ``ref``, kept per (ref, layer) in this process; the first time,
+        the handler recorded on the layer (or the first that claims it), without a probe. With
+        ``choose`` the handlers are asked again in order, probing (registration, refresh). The
+        layer is described by ``spec``, else by its ``record()``, else by ``size`` alone."""
+        key = (ref, digest)
+        with self._lock:
+            found = self._layers.get(key)
+        if found is not None and not choose:
+            return found
+        known = record()
+        if spec is None and known is not None:
+            spec = LayerSpec(ref, digest, known.blob_size, known.media_type, known.urls)
+        elif spec is None:
+            if size is None:
+                raise ProtocolError(f"layer {digest} is not registered: resolve it first")
+            spec = LayerSpec(ref, digest, size)
+        source = self.choose(spec) if choose else self.open(spec, known.source if known else "")
+        with self._lock:
+            self._layers[key] = source
+        return source
 
     def _nobody(self, spec: LayerSpec) -> LazyLayerError:
         order = self.order_for(spec.ref)
