@@ -1,6 +1,8 @@
-"""`lazylayer daemon [--config F] [--workers N] [--mountpoint DIR] [--cache-dir DIR] [--run-dir DIR]`:
-the FUSE front, in the foreground (daemon/service.py). Flags override the config file and the
-environment. SIGTERM/SIGINT unmount cleanly; SIGHUP re-reads the config's live knobs."""
+"""`lazylayer daemon [--config F] [--workers N] [--mountpoint DIR] [--cache-dir DIR] [--run-dir DIR]
+[--takeover]`: the FUSE front, in the foreground (daemon/service.py). Flags override the config file
+and the environment. SIGTERM/SIGINT unmount cleanly, or with a `lazylayer holder` running leave
+everything mounted for the next front, which takes the connection over by itself (`--takeover`:
+refuse to start otherwise); SIGHUP re-reads the config's live knobs."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mountpoint", help="where the layer store is mounted (daemon.mountpoint)")
     parser.add_argument("--cache-dir", help="LMDB cache directory (cache.dir)")
     parser.add_argument("--run-dir", help="sockets and pid file (daemon.run_dir)")
+    parser.add_argument("--takeover", action="store_true",
+                        help="take the running mounts over from the FUSE connection holder; fail if it has none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,4 +34,4 @@ def run(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in flags.items() if value is not None}
     config = load_config(args.config or None, overrides=overrides).config
     setup_logging(config.daemon.log_level, config.daemon.log_format)
-    return trio.run(run_daemon, DaemonOptions(config, args.config or None, overrides))
+    return trio.run(run_daemon, DaemonOptions(config, args.config or None, overrides, args.takeover))

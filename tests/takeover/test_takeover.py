@@ -1,0 +1,70 @@
+"""The front is SIGKILLed (or upgraded) while 16 readers read through the layer store and a
+`lazylayer mount` view; the next front takes the FUSE connection over from the holder: no read
+returns wrong bytes, none fails except (EIO) one in flight at a kill, none hangs, and the mounts,
+their records and the layout stay what the kernel knows."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.support.fetchstack import PushedImage, expected_files
+from tests.takeover.conftest import Stack
+from tests.takeover.harness import Readers, files_of
+
+
+def _readers(stack: Stack, image: PushedImage, view: Path) -> Readers:
+    files = []
+    merged: dict[str, bytes] = {}
+    for layer in image.layers:
+        expected = expected_files(layer.root)
+        files += files_of(stack.front.layer_dir(image.ref, layer.digest), expected)
+        merged.update(expected)
+    files += files_of(view, merged)
+    return Readers(files)
+
+
+def test_reads_survive_three_front_kills(stack: Stack, app_image: PushedImage, tmp_path: Path):
+    view = tmp_path / "view"
+    done = stack.front.cli("mount", app_image.ref, str(view))
+    assert done.returncode == 0, done.stderr
+    readers = _readers(stack, app_image, view)
+    readers.start()
+    kills = []
+    try:
+        for round in range(1, 4):
+            time.sleep(1.0)
+            kills.append(time.monotonic())
+            stack.front.kill()
+            front = stack.restart_front()  # `lazylayer daemon` alone: it finds the holder's connection
+            status = front.call("status")
+            assert status["takeovers"] == round
+            assert [m["target"] for m in status["mounts"]] == [str(view)]
+        time.sleep(1.0)
+    finally:
+        stuck = readers.stop()
+    assert not stuck, f"readers hung: {stuck}"
+    readers.check(kills)
+    after = [r for r in readers.reads if r.start > kills[-1] + 0.5]
+    assert after and all(r.error is None for r in after)
+    done = stack.front.cli("umount", str(view))  # the mount record came through the takeovers
+    assert done.returncode == 0, done.stderr
+
+
+def test_upgrade_hands_over_with_no_failed_read(stack: Stack, app_image: PushedImage, tmp_path: Path):
+    view = tmp_path / "view"
+    assert stack.front.cli("mount", app_image.ref, str(view)).returncode == 0
+    readers = _readers(stack, app_image, view)
+    readers.start()
+    try:
+        time.sleep(1.0)
+        old = stack.front
+        new = stack.restart_front()  # asks the holder, which asks the old front to hand over
+        assert old.process is not None and old.process.wait(timeout=30) == 0
+        assert new.call("status")["takeovers"] == 1
+        time.sleep(1.0)
+    finally:
+        stuck = readers.stop()
+    assert not stuck, f"readers hung: {stuck}"
+    readers.check([])
+    assert stack.front.cli("umount", str(view)).returncode == 0
