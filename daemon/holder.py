@@ -114,6 +114,8 @@ class Holder:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        # an operator's reload of the whole group must not end the mounts: nothing to re-read here
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         log.info("holding FUSE connections for fronts at %s", self.path)
         try:
             while True:
@@ -290,6 +292,17 @@ class HolderLink:
         except OSError as exc:
             self.broken = True
             log.error("the FUSE connection holder is gone (%s): the next front start will remount", exc)
+
+    def alive(self) -> bool:
+        """False once the holder went away (it never speaks first: readable means EOF)."""
+        if not self.broken:
+            try:
+                self.broken = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.broken = True
+        return not self.broken
 
     def close(self) -> None:
         self.sock.close()

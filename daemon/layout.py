@@ -140,8 +140,12 @@ class LayoutInodes:
                 return None
             self._add(inode, node)
             if self.on_new is not None:
-                self.on_new({"node": [inode, node.kind.value, node.ref, node.digest, node.layer_id]})
+                self.on_new(_record(inode, node))
         return inode
+
+    def records(self) -> list[dict[str, Any]]:
+        """The whole table as journal records (for a holder that starts after the front)."""
+        return [_record(inode, node) for inode, node in self._nodes.items() if node.kind is not Kind.ROOT]
 
     def _add(self, inode: int, node: LayoutNode) -> None:
         self._nodes[inode] = node
@@ -152,6 +156,10 @@ class LayoutInodes:
             if "node" in record:
                 inode, kind, ref, digest, layer_id = record["node"]
                 self._add(inode, LayoutNode(Kind(kind), ref, digest, layer_id))
+
+
+def _record(inode: int, node: LayoutNode) -> dict[str, Any]:
+    return {"node": [inode, node.kind.value, node.ref, node.digest, node.layer_id]}
 
 
 def decode_ref(name: bytes) -> str | None:

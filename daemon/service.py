@@ -219,6 +219,37 @@ class Daemon:
                                           "writable": mount.writable, "view_id": mount.view_id,
                                           "state_dir": mount.state_dir}})
 
+    async def watch_holder(self, conn: Connection, interval: float = 1.0) -> None:
+        """A front without a holder (none ran yet at its start, or it restarted) keeps looking for
+        one and hands it the connection and the whole journal: supervisord starts the holder and
+        the front at the same moment, and a restarted holder must not leave the mounts unprotected."""
+        while True:
+            if self.holder is None or not self.holder.alive():
+                link = HolderLink.connect(self.options.run_dir)
+                if link is not None:
+                    try:
+                        await self._attach_holder(link, conn)
+                    except (OSError, LazyLayerError) as exc:
+                        log.warning("cannot hand the connection to the holder: %s", exc)
+                        link.close()
+            await trio.sleep(interval)
+
+    async def _attach_holder(self, link: HolderLink, conn: Connection) -> None:
+        handover = await trio.to_thread.run_sync(link.hello, 10.0)
+        if handover.conn is not None:  # it holds another connection: not ours to replace
+            os.close(handover.conn.fd)
+            raise MountError(f"the holder already holds a connection of {handover.conn.mountpoint}")
+        link.adopt(conn)
+        for record in self.fs.layout.records():
+            link.record(record)
+        old, self.holder = self.holder, link
+        for mount in self.user_mounts.values():
+            self._journal_mount(mount)
+        self.fs.layout.on_new = link.record
+        if old is not None:
+            old.close()
+        log.info("the FUSE connection holder has the connection of %s now", conn.mountpoint)
+
     def restore_mounts(self, journal: list[dict[str, Any]]) -> list[UserMount]:
         """After a takeover: the user mounts the previous front recorded (still mounted: the
         connection never went away) are ours again at once; `acquire_restored` takes their
@@ -419,7 +450,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             os.close(lock)
     finally:
         if holder is not None:  # last: a front waiting for our hand-over then finds the lock free
-            holder.close()
+            holder.close()  # (one a later holder took is closed at exit, after the lock too)
 
 
 async def _serve(options: DaemonOptions, store: Any, holder: HolderLink | None, handover: Handover | None) -> int:
@@ -464,6 +495,7 @@ async def _serve(options: DaemonOptions, store: Any, holder: HolderLink | None, 
                 await nursery.start(ControlServer(options.run_dir, daemon.handlers()).serve)
                 nursery.start_soon(_signals, daemon, options)
                 nursery.start_soon(daemon.janitor_loop, config.cache.janitor_interval)
+                nursery.start_soon(daemon.watch_holder, conn)
                 if taken is not None:
                     nursery.start_soon(_restore, daemon, handover.journal)  # type: ignore[union-attr]
                     resend(conn)
@@ -472,7 +504,7 @@ async def _serve(options: DaemonOptions, store: Any, holder: HolderLink | None, 
                 await pyfuse3.main(max_tasks=config.fuse.max_tasks)
                 nursery.cancel_scope.cancel()
         finally:
-            handing_over = holder is not None and not holder.broken
+            handing_over = daemon.holder is not None and not daemon.holder.broken
             if not handing_over:
                 daemon.unmount_user_mounts()
             fs.release_all()

@@ -5,12 +5,15 @@ their records and the layout stay what the kernel knows."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
+from tests.fuse.daemonproc import start_daemon, unmount_under
+from tests.ops.test_daemon_ops import wait_for
 from tests.support.fetchstack import PushedImage, expected_files
 from tests.takeover.conftest import Stack
-from tests.takeover.harness import Readers, files_of
+from tests.takeover.harness import Holder, Readers, files_of
 
 
 def _readers(stack: Stack, image: PushedImage, view: Path) -> Readers:
@@ -68,3 +71,26 @@ def test_upgrade_hands_over_with_no_failed_read(stack: Stack, app_image: PushedI
     assert not stuck, f"readers hung: {stuck}"
     readers.check([])
     assert stack.front.cli("umount", str(view)).returncode == 0
+
+
+def test_a_holder_started_after_the_front_gets_the_connection(app_image: PushedImage, tmp_path: Path):
+    """supervisord starts holder and front together: a front that found no holder hands its
+    connection (and its journal) to one that comes later, so a crash after that is taken over."""
+    run_dir = Path(tempfile.mkdtemp(prefix="ll-to-", dir="/tmp"))
+    front = start_daemon(tmp_path, workers=1, run_dir=run_dir)
+    holder = None
+    try:
+        layer = app_image.layers[0]
+        tool = front.layer_dir(app_image.ref, layer.digest) / "usr/bin/tool"
+        assert tool.read_bytes() == (layer.root / "usr/bin/tool").read_bytes()
+        holder = Holder(front.config_path, run_dir, tmp_path / "holder.log")
+        wait_for("the front to hand its connection to the holder", lambda: "has the connection" in front.log())
+        front.kill()
+        front = start_daemon(tmp_path, workers=1, run_dir=run_dir)
+        assert front.call("status")["takeovers"] == 1
+        assert tool.read_bytes() == (layer.root / "usr/bin/tool").read_bytes()
+    finally:
+        front.stop()
+        if holder is not None:
+            holder.stop()
+        unmount_under(tmp_path)
