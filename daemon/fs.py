@@ -39,6 +39,7 @@ import trio
 
 from lazylayer.daemon.fuseguard import guard_operations
 from lazylayer.daemon.handles import BlobHandle, ContentHandle, DirHandle, FileHandle, Handle, Handles, inode_of
+from lazylayer.daemon.journal import Journal, uses_in
 from lazylayer.daemon.layer import Layer, Resolver
 from lazylayer.daemon.layout import (BLOB, DIFF, DIGEST_NAME, DIR_KINDS, IMAGES_DIR, INFO, STATE_DIR, USE, Kind,
                                      LayoutInodes, LayoutNode, StoreAccess, decode_ref, layer_info, name_of)
@@ -101,6 +102,7 @@ class LazyFS(pyfuse3.Operations):
         self.on_init: Callable[[], None] | None = None
         #: after a takeover: set once the layers the previous front served are resolved again
         self.restoring: trio.Event | None = None
+        self.journal = Journal(self.layout)
 
     def init(self) -> None:
         if self.on_init is not None:
@@ -498,6 +500,7 @@ class LazyFS(pyfuse3.Operations):
             self._may_fetch(ctx)
             layer = await self._hold(node.ref, node.digest)
             layer.acquire()
+            self.journal.use(node.ref, node.digest, 1)
             log.info("layer %s of %s in use (%d references)", node.digest, node.ref, layer.refs)
             raise pyfuse3.FUSEError(errno.ENOENT)
         raise pyfuse3.FUSEError(errno.EROFS)
@@ -509,6 +512,8 @@ class LazyFS(pyfuse3.Operations):
             layer = self._held.get((node.ref, name.decode("ascii", "replace")))
             if layer is not None:
                 layer.done()
+                if self.journal.uses[(node.ref, layer.digest)] > 0:
+                    self.journal.use(node.ref, layer.digest, -1)
                 log.info("layer %s of %s released (%d references)", layer.digest, node.ref, layer.refs)
                 raise pyfuse3.FUSEError(errno.ENOENT)
         raise pyfuse3.FUSEError(errno.EROFS)
@@ -545,14 +550,20 @@ class LazyFS(pyfuse3.Operations):
 
     # -- for the control socket ----------------------------------------------------------------
 
-    async def hold_again(self) -> None:
+    async def hold_again(self, journal: list[dict[str, Any]]) -> None:
         """After a takeover: hold the layers the restored layout names, so their directories
-        list as before (one failing layer is logged and skipped)."""
+        list as before, with the `use` references the journal counts (one failing layer is
+        logged and skipped)."""
+        uses = uses_in(journal)
         for node in self.layout.nodes(Kind.LAYER):
             try:
-                await self.hold(node.ref, node.digest)
+                layer = await self.hold(node.ref, node.digest)
             except LazyLayerError as exc:
                 log.warning("layer %s of %s not held again after the takeover: %s", node.digest, node.ref, exc)
+                continue
+            for _ in range(uses[(node.ref, node.digest)]):
+                layer.acquire()
+                self.journal.uses[(node.ref, node.digest)] += 1
 
     def held(self) -> list[Layer]:
         return list(self._held.values())

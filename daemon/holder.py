@@ -30,6 +30,7 @@ from typing import Any
 
 from lazylayer.daemon import mounts
 from lazylayer.daemon.fuseconn import Connection
+from lazylayer.daemon.journal import live_mounts
 from lazylayer.shared.errors import LazyLayerError, MountError
 from lazylayer.shared.perms import private_dir
 
@@ -205,7 +206,7 @@ class Holder:
         """The real stop: unmount the user mounts the journal names, then the store."""
         if self.held is None:
             return
-        for target in user_mount_targets(self.held.journal):
+        for target in live_mounts(self.held.journal):
             _unmount(target)
         _unmount(self.held.conn.mountpoint)
         os.close(self.held.conn.fd)
@@ -217,17 +218,6 @@ def _unmount(path: str) -> None:
         mounts.unmount(path, lazy=True)
     except MountError as exc:
         log.warning("%s", exc)
-
-
-def user_mount_targets(journal: list[dict[str, Any]]) -> list[str]:
-    """The `lazylayer mount` targets still mounted after ``journal``, in mount order."""
-    live: dict[str, None] = {}
-    for record in journal:
-        if "mount" in record:
-            live[record["mount"]["target"]] = None
-        elif "umount" in record:
-            live.pop(record["umount"], None)
-    return list(live)
 
 
 @dataclass

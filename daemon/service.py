@@ -38,6 +38,7 @@ from lazylayer.daemon.control import ControlServer
 from lazylayer.daemon.fs import FsSettings, LazyFS
 from lazylayer.daemon.fuseconn import Connection, mount_fuse, resend, start_session
 from lazylayer.daemon.holder import Handover, HolderLink
+from lazylayer.daemon.journal import live_mounts
 from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.metrics import Metrics, StateSources
@@ -240,12 +241,12 @@ class Daemon:
             os.close(handover.conn.fd)
             raise MountError(f"the holder already holds a connection of {handover.conn.mountpoint}")
         link.adopt(conn)
-        for record in self.fs.layout.records():
+        for record in self.fs.journal.records():
             link.record(record)
         old, self.holder = self.holder, link
         for mount in self.user_mounts.values():
             self._journal_mount(mount)
-        self.fs.layout.on_new = link.record
+        self.fs.journal.attach(link.record)
         if old is not None:
             old.close()
         log.info("the FUSE connection holder has the connection of %s now", conn.mountpoint)
@@ -254,14 +255,8 @@ class Daemon:
         """After a takeover: the user mounts the previous front recorded (still mounted: the
         connection never went away) are ours again at once; `acquire_restored` takes their
         layers (a resolve each) in the background."""
-        live: dict[str, dict[str, Any]] = {}
-        for record in journal:
-            if "mount" in record:
-                live[record["mount"]["target"]] = record["mount"]
-            elif "umount" in record:
-                live.pop(record["umount"], None)
         restored = []
-        for m in live.values():
+        for m in live_mounts(journal).values():
             mount = UserMount(m["target"], m["ref"], [], m["writable"], m["view_id"], m["state_dir"])
             if mount.view_id is not None:
                 self.fs.views[mount.view_id] = []
@@ -481,7 +476,7 @@ async def _serve(options: DaemonOptions, store: Any, holder: HolderLink | None, 
                 fs.layout.restore(handover.journal)  # type: ignore[union-attr]
                 fs.restoring = trio.Event()
             if holder is not None:
-                fs.layout.on_new = holder.record
+                fs.journal.attach(holder.record)
             start_session(fs, conn)
         except BaseException:
             _drop(conn, unmount=taken is None)
@@ -520,7 +515,7 @@ async def _restore(daemon: Daemon, journal: list[dict[str, Any]]) -> None:
     restored = daemon.restore_mounts(journal)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon.acquire_restored, restored, journal)
-        nursery.start_soon(daemon.fs.hold_again)
+        nursery.start_soon(daemon.fs.hold_again, journal)
     assert daemon.fs.restoring is not None
     daemon.fs.restoring.set()
     log.info("takeover: %d mounts and %d layers served again", len(restored), len(daemon.fs.held()))

@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from tests.fuse.daemonproc import start_daemon, unmount_under
+from tests.ops.test_daemon_ops import wait_for
 from tests.security.conftest import _binary_items, public_workdir
 from tests.security.test_podman import PODMAN, Podman
 from tests.support.layers import build_layer, directory, file
@@ -70,6 +71,8 @@ def test_a_container_keeps_reading_across_front_kills(reader_image: tuple[str, d
             front.kill()
             front = start_daemon(workdir, workers=1, run_dir=front.run_dir,
                                  config={"background": {"enabled": False}, "prefetch": {"enabled": False}})
+        # podman's `use` reference on its layer came through both takeovers
+        wait_for("the layer held again", lambda: [l["references"] for l in front.call("status")["layers"]] == [1])
         assert podman.ok("wait", "reader", timeout=120).strip() == "0"
         out = podman.ok("logs", "reader")
         assert front.call("status")["takeovers"] == 2
