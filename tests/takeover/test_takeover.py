@@ -5,11 +5,13 @@ their records and the layout stay what the kernel knows."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from tests.fuse.daemonproc import start_daemon, unmount_under
+from tests.fuse.daemonproc import LAZYLAYER, daemon_config, start_daemon, unmount_under
 from tests.ops.test_daemon_ops import wait_for
 from tests.support.fetchstack import PushedImage, expected_files
 from tests.takeover.conftest import Stack
@@ -94,3 +96,30 @@ def test_a_holder_started_after_the_front_gets_the_connection(app_image: PushedI
         if holder is not None:
             holder.stop()
         unmount_under(tmp_path)
+
+
+def test_an_open_file_keeps_reading_across_a_takeover(stack: Stack, app_image: PushedImage):
+    """The kernel sends the dead front's fh; the new front reopens its inode from it."""
+    layer = app_image.layers[1]
+    path = stack.front.layer_dir(app_image.ref, layer.digest) / "opt/data/blob.bin"
+    want = path.read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 1000, 0) == want[:1000]
+        stack.front.kill()
+        stack.restart_front()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the next pread is a READ with the old fh
+        assert os.pread(fd, 5000, len(want) - 5000) == want[-5000:]
+    finally:
+        os.close(fd)
+    assert "open of inode" not in stack.front.log()
+
+
+def test_takeover_flag_needs_a_holder_with_a_connection(tmp_path: Path):
+    run_dir = Path(tempfile.mkdtemp(prefix="ll-to-", dir="/tmp"))
+    config = daemon_config(tmp_path, run_dir)
+    done = subprocess.run([*LAZYLAYER, "daemon", "--takeover", "--config", str(config)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "LAZYLAYER_CONFIG": ""})
+    assert done.returncode != 0
+    assert "--takeover: no FUSE connection holder with a connection runs for" in done.stderr
+    assert not (tmp_path / "mnt").is_mount()
