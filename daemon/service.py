@@ -425,6 +425,9 @@ async def run_daemon(options: DaemonOptions) -> int:
         handover = None
         if holder is not None:  # blocks while an attached front hands over (stopwaitsecs: 30)
             handover = await trio.to_thread.run_sync(holder.hello, 60.0)
+        if handover is not None and handover.conn is not None and not _still_mounted(handover.conn):
+            os.close(handover.conn.fd)
+            handover = Handover(handover.takeovers, None, [])
         if options.takeover and (handover is None or handover.conn is None):
             raise MountError(f"--takeover: no FUSE connection holder with a connection runs for {options.run_dir} "
                              "(start `lazylayer holder` before the first front)")
@@ -519,6 +522,17 @@ async def _restore(daemon: Daemon, journal: list[dict[str, Any]]) -> None:
     assert daemon.fs.restoring is not None
     daemon.fs.restoring.set()
     log.info("takeover: %d mounts and %d layers served again", len(restored), len(daemon.fs.held()))
+
+
+def _still_mounted(conn: Connection) -> bool:
+    """Whether the holder's connection is still the one at its mountpoint (someone may have
+    unmounted it while no front ran: a new mount then replaces it in the holder). Read from
+    mountinfo: a stat would wait for a front to answer, and that front is us."""
+    entry = mounts.mount_at(conn.mountpoint, resolve=False)
+    if entry is not None and entry.fstype == mounts.FUSE_TYPE:
+        return True
+    log.warning("the holder's connection is no longer mounted at %s: mounting afresh", conn.mountpoint)
+    return False
 
 
 def _mount(options: DaemonOptions, holder: HolderLink | None) -> Connection:

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
-import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.fuse.daemonproc import start_daemon, unmount_under
 from tests.ops.test_daemon_ops import wait_for
-from tests.security.conftest import _binary_items, public_workdir
-from tests.security.test_podman import PODMAN, Podman
+from tests.security.conftest import _binary_items
+from tests.security.test_podman import Podman, podman_root  # noqa: F401  (module-scoped fixture)
 from tests.support.layers import build_layer, directory, file
 from tests.support.registry import Layer, RunningRegistry, push_image
 from tests.takeover.harness import Holder
@@ -44,19 +41,8 @@ def reader_image(registry: RunningRegistry) -> tuple[str, dict[str, str]]:
     return f"{registry.host}/takeover/reader:v1", {f"/{n}": hashlib.sha256(c).hexdigest() for n, c in data.items()}
 
 
-@pytest.fixture
-def root() -> Iterator[Path]:
-    if not Path(PODMAN).exists():
-        pytest.fail("podman is not installed (scripts/setup installs it)")
-    path = public_workdir()
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-R", "-l", str(path)], capture_output=True)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def test_a_container_keeps_reading_across_front_kills(reader_image: tuple[str, dict[str, str]], root: Path):
+def test_a_container_keeps_reading_across_front_kills(reader_image: tuple[str, dict[str, str]], podman_root: Path):
+    root = podman_root
     ref, hashes = reader_image
     workdir = root / "d"
     front = start_daemon(workdir, workers=1, config={"background": {"enabled": False},

@@ -123,3 +123,20 @@ def test_takeover_flag_needs_a_holder_with_a_connection(tmp_path: Path):
     assert done.returncode != 0
     assert "--takeover: no FUSE connection holder with a connection runs for" in done.stderr
     assert not (tmp_path / "mnt").is_mount()
+
+
+def test_a_connection_unmounted_meanwhile_is_replaced(stack: Stack, app_image: PushedImage):
+    """Someone unmounted the store while no front ran: the next front mounts afresh (and the
+    holder keeps the new connection) instead of serving a connection nothing reaches."""
+    layer = app_image.layers[2]
+    path = stack.front.layer_dir(app_image.ref, layer.digest) / "srv/two.txt"
+    assert path.read_bytes() == b"22\n"
+    stack.front.kill()
+    subprocess.run(["umount", "-l", str(stack.front.mountpoint)], check=True)
+    front = stack.restart_front()
+    assert path.read_bytes() == b"22\n"
+    assert "no longer mounted" in front.log()
+    front.kill()
+    stack.restart_front()
+    assert stack.front.call("status")["takeovers"] == 2  # the new connection was the holder's
+    assert path.read_bytes() == b"22\n"
