@@ -52,6 +52,8 @@ def test_reads_survive_three_front_kills(stack: Stack, app_image: PushedImage, t
     readers.check(kills)
     after = [r for r in readers.reads if r.start > kills[-1] + 0.5]
     assert after and all(r.error is None for r in after)
+    shown = stack.front.cli("status")
+    assert shown.returncode == 0 and "takeovers: 3" in shown.stdout.splitlines()[0], shown.stdout
     done = stack.front.cli("umount", str(view))  # the mount record came through the takeovers
     assert done.returncode == 0, done.stderr
 
