@@ -1,10 +1,10 @@
 """The one benchmark command: `python -m bench.harness` (scripts/bench runs it after setup).
 
     python -m bench.harness [--quick] [--runs N] [--workdir DIR] [--workers N] [--scale 1 2 4]
-                            [--random-reads N] [--build-only] [--json] [--write BENCHMARKS.md]
+                            [--random-reads N] [--build-only] [--containerd-only] [--json] [--write BENCHMARKS.md]
 
 Builds (or reuses) the benchmark image in a local registry under the work dir, measures the
-seven comparisons of bench/README.md over --runs runs, prints a table (or --json) and, with
+comparisons of bench/README.md over --runs runs, prints a table (or --json) and, with
 --write, regenerates BENCHMARKS.md. --quick: a tiny image and one run, every item, for CI.
 Needs root, /dev/fuse and Debian's docker-registry (scripts/setup installs them).
 """
@@ -45,8 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--random-reads", type=int, help="4 KiB reads per warm latency sample (default 2000, "
                         "--quick 200)")
     parser.add_argument("--build-only", action="store_true", help="build (or find) the image, describe it, stop")
+    parser.add_argument("--containerd-only", action="store_true",
+                        help="item 10 alone: containerd rpull + run on both remote snapshotters")
     parser.add_argument("--no-go", action="store_true",
                         help="leave the Go stargz-store column out (default: measured; --quick uses it only if built)")
+    parser.add_argument("--only", choices=["fleet"],
+                        help="run one item alone: fleet = item 12 (a fleet behind a cold pull-through cache)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--write", type=Path, metavar="FILE", help="also write the results as markdown (BENCHMARKS.md)")
     args = parser.parse_args(argv)
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     machine = Machine.describe()
     config = write_config(workdir / "lazylayer-bench.toml")
     settings = Settings(runs=args.runs, workers=args.workers, scale=tuple(sorted(set(args.scale))),
-                        random_reads=args.random_reads)
+                        random_reads=args.random_reads, containerd_only=args.containerd_only)
     if args.no_go:
         peer = GoPeer(None, "left out (--no-go)")
     else:
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         if args.build_only:
             print(f"image: {describe_image(image)}")
             return 0
-        results = Runner(image, workdir, settings, config, data_span(image), peer).run()
+        results = Runner(image, workdir, settings, config, data_span(image), peer).run(args.only)
     finally:
         registry.stop()
         for scratch in ("peer", "lazy"):

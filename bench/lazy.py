@@ -79,6 +79,10 @@ class LazyDaemon:
         self._cli("umount", str(target))
         self.targets.remove(target)
 
+    def push_profile(self, ref: str) -> None:
+        """`lazylayer profile push REF`: the recording under way is stored, then pushed."""
+        self._cli("profile", "push", ref)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -119,12 +123,19 @@ def is_mounted(path: Path) -> bool:
 
 def wait_for_mount(mountpoint: Path, process: subprocess.Popen[bytes], log: Callable[[], str]) -> None:
     """Until ``mountpoint`` is a mount (polled every 5 ms: the wait is a measured figure)."""
+    wait_until(lambda: is_mounted(mountpoint), process, log, f"{mountpoint} not mounted")
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Callable[[], str],
+               failure: str) -> None:
+    """Until ``ready()`` (polled every 5 ms); the process exiting first, or READY_TIMEOUT passing
+    (``failure`` says what did not happen), is a BenchError with the tail of its log."""
     deadline = time.monotonic() + READY_TIMEOUT
-    while not is_mounted(mountpoint):
+    while not ready():
         if process.poll() is not None:
             raise BenchError(f"{process.args[0]} exited with {process.returncode}: {log()[-800:]}")
         if time.monotonic() > deadline:
-            raise BenchError(f"{mountpoint} not mounted after {READY_TIMEOUT:.0f} s: {log()[-800:]}")
+            raise BenchError(f"{failure} after {READY_TIMEOUT:.0f} s: {log()[-800:]}")
         time.sleep(0.005)
 
 

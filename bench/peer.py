@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO.parent / "shared" / "reference" / "go-stargz-store" / "build.sh"
 REF_DIR = Path(os.environ.get("REF_DIR", "/var/tmp/go-stargz-store"))
 BINARY = REF_DIR / "bin" / "stargz-store"
+#: the remote snapshotter, for item 10 (bench/containerd.py)
+GRPC_BINARY = REF_DIR / "bin" / "containerd-stargz-grpc"
 
 #: stargz-store's config for each mode. Upstream's defaults prefetch the landmark range and fetch
 #: whole layers in the background; "lazy" turns both off (as lazylayer's lazy config does).
@@ -43,6 +45,8 @@ class GoPeer:
     binary: Path | None
     reason: str = ""
     version: str = ""
+    #: containerd-stargz-grpc (item 10); None when it was not built
+    grpc_binary: Path | None = None
 
     @property
     def available(self) -> bool:
@@ -50,23 +54,23 @@ class GoPeer:
 
     def to_dict(self) -> dict[str, object]:
         return {"available": self.available, "binary": str(self.binary) if self.binary else None,
-                "reason": self.reason, "version": self.version}
+                "reason": self.reason, "version": self.version,
+                "grpc_binary": str(self.grpc_binary) if self.grpc_binary else None}
 
 
 def find_peer(*, build: bool) -> GoPeer:
     """The built stargz-store; with ``build``, run build.sh first when it is missing (a fresh
     machine). Never raises: a missing peer is a reported fact, not a failed benchmark."""
-    if not BINARY.exists():
+    if not BINARY.exists() or (build and not GRPC_BINARY.exists()):
         if not build:
             return GoPeer(None, f"skipped in --quick: {BINARY} is not built (a full `scripts/bench` builds it)")
         if not BUILD_SCRIPT.exists():
             return GoPeer(None, f"not available: {BUILD_SCRIPT} is missing")
-        done = subprocess.run(["bash", str(BUILD_SCRIPT)], env={**os.environ, "SKIP_GRPC": "1"},
-                              capture_output=True, text=True)
+        done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True)
         if done.returncode != 0 or not BINARY.exists():
             tail = " / ".join(done.stderr.strip().splitlines()[-3:])
             return GoPeer(None, f"not available: build.sh failed (exit {done.returncode}): {tail}")
-    return GoPeer(BINARY, version=_version())
+    return GoPeer(BINARY, version=_version(), grpc_binary=GRPC_BINARY if GRPC_BINARY.exists() else None)
 
 
 def _version() -> str:

@@ -156,7 +156,7 @@ class Peers:
                 os.listdir(diff)
             resolved = time.perf_counter() - resolve_start
             app_start = time.perf_counter()
-            output = self._run_on_overlay(diffs)
+            output = self.run_on_overlay(diffs)
             ran = time.perf_counter() - app_start
             total = time.perf_counter() - start
         if output != self.image.app_output:
@@ -164,7 +164,7 @@ class Peers:
         for key, seconds in (("total", total), ("daemon", started), ("resolve", resolved), ("run", ran)):
             self._add(side, f"app_{key}_{mode}", seconds)
 
-    def _run_on_overlay(self, diffs: list[Path]) -> str:
+    def run_on_overlay(self, diffs: list[Path]) -> str:
         """Mount overlayfs (top layer first in lowerdir) with a scratch upper dir, run the app."""
         base = self.area / "overlay"
         shutil.rmtree(base, ignore_errors=True)

@@ -56,7 +56,9 @@ def peer_line(results: Results) -> str:
     """What the Go column is, or why it is empty (never silently missing)."""
     p = results.peer
     if p.get("available"):
-        return f"Go peer: {p['version']} ({p['binary']}), same run, same registry and images"
+        grpc = (f"; item 10: containerd-stargz-grpc ({p['grpc_binary']})" if p.get("grpc_binary")
+                else "; item 10: containerd-stargz-grpc not built (build.sh builds it)")
+        return f"Go peer: {p['version']} ({p['binary']}), same run, same registry and images{grpc}"
     return f"Go peer: {p.get('reason') or 'not measured'}"
 
 
@@ -98,6 +100,14 @@ def extras_lines(results: Results) -> list[str]:
     if "mount_cold_s" in e:
         out.append(f"`lazylayer mount` alone: {median(e['mount_cold_s']):.2f} s on an empty cache, "
                    f"{median(e.get('mount_warm_s', [math.nan])):.2f} s on a warm one (medians)")
+    if "fleet_origin_ratio" in e:
+        hosts = ", ".join(f"{median(e[k]):.2f} s" for k in sorted(e) if k.startswith("fleet_big_file_host"))
+        out.append(f"fleet behind a cold pull-through cache (item 12): the origin sent "
+                   f"{median(e['fleet_origin_ratio']):.3f}x the {median(e['fleet_blob_mb']):.0f} MB blob read by 3 hosts "
+                   f"({median(e['fleet_origin_ratio_all']):.3f}x all the image's blobs, which the cache filled too); "
+                   f"first byte on host 1 {median(e['fleet_first_byte_s']):.2f} s "
+                   f"(a fresh daemon without mirror: {median(e['fleet_first_byte_direct_s']):.2f} s); "
+                   f"the {median(e['fleet_big_file_mb']):.0f} MB file read in {hosts} (hosts 1, 2, 3)")
     if "entries_local" in e:
         out.append(f"entries walked by find: {int(median(e['entries_lazylayer']))} through the mount, "
                    f"{int(median(e['entries_local']))} on local disk")

@@ -2,7 +2,7 @@
 
 Every row compares a lazylayer figure with a baseline figure of the same unit; the ratio is
 lazylayer ÷ baseline, so for times and latencies 1.0 means "as fast as the baseline" and 3.0
-"three times slower". Rows of items 8 and 9 compare with the Go stargz-store instead (the peer,
+"three times slower". Rows of items 8 to 10 compare with the Go stargz-store instead (the peer,
 ``go`` samples, ``go_ratio`` = lazylayer ÷ Go); a row may have either baseline or both. Medians
 over runs are what tables show; JSON keeps every sample.
 """
@@ -25,6 +25,8 @@ ITEMS = {
     7: "random 4 KiB reads: latency",
     8: "cold start of a Python app (numpy, pandas, rich) from the layer store vs the Go stargz-store",
     9: "layer store operations vs the Go stargz-store",
+    10: "containerd: ctr-remote rpull + ctr run of the app, lazylayer snapshotter vs containerd-stargz-grpc",
+    11: "cold start of the Python app with a learned profile from another cache (vs item 8)",
 }
 
 

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from bench.baselines import CompressedSpan, full_pull, get_and_gunzip
+from bench.containerd import ContainerdItem
 from bench.errors import BenchError
+from bench.fleet import measure_fleet
 from bench.images import BenchImage
 from bench.lazy import LazyDaemon, lazy_session
 from bench.machine import drop_caches
 from bench.peer import GoPeer
 from bench.peers import Peers
+from bench.profiled import ProfiledStart
 from bench.measure import find_stat, percentile, random_reads, read_files, read_sequential, spread_offsets, \
     uniform_offsets
 from bench.results import Results
@@ -41,6 +44,8 @@ class Settings:
     #: 4 KiB reads per warm random-read sample
     random_reads: int
     seed: int = 1
+    #: item 10 alone (`--containerd-only`)
+    containerd_only: bool = False
 
 
 def _say(message: str) -> None:
@@ -61,6 +66,8 @@ class Runner:
         self.uniform = uniform_offsets(size, settings.random_reads, settings.seed)
         self._declare_rows()
         self.peers = Peers(image, workdir / "peer", self.results, peer, settings.workers)
+        self.containerd = ContainerdItem(image, workdir / "ctrd", self.results, peer, settings.workers)
+        self.profiled = ProfiledStart(image, workdir / "profiled", self.results, self.peers, settings.workers)
 
     # -- rows ----------------------------------------------------------------------------------
 
@@ -93,7 +100,8 @@ class Runner:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def run(self) -> Results:
+    def run(self, only: str | None = None) -> Results:
+        """Every item, or with ``only="fleet"`` item 12 alone."""
         s = self.settings
         extra_scale = [w for w in s.scale if w != s.workers]
         for run in range(1, s.runs + 1):
@@ -102,7 +110,14 @@ class Runner:
                 ("lazylayer warm LMDB", self.lazy_warm), ("lazylayer cold random reads", self.lazy_cold_random),
                 *((f"lazylayer cold, {w} workers", lambda run, w=w: self.lazy_scale(run, w)) for w in extra_scale),
                 ("layer stores: lazylayer and the Go stargz-store", lambda run: self.peers.run(run, _say)),
+                ("app start with a learned profile", lambda run: self.profiled.run(run, _say)),
+                ("a fleet behind a cold pull-through cache", self.fleet),
+                ("containerd: lazylayer and containerd-stargz-grpc", lambda run: self.containerd.run(run, _say)),
             ]
+            if s.containerd_only:
+                steps = steps[-1:]
+            elif only == "fleet":
+                steps = steps[-2:-1]
             with progress(f"run {run}/{s.runs}", len(steps), unit_bytes=False) as bar:
                 for name, step in steps:
                     _say(f"run {run}/{s.runs}: {name}")
@@ -111,7 +126,14 @@ class Runner:
         shutil.rmtree(self.area, ignore_errors=True)
         shutil.rmtree(self.local, ignore_errors=True)  # 1 GiB of scratch; every run unpacks it anew
         shutil.rmtree(self.workdir / "peer", ignore_errors=True)
+        shutil.rmtree(self.workdir / "profiled", ignore_errors=True)
+        shutil.rmtree(self.workdir / "ctrd", ignore_errors=True)
+        if s.containerd_only:
+            self.results.rows = {k: r for k, r in self.results.rows.items() if r.item == 10}
         return self.results
+
+    def fleet(self, run: int) -> None:
+        measure_fleet(self.image, self.workdir, self.config, self.settings.workers, self.results.extra, drop_caches)
 
     def baselines(self, run: int) -> None:
         rows, img = self.results.rows, self.image

@@ -25,11 +25,11 @@ import logging
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import pyfuse3
 
+from lazylayer.daemon.holder import Connection
 from lazylayer.shared.errors import MountError
 
 log = logging.getLogger(__name__)
@@ -39,15 +39,6 @@ _MS_NOSUID, _MS_NODEV = 2, 4
 _FUSE_NOTIFY_RESEND = 7
 #: mount(2) data options the kernel's fuse takes (anything else in our option set is libfuse's)
 _KERNEL_OPTIONS = ("default_permissions", "allow_other")
-
-
-@dataclass(frozen=True)
-class Connection:
-    """An open FUSE connection: /dev/fuse fd (ours to close), the kernel's INIT request, where."""
-
-    fd: int
-    init: bytes
-    mountpoint: str
 
 
 def _option(options: set[str], key: str, default: str) -> str:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lazylayer.daemon import mounts
-from lazylayer.daemon.fuseconn import Connection
 from lazylayer.daemon.journal import live_mounts
 from lazylayer.shared.errors import LazyLayerError, MountError
 from lazylayer.shared.perms import private_dir
@@ -67,6 +66,15 @@ def _peer(sock: socket.socket) -> tuple[int, int]:
     """(pid, uid) of the process at the other end."""
     pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     return pid, uid
+
+
+@dataclass(frozen=True)
+class Connection:
+    """An open FUSE connection: /dev/fuse fd (ours to close), the kernel's INIT request, where."""
+
+    fd: int
+    init: bytes
+    mountpoint: str
 
 
 @dataclass
@@ -296,6 +304,41 @@ class HolderLink:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def take_connection(run_dir: str, mountpoint: str, required: bool) -> tuple[HolderLink | None, Handover | None]:
+    """A starting front's first step, before it locks the run dir: the holder (None if none
+    runs) and what it gives - it waits while an attached front hands over, so the lock is free
+    by then. ``required`` (`--takeover`): refuse unless there is a connection to take over."""
+    link = HolderLink.connect(run_dir)
+    try:
+        handover = link.hello(60.0) if link is not None else None
+        if handover is not None and handover.conn is not None:
+            if handover.conn.mountpoint != mountpoint:
+                os.close(handover.conn.fd)
+                raise MountError(f"the holder's connection is mounted at {handover.conn.mountpoint}, not at {mountpoint}")
+            if not _still_mounted(handover.conn):
+                os.close(handover.conn.fd)
+                handover = Handover(handover.takeovers, None, [])
+        if required and (handover is None or handover.conn is None):
+            raise MountError(f"--takeover: no FUSE connection holder with a connection runs for {run_dir} "
+                             "(start `lazylayer holder` before the first front)")
+    except BaseException:
+        if link is not None:
+            link.close()
+        raise
+    return link, handover
+
+
+def _still_mounted(conn: Connection) -> bool:
+    """Whether the holder's connection is still the one at its mountpoint (someone may have
+    unmounted it while no front ran: a new mount then replaces it in the holder). Read from
+    mountinfo: a stat would wait for a front to answer, and that front is the caller."""
+    entry = mounts.mount_at(conn.mountpoint, resolve=False)
+    if entry is not None and entry.fstype == mounts.FUSE_TYPE:
+        return True
+    log.warning("the holder's connection is no longer mounted at %s: mounting afresh", conn.mountpoint)
+    return False
 
 
 def run_holder(run_dir: str) -> int:

@@ -14,6 +14,7 @@ inside the pause instead of asking the registry again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -64,3 +65,31 @@ class HostBackoff:
 
     def succeeded(self, registry: str) -> None:
         self._failing.pop(registry, None)
+
+
+class MirrorRanges:
+    """What the workers found about mirrors' range support (workers/registry/rangesupport.py),
+    kept by the front so every worker knows what one learnt: a mirror that answered a ranged
+    read with the whole blob costs the origin a few MB per probe while it fills its cache, so a
+    daemon's second worker must not probe it again. Replies bring each worker's view; jobs
+    carry the marks still running (`marks`); `status` shows them."""
+
+    def __init__(self) -> None:
+        #: host -> (state, strikes, until on the trio clock)
+        self._hosts: dict[str, tuple[str, int, float]] = {}
+
+    def learn(self, reported: list[dict[str, Any]]) -> None:
+        now = trio.current_time()
+        for host in reported:
+            self._hosts[host["host"]] = (host["state"], int(host["strikes"]), now + float(host["retry_in"]))
+
+    def marks(self) -> list[list[Any]]:
+        """``[host, strikes, seconds left]`` of the mirrors passed over now."""
+        now = trio.current_time()
+        return [[host, strikes, round(until - now, 2)] for host, (state, strikes, until) in self._hosts.items()
+                if state == "full-body" and until > now]
+
+    def status(self) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        return [{"host": host, "state": state, "strikes": strikes, "retry_in": round(max(0.0, until - now), 1)}
+                for host, (state, strikes, until) in sorted(self._hosts.items())]

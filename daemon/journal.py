@@ -11,15 +11,16 @@ state the kernel may still name that LMDB does not hold (daemon/holder.py keeps 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from lazylayer.daemon.layout import LayoutInodes
+if TYPE_CHECKING:  # the holder imports live_mounts and must stay light (no trio, no pyfuse3)
+    from lazylayer.daemon.layout import LayoutInodes
 
 Sink = Callable[[dict[str, Any]], None]
 
 
 class Journal:
-    def __init__(self, layout: LayoutInodes) -> None:
+    def __init__(self, layout: "LayoutInodes") -> None:
         self.layout = layout
         #: `use` references held now, by (ref, digest)
         self.uses: Counter[tuple[str, str]] = Counter()

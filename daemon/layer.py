@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from lazylayer.daemon.pool import Priority
+from lazylayer.daemon.profiles import Profiling
 from lazylayer.daemon.remote import LayerDescriptor, Remote, ResolvedImage
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (CacheError, DigestMismatchError, FormatError, LazyLayerError,
@@ -82,12 +83,16 @@ class Layer:
     """One resolved layer of one image reference. Methods run in the daemon's trio loop."""
 
     def __init__(self, remote: Remote, ref: str, desc: LayerDescriptor, record: LayerRecord,
-                 settings: ResolverSettings) -> None:
+                 settings: ResolverSettings, profiling: Profiling | None = None, manifest: str = "") -> None:
         self.remote = remote
         self.ref = ref
         self.desc = desc
         self.record = record
         self.settings = settings
+        #: learned prefetch: reads are recorded there, and its profile replayed at resolve
+        self.profiling = profiling
+        #: digest of the image manifest this layer was resolved through ("" if unknown)
+        self.manifest = manifest
         self.refs = 0
         self.last_used = trio.current_time()
         self.last_error = ""
@@ -194,6 +199,8 @@ class Layer:
     async def read(self, node: NodeRef, file_size: int, offset: int, size: int) -> bytes:
         """File bytes: LMDB hits, misses fetched in the foreground. Errors are recorded."""
         self.touch()
+        if self.profiling is not None:
+            self.profiling.note(self.digest, node, offset, size)
         try:
             return await self.remote.read(self.ref, self.record, node, file_size, offset, size)
         except LazyLayerError as exc:
@@ -283,8 +290,11 @@ class Layer:
 
         async def fetches() -> None:
             with self._cancel:
-                if prefetch:
-                    await self._run_prefetch()
+                async with trio.open_nursery() as prefetches:  # landmark range and profile side by side
+                    if prefetch:
+                        prefetches.start_soon(self._run_prefetch)
+                    if self.profiling is not None and self.manifest:
+                        prefetches.start_soon(self.profiling.replay, self.ref, self.manifest, self.record)
                 if self.settings.background:
                     await self.background_fetch()
 
@@ -342,10 +352,12 @@ class Resolver:
     dropped and resolved afresh. `run` is the eviction loop and owns the layers' fetch tasks.
     """
 
-    def __init__(self, remote: Remote, settings: ResolverSettings, *, allow_unverified: bool = False) -> None:
+    def __init__(self, remote: Remote, settings: ResolverSettings, *, allow_unverified: bool = False,
+                 profiling: Profiling | None = None) -> None:
         self.remote = remote
         self.settings = settings
         self.allow_unverified = allow_unverified
+        self.profiling = profiling
         self._layers: dict[str, Layer] = {}
         self._images: dict[str, tuple[float, ResolvedImage]] = {}
         self._inflight: dict[tuple[str, str], _Shared] = {}
@@ -406,12 +418,19 @@ class Resolver:
         async def compute() -> ResolvedImage:
             image = await self.remote.resolve_image(ref)
             self._images[ref] = (trio.current_time(), image)
+            if self.profiling is not None:
+                self.profiling.image_resolved(image)
             if self.settings.image_layers and self._nursery is not None:
                 for desc in image.layers:
                     self._nursery.start_soon(self._resolve_ahead, ref, desc)
             return image
 
         return await self._shared(("image", ref), compute)
+
+    def cached_image(self, ref: str) -> ResolvedImage | None:
+        """The image ``ref`` was last resolved to here, if it was (however long ago)."""
+        cached = self._images.get(ref)
+        return None if cached is None else cached[1]
 
     async def _resolve_ahead(self, ref: str, desc: LayerDescriptor) -> None:
         """Resolve a layer nobody asked for yet: an overlay mount (a container start) looks its
@@ -456,7 +475,9 @@ class Resolver:
 
     async def _resolve_new(self, ref: str, desc: LayerDescriptor) -> Layer:
         record = await self.remote.resolve_layer(ref, desc)
-        layer = Layer(self.remote, ref, desc, record, self.settings)
+        image = self._images.get(ref)
+        manifest = image[1].manifest_digest if image is not None else ""
+        layer = Layer(self.remote, ref, desc, record, self.settings, self.profiling, manifest)
         if self._nursery is not None:
             layer.start_fetches(self._nursery)
         await layer.wait_for_prefetch_completion(self.settings.prefetch_timeout)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -76,6 +76,12 @@ class Metrics(FetchObserver):
         self.cache_corrupt_chunks = Counter("lazylayer_cache_corrupt_chunks",
                                      "cached chunks that no longer matched their digest (dropped, fetched again)",
                                      registry=r)
+        self.profile_prefetched = Gauge("lazylayer_profile_prefetched_chunks",
+                                        "chunks profile replays fetched", registry=r)
+        self.profile_hits = Gauge("lazylayer_profile_hit_chunks",
+                                  "chunks profile replays fetched that reads then used", registry=r)
+        self.profile_waste = Gauge("lazylayer_profile_unread_chunks",
+                                   "chunks profile replays fetched that no read used (yet)", registry=r)
         self._server: object | None = None
 
     def chunks_read(self, hits: int, misses: int) -> None:
@@ -90,6 +96,11 @@ class Metrics(FetchObserver):
 
     def cache_corrupt(self, chunks: int) -> None:
         self.cache_corrupt_chunks.inc(chunks)
+
+    def profile_chunks(self, prefetched: int, hits: int, unread: int) -> None:
+        self.profile_prefetched.set(prefetched)
+        self.profile_hits.set(hits)
+        self.profile_waste.set(unread)
 
     def read_done(self, nbytes: int, error: str | None) -> None:
         """A FUSE read answered (``error``: the failure's kind, or None)."""

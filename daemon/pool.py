@@ -15,6 +15,10 @@ Why it is built this way:
   ``capacity`` slots of a worker, and a worker runs at most ``max_groups`` groups' worth: a
   stalled registry fills only its own slots while jobs for other registries still find theirs
   (issue 15). Jobs without a group share one.
+- **Pure-Python work spreads over processes.** A job kind in ``exclusive_kinds`` (registering a
+  TOC: Python per entry, the GIL held throughout) runs at most once at a time per worker: two of
+  them in one process take as long as one after the other, while another worker idles (the
+  first worker to connect used to get all of an image's layers).
 - **Deadlines travel with jobs.** Each request carries the seconds its submitter still waits
   (minus a margin for the answer to arrive first); the worker cuts its waits to it, so a job
   re-dispatched after a death gets what is left of the budget, not a fresh one.
@@ -36,6 +40,7 @@ import errno
 import itertools
 import logging
 import math
+import subprocess
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -101,6 +106,8 @@ class _Worker:
     last_seen: float
     #: job id -> its group, until the worker answers or dies (even for jobs nobody waits for)
     in_flight: dict[int, Hashable | None] = field(default_factory=dict)
+    #: the in-flight jobs of an exclusive kind (at most one)
+    exclusive: set[int] = field(default_factory=set)
     jobs_done: int = 0
     jobs_failed: int = 0
     last_dispatch: int = 0
@@ -129,8 +136,11 @@ class WorkerPool:
         restart_backoff_max: float = 30.0,
         restart_stable_after: float = 10.0,
         stop_timeout: float = 10.0,
+        exclusive_kinds: frozenset[str] = frozenset(),
+        adopt: Sequence[subprocess.Popen[bytes]] = (),
     ) -> None:
         self.endpoint = endpoint
+        self.exclusive_kinds = exclusive_kinds
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
         self.max_attempts = max_attempts
@@ -139,7 +149,7 @@ class WorkerPool:
         self.spawner = WorkerSpawner(
             worker_command or default_worker_command(endpoint, heartbeat_interval, heartbeat_liveness), spawn,
             SpawnSettings(restart_backoff, restart_backoff_max, restart_stable_after, stop_timeout),
-            on_exit=self._process_exited, on_change=self._notify_changed)
+            on_exit=self._process_exited, on_change=self._notify_changed, adopt=adopt)
         self._workers: dict[bytes, _Worker] = {}
         self._jobs: dict[int, _Job] = {}
         self._dedup: dict[tuple[str, Hashable], _Job] = {}
@@ -335,6 +345,7 @@ class WorkerPool:
     def _on_answer(self, worker: _Worker | None, answer: protocol.Reply | protocol.ErrorReply) -> None:
         if worker is not None and answer.id in worker.in_flight:
             del worker.in_flight[answer.id]
+            worker.exclusive.discard(answer.id)
             if isinstance(answer, protocol.Reply):
                 worker.jobs_done += 1
             else:
@@ -424,7 +435,8 @@ class WorkerPool:
         best, best_key = None, None
         for w in self._workers.values():
             if (w.blocked or job.kind not in w.kinds or len(w.in_flight) >= w.capacity * self.max_groups
-                    or sum(1 for g in w.in_flight.values() if g == job.group) >= w.capacity):
+                    or sum(1 for g in w.in_flight.values() if g == job.group) >= w.capacity
+                    or w.exclusive and job.kind in self.exclusive_kinds):
                 continue
             key = (len(w.in_flight) / w.capacity, w.last_dispatch)
             if best_key is None or key < best_key:
@@ -433,7 +445,10 @@ class WorkerPool:
 
     def _next_assignment(self) -> tuple[_Job, _Worker] | None:
         """The first queued job (by priority, then queue order) some worker has a slot for; a
-        job whose group finds no slot does not hold up other groups' jobs behind it."""
+        job whose group finds no slot does not hold up other groups' jobs behind it. With every
+        worker full nothing can go, so the queues (thousands of prefetch pieces) are not walked."""
+        if not any(not w.blocked and len(w.in_flight) < w.capacity * self.max_groups for w in self._workers.values()):
+            return None
         now = trio.current_time()
         for priority, queue in self._queues.items():
             if not queue or (priority is Priority.BACKGROUND and not self._background_allowed(now)):
@@ -465,12 +480,15 @@ class WorkerPool:
         job.worker = worker
         job.attempts += 1
         worker.in_flight[job.id] = job.group
+        if job.kind in self.exclusive_kinds:
+            worker.exclusive.add(job.id)
         worker.last_dispatch = next(self._dispatch_seq)
         request = protocol.Request(job.id, job.kind, job.params, job.payloads, self._job_timeout(job))
         sent = self._send(worker.identity, request)
         if sent is True:
             return
         worker.in_flight.pop(job.id, None)
+        worker.exclusive.discard(job.id)
         if job.worker is worker:  # still ours to put back (the drain inside the send may have moved it)
             self._retry(job, count_attempt=False)
         if sent is False:
@@ -514,6 +532,7 @@ class WorkerPool:
             if job is not None and job.worker is worker:
                 self._retry(job, count_attempt=job_id not in handback)
         worker.in_flight.clear()
+        worker.exclusive.clear()
         self._notify_changed()
         self._dispatch()
 

@@ -17,6 +17,10 @@ Why it is built this way:
   the whole blob BACKGROUND (held by the pool while foreground work is active).
 - **A failing registry is paused** (daemon/hostbackoff.py) and its jobs are grouped by registry
   in the pool, so a stalled registry costs its own reads, not other registries' (issue 15).
+- **A blob that came whole is waited for.** When a registry answers a chunk fetch with the whole
+  blob, the worker keeps streaming it into the store (workers/wholeblob.py) and says so in the
+  reply; until it is done, reads of that layer wait for their chunks to appear in the store
+  instead of asking the registry for the blob again through another worker.
 - **Background fetch checks the blob.** The blob is walked in order in pieces of about
   ``piece_size`` compressed bytes cut where no chunk spans the cut; each piece's reply carries
   the sha256 state that the next piece resumes, and the last piece's worker compares the digest
@@ -32,12 +36,12 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import msgpack
 import trio
 
-from lazylayer.daemon.hostbackoff import HostBackoff, is_host_failure
+from lazylayer.daemon.hostbackoff import HostBackoff, MirrorRanges, is_host_failure
 from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
 from lazylayer.daemon.unstored import UnstoredChunks
 from lazylayer.shared.config import Config
@@ -48,7 +52,7 @@ from lazylayer.shared.store.blobs import blob_path
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import Store
 from lazylayer.shared.store.eviction import AccessLog
-from lazylayer.shared.store.layers import LayerRecord, LayerState
+from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
 from lazylayer.shared.store.metadata import FileChunk, Metadata, NodeRef
 from lazylayer.shared.store.reads import read_range
 
@@ -57,8 +61,15 @@ log = logging.getLogger(__name__)
 #: Compressed bytes per prefetch job: small enough that every worker gets a share [bytes].
 PREFETCH_PIECE = 2 << 20
 
+#: Job kinds the pool runs one at a time per worker process: registering a layer is Python per
+#: TOC entry with the GIL held, so two in one process are no faster than one after the other.
+EXCLUSIVE_KINDS = frozenset({"resolve_layer"})
+
 #: Reads retried after a fetch; more only when eviction keeps removing what was just fetched.
 READ_ATTEMPTS = 3
+
+#: How often a read waiting for a blob that streams whole into the store looks for its chunks [s]
+STREAM_POLL = 0.02
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,44 @@ class FetchObserver:
     def cache_corrupt(self, chunks: int) -> None:
         """Cached chunks a read found not matching their digest (dropped and fetched again)."""
 
+    def profile_chunks(self, prefetched: int, hits: int, unread: int) -> None:
+        """Profile replay: chunks it fetched, of those later read (hits), and read by nobody yet."""
+
+
+@dataclass
+class ReplayTally:
+    """Chunks a profile replay fetched, and whether reads came for them: hits are what the
+    profile was right about, what stays unread is its waste. At most ``limit`` unread keys are
+    remembered (a daemon runs for months); older ones count as waste for good."""
+
+    unread: dict[bytes, None] = field(default_factory=dict)
+    prefetched: int = 0
+    hits: int = 0
+    #: unread keys forgotten to stay within ``limit``
+    forgotten: int = 0
+    limit: int = 1 << 18
+
+    @property
+    def waste(self) -> int:
+        return len(self.unread) + self.forgotten
+
+    def fetched(self, keys: Iterable[bytes]) -> None:
+        for key in keys:
+            if key not in self.unread:
+                self.prefetched += 1
+                self.unread[key] = None
+        while len(self.unread) > self.limit:
+            del self.unread[next(iter(self.unread))]
+            self.forgotten += 1
+
+    def read(self, keys: Iterable[bytes]) -> int:
+        """Count the replayed ones among chunks a read was served from; returns how many."""
+        if not self.unread:
+            return 0
+        found = [key for key in keys if self.unread.pop(key, 0) is None]
+        self.hits += len(found)
+        return len(found)
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -249,20 +298,31 @@ class Remote:
         self.stats = FetchStats()
         self._index = store.db("chunk_index")
         self._inflight: dict[bytes, _Pending] = {}
+        #: layer digest -> until when (trio clock) a worker streams its whole blob into the store
+        self._streaming: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._background_slots = trio.CapacityLimiter(max(1, settings.background_concurrency))
         #: when the bandwidth cap lets the next background piece start (trio clock)
         self._background_next = 0.0
         self.host_backoff = HostBackoff(settings.request_timeout / 2)
+        #: chunks profile replays fetched and whether they were read since
+        self.replayed = ReplayTally()
+        #: mirrors' range support as the workers report it, passed on to every job
+        self.mirrors = MirrorRanges()
 
     async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
-                      dedup_key: Hashable | None = None, timeout: float | None = None) -> PoolReply:
+                      dedup_key: Hashable | None = None, timeout: float | None = None,
+                      payloads: Sequence[bytes] = ()) -> PoolReply:
         registry = registry_of(params["ref"]) if "ref" in params else None
         if registry is not None:
             self.host_backoff.check(registry)
+            marks = self.mirrors.marks()
+            if marks:
+                params = {**params, "mirror_marks": marks}
         started = time.monotonic()
         try:
-            reply = await self.pool.submit(kind, params, priority=priority, dedup_key=dedup_key, group=registry,
+            reply = await self.pool.submit(kind, params, payloads, priority=priority, dedup_key=dedup_key,
+                                           group=registry,
                                            timeout=self.settings.request_timeout if timeout is None else timeout)
         except LazyLayerError as exc:
             if registry is not None and is_host_failure(exc):
@@ -272,6 +332,7 @@ class Remote:
             self.observer.job_done(kind, time.monotonic() - started)
         if registry is not None:
             self.host_backoff.succeeded(registry)
+        self.mirrors.learn(reply.result.get("mirrors", ()))
         return reply
 
     # -- images and layers ---------------------------------------------------------------------
@@ -309,6 +370,8 @@ class Remote:
             if got.data is not None:
                 for key in got.used:
                     self.accesses.touch(key)
+                if self.replayed.read(got.used):
+                    self._report_replay()
                 return got.data
             corrupt: tuple[bytes, ...] = ()
             if got.unaudited:  # first read of these cached chunks in this process: hash them, off the loop
@@ -380,10 +443,14 @@ class Remote:
             else:
                 waits[id(pending)] = pending
                 self.stats.joined += 1
+        if mine and layer.digest in self._streaming:
+            mine = await self._wait_for_stream(layer.digest, mine)
         if mine:
             mine += [chunk for key, chunk in extra.items() if key not in cached]
             params = {"ref": ref, "digest": layer.digest, "chunks": [chunk_wire(c) for c in mine],
-                      "replace": [c.digest for c in mine if c.data_key in replace]}
+                      "replace": [c.digest for c in mine if c.data_key in replace],
+                      # a reader waits: may read beside a filling pull-through cache (README "Running a fleet")
+                      "urgent": priority is Priority.FOREGROUND}
             started = _Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
             for key in started.keys:
                 self._inflight[key] = started
@@ -397,6 +464,23 @@ class Remote:
             raise errors[0]
         return 0 if started is None else started.fetched
 
+    async def _wait_for_stream(self, digest: str, chunks: list[FileChunk]) -> list[FileChunk]:
+        """The chunks not stored once the whole-blob stream of layer ``digest`` ended (the layer
+        FETCHED or FAILED, or a new last error: it broke off) or ran past its time; [] as soon
+        as all of them are stored."""
+        first = Layers(self.store).get(digest)
+        while first is not None and trio.current_time() < self._streaming.get(digest, 0.0):
+            chunks = self.store.read(lambda txn: [c for c in chunks if txn.get(c.data_key, db=self._index) is None])
+            if not chunks:
+                return chunks
+            record = Layers(self.store).get(digest)
+            if (record is None or record.state in (LayerState.FETCHED, LayerState.FAILED)
+                    or record.last_error != first.last_error):
+                break
+            await trio.sleep(STREAM_POLL)
+        self._streaming.pop(digest, None)
+        return chunks
+
     async def _wait(self, pending: _Pending, priority: Priority, errors: list[LazyLayerError]) -> None:
         pending.waiters += 1
         try:
@@ -409,6 +493,8 @@ class Remote:
                 self.stats.chunks += reply.result["stored"]
                 self.stats.bytes += reply.result["bytes"]
                 pending.fetched = reply.result["bytes"]
+                if reply.result.get("whole"):
+                    self._streaming[pending.params["digest"]] = trio.current_time() + self.settings.request_timeout
                 self.stats.by_worker[reply.worker] += 1
                 self.observer.fetched(priority, reply.result["bytes"])
         except LazyLayerError as exc:
@@ -436,6 +522,20 @@ class Remote:
         # a thread: the scan walks every chunk row of the layer (2 s for 200k), the loop must not wait
         chunks = await trio.to_thread.run_sync(self.meta.prefetch_chunks, layer.layer_id, end) if end > 0 else []
         fetched = 0
+        if chunks:
+            pieces = plan_pieces(chunks, max(c.blob_end for c in chunks), PREFETCH_PIECE)
+            fetched = await self.fetch_pieces(ref, layer, [p.chunks for p in pieces if p.chunks])
+        params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size,
+                  "prefetch_size": self.settings.prefetch_size}
+        reply = await self._submit("prefetch", params, Priority.PREFETCH, ("prefetch", layer.digest))
+        self.observer.fetched(Priority.PREFETCH, reply.result["bytes"])
+        return fetched + reply.result["bytes"]
+
+    async def fetch_pieces(self, ref: str, layer: LayerRecord, pieces: Sequence[Sequence[FileChunk]]) -> int:
+        """One PREFETCH chunk job per piece, all submitted at once, so every worker takes a share
+        and a demand read of a chunk in flight joins its piece (raising it to FOREGROUND).
+        Raises the first error once all are done; returns the compressed bytes fetched."""
+        fetched = 0
         errors: list[LazyLayerError] = []
 
         async def piece(members: Sequence[FileChunk]) -> None:
@@ -445,18 +545,21 @@ class Remote:
             except LazyLayerError as exc:
                 errors.append(exc)
 
-        if chunks:
-            async with trio.open_nursery() as nursery:
-                for part in plan_pieces(chunks, max(c.blob_end for c in chunks), PREFETCH_PIECE):
-                    if part.chunks:
-                        nursery.start_soon(piece, part.chunks)
+        async with trio.open_nursery() as nursery:
+            for members in pieces:
+                nursery.start_soon(piece, members)
         if errors:
             raise errors[0]
-        params = {"ref": ref, "digest": layer.digest, "size": layer.blob_size,
-                  "prefetch_size": self.settings.prefetch_size}
-        reply = await self._submit("prefetch", params, Priority.PREFETCH, ("prefetch", layer.digest))
-        self.observer.fetched(Priority.PREFETCH, reply.result["bytes"])
-        return fetched + reply.result["bytes"]
+        return fetched
+
+    def _report_replay(self) -> None:
+        tally = self.replayed
+        self.observer.profile_chunks(tally.prefetched, tally.hits, tally.waste)
+
+    def replay_started(self, keys: Iterable[bytes]) -> None:
+        """A profile replay is about to fetch the chunks with these keys (uncached ones)."""
+        self.replayed.fetched(keys)
+        self._report_replay()
 
     async def background_fetch(self, ref: str, layer: LayerRecord,
                                progress: Callable[[int, int], None] | None = None) -> None:
@@ -514,6 +617,19 @@ class Remote:
         accesses = [[key, when] for key, when in self.accesses.drain()]
         reply = await self._submit("janitor", {"accesses": accesses, "budget": budget}, Priority.PREFETCH)
         return reply.result
+
+    async def record_profile(self, manifest: str, run: bytes) -> dict[str, Any]:
+        """Hand one recorded run (a profile document) to a worker, which merges it into the
+        stored profile of ``manifest``: the front never writes LMDB."""
+        reply = await self._submit("profile_record", {"manifest": manifest}, Priority.PREFETCH, payloads=[run])
+        return reply.result
+
+    async def fetch_profile(self, ref: str, manifest: str, max_bytes: int) -> bool:
+        """Have a worker look the registry up for a profile of ``manifest`` (OCI referrers) and
+        store it; False when the registry has none."""
+        reply = await self._submit("profile_fetch", {"ref": ref, "manifest": manifest, "max_bytes": max_bytes},
+                                   Priority.PREFETCH, ("profile_fetch", manifest))
+        return bool(reply.result["found"])
 
     async def check(self, ref: str, desc: LayerDescriptor) -> None:
         """Connectivity: the blob still answers a 1-byte ranged read with the expected size."""

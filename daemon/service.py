@@ -20,15 +20,14 @@ finish the requests in hand and leave everything mounted for the next front.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import shutil
 import signal
-import sys
+import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import pyfuse3
 import trio
@@ -43,42 +42,18 @@ from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.metrics import Metrics, StateSources
 from lazylayer.daemon.pool import WorkerPool
-from lazylayer.daemon.remote import FetchSettings, Remote
+from lazylayer.daemon.profiles import ProfileSettings, Profiling
+from lazylayer.daemon.remote import EXCLUSIVE_KINDS, FetchSettings, Remote
+from lazylayer.daemon.startup import DaemonOptions, clean_run_dir, worker_command
 from lazylayer.shared.config import Config, config_changes, load_config
 from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError
 from lazylayer.shared.logs import redact, setup_logging
-from lazylayer.shared.perms import private_dir, private_umask
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import Layers
 from lazylayer.shared.store.merged import MergedViews
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DaemonOptions:
-    config: Config
-    #: the config file, handed to spawned workers (None: defaults + environment)
-    config_path: str | None = None
-    #: CLI flags ({"section.key": value}), re-applied on reload
-    overrides: dict[str, Any] = field(default_factory=dict)
-    #: refuse to start unless a holder has a connection to take over (`--takeover`)
-    takeover: bool = False
-
-    #: resolved once at start: resolving stats the path, which must never happen on our own
-    #: mount from the loop's thread (it would wait for itself); only its parent is resolved, as
-    #: a front that takes a live mount over must not stat it before it serves it
-    mountpoint: str = field(init=False)
-    run_dir: str = field(init=False)
-    cache_dir: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        mountpoint = os.path.abspath(self.config.daemon.mountpoint)
-        object.__setattr__(self, "mountpoint", os.path.join(os.path.realpath(os.path.dirname(mountpoint)),
-                                                            os.path.basename(mountpoint)))
-        object.__setattr__(self, "run_dir", os.path.abspath(self.config.daemon.run_dir))
-        object.__setattr__(self, "cache_dir", os.path.abspath(self.config.cache.dir))
 
 
 @dataclass
@@ -102,6 +77,7 @@ class Daemon:
     pool: WorkerPool
     #: the config in effect (SIGHUP compares the file against it)
     config: Config
+    profiling: Profiling
     user_mounts: dict[str, UserMount] = field(default_factory=dict)
     #: cap the next janitor job makes the shared one (the config's at start, then on SIGHUP)
     pending_budget: int | None = None
@@ -142,7 +118,7 @@ class Daemon:
     def handlers(self) -> dict[str, Any]:
         return {"status": self.status, "image": self.image, "open_view": self.open_view,
                 "record_mount": self.record_mount, "umount": self.umount, "prefetch_layer": self.prefetch_layer,
-                "fetch_layer": self.fetch_layer}
+                "fetch_layer": self.fetch_layer, "profile_flush": self.profile_flush}
 
     def layer_path(self, ref: str, digest: str) -> str:
         return os.path.join(self.options.mountpoint, encode_ref(ref), digest, "diff")
@@ -309,6 +285,14 @@ class Daemon:
         await self.remote.background_fetch(layer.ref, layer.current_record())
         return {"info": layer.info().to_dict(), "error": layer.error()}
 
+    async def profile_flush(self, params: dict[str, Any]) -> dict[str, Any]:
+        """End the recording of an image now and have it stored (`lazylayer profile push`); an
+        image this daemon never resolved has none (and is not resolved for the asking)."""
+        image = self.resolver.cached_image(str(params["ref"]))
+        if image is None:
+            return {"manifest": None, "recorded": False}
+        return await self.profiling.flush(image.manifest_digest)
+
     async def status(self, params: dict[str, Any]) -> dict[str, Any]:
         layers = []
         seen = set()
@@ -325,6 +309,7 @@ class Daemon:
             "pid": os.getpid(),
             "mountpoint": self.options.mountpoint,
             "takeovers": self.takeovers,
+            "cache_dir": self.options.cache_dir,
             "layers": layers,
             "cached_layers": cached,
             # trio's clock is monotonic: `when` is shown on the wall clock, as every other time
@@ -334,6 +319,8 @@ class Daemon:
             "workers": self.pool.status().to_dict(),
             "cache": dataclasses.asdict(ChunkStore(self.remote.store).stats()),
             "fetch": {k: v for k, v in dataclasses.asdict(self.remote.stats).items() if k != "by_worker"},
+            "profiles": self.profiling.status(),
+            "mirrors": self.remote.mirrors.status(),
         })
 
     def unmount_user_mounts(self) -> None:
@@ -351,58 +338,9 @@ class Daemon:
         self.user_mounts.clear()
 
 
-#: what a daemon creates in its run dir; a clean stop removes them (the pid file last, under the lock)
-RUN_FILES = ("control.sock", "workers.sock", "overlay")
-
-
-def _clean_run_dir(run_dir: str) -> None:
-    """Remove our sockets and the (by now empty) overlay dir; a non-empty overlay dir holds a
-    writable mount's state we did not make (e.g. one whose `record_mount` never reached us) and stays."""
-    for name in RUN_FILES:
-        path = os.path.join(run_dir, name)
-        try:
-            if os.path.isdir(path):
-                os.rmdir(path)
-            else:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.info("leaving %s: %s", path, exc.strerror)
-    try:
-        os.unlink(os.path.join(run_dir, "daemon.pid"))
-    except FileNotFoundError:
-        pass
-
-
 def wall_clock(trio_time: float) -> float:
     """A ``trio.current_time()`` instant as seconds since the epoch."""
     return time.time() - (trio.current_time() - trio_time)
-
-
-def _lock_run_dir(run_dir: str) -> int:
-    """One daemon per run dir: an flock on RUN/daemon.pid held for the daemon's life (released
-    by the kernel when it dies, however it dies)."""
-    private_dir(run_dir)
-    fd = os.open(os.path.join(run_dir, "daemon.pid"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise MountError(f"another lazylayer daemon (pid {other or '?'}) is running with run dir {run_dir}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def worker_command(options: DaemonOptions) -> list[str]:
-    command = [sys.executable, "-m", "lazylayer.workers.main", "--endpoint", f"ipc://{options.run_dir}/workers.sock",
-               "--cache-dir", options.cache_dir, "--log-level", options.config.daemon.log_level,
-               "--parent-pid", str(os.getpid())]  # a killed daemon's workers must not join the next one
-    if options.config_path:
-        command += ["--config", options.config_path]
-    return command
 
 
 def fuse_options(config: Config) -> set[str]:
@@ -416,57 +354,46 @@ def fuse_options(config: Config) -> set[str]:
     return options
 
 
-async def run_daemon(options: DaemonOptions) -> int:
+async def run_daemon(options: DaemonOptions, lock: int, early_workers: Sequence[subprocess.Popen[bytes]] = (),
+                     holder: HolderLink | None = None, handover: Handover | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. The caller (daemon/startup.py's steps, in the CLI) has set
+    the private umask, holds the run dir's ``lock`` (released here) and may have started
+    ``early_workers``, which the pool adopts. ``holder``/``handover``: the FUSE connection
+    holder and what it gave (daemon/holder.py `take_connection`, before the lock)."""
     config = options.config
-    mounts.require_fuse()
-    private_umask()  # sockets, cache files and overlay dirs we create are root's alone
-    holder = HolderLink.connect(options.run_dir)
     try:
-        handover = None
-        if holder is not None:  # blocks while an attached front hands over (stopwaitsecs: 30)
-            handover = await trio.to_thread.run_sync(holder.hello, 60.0)
-        if handover is not None and handover.conn is not None and not _still_mounted(handover.conn):
-            os.close(handover.conn.fd)
-            handover = Handover(handover.takeovers, None, [])
-        if options.takeover and (handover is None or handover.conn is None):
-            raise MountError(f"--takeover: no FUSE connection holder with a connection runs for {options.run_dir} "
-                             "(start `lazylayer holder` before the first front)")
-        lock = _lock_run_dir(options.run_dir)
+        mounts.require_fuse()
+        if handover is None or handover.conn is None:
+            mounts.prepare_mountpoint(options.mountpoint)
+        store = open_store(StoreOptions.from_config(config.cache, options.cache_dir), readonly=True)
         try:
-            if handover is None or handover.conn is None:
-                mounts.prepare_mountpoint(options.mountpoint)
-            elif handover.conn.mountpoint != options.mountpoint:
-                raise MountError(f"the holder's connection is mounted at {handover.conn.mountpoint}, "
-                                 f"not at {options.mountpoint}")
-            store = open_store(StoreOptions.from_config(config.cache, options.cache_dir), readonly=True)
-            try:
-                return await _serve(options, store, holder, handover)
-            finally:
-                store.close()
+            return await _serve(options, store, early_workers, holder, handover)
         finally:
-            _clean_run_dir(options.run_dir)
-            os.close(lock)
+            store.close()
     finally:
-        if holder is not None:  # last: a front waiting for our hand-over then finds the lock free
-            holder.close()  # (one a later holder took is closed at exit, after the lock too)
+        clean_run_dir(options.run_dir)
+        os.close(lock)
 
 
-async def _serve(options: DaemonOptions, store: Any, holder: HolderLink | None, handover: Handover | None) -> int:
+async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[subprocess.Popen[bytes]],
+                 holder: HolderLink | None, handover: Handover | None) -> int:
     config = options.config
     w = config.workers
     pool = WorkerPool(f"ipc://{options.run_dir}/workers.sock", spawn=w.count, worker_command=worker_command(options),
                       heartbeat_interval=w.heartbeat_interval, heartbeat_liveness=w.heartbeat_liveness,
                       max_attempts=w.max_attempts, max_groups=w.max_registries,
                       quiet_period=config.background.quiet_period,
-                      restart_backoff_max=w.restart_backoff_max, restart_stable_after=w.restart_stable_after)
+                      restart_backoff_max=w.restart_backoff_max, restart_stable_after=w.restart_stable_after,
+                      exclusive_kinds=EXCLUSIVE_KINDS, adopt=early_workers)
     metrics = Metrics()
     async with pool:
         remote = Remote(pool, store, FetchSettings.from_config(config), metrics)
+        profiling = Profiling(remote, ProfileSettings.from_config(config))
         resolver = Resolver(remote, ResolverSettings.from_config(config),
-                            allow_unverified=config.verification.allow_unverified)
+                            allow_unverified=config.verification.allow_unverified, profiling=profiling)
 
         fs = LazyFS(store, resolver, FsSettings.from_config(config), metrics.read_done)
-        daemon = Daemon(options, fs, resolver, remote, pool, config, holder=holder,
+        daemon = Daemon(options, fs, resolver, remote, pool, config, profiling, holder=holder,
                         takeovers=handover.takeovers if handover else 0)
         daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
         if config.metrics.address:
@@ -493,6 +420,7 @@ async def _serve(options: DaemonOptions, store: Any, holder: HolderLink | None, 
                 await nursery.start(ControlServer(options.run_dir, daemon.handlers()).serve)
                 nursery.start_soon(_signals, daemon, options)
                 nursery.start_soon(daemon.janitor_loop, config.cache.janitor_interval)
+                nursery.start_soon(profiling.run)
                 nursery.start_soon(daemon.watch_holder, conn)
                 if taken is not None:
                     nursery.start_soon(_restore, daemon, handover.journal)  # type: ignore[union-attr]
@@ -524,17 +452,6 @@ async def _restore(daemon: Daemon, journal: list[dict[str, Any]]) -> None:
     log.info("takeover: %d mounts and %d layers served again", len(restored), len(daemon.fs.held()))
 
 
-def _still_mounted(conn: Connection) -> bool:
-    """Whether the holder's connection is still the one at its mountpoint (someone may have
-    unmounted it while no front ran: a new mount then replaces it in the holder). Read from
-    mountinfo: a stat would wait for a front to answer, and that front is us."""
-    entry = mounts.mount_at(conn.mountpoint, resolve=False)
-    if entry is not None and entry.fstype == mounts.FUSE_TYPE:
-        return True
-    log.warning("the holder's connection is no longer mounted at %s: mounting afresh", conn.mountpoint)
-    return False
-
-
 def _mount(options: DaemonOptions, holder: HolderLink | None) -> Connection:
     conn = mount_fuse(options.mountpoint, fuse_options(options.config))
     if holder is not None:
@@ -564,6 +481,10 @@ async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
     mounts.set_read_ahead(mountpoint, read_ahead_kb)
 
 
+#: how long a stopping daemon tries to store the recordings under way [s]
+PROFILE_STOP_FLUSH = 2.0
+
+
 async def _signals(daemon: Daemon, options: DaemonOptions) -> None:
     """SIGTERM/SIGINT: leave pyfuse3's loop (the caller unmounts). SIGHUP: apply live knobs."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -573,6 +494,8 @@ async def _signals(daemon: Daemon, options: DaemonOptions) -> None:
                 continue
             log.info("%s: %s", signal.Signals(signum).name,
                      "handing the mounts over to the next front" if daemon.holder else "unmounting")
+            with trio.move_on_after(PROFILE_STOP_FLUSH):  # recordings under way are kept, if quickly
+                await daemon.profiling.flush_all()
             pyfuse3.terminate()
             return
 

@@ -5,17 +5,20 @@ Why apart from the pool: the pool dispatches jobs to whatever workers connect (s
 test's, ours); which of them are our children, how they are kept running and how they are
 stopped is a concern of its own. A worker is a new process (exec, never fork: it makes its own
 zmq context and LMDB handle); a dead one restarts after a backoff that doubles up to a cap and
-resets once a process lived ``stable_after`` seconds.
+resets once a process lived ``stable_after`` seconds. Workers `lazylayer daemon` started before
+trio ran (daemon/startup.py) are adopted into the first slots and supervised like the rest.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import trio
 
@@ -29,13 +32,46 @@ def default_worker_command(endpoint: str, heartbeat_interval: float, heartbeat_l
             "--heartbeat-interval", str(heartbeat_interval), "--heartbeat-liveness", str(heartbeat_liveness)]
 
 
+class AdoptedProcess:
+    """A worker started before trio ran, with the parts of `trio.Process` the spawner uses;
+    its exit is awaited through a pidfd, as trio waits for its own children."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def send_signal(self, signum: int) -> None:
+        self._popen.send_signal(signum)
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    async def wait(self) -> int:
+        if self._popen.poll() is None:
+            pidfd = os.pidfd_open(self.pid)
+            try:
+                await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+        return self._popen.wait()
+
+
+Process = Union[trio.Process, AdoptedProcess]
+
+
 @dataclass
 class Slot:
     """One spawned worker position: the process in it now and its restart history."""
 
     index: int
     backoff: float
-    process: trio.Process | None = None
+    process: Process | None = None
+    #: a process started before the spawner ran, taken as this slot's first
+    adopted: AdoptedProcess | None = None
     restarts: int = 0
     started: float = 0.0
     #: set by resize(): stop this worker and do not restart it
@@ -56,10 +92,13 @@ class WorkerSpawner:
     going."""
 
     def __init__(self, command: Sequence[str], count: int, settings: SpawnSettings,
-                 on_exit: Callable[[int], None], on_change: Callable[[], None]) -> None:
+                 on_exit: Callable[[int], None], on_change: Callable[[], None],
+                 adopt: Sequence[subprocess.Popen[bytes]] = ()) -> None:
         self.command = list(command)
         self.settings = settings
         self.slots = [Slot(i, settings.restart_backoff) for i in range(count)]
+        for slot, popen in zip(self.slots, adopt):
+            slot.process = slot.adopted = AdoptedProcess(popen)  # stop() reaches it from the start
         self._numbers = itertools.count(count)
         self._on_exit = on_exit
         self._on_change = on_change
@@ -123,7 +162,8 @@ class WorkerSpawner:
         settings = self.settings
         while not self._closing and not slot.retired:
             try:
-                process = await trio.lowlevel.open_process(self.command)
+                process: Process = slot.adopted or await trio.lowlevel.open_process(self.command)
+                slot.adopted = None
             except OSError as exc:
                 log.error("cannot start worker %s: %s", self.command, exc)
             else:

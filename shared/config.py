@@ -141,6 +141,16 @@ class PrefetchConfig:
     check_interval: float = knob(60.0, "how often a layer in use checks its blob still answers", "s", positive=True)
     image_layers: bool = knob(True, "when one layer of an image is first looked up, resolve all its layers at "
                                     "once, over every worker (a container needs them all)")
+    profiles: str = knob("local", "learned access profiles replayed when an image is resolved: off, local (this "
+                                  "cache's) or registry (also looked up as OCI referrers of the image)",
+                         choices=("off", "local", "registry"))
+    profile_record: bool = knob(True, "record which chunks each image reads first (merged into its profile)")
+    profile_quiet: float = knob(30.0, "a recording ends after this long without a new chunk read", "s",
+                                positive=True)
+    profile_window: float = knob(300.0, "a recording ends this long after the image was first resolved", "s",
+                                 positive=True)
+    profile_max_size: int = knob(4 << 20, "largest profile document accepted (pulled, or replayed)", "bytes",
+                                 positive=True)
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SnapshotterConfig:
+    address: str = knob("/run/lazylayer/snapshotter.sock", "unix socket of `lazylayer snapshotter` (containerd's "
+                                                           "proxy_plugins address)")
+    root: str = knob("/var/lib/lazylayer/snapshotter", "snapshot metadata (LMDB) and the snapshots' upper dirs")
+    resolve_timeout: float = knob(120.0, "how long a Prepare waits for the layer store to resolve a remote layer "
+                                         "before containerd unpacks it instead", "s", positive=True)
+    check_interval: float = knob(5.0, "how often the snapshotter checks the front was restarted (it then takes "
+                                      "its layer references again)", "s", positive=True)
+    metrics_address: str = knob("", "HOST:PORT for the snapshotter's Prometheus metrics; empty = off")
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -182,6 +204,7 @@ class Config:
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     format: FormatConfig = field(default_factory=FormatConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    snapshotter: SnapshotterConfig = field(default_factory=SnapshotterConfig)
 
 
 @dataclass(frozen=True)

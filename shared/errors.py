@@ -162,3 +162,19 @@ class MountError(LazyLayerError):
 
     kind = "mount"
     errno = errno.EBUSY
+
+
+class AlreadyExistsError(LazyLayerError):
+    """A name is taken: a snapshot key or commit name that exists (containerd's ALREADY_EXISTS,
+    which a remote snapshotter also answers when it committed the target snapshot itself)."""
+
+    kind = "already-exists"
+    errno = errno.EEXIST
+
+
+class PreconditionError(LazyLayerError):
+    """The request is well-formed but the object is in the wrong state: committing a committed
+    snapshot, removing one that has children (containerd's FAILED_PRECONDITION)."""
+
+    kind = "precondition"
+    errno = errno.EBUSY

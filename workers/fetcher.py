@@ -49,12 +49,15 @@ from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
 from lazylayer.workers.blobhash import PieceHash
 from lazylayer.workers.jobs import Handler, Job, JobResult
+from lazylayer.workers.profiles import ProfileJobs
 from lazylayer.workers.registry.blobsource import RegistryBlobSource
 from lazylayer.workers.registry.client import RegistryClient
 from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.manifests import parse_platform, resolve_manifest
 from lazylayer.workers.registry.ranges import ByteRange
+from lazylayer.workers.registry.rangesupport import RangeSupport, job_context
 from lazylayer.workers.registry.reference import Reference, parse_reference
+from lazylayer.workers.wholeblob import StreamBusy, Streams, WholeBody, settle_layer
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,8 @@ class FetchOutcome:
     error: LazyLayerError | None = None
     #: verified chunks the cache could not take (filesystem full): (data key, bytes), sent back
     unstored: tuple[tuple[bytes, bytes], ...] = ()
+    #: the registry sent the whole blob, which goes on streaming into the store
+    whole: bool = False
 
 
 def _param(params: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
@@ -153,9 +158,13 @@ class Fetcher:
         self._lock = threading.Lock()
         self._store: Store | None = None
         self._clients: dict[tuple[str, str], RegistryClient] = {}
+        #: which mirrors serve ranges now: one view for all clients of this worker
+        self.range_support = RangeSupport()
+        #: blobs arriving whole for a ranged read: other jobs for them wait (workers/wholeblob.py)
+        self._streams = Streams()
 
     def handlers(self) -> dict[str, Handler]:
-        return {
+        return {kind: job_context(self.range_support, kind, handler) for kind, handler in {
             "resolve_image": self.resolve_image,
             "resolve_layer": self.resolve_layer,
             "fetch_chunks": self.fetch_chunks,
@@ -165,7 +174,7 @@ class Fetcher:
             "refresh": self.refresh,
             "janitor": self.janitor,
             "fetch_blob": self.fetch_blob,
-        }
+        }.items()}
 
     # -- per-process resources -----------------------------------------------------------------
 
@@ -180,7 +189,7 @@ class Fetcher:
         with self._lock:
             if fresh or key not in self._clients:
                 # A replaced client is not closed: another job thread may still be using it.
-                self._clients[key] = RegistryClient(self.settings.registry)
+                self._clients[key] = RegistryClient(self.settings.registry, range_support=self.range_support)
             return self._clients[key]
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -267,7 +276,7 @@ class Fetcher:
         self._account(digest, outcome)
         # Chunks the cache could not take go back with the reply, so the read is still served.
         return JobResult({"stored": outcome.stored, "bytes": outcome.bytes,
-                          "unstored": [key for key, _ in outcome.unstored]},
+                          "unstored": [key for key, _ in outcome.unstored], "whole": outcome.whole},
                          [data for _, data in outcome.unstored])
 
     def prefetch(self, job: Job) -> JobResult:
@@ -405,18 +414,65 @@ class Fetcher:
         missing = self._missing(wanted)
         client = self.client(ref)
         stored = fetched = 0
+        whole = False
         first_error: LazyLayerError | None = None
         unstored: list[tuple[bytes, bytes]] = []
-        for batch in _batches(missing, self.settings.max_request_bytes):
+        batches = _batches(missing, self.settings.max_request_bytes)
+        while batches:
+            batch = batches.pop(0)
+            while batch and self._streams.wait(digest, lambda: not self._missing(batch)):  # streaming whole
+                batch = self._missing(batch)
+            if not batch:
+                continue
             ranges = sorted({(c.blob_offset, c.blob_end) for c in batch})
-            datas = client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges])
+            try:
+                datas, stream = self._read_keeping_whole_blob(client, ref, digest, ranges)
+            except StreamBusy:  # a whole blob this worker streams already: wait for it, then look again
+                batches.insert(0, batch)
+                continue
+            whole = whole or stream.started
             by_range = dict(zip(ranges, datas))
             fetched += sum(len(d) for d in datas)
-            count, error = self._store_chunks(digest, batch, lambda c: by_range[(c.blob_offset, c.blob_end)],
-                                              unstored)
+            try:
+                count, error = self._store_chunks(digest, batch, lambda c: by_range[(c.blob_offset, c.blob_end)],
+                                                  unstored)
+            finally:
+                settled = stream.release()
+            if isinstance(settled, DigestMismatchError):  # the blob is not what it claims: nothing stays
+                raise settled
             stored += count
             first_error = first_error or error
-        return FetchOutcome(stored, fetched, first_error, tuple(unstored))
+        return FetchOutcome(stored, fetched, first_error, tuple(unstored), whole)
+
+    def _read_keeping_whole_blob(self, client: RegistryClient, ref: Reference, digest: str,
+                                 ranges: list[tuple[int, int]]) -> tuple[list[bytes], WholeBody]:
+        """`read_ranges`; a whole-blob answer also stores every other missing chunk of the layer
+        as it streams on and, its digest checked, makes the layer FETCHED (a mismatch
+        distrusts the layer) once the caller released it. Whether a blob came whole goes back
+        in the reply (``whole``)."""
+        layers = Layers(self.store())
+        own = set(ranges)
+
+        def layer_chunks() -> list[WantedChunk]:
+            record = layers.get(digest)
+            if record is None:  # still resolving: only the wanted ranges matter
+                return []
+            every = Metadata(self.store()).prefetch_chunks(record.layer_id, record.blob_size + 1)
+            return self._missing([_wanted_from_store(c) for c in every if (c.blob_offset, c.blob_end) not in own])
+
+        def store(got: list[tuple[Any, bytes]]) -> None:
+            _, error = self._store_chunks(digest, [c for c, _ in got], dict(got).__getitem__)
+            if error is not None:
+                log.warning("layer %s: a chunk of the whole-blob answer was bad: %s", digest, error)
+
+        whole = WholeBody(self._streams, digest, layer_chunks, store,
+                          lambda error: settle_layer(layers, digest, error, self._distrust))
+        try:
+            return client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges],
+                                      whole_body=whole), whole
+        except BaseException:
+            whole.release()
+            raise
 
     def _store_chunks(self, digest: str, chunks: list[WantedChunk], compressed: Callable[[WantedChunk], bytes],
                       unstored: list[tuple[bytes, bytes]] | None = None) -> tuple[int, LazyLayerError | None]:
@@ -528,7 +584,9 @@ def _batches(chunks: list[WantedChunk], limit: int) -> list[list[WantedChunk]]:
 
 
 def fetcher_handlers(config: Config, cache_dir: str | None = None) -> dict[str, Handler]:
-    return Fetcher(FetcherSettings.from_config(config, cache_dir)).handlers()
+    """The fetcher jobs plus the profile jobs (workers/profiles.py), sharing one store and clients."""
+    fetcher = Fetcher(FetcherSettings.from_config(config, cache_dir))
+    return {**fetcher.handlers(), **ProfileJobs(fetcher).handlers()}
 
 
 def _advance(record: LayerRecord, state: LayerState, **changes: Any) -> LayerRecord:

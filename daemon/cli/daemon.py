@@ -2,18 +2,21 @@
 [--takeover]`: the FUSE front, in the foreground (daemon/service.py). Flags override the config file
 and the environment. SIGTERM/SIGINT unmount cleanly, or with a `lazylayer holder` running leave
 everything mounted for the next front, which takes the connection over by itself (`--takeover`:
-refuse to start otherwise); SIGHUP re-reads the config's live knobs."""
+refuse to start otherwise); SIGHUP re-reads the config's live knobs.
+
+The workers start before the front's own imports (daemon/startup.py says why), so the service
+module is imported only once they run."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-import trio
-
-from lazylayer.daemon.service import DaemonOptions, run_daemon
+from lazylayer.daemon.holder import take_connection
+from lazylayer.daemon.startup import DaemonOptions, lock_run_dir, start_workers, stop_strays
 from lazylayer.shared.config import load_config
 from lazylayer.shared.logs import setup_logging
+from lazylayer.shared.perms import private_umask
 
 HELP = "run the FUSE front (layer store + image views) with its fetcher workers, in the foreground"
 
@@ -34,4 +37,21 @@ def run(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in flags.items() if value is not None}
     config = load_config(args.config or None, overrides=overrides).config
     setup_logging(config.daemon.log_level, config.daemon.log_format)
-    return trio.run(run_daemon, DaemonOptions(config, args.config or None, overrides, args.takeover))
+    options = DaemonOptions(config, args.config or None, overrides, args.takeover)
+    private_umask()  # sockets, cache files and overlay dirs we create are root's alone
+    # before the lock: an attached front hands over (and lets the lock go) first
+    holder, handover = take_connection(options.run_dir, options.mountpoint, options.takeover)
+    try:
+        lock = lock_run_dir(options.run_dir)
+        workers = start_workers(options)
+        try:
+            import trio
+
+            from lazylayer.daemon.service import run_daemon
+
+            return trio.run(run_daemon, options, lock, workers, holder, handover)
+        finally:
+            stop_strays(workers)
+    finally:
+        if holder is not None:  # last: a front waiting for our hand-over then finds the lock free
+            holder.close()

@@ -1,5 +1,7 @@
 """`lazylayer status [--json]`: what the running daemon serves - layers (Info, state, last
-error), failed resolves, user mounts, workers, cache use.
+error), failed resolves, user mounts, workers, cache use, learned profiles (recordings, and the
+chunks replays fetched: read since, or not) - and the containerd snapshotter's snapshots by kind
+(read from its metadata at ``snapshotter.root``).
 
 Times are wall-clock (``read_time``, a failure's ``when``: seconds since the epoch in ``--json``,
 local time here); durations say "s". Sizes are bytes in ``--json`` and carry a unit here.
@@ -15,6 +17,8 @@ import time
 
 from lazylayer.daemon.cli.output import human_size, print_json, print_table
 from lazylayer.daemon.control import add_client_arguments, call, client_run_dir
+from lazylayer.daemon.snapshotter.metadata import read_snapshots, summarize
+from lazylayer.shared.config import load_config
 
 HELP = "show the daemon's layers, errors, mounts, workers and cache use"
 
@@ -37,6 +41,9 @@ def clock(when: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     status = call(client_run_dir(args), "status", timeout=30.0)
+    # the containerd snapshotter's snapshots (its metadata; absent where it never ran)
+    snapshots = read_snapshots(load_config(args.config or None).config.snapshotter.root)
+    status["snapshots"] = summarize(snapshots) if snapshots is not None else None
     if args.json:
         print_json(status)
         return 0
@@ -63,9 +70,20 @@ def run(args: argparse.Namespace) -> int:
         print_table("spawned workers", ["slot", "pid", "running", "restarts", "backoff"],
                     [[p["slot"], p["pid"] or "-", "yes" if p["running"] else "no", p["restarts"],
                       f"{p['backoff']:.1f} s"] for p in workers["processes"]])
+    if status.get("mirrors"):
+        print_table("mirrors", ["host", "ranged reads", "whole blobs in a row", "asked again in"],
+                    [[m["host"], "served" if m["state"] == "ranged" else "whole blob sent: next source used",
+                      m["strikes"], f"{m['retry_in']:.1f} s"] for m in status["mirrors"]])
     cache = status["cache"]
     queued = ", ".join(f"{priority} {count}" for priority, count in workers["queued"].items())
     print(f"cache: {cache['chunks']} chunks, {human_size(cache['accounted_bytes'])} of "
           f"{human_size(cache['budget'])} (decompressed); queued jobs: {queued}")
+    if status["snapshots"] is not None:
+        print("containerd snapshots: " + ", ".join(f"{count} {kind}" for kind, count in status["snapshots"].items()))
+    profiles = status.get("profiles")
+    if profiles:
+        print(f"profiles ({profiles['mode']}): {len(profiles['recording'])} recording, "
+              f"{profiles['runs_recorded']} run(s) recorded; replayed {profiles['prefetched']} chunks: "
+              f"{profiles['hits']} read since (hits), {profiles['waste']} not (waste)")
     print(LEGEND)
     return 0

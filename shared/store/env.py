@@ -47,6 +47,7 @@ DB_NAMES = (
     "chunk_parts",  # chunk key + part number -> <= 1 MiB of verified bytes
     "chunk_lru",  # (access time, chunk key) -> b"" (oldest first)
     "views",  # merged-view key -> view layer id
+    "profiles",  # image manifest digest -> learned access profile (profiles.py)
 )
 FORMAT_VERSION = 1
 
@@ -122,7 +123,7 @@ class Store:
         self._key = key
         _OPEN[key] = self
 
-    def _open_env(self, options: StoreOptions, readonly: bool) -> lmdb.Environment:
+    def _open_env(self, options: StoreOptions, readonly: bool, upgraded: bool = False) -> lmdb.Environment:
         """The environment and its databases; on any failure nothing stays open."""
         if readonly:
             _initialise(options)
@@ -152,6 +153,13 @@ class Store:
                 for name in ("data.mdb", "lock.mdb"):
                     private_file(os.path.join(options.path, name))
                 self._check_format()
+        except lmdb.NotFoundError as exc:
+            env.close()
+            if not readonly or upgraded:
+                raise CacheError(f"{options.path}: cannot open the cache: {exc}") from exc
+            # A cache made before a named database was added (profiles): a writer adds it, once.
+            Store(options, readonly=False).close()
+            return self._open_env(options, readonly, upgraded=True)
         except lmdb.Error as exc:
             env.close()
             raise CacheError(f"{options.path}: cannot open the cache: {exc}") from exc

@@ -1,5 +1,5 @@
 """The benchmark harness end to end, small: `python -m bench.harness --quick` builds a tiny image,
-runs all nine items once through a real registry, daemon and FUSE mount (and the Go
+runs all eleven items once through a real registry, daemon and FUSE mount (and the Go
 stargz-store, when it is built: --quick never builds it), and must report a finite figure on
 every side of every row, or say why the Go column is empty (so the harness never rots). About
 60-100 s here, so it stays in the default run; no figure is compared with any time."""
@@ -35,14 +35,15 @@ def test_quick_benchmark_reports_every_item_with_finite_numbers(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(done.stdout)
 
-    assert sorted(doc["items"], key=int) == [str(i) for i in range(1, 10)]
+    assert sorted(doc["items"], key=int) == [str(i) for i in range(1, 12)]
     peer = doc["peer"]
     assert peer["available"] or peer["reason"], "an empty Go column must say why"
     for item, body in doc["items"].items():
         assert body["rows"], f"item {item} has no rows"
         for row in body["rows"]:
             sides = ["lazylayer"] + (["baseline_value"] if row["baseline"] else []) + \
-                (["go"] if int(item) >= 8 and peer["available"] else [])
+                (["go"] if int(item) in (8, 9) and peer["available"] or int(item) == 10 and peer["grpc_binary"]
+                 else [])
             for side in sides:
                 value = row[side]["median"]
                 assert value is not None and math.isfinite(value) and value > 0, (item, row["key"], side)
@@ -54,6 +55,8 @@ def test_quick_benchmark_reports_every_item_with_finite_numbers(tmp_path: Path):
     assert {r["key"] for r in doc["items"]["6"]["rows"]} == {"cold_seq_w1", "cold_seq_w2", "cold_seq_w4"}
     assert doc["machine"]["cores"] == os.cpu_count()
     assert doc["extras"]["entries_lazylayer"] == doc["extras"]["entries_local"]
+    for figure in ("fleet_origin_ratio", "fleet_first_byte_s", "fleet_first_byte_direct_s"):  # item 12
+        assert all(math.isfinite(v) and v > 0 for v in doc["extras"][figure]), figure
 
     text = markdown.read_text()
     assert "| # | measurement |" in text and doc["machine"]["kernel"] in text

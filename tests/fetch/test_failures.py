@@ -11,7 +11,7 @@ import trio
 from lazylayer.daemon.pool import Priority
 from lazylayer.daemon.remote import FetchSettings
 from lazylayer.shared.errors import DigestMismatchError, PoolUnavailableError
-from lazylayer.shared.store.layers import Layers
+from lazylayer.shared.store.layers import Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
 from tests.ipc.harness import trio_test
 from tests.support.faultproxy import FaultProxy, Rule
@@ -99,14 +99,23 @@ async def test_corrupted_answer_is_a_digest_error_and_nothing_is_stored(app_imag
     async with open_fetch_stack(tmp_path, workers=2) as s:
         with trio.fail_after(DEADLINE):
             record = await _resolve(s, ref, app_image)
-            # Every blob GET ignores Range and sends the whole blob with one byte flipped.
+            # Every blob GET ignores Range and sends the whole blob with its first byte flipped.
+            # The file's own chunks pass their digests and may be served as they pass (issue
+            # 18), but the blob digest fails when the stream ends: the layer is distrusted and
+            # nothing it gave is kept; a read still waiting then is a digest error.
             proxy.add(Rule("full_body", times=None, corrupt=True))
-            with pytest.raises(DigestMismatchError):
-                await read_path(s.remote, ref, record, TOOL)
+            files = expected_files(_layer(app_image).root)
+            try:
+                assert await read_path(s.remote, ref, record, TOOL) == files[TOOL]
+            except DigestMismatchError:
+                pass
+            layers = Layers(s.store)
+            while layers.get(record.digest).state is not LayerState.FAILED:
+                await trio.sleep(0.02)
+            assert "digest mismatch" in layers.get(record.digest).last_error
             assert not any(s.remote.chunks.has(k) for k in _chunk_keys(s, record, TOOL))
             assert s.remote.chunks.stats().chunks == 0
             proxy.reset()
-            files = expected_files(_layer(app_image).root)
             assert await read_path(s.remote, ref, record, TOOL) == files[TOOL]
             assert await read_path(s.remote, ref, record, LIB) == files[LIB]
 

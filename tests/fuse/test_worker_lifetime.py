@@ -48,3 +48,31 @@ def test_sigkilled_daemon_leaves_no_worker_behind(tmp_path: Path):
         for pid in pids:  # before the fix: do not leave them running after the test
             if _alive(pid):
                 os.kill(pid, 9)
+
+
+def test_early_started_workers_are_supervised_and_stopped(tmp_path: Path):
+    """`lazylayer daemon` starts its workers before its own imports (daemon/startup.py) and the
+    spawner adopts them: a killed one is restarted like any spawned worker, and a clean stop
+    leaves none running."""
+    daemon = start_daemon(tmp_path / "d", workers=2)
+    seen: set[int] = set()
+    try:
+        time.sleep(1.0)  # let any worker that was started twice connect too
+        status = daemon.call("status")
+        first = _worker_pids(status)
+        assert len(first) == 2 and {w["pid"] for w in status["workers"]["workers"]} == first
+        seen |= first
+        victim = min(first)
+        os.kill(victim, 9)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            processes = daemon.call("status")["workers"]["processes"]
+            restarted = [p for p in processes if p["pid"] not in first and p["running"]]
+            if restarted:
+                break
+            time.sleep(0.1)
+        assert restarted and restarted[0]["restarts"] == 1, processes
+        seen |= _worker_pids(daemon.call("status"))
+    finally:
+        daemon.stop()
+    assert not [pid for pid in seen if _alive(pid)]

@@ -116,6 +116,31 @@ async def test_workers_run_disjoint_jobs_concurrently(endpoint, notifier, run_di
 
 
 @trio_test
+async def test_exclusive_kinds_run_one_per_worker_process(endpoint, workers, notifier, run_dir):
+    """Two layer registrations (pure Python, the GIL held) must not share one process while
+    another worker is there or about to connect: the second waits for a process of its own."""
+    gate = run_dir / "gate"
+    first = workers.start(capacity=2)
+    async with make_pool(endpoint, exclusive_kinds=frozenset({"gate"})) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+
+            async def submit(tag: str) -> None:
+                await pool.submit("gate", {"gate": str(gate), "notify": notifier.path, "tag": tag})
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(submit, "a")
+                nursery.start_soon(submit, "b")
+                assert (await notifier.next()).pid == first.pid
+                await pool.submit("echo", {"notify": notifier.path, "tag": "echo"})  # other kinds use the free slot
+                assert (await notifier.next()).tag == "echo"
+                assert pool.status().queued["foreground"] == 1
+                second = workers.start(capacity=2)
+                assert (await notifier.next()).pid == second.pid
+                gate.touch()
+
+
+@trio_test
 async def test_worker_errors_arrive_typed(endpoint):
     async with make_pool(endpoint, spawn=1) as pool:
         with trio.fail_after(DEADLINE):

@@ -99,13 +99,14 @@ def deployment_files(work: Path, run: Path, port: int) -> Path:
         # only demand reads fetch: the warm-restart check counts misses exactly
         "prefetch": {"enabled": False},
         "background": {"enabled": False},
+        "snapshotter": {"address": str(run / "snapshotter.sock"), "root": str(work / "snapshotter")},
     })
     shipped = (REPO / "config" / "supervisord.conf").read_text()
     adapted = (shipped.replace("/usr/local/bin/lazylayer", str(BIN / "lazylayer"))
                .replace("/etc/lazylayer/lazylayer.toml", str(config))
                .replace("/var/log/lazylayer", str(work / "logs")))
     commands = [line for line in adapted.splitlines() if line.startswith("command=")]
-    assert len(commands) == 3 and all(c.startswith(f"command={BIN}/lazylayer ") and str(config) in c for c in commands)
+    assert len(commands) == 4 and all(c.startswith(f"command={BIN}/lazylayer ") and str(config) in c for c in commands)
     (work / "conf.d" / "lazylayer.conf").write_text(adapted)
     (work / "supervisord.conf").write_text(MAIN_CONF.format(work=work, run=run))
     return config
@@ -135,7 +136,7 @@ def test_supervisord_deployment(supervisor: Supervisor, ops_image: PushedImage):
 
     def ready() -> bool:
         states = supervisor.states()
-        return len(states) == 4 and set(states.values()) == {"RUNNING"} and workers_alive() == 2
+        return len(states) == 5 and set(states.values()) == {"RUNNING"} and workers_alive() == 2
 
     wait_for("supervisord to start the holder, the front and 2 workers", ready)
 
@@ -163,7 +164,8 @@ def test_supervisord_deployment(supervisor: Supervisor, ops_image: PushedImage):
     pids = {name: supervisor.pid(name) for name in supervisor.states()}
     supervisor.ctl("signal", "HUP", "lazylayer:*")
     wait_for("the reload lines", lambda: "reloaded" in (work / "logs" / "front.log").read_text()
-             and "reloaded" in (work / "logs" / "lazylayer-worker-1.log").read_text())
+             and "reloaded" in (work / "logs" / "lazylayer-worker-1.log").read_text()
+             and "reloaded" in (work / "logs" / "snapshotter.log").read_text())
     assert {name: supervisor.pid(name) for name in supervisor.states()} == pids
     read(blob, "opt/data/blob.bin")
 

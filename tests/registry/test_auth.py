@@ -6,19 +6,23 @@ import base64
 import json
 import os
 import stat
+import threading
 import time
 
 import pytest
 import requests
 
-from lazylayer.shared.errors import AuthError
-from lazylayer.workers.registry.auth import Credentials, DockerConfigCredentials, parse_challenges
+from lazylayer.shared.errors import AuthError, RegistryError
+from lazylayer.workers.registry.auth import Authenticator, Credentials, DockerConfigCredentials, parse_challenges
+from lazylayer.workers.registry.deadline import job_deadline
 from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.manifests import resolve_manifest
 from lazylayer.workers.registry.ranges import ByteRange
 from lazylayer.workers.registry.reference import parse_reference
 from tests.registry.helpers import make_client
+from tests.support.faultproxy import FaultProxy, Rule
 from tests.support.registry import USERS, Layer, push_image
+from tests.support.tokenserver import SERVICE
 
 ALICE = Credentials("alice", USERS["alice"])
 
@@ -156,3 +160,33 @@ def test_mirror_gets_its_own_credentials_not_the_origins(htpasswd_registry, basi
     client = make_client(options, credentials=lookup)
     assert resolve_manifest(client, parse_reference("origin.invalid/team/app:v1"))[0].layers
     assert set(asked) == {htpasswd_registry.host}
+
+
+def test_trickling_token_service_costs_the_job_its_deadline_not_a_thread(token_registry):
+    """The realm is any URL a registry names: a token service answering one byte at a time
+    (each within the idle timeout) used to hold the worker thread for as long as it liked."""
+    server = token_registry.token_server
+    proxy = FaultProxy(server.realm.split("/")[2])
+    proxy.add(Rule("trickle", times=None, path=r"^/token", interval=0.3))
+    challenge = requests.Response()
+    challenge.status_code = 401
+    challenge.headers["WWW-Authenticate"] = f'Bearer realm="{proxy.url}/token",service="{SERVICE}"'
+    auth = Authenticator(requests.Session(), None, 5.0, lambda host: True, min_rate=64 << 10)
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        with job_deadline(2.0):
+            try:
+                auth.challenge(token_registry.host, token_registry.host, "repository:public/app:pull", challenge)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome.append(exc)
+
+    thread = threading.Thread(target=fetch, daemon=True)
+    thread.start()
+    thread.join(15)
+    outlived = thread.is_alive()
+    proxy.release()
+    proxy.stop()
+    assert not outlived, "the token request outlived its job's deadline"
+    assert len(outcome) == 1 and isinstance(outcome[0], RegistryError), outcome
+    assert "token service" in str(outcome[0]) and "deadline" in str(outcome[0])

@@ -4,7 +4,6 @@ and `as_nobody` to act as an unprivileged local user (runuser)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sysconfig
@@ -15,23 +14,12 @@ from typing import Iterator
 import pytest
 
 from tests.fuse.daemonproc import RunningDaemon, start_daemon
-from tests.support.layers import Item, build_layer, chardev, directory, file
+from tests.support.layers import Item, binary_items, build_layer, chardev, directory, file
 from tests.support.registry import Layer, RunningRegistry, push_image, registry  # noqa: F401
 
 SECRET = b"the content of a 0600 file of the image\n" * 64
 #: a setuid-root copy of id(1): it prints "euid=0" only when the kernel honours the setuid bit
 SUID_ID = "usr/local/bin/suid-id"
-
-
-def _binary_items(path: str) -> list[Item]:
-    """``path`` and the shared libraries it needs (ldd), at their host paths."""
-    out = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
-    libs = [p for line in out.splitlines() for p in line.split() if p.startswith("/")]
-    items: list[Item] = []
-    for lib in dict.fromkeys(libs):
-        real = os.path.realpath(lib)
-        items.append(file(lib.lstrip("/"), Path(real).read_bytes(), 0o755))
-    return items
 
 
 def runnable_items() -> list[Item]:
@@ -41,7 +29,7 @@ def runnable_items() -> list[Item]:
             "dev/", "tmp/", "proc/", "sys/", "run/", "root/"]
     return [
         *[directory(d) for d in dirs],
-        *_binary_items("/usr/bin/id"),
+        *binary_items("/usr/bin/id"),
         file("usr/bin/id", Path("/usr/bin/id").read_bytes(), 0o755),
         file(SUID_ID, Path("/usr/bin/id").read_bytes(), 0o4755),
         chardev("dev/zero-node", 1, 5, mode=0o666),

@@ -8,7 +8,11 @@ multi-range (400), corrupts a byte, drops the Content-Type of a 206, or cuts the
 backed by object storage; `expire_redirects()` makes previously issued storage URLs answer 403.
 
 Everything not matched is forwarded unchanged (the Host header too, so upload Locations the
-registry builds point back at the proxy). Sockets set TCP_NODELAY (limits §5.2: Nagle trap).
+registry builds point back at the proxy), its body streamed as it arrives. Sockets set TCP_NODELAY
+(limits §5.2: Nagle trap).
+
+Counting: every answer is recorded in ``seen`` with the body bytes sent, so a proxy placed
+between a pull-through cache and the origin counts what the origin sent (`body_bytes`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import http.client
 import re
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +29,8 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
                "proxy-authorization", "proxy-authenticate", "content-length"}
 _SLOW = ("hang", "stall", "trickle", "endless")
 _BLOB_GET = re.compile(r"^/v2/.+/blobs/sha256:[0-9a-f]{64}$")
+#: bytes copied at a time when a forwarded body is streamed
+_STREAM_PIECE = 256 << 10
 
 
 @dataclass
@@ -32,6 +39,8 @@ class Seen:
     path: str
     range: str | None
     status: int
+    #: body bytes sent (for a streamed answer: set once it ended)
+    bytes: int = 0
 
 
 @dataclass
@@ -65,6 +74,8 @@ class Rule:
     after: int = 0
     interval: float = 0.2
     hold: float = 60.0
+    #: slow actions: ask upstream without Range (a 200 with the whole blob) instead of forwarding it
+    whole: bool = False
 
     def matches(self, method: str, path: str, range_header: str | None) -> bool:
         if self.times is not None and self.times <= 0:
@@ -78,6 +89,15 @@ class Rule:
         return self.ranged is None or self.ranged == (range_header is not None)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client hanging up (a closed whole-blob answer, a deadline) is routine here."""
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class FaultProxy:
     def __init__(self, upstream_host: str) -> None:
         self.upstream = upstream_host
@@ -87,8 +107,7 @@ class FaultProxy:
         self.generation = 0
         self.lock = threading.Lock()
         self.released = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         threading.Thread(target=self._server.serve_forever, daemon=True, name="faultproxy").start()
 
     @property
@@ -135,9 +154,17 @@ class FaultProxy:
                     return rule
         return None
 
-    def record(self, method: str, path: str, range_header: str | None, status: int) -> None:
+    def record(self, method: str, path: str, range_header: str | None, status: int, nbytes: int = 0) -> Seen:
+        seen = Seen(method, path, range_header, status, nbytes)
         with self.lock:
-            self.seen.append(Seen(method, path, range_header, status))
+            self.seen.append(seen)
+        return seen
+
+    def body_bytes(self, method: str | None = None, path: str = "") -> int:
+        """Body bytes sent so far in answers to ``method`` requests whose path matches ``path``."""
+        with self.lock:
+            return sum(s.bytes for s in self.seen
+                       if (method is None or s.method == method) and re.search(path, s.path.split("?")[0]))
 
 
 def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
@@ -153,7 +180,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes, *, length: int | None = None) -> None:
             # Recorded before answering, so a test that got the answer also sees the record.
-            proxy.record(self.command, self.path, self.headers.get("Range"), status)
+            sent = 0 if self.command == "HEAD" else len(body)
+            proxy.record(self.command, self.path, self.headers.get("Range"), status, sent)
             self.send_response(status)
             for name, value in headers:
                 self.send_header(name, value)
@@ -162,18 +190,48 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(body)
 
-        def _forward(self, path: str, *, drop: tuple[str, ...] = ()) -> tuple[int, list[tuple[str, str]], bytes]:
+        def _upstream(self, path: str, drop: tuple[str, ...]) -> tuple[http.client.HTTPConnection,
+                                                                          http.client.HTTPResponse]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in _HOP_BY_HOP and k.lower() not in drop}
             conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+            conn.request(self.command, path, body=body, headers=headers)
+            return conn, conn.getresponse()
+
+        def _forward(self, path: str, *, drop: tuple[str, ...] = ()) -> tuple[int, list[tuple[str, str]], bytes]:
+            conn, response = self._upstream(path, drop)
             try:
-                conn.request(self.command, path, body=body, headers=headers)
-                response = conn.getresponse()
                 data = response.read()
                 return response.status, [(k, v) for k, v in response.getheaders()
                                           if k.lower() not in _HOP_BY_HOP], data
+            finally:
+                conn.close()
+
+        def _stream(self) -> None:
+            """Forward unchanged, the body passed on as it arrives (a whole blob is not held
+            first, as a real network path would not), its bytes counted when it ends."""
+            conn, response = self._upstream(self.path, ())
+            try:
+                length = response.getheader("Content-Length")
+                headers = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
+                if length is None or not length.isdigit():
+                    self._answer(response.status, headers, response.read())
+                    return
+                seen = proxy.record(self.command, self.path, self.headers.get("Range"), response.status)
+                self.send_response(response.status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                try:
+                    while piece := response.read1(_STREAM_PIECE):
+                        self.wfile.write(piece)
+                        with proxy.lock:
+                            seen.bytes += len(piece)
+                except OSError:
+                    self.close_connection = True  # the client hung up mid-body
             finally:
                 conn.close()
 
@@ -204,6 +262,9 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if rule is not None and rule.action in _SLOW:
                 self._hold(rule)
                 return
+            if rule is None:
+                self._stream()
+                return
             drop = ("range",) if rule is not None and rule.action == "full_body" else ()
             path = rule.target if rule is not None and rule.action == "rewrite" else self.path
             status, headers, body = self._forward(path, drop=drop)
@@ -226,7 +287,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 released.wait(rule.hold)
                 return
             endless = rule.action == "endless"
-            status, headers, body = self._forward(self.path, drop=("range",) if endless else ())
+            status, headers, body = self._forward(self.path, drop=("range",) if endless or rule.whole else ())
             proxy.record(self.command, self.path, self.headers.get("Range"), status)
             self.send_response(status)
             for name, value in headers:

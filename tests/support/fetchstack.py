@@ -51,7 +51,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from lazylayer.daemon.pool import WorkerPool
-from lazylayer.daemon.remote import FetchSettings, LayerDescriptor, Remote
+from lazylayer.daemon.remote import EXCLUSIVE_KINDS, FetchSettings, LayerDescriptor, Remote
 from lazylayer.shared.config import load_config
 from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION
 from lazylayer.shared.estargz.writer import ConvertResult, WriterOptions, convert_dir
@@ -274,7 +274,8 @@ async def open_fetch_stack(workdir: Path, *, workers: int = 2, capacity: int = 1
         stack.pool = WorkerPool(stack.endpoint, spawn=workers, worker_command=stack.worker_command(),
                                 heartbeat_interval=HEARTBEAT, heartbeat_liveness=3,
                                 quiet_period=loaded.background.quiet_period, restart_backoff=0.1,
-                                max_attempts=loaded.workers.max_attempts, stop_timeout=10.0)
+                                max_attempts=loaded.workers.max_attempts, stop_timeout=10.0,
+                                exclusive_kinds=EXCLUSIVE_KINDS)
         async with stack.pool:
             stack.remote = Remote(stack.pool, store, stack.settings)
             if workers:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
 import tarfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lazylayer.shared.estargz.writer import ConvertResult, WriterOptions, convert_tar
 
@@ -102,3 +105,14 @@ def build_layer(items: list[Item], *, chunk_size: int = 4 << 20, prefetch: tuple
     result = convert_tar(io.BytesIO(make_tar(items)), out,
                          WriterOptions(chunk_size=chunk_size, prefetch=prefetch, workers=1))
     return BuiltLayer(out.getvalue(), result)
+
+
+def binary_items(path: str) -> list[Item]:
+    """``path`` and the shared libraries it needs (ldd), at their host paths."""
+    out = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
+    libs = [p for line in out.splitlines() for p in line.split() if p.startswith("/")]
+    items: list[Item] = []
+    for lib in dict.fromkeys(libs):
+        real = os.path.realpath(lib)
+        items.append(file(lib.lstrip("/"), Path(real).read_bytes(), 0o755))
+    return items

@@ -93,20 +93,22 @@ def make_tls_certificate(workdir: Path, ip: str = "127.0.0.1") -> tuple[Path, Pa
 
 
 def start_registry(tmp_path: Path, auth: str | None = None, *, token_lifetime: int = 300,
-                   tls: bool = False) -> RunningRegistry:
+                   tls: bool = False, proxy_of: str | None = None) -> RunningRegistry:
     """Start a registry storing under ``tmp_path``; ``auth`` is None, "htpasswd" or "token";
-    ``tls`` serves HTTPS with a certificate from a fresh test CA (``RunningRegistry.ca_file``)."""
-    root = tmp_path / "registry"
+    ``tls`` serves HTTPS with a certificate from a fresh test CA (``RunningRegistry.ca_file``).
+    ``proxy_of`` (an origin URL) runs it as a pull-through cache of that registry
+    (distribution's proxy mode: read-only, fills its storage from the origin on a miss)."""
+    root = tmp_path / ("proxy" if proxy_of else "registry")
     root.mkdir(parents=True, exist_ok=True)
-    auth_yaml = ""
+    auth_yaml = f"proxy:\n  remoteurl: {proxy_of}\n" if proxy_of else ""
     token_server = None
     if auth == "htpasswd":
         htpasswd = root / "htpasswd"
         htpasswd.write_text("".join(f"{u}:{_bcrypt(p)}\n" for u, p in USERS.items()))
-        auth_yaml = f"auth:\n  htpasswd:\n    realm: lazylayer-test\n    path: {htpasswd}\n"
+        auth_yaml += f"auth:\n  htpasswd:\n    realm: lazylayer-test\n    path: {htpasswd}\n"
     elif auth == "token":
         token_server = TokenServer.start(root / "token", USERS, token_lifetime)
-        auth_yaml = (f"auth:\n  token:\n    realm: {token_server.realm}\n    service: {SERVICE}\n"
+        auth_yaml += (f"auth:\n  token:\n    realm: {token_server.realm}\n    service: {SERVICE}\n"
                      f"    issuer: {ISSUER}\n    rootcertbundle: {token_server.cert_path}\n")
     elif auth is not None:
         raise ValueError(f"unknown registry auth {auth!r}")

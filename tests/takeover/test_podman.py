@@ -12,9 +12,8 @@ import pytest
 
 from tests.fuse.daemonproc import start_daemon, unmount_under
 from tests.ops.test_daemon_ops import wait_for
-from tests.security.conftest import _binary_items
 from tests.security.test_podman import Podman, podman_root  # noqa: F401  (module-scoped fixture)
-from tests.support.layers import build_layer, directory, file
+from tests.support.layers import binary_items, build_layer, directory, file
 from tests.support.registry import Layer, RunningRegistry, push_image
 from tests.takeover.harness import Holder
 
@@ -31,7 +30,7 @@ def reader_image(registry: RunningRegistry) -> tuple[str, dict[str, str]]:
     items = [directory(d) for d in ("bin/", "usr/", "usr/bin/", "lib/", "lib64/", "lib/x86_64-linux-gnu/", "data/",
                                     "dev/", "proc/", "sys/", "tmp/", "run/", "etc/")]
     for tool in TOOLS:
-        items += _binary_items(tool)
+        items += binary_items(tool)
         items.append(file(tool.lstrip("/"), Path(tool).read_bytes(), 0o755))
     items += [file(name, content) for name, content in data.items()]
     unique = {item.name: item for item in items}  # a library two tools need, once

@@ -68,7 +68,8 @@ def test_upgrade_hands_over_with_no_failed_read(stack: Stack, app_image: PushedI
         old = stack.front
         new = stack.restart_front()  # asks the holder, which asks the old front to hand over
         assert old.process is not None and old.process.wait(timeout=30) == 0
-        assert new.call("status")["takeovers"] == 1
+        # (the old front may have answered start_daemon's readiness check while handing over)
+        wait_for("the new front's control socket", lambda: new.call("status", timeout=5.0)["takeovers"] == 1)
         time.sleep(1.0)
     finally:
         stuck = readers.stop()

@@ -28,7 +28,9 @@ from typing import Callable
 import requests
 
 from lazylayer.shared.errors import AuthError, RegistryError
+from lazylayer.workers.registry import deadline
 from lazylayer.workers.registry.reference import DOCKER_HUB, DOCKER_HUB_API
+from lazylayer.workers.registry.transport import Transient, body_pieces
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ EXPIRY_MARGIN = 10.0
 #: lifetime assumed when the token server does not state one (token spec default) [s]
 DEFAULT_TOKEN_LIFETIME = 60.0
 _CREDENTIAL_HELPER_TIMEOUT = 30.0
+#: largest token answer read (tokens are JWTs of a few KiB) [bytes]
+TOKEN_BODY_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -208,14 +212,17 @@ class Authenticator:
     """Adds the right Authorization header per (host, scope); answers 401 challenges.
 
     Thread-safe: one instance is shared by a client's threads. Token requests go through the
-    plain `session` (no retries of their own beyond the caller's).
+    plain `session` (no retries of their own beyond the caller's), under the same limits as a
+    registry's bodies (transport.py): the realm is whatever URL the registry names, so a token
+    service that trickles its answer must cost the job its own deadline, never a worker thread.
     """
 
     def __init__(self, session: requests.Session, credentials: CredentialLookup | None,
-                 timeout: float, verify_for: Callable[[str], bool | str]) -> None:
+                 timeout: float, verify_for: Callable[[str], bool | str], min_rate: float = 0.0) -> None:
         self._session = session
         self._lookup = credentials or (lambda registry: None)
         self._timeout = timeout
+        self._min_rate = min_rate
         self._verify_for = verify_for
         self._lock = threading.Lock()
         self._challenges: dict[str, Challenge] = {}
@@ -270,9 +277,12 @@ class Authenticator:
         service = challenge.params.get("service", "")
         creds = self._lookup(registry)
         realm_host = realm.split("/")[2]
+        timeout = min(self._timeout, deadline.remaining())
+        if timeout <= 0:
+            raise RegistryError(f"token service {realm_host}: the request's deadline passed before it could be sent")
         try:
             if creds and creds.identity_token:
-                response = self._session.post(realm, timeout=self._timeout, verify=self._verify_for(realm_host), data={
+                response = self._session.post(realm, timeout=timeout, verify=self._verify_for(realm_host), stream=True, data={
                     "grant_type": "refresh_token", "refresh_token": creds.identity_token,
                     "service": service, "scope": scope, "client_id": "lazylayer",
                 })
@@ -281,10 +291,15 @@ class Authenticator:
                 if service:
                     params["service"] = service
                 headers = {"Authorization": creds.basic_header()} if creds and creds.password else {}
-                response = self._session.get(realm, params=params, headers=headers, timeout=self._timeout,
-                                             verify=self._verify_for(realm_host))
+                response = self._session.get(realm, params=params, headers=headers, timeout=timeout,
+                                             verify=self._verify_for(realm_host), stream=True)
         except requests.RequestException as exc:
             raise RegistryError(f"token service {realm_host} unreachable: {type(exc).__name__}") from None
+        try:
+            answer = b"".join(body_pieces(response, TOKEN_BODY_LIMIT, f"token service {realm_host}", timeout,
+                                          self._min_rate))
+        except Transient as exc:
+            raise RegistryError(f"token service {realm_host}: {exc}") from None
         if response.status_code in (401, 403):
             who = f"as {creds.username!r}" if creds and creds.username else "anonymously"
             raise AuthError(f"token service {realm_host} refused a token for {scope or 'the registry'} {who} "
@@ -292,7 +307,7 @@ class Authenticator:
         if response.status_code != 200:
             raise RegistryError(f"token service {realm_host} answered {response.status_code}", response.status_code)
         try:
-            body = response.json()
+            body = json.loads(answer)
             value = body.get("token") or body.get("access_token")
             lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
         except (ValueError, AttributeError, TypeError):

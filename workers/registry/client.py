@@ -12,6 +12,17 @@ wanted ranges are coalesced and sent as one multi-range request. Quirks handled:
 blob (the bytes are then verified against the blob digest and the ranges cut out while streaming),
 206 without Content-Type, 400 to multi-range (that host goes to single-range mode for good), 403 on
 a redirected URL (the pre-signed URL expired: resolve again, once).
+
+Mirrors (README "Running a fleet"): a mirror that answers a ranged read with the whole blob is a
+pull-through cache that has not cached it yet. Its body is closed unread (reading it makes the
+cache fetch the blob from the origin once more), the mirror is marked (rangesupport.py) and the
+ranges of urgent jobs (deadline.urgency: a reader waits) come from the next source, up to
+``FALLBACK_SHARE`` of the blob per blob and client; other reads, and urgent ones past that
+share, wait for the mirror's copy (asking again when the mark expires) while the job's deadline
+allows, so a cluster costs the origin about one blob and the first byte does not wait. A mirror
+that keeps sending whole blobs (rangesupport.GIVE_UP_STRIKES in a row) is not waited for any
+more. No request of the read path is a HEAD: a cache answers HEAD of a blob it lacks by
+fetching the whole blob (twice, for docker-registry 2.8).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -37,6 +48,7 @@ from lazylayer.workers.registry.ranges import (
     ByteRange, Part, coalesce, multipart_boundary, parse_content_range, parse_multipart,
     range_header, slice_parts,
 )
+from lazylayer.workers.registry.rangesupport import RangeSupport
 from lazylayer.workers.registry.retry import Backoff, is_retryable_status, parse_retry_after
 from lazylayer.workers.registry.transport import Transient, body_pieces, describe, host_failure, is_timeout
 
@@ -48,8 +60,22 @@ MULTIPART_SLACK_PER_PART = 512
 MAX_DOCUMENT_SIZE = 8 << 20
 #: bytes of an error answer read for the registry's message [bytes]
 ERROR_BODY_PREFIX = 4096
+#: share of a blob read from the next source while a mirror fills its copy, per client
+FALLBACK_SHARE = 1 / 64
+#: ... but at least this much (the footer, TOC and first files of a small layer) [bytes]
+MIN_FALLBACK = 1 << 20
 
 Progress = Callable[[int], None]
+#: passes every piece of a whole-blob body, at its offset, to the function given; returns the size
+BlobStream = Callable[[Callable[[int, bytes], None]], int]
+
+
+class WholeBlobSink(Protocol):
+    """Takes over a whole-blob answer to a ranged read (workers/wholeblob.py)."""
+
+    def run(self, stream: BlobStream, until: int) -> None:
+        """Run ``stream`` (it checks the blob digest at its end) and return once the bytes
+        before ``until`` have passed; the rest may go on streaming after the return."""
 
 
 def safe_url(url: str) -> str:
@@ -70,6 +96,8 @@ class _Location:
     endpoint: Endpoint
     size: int
     redirected: bool
+    #: a mirror passed over because it answered ranged reads with whole blobs ("" if none)
+    instead_of: str = ""
 
 
 class RegistryClient:
@@ -77,7 +105,7 @@ class RegistryClient:
 
     def __init__(self, options: RegistryOptions | None = None,
                  credentials: CredentialLookup | None = None, *,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, range_support: RangeSupport | None = None) -> None:
         self.options = options or RegistryOptions()
         self.session = requests.Session()
         self.session.headers.update({"Accept-Encoding": "identity", "User-Agent": "lazylayer"})
@@ -86,10 +114,15 @@ class RegistryClient:
             credentials = DockerConfigCredentials(self.options.credentials_file or None)
         self.backoff = backoff or Backoff(self.options.min_backoff, self.options.max_backoff,
                                           self.options.max_retries)
-        self.auth = Authenticator(self.session, credentials, self.options.request_timeout, self._verify_for_host)
+        self.auth = Authenticator(self.session, credentials, self.options.request_timeout, self._verify_for_host,
+                                  self.options.min_rate)
         self._lock = threading.Lock()
         self._locations: dict[tuple[str, str, str], _Location] = {}
         self._single_range_hosts: set[str] = set()
+        #: which mirrors serve ranges now (shared by the clients of one worker)
+        self.range_support = range_support or RangeSupport()
+        #: bytes of each blob read from another source while its mirror was passed over
+        self._fallback_bytes: dict[str, int] = {}
         if self.options.skip_verify:
             # Said once here instead of urllib3 warning on every request.
             log.warning("TLS certificates are not verified for %s", ", ".join(self.options.skip_verify))
@@ -185,13 +218,15 @@ class RegistryClient:
         return delay if delay < deadline.remaining() else None
 
     def api(self, method: str, ref: Reference, path: str, *, push: bool = False,
-            ok: Iterable[int] = (200,), what: str = "", **kwargs) -> tuple[requests.Response, Endpoint]:
-        """Call `/v2/<repo>/<path>` on the mirrors in order, then the registry itself.
+            ok: Iterable[int] = (200,), what: str = "", endpoints: list[Endpoint] | None = None,
+            **kwargs) -> tuple[requests.Response, Endpoint]:
+        """Call `/v2/<repo>/<path>` on the mirrors in order, then the registry itself (or on
+        ``endpoints``, ending with the registry).
 
         A mirror that cannot be reached, fails, or lacks the content is skipped; the last
         endpoint's failure is the error raised. Pushes go to the registry only.
         """
-        endpoints = endpoints_for(ref.registry, self.options)
+        endpoints = endpoints or endpoints_for(ref.registry, self.options)
         if push:
             endpoints = endpoints[-1:]
         base_params = dict(kwargs.pop("params", None) or {})
@@ -253,14 +288,29 @@ class RegistryClient:
         return self._location(ref, digest).size
 
     def _location(self, ref: Reference, digest: str, refresh: bool = False) -> _Location:
+        """Where the blob is read from: the first source that answers a 1-byte GET (never a HEAD:
+        a pull-through cache fetches the whole blob for one), passing over mirrors that answer
+        it, or did lately, with the whole blob. A location that passed a mirror over is resolved
+        again once that mirror's mark expired."""
         key = (ref.registry, ref.repository, digest)
         with self._lock:
             known = self._locations.get(key)
-        if known and not refresh:
+        if known and not refresh and not (known.instead_of and self.range_support.usable(known.instead_of)):
             return known
         what = f"blob {digest} of {ref.name}"
-        response, endpoint = self.api("GET", ref, f"blobs/{digest}", ok=(200, 206, 301, 302, 303, 307, 308),
-                                      headers={"Range": "bytes=0-0"}, allow_redirects=False, what=what)
+        endpoints = endpoints_for(ref.registry, self.options)
+        while True:
+            candidates = [e for e in endpoints[:-1] if self.range_support.usable(e.host)] + endpoints[-1:]
+            response, endpoint = self.api("GET", ref, f"blobs/{digest}", ok=(200, 206, 301, 302, 303, 307, 308),
+                                          headers={"Range": "bytes=0-0"}, allow_redirects=False, what=what,
+                                          endpoints=candidates)
+            if not (endpoint.is_mirror and response.status_code == 200):
+                break
+            self._passed_over(response, endpoint, digest)
+        ahead = endpoints[:endpoints.index(endpoint)]
+        instead_of = next((e.host for e in ahead if not self.range_support.usable(e.host)), "")
+        if endpoint.is_mirror and response.status_code == 206:
+            self.range_support.ranged(endpoint.host)
         url = response.url
         redirected = 300 <= response.status_code < 400
         try:
@@ -277,11 +327,39 @@ class RegistryClient:
             size = _total_size(response, what)
         finally:
             response.close()
-        location = _Location(url, endpoint, size, redirected)
+        location = _Location(url, endpoint, size, redirected, instead_of)
         with self._lock:
             self._locations[key] = location
         log.debug("%s is served from %s (%d bytes)", what, safe_url(url), size)
         return location
+
+    def _passed_over(self, response: requests.Response, endpoint: Endpoint, digest: str) -> None:
+        """A mirror sent the whole blob for a ranged read: close it unread, mark the mirror."""
+        response.close()
+        self.range_support.full_body(endpoint.host)
+        log.info("mirror %s answered a ranged read of %s with the whole blob (not cached there yet?); "
+                 "reading ranges from the next source for %.0f s", endpoint.host, digest,
+                 self.range_support.wait(endpoint.host))
+
+    def _wait_for_mirror(self, location: _Location, digest: str, wanted: int) -> bool:
+        """Whether to wait for the passed-over mirror instead of reading ``wanted`` more bytes
+        from the next source: an urgent read within this blob's fallback share goes ahead;
+        others wait (True) until the mirror is asked again, unless the job's deadline would
+        pass first."""
+        if not location.instead_of:
+            return False
+        share = max(MIN_FALLBACK, int(location.size * FALLBACK_SHARE))
+        with self._lock:
+            spent = self._fallback_bytes.get(digest, 0)
+            pause = self.range_support.wait(location.instead_of)
+            if ((deadline.urgent() and spent + wanted <= share) or self.range_support.gave_up(location.instead_of)
+                    or pause + self.options.request_timeout / 2 >= deadline.remaining()):
+                self._fallback_bytes[digest] = spent + wanted
+                return False
+        log.info("blob %s: %d bytes read beside mirror %s already; waiting %.1f s for its copy",
+                 digest, spent, location.instead_of, pause)
+        self.backoff.sleep(pause)
+        return True
 
     def _blob_get(self, ref: Reference, digest: str, headers: dict[str, str],
                   ok: tuple[int, ...]) -> tuple[requests.Response, _Location]:
@@ -304,8 +382,14 @@ class RegistryClient:
             break
         raise self.error(response, f"GET blob {digest} of {ref.name}")
 
-    def read_ranges(self, ref: Reference, digest: str, ranges: list[ByteRange]) -> list[bytes]:
-        """The bytes of each range, in the order given, fetched in as few requests as allowed."""
+    def read_ranges(self, ref: Reference, digest: str, ranges: list[ByteRange], *,
+                    whole_body: WholeBlobSink | None = None) -> list[bytes]:
+        """The bytes of each range, in the order given, fetched in as few requests as allowed.
+
+        When the answer is the whole blob (200), the blob digest is checked before this
+        returns; with ``whole_body``, that sink runs the stream instead and this returns as soon
+        as the wanted ranges have passed (like a 206's bytes, they are then vouched for by the
+        caller's chunk and TOC digests), the sink keeping the rest (workers/wholeblob.py)."""
         size = self.blob_size(ref, digest)
         for r in ranges:
             if r.offset < 0 or r.length < 0 or r.end > size:
@@ -314,11 +398,12 @@ class RegistryClient:
         fetch = coalesce(wanted, self.options.coalesce_gap)
         if not fetch:
             return [b"" for _ in ranges]
-        parts = self._fetch_parts(ref, digest, fetch, size)
+        parts = self._fetch_parts(ref, digest, fetch, size, whole_body)
         got = iter(slice_parts(wanted, parts, f"blob {digest}"))
         return [next(got) if r.length > 0 else b"" for r in ranges]
 
-    def _fetch_parts(self, ref: Reference, digest: str, fetch: list[ByteRange], size: int) -> list[Part]:
+    def _fetch_parts(self, ref: Reference, digest: str, fetch: list[ByteRange], size: int,
+                     whole_body: WholeBlobSink | None = None) -> list[Part]:
         attempt = 0
         while True:
             location = self._location(ref, digest)
@@ -326,6 +411,8 @@ class RegistryClient:
             with self._lock:
                 single = host in self._single_range_hosts
             request = [ByteRange(fetch[0].offset, fetch[-1].end - fetch[0].offset)] if single else fetch
+            if self._wait_for_mirror(location, digest, sum(r.length for r in request)):
+                continue
             try:
                 response, location = self._blob_get(ref, digest, {"Range": range_header(request)}, (200, 206, 400))
                 if response.status_code == 400:
@@ -336,8 +423,14 @@ class RegistryClient:
                     with self._lock:
                         self._single_range_hosts.add(host)
                     continue
+                if response.status_code == 200 and location.endpoint.is_mirror:
+                    self._passed_over(response, location.endpoint, digest)
+                    self._location(ref, digest, refresh=True)
+                    continue
                 if response.status_code == 200:
-                    return self._parts_from_full_body(response, digest, fetch, size)
+                    return self._parts_from_full_body(response, digest, fetch, size, whole_body)
+                if location.endpoint.is_mirror:
+                    self.range_support.ranged(location.endpoint.host)
                 return self._parts_from_partial(response, digest, request, size)
             except Transient as exc:
                 self._after_broken_body(attempt, f"blob {digest}: {exc}")
@@ -359,9 +452,16 @@ class RegistryClient:
             raise RegistryError(f"{where}: got {len(body)} bytes for a {length}-byte Content-Range")
         return [Part(offset, body)]
 
-    def _parts_from_full_body(self, response: requests.Response, digest: str,
-                              fetch: list[ByteRange], size: int) -> list[Part]:
-        """A 200 to a ranged GET: stream the whole blob, verify it, keep only the wanted ranges."""
+    def _parts_from_full_body(self, response: requests.Response, digest: str, fetch: list[ByteRange], size: int,
+                              whole_body: WholeBlobSink | None) -> list[Part]:
+        """A 200 to a ranged GET: stream the whole blob, verify it, cut out the wanted ranges
+        (or let ``whole_body`` stream it). A body announced at another length than the blob's is
+        refused unread: it cannot be the blob."""
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) != size:
+            response.close()
+            raise RegistryError(f"blob {digest}: a ranged read was answered with a {declared}-byte body; "
+                                f"the blob has {size} bytes", 200)
         buffers = [bytearray() for _ in fetch]
 
         def keep(offset: int, piece: bytes) -> None:
@@ -371,7 +471,15 @@ class RegistryClient:
                     buf += piece[lo - offset : hi - offset]
 
         log.info("blob %s: registry ignored Range and sent the whole blob", digest)
-        self.stream_verified(response, digest, size, keep, f"blob {digest}")
+        if whole_body is None:
+            self.stream_verified(response, digest, size, keep, f"blob {digest}")
+        else:
+            def stream(sink: Callable[[int, bytes], None]) -> int:
+                def both(offset: int, piece: bytes) -> None:
+                    keep(offset, piece)
+                    sink(offset, piece)
+                return self.stream_verified(response, digest, size, both, f"blob {digest}")
+            whole_body.run(stream, fetch[-1].end)
         return [Part(r.offset, bytes(buf)) for r, buf in zip(fetch, buffers)]
 
     def download_blob(self, ref: Reference, digest: str, out: BinaryIO,

@@ -5,6 +5,10 @@ sends the job the time it has left. The worker runs the handler inside `job_dead
 registry client then clips each connect, each body read and each retry backoff to what is left,
 so a hung or stalled registry costs a job its own budget - never more, never a second fetch
 after the front stopped waiting. Outside a job (the CLI) there is no deadline.
+
+A job is also *urgent* or not (`urgency`): a reader waits for it (a demand read, a layer
+resolve) or nobody does yet (prefetch, read-ahead). The client lets only urgent reads go to the
+origin beside a pull-through cache that is still filling (client.py, README "Running a fleet").
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from typing import Iterator
 
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("job_deadline", default=math.inf)
+_urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("job_urgent", default=True)
 
 
 @contextlib.contextmanager
@@ -26,6 +31,20 @@ def job_deadline(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+@contextlib.contextmanager
+def urgency(urgent: bool) -> Iterator[None]:
+    """Run the body as an urgent job or not (outside any: urgent, as the CLI's reads are)."""
+    token = _urgent.set(urgent)
+    try:
+        yield
+    finally:
+        _urgent.reset(token)
+
+
+def urgent() -> bool:
+    return _urgent.get()
 
 
 def remaining() -> float:

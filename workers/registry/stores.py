@@ -79,7 +79,9 @@ class RegistryStore:
         return self.client.download_blob(self.ref, digest, out, progress)
 
     def has_blob(self, digest: str) -> bool:
-        return self.client.blob_exists(self.ref, digest)
+        """Asked of a destination, so of the registry itself: a mirror (a pull-through cache)
+        answers HEAD of a blob it lacks by fetching it from the origin."""
+        return self.client.blob_exists(self.ref, digest, push=True)
 
     def put_blob(self, digest: str, size: int, data: BinaryIO, *, progress: Progress | None = None) -> bool:
         return push_blob(self.client, self.ref, digest, size, data, progress=progress)

@@ -1,0 +1,1 @@
+"""The containerd snapshotter: containerd's snapshots gRPC API over lazylayer's layer store."""
