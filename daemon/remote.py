@@ -82,6 +82,8 @@ class LayerDescriptor:
     annotations: dict[str, str] = field(default_factory=dict, hash=False)
     #: sha256 of the uncompressed tar, from the image config (None when it lists none)
     diff_id: str | None = None
+    #: where else the blob may be fetched from (non-distributable layers; workers/sources/urls.py)
+    urls: tuple[str, ...] = ()
 
     @property
     def toc_digest(self) -> str | None:
@@ -343,13 +345,14 @@ class Remote:
                                    dedup_key=("resolve_image", ref, platform))
         r = reply.result
         layers = tuple(LayerDescriptor(l["digest"], l["size"], l["media_type"], dict(l["annotations"]),
-                                       l.get("diff_id")) for l in r["layers"])
+                                       l.get("diff_id"), tuple(l.get("urls", ()))) for l in r["layers"])
         return ResolvedImage(r["ref"], r["manifest_digest"], r["config_digest"], layers)
 
     async def resolve_layer(self, ref: str, desc: LayerDescriptor) -> LayerRecord:
         """Footer + TOC fetched and checked against the TOC digest annotation, metadata
         registered in the store (idempotent); the layer's record."""
         params = {"ref": ref, "digest": desc.digest, "size": desc.size, "toc_digest": desc.toc_digest,
+                  "media_type": desc.media_type, "urls": list(desc.urls),
                   "allow_unverified": self.settings.allow_unverified,
                   "require_toc_digest": self.settings.require_toc_digest}
         reply = await self._submit("resolve_layer", params, dedup_key=("resolve_layer", desc.digest),

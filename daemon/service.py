@@ -50,7 +50,7 @@ from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError
 from lazylayer.shared.logs import redact, setup_logging
 from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import StoreOptions, open_store
-from lazylayer.shared.store.layers import Layers
+from lazylayer.shared.store.layers import LayerRecord, Layers
 from lazylayer.shared.store.merged import MergedViews
 
 log = logging.getLogger(__name__)
@@ -302,9 +302,9 @@ class Daemon:
             seen.add(id(layer))
             layers.append({"ref": layer.ref, "digest": layer.digest, "layer_id": layer.layer_id,
                            "verified": layer.verified, "references": layer.refs, "info": layer.info().to_dict(),
-                           "error": layer.error()})
+                           "error": layer.error(), **_origin(layer.record)})
         cached = [{"digest": r.digest, "state": r.state.value, "size": r.blob_size, "fetched": r.fetched_bytes,
-                   "error": r.last_error} for r in Layers(self.remote.store).all()]
+                   "error": r.last_error, **_origin(r)} for r in Layers(self.remote.store).all()]
         return redact({  # errors may quote a mirror URL: no credentials in status
             "pid": os.getpid(),
             "mountpoint": self.options.mountpoint,
@@ -336,6 +336,12 @@ class Daemon:
                     shutil.rmtree(mount.state_dir, ignore_errors=True)
             self._release(mount)
         self.user_mounts.clear()
+
+
+def _origin(record: LayerRecord) -> dict[str, str]:
+    """Where a layer's bytes come from and what decodes them (recorded by the registering worker)."""
+    return {"source": record.source, "source_location": record.source_location,
+            "decompressor": record.decompressor}
 
 
 def wall_clock(trio_time: float) -> float:

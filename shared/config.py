@@ -176,6 +176,20 @@ class FormatConfig:
 
 
 @dataclass(frozen=True)
+class SourcesConfig:
+    order: tuple[str, ...] = knob(("oci-layout", "urls", "registry"), "blob source handlers tried in turn for each "
+                                  "layer: built-ins oci-layout, urls, registry, or lazylayer.sources plug-ins")
+    rules: dict[str, tuple[str, ...]] = knob({}, "PREFIX = [HANDLER, ...]: the order for refs under PREFIX (a "
+                                             "registry host, host/repo/, oci:/dir); the longest prefix wins")
+
+
+@dataclass(frozen=True)
+class DecompressorsConfig:
+    order: tuple[str, ...] = knob((), "layer formats asked in turn to claim a layer: built-ins gzip, zstd, or "
+                                  "lazylayer.decompressors plug-ins; empty = built-ins, then every plug-in")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     address: str = knob("", "HOST:PORT for Prometheus metrics; empty = off")
 
@@ -205,6 +219,8 @@ class Config:
     format: FormatConfig = field(default_factory=FormatConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     snapshotter: SnapshotterConfig = field(default_factory=SnapshotterConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    decompressors: DecompressorsConfig = field(default_factory=DecompressorsConfig)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,19 @@ Why it is shaped like this:
 - **Stateless.** Every job carries what it needs (image ref, layer digest and size, the chunk
   descriptors, the running blob hash), so any worker can run any job and a job re-dispatched
   after a worker died runs the same anywhere. What a worker keeps is only what makes it faster:
-  one `RegistryClient` per registry/repository (HTTP session, tokens, blob locations).
+  one `RegistryClient` per registry/repository (HTTP session, tokens, blob locations) and one
+  blob source per layer of an image.
+- **Pluggable.** Every byte of a layer comes through the `LayerSource` its handlers chose
+  (workers/sources/: registry, descriptor URLs, OCI layout dirs, plug-ins), and its chunks are
+  decoded by the decompressor that claimed it (shared/estargz/formats.py). Both choices are
+  kept on the layer record, so any worker reads and decodes a layer the same way.
 - **Only verified bytes are stored.** Each chunk is decompressed and its sha256 checked whole
   (`decompress_chunk`) before `ChunkStore.put`, which re-checks it; a bad chunk is a
   DigestMismatchError (or FormatError for undecodable data) and nothing of it is stored. Good
   chunks of the same job are still stored, then the first error is raised.
-- **Few requests.** Wanted compressed ranges are handed to `RegistryClient.read_ranges`, which
-  coalesces them (`registry.coalesce_gap`) into one multi-range request; a job is split into
+- **Few requests.** Wanted compressed ranges go to the source's `read_ranges` in one call; the
+  registry's (`RegistryClient.read_ranges`) coalesces them (`registry.coalesce_gap`) into one
+  multi-range request, the URL source into few ranged GETs. A job is split into
   requests of at most ``max_request_bytes`` so a huge prefetch never sits in memory at once.
 - **Blocking and thread-safe.** Handlers run in the worker's job threads; the store is opened
   once, after exec, on first use, and LMDB serialises writers. Network and CPU work happen
@@ -37,8 +43,8 @@ from typing import Any, Callable
 from lazylayer.shared.blobsource import FileSource
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (CacheFullError, DigestMismatchError, FormatError, LazyLayerError, ProtocolError,
-                                     RegistryError, UnverifiedLayerError)
-from lazylayer.shared.estargz.reader import decompress_chunk, open_toc, toc_digest_of
+                                     UnverifiedLayerError)
+from lazylayer.shared.estargz.formats import Decompressors
 from lazylayer.shared.logs import Every
 from lazylayer.shared.estargz.toc import Chunk, TOCLimits
 from lazylayer.shared.store.blobs import blob_path
@@ -50,21 +56,22 @@ from lazylayer.shared.store.metadata import Metadata
 from lazylayer.workers.blobhash import PieceHash
 from lazylayer.workers.jobs import Handler, Job, JobResult
 from lazylayer.workers.profiles import ProfileJobs
-from lazylayer.workers.registry.blobsource import RegistryBlobSource
 from lazylayer.workers.registry.client import RegistryClient
 from lazylayer.workers.registry.hosts import RegistryOptions
-from lazylayer.workers.registry.manifests import parse_platform, resolve_manifest
-from lazylayer.workers.registry.ranges import ByteRange
+from lazylayer.workers.registry.manifests import parse_platform
 from lazylayer.workers.registry.rangesupport import RangeSupport, job_context
-from lazylayer.workers.registry.reference import Reference, parse_reference
+from lazylayer.workers.registry.reference import LayoutRef, Reference, parse_image_ref
+from lazylayer.workers.registry.stores import ImageStore, RegistryStore, resolve_image_manifest
+from lazylayer.workers.sources.base import LayerSource, LayerSpec
+from lazylayer.workers.sources.handlers import Sources
+from lazylayer.workers.sources.layout import open_layout
+from lazylayer.workers.sources.registry import RegistrySource
 from lazylayer.workers.wholeblob import StreamBusy, Streams, WholeBody, settle_layer
 
 log = logging.getLogger(__name__)
 
 #: Compressed bytes one HTTP request of a job may ask for (several chunks coalesce up to it).
 MAX_REQUEST_BYTES = 16 << 20
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,8 @@ class FetcherSettings:
     registry: RegistryOptions
     toc_limits: TOCLimits = TOCLimits()
     max_request_bytes: int = MAX_REQUEST_BYTES
+    #: the whole config: source and decompressor plug-ins are built with it
+    config: Config = Config()
 
     @classmethod
     def from_config(cls, config: Config, cache_dir: str | None = None) -> "FetcherSettings":
@@ -81,6 +90,7 @@ class FetcherSettings:
             store=StoreOptions.from_config(config.cache, cache_dir),
             registry=RegistryOptions.from_config(config.registry),
             toc_limits=TOCLimits(config.format.max_toc_bytes, config.format.max_entries),
+            config=config,
         )
 
 
@@ -141,15 +151,6 @@ def _param(params: dict[str, Any], name: str, kind: type, default: Any = ...) ->
     return value
 
 
-def _compression(data: bytes) -> str:
-    """Chunk ranges start at a gzip member or a zstd frame: the magic says which."""
-    if data.startswith(_ZSTD_MAGIC):
-        return "zstd"
-    if data.startswith(_GZIP_MAGIC):
-        return "gzip"
-    raise FormatError("compressed chunk data starts with neither a gzip member nor a zstd frame")
-
-
 class Fetcher:
     """The job handlers of one worker process. Create it after exec."""
 
@@ -157,9 +158,11 @@ class Fetcher:
         self.settings = settings
         self._lock = threading.Lock()
         self._store: Store | None = None
-        self._clients: dict[tuple[str, str], RegistryClient] = {}
         #: which mirrors serve ranges now: one view for all clients of this worker
         self.range_support = RangeSupport()
+        # plug-ins are built here, at worker start: a bad one fails the worker, saying why
+        self.sources = Sources(settings.config, self.range_support)
+        self.decompressors = Decompressors.load(settings.config.decompressors.order)
         #: blobs arriving whole for a ranged read: other jobs for them wait (workers/wholeblob.py)
         self._streams = Streams()
 
@@ -185,23 +188,31 @@ class Fetcher:
             return self._store
 
     def client(self, ref: Reference, fresh: bool = False) -> RegistryClient:
-        key = (ref.registry, ref.repository)
-        with self._lock:
-            if fresh or key not in self._clients:
-                # A replaced client is not closed: another job thread may still be using it.
-                self._clients[key] = RegistryClient(self.settings.registry, range_support=self.range_support)
-            return self._clients[key]
+        """The registry client of ``ref``'s repository (profiles and manifests use it too)."""
+        return self.sources.registry.client(ref, fresh)
+
+    def image_store(self, ref: Reference | LayoutRef) -> ImageStore:
+        if isinstance(ref, LayoutRef):
+            return open_layout(ref)
+        return RegistryStore(self.client(ref), ref)
+
+    def source(self, ref: str, digest: str, size: int | None = None, *, spec: LayerSpec | None = None,
+               choose: bool = False) -> LayerSource:
+        """The layer's source for ``ref`` (workers/sources/handlers.py `Sources.layer_source`)."""
+        return self.sources.layer_source(ref, digest, lambda: Layers(self.store()).get(digest), size, spec=spec,
+                                         choose=choose)
 
     # -- jobs ----------------------------------------------------------------------------------
 
     def resolve_image(self, job: Job) -> JobResult:
-        ref = parse_reference(_param(job.params, "ref", str))
+        ref = parse_image_ref(_param(job.params, "ref", str))
         platform = _param(job.params, "platform", str, None)
-        client = self.client(ref)
-        manifest, _ = resolve_manifest(client, ref, parse_platform(platform) if platform else None)
-        diff_ids = _diff_ids(client, ref, manifest.config.digest, len(manifest.layers))
+        store = self.image_store(ref)
+        manifest = resolve_image_manifest(store, parse_platform(platform) if platform else None)
+        diff_ids = _diff_ids(store, manifest.config.digest, len(manifest.layers))
         layers = [{"digest": d.digest, "size": d.size, "media_type": d.media_type, "annotations": d.annotations,
-                   "diff_id": diff_id} for d, diff_id in zip(manifest.layers, diff_ids)]
+                   "diff_id": diff_id, "urls": list(d.urls)}
+                  for d, diff_id in zip(manifest.layers, diff_ids)]
         return JobResult({"ref": str(ref), "manifest_digest": manifest.digest,
                           "config_digest": manifest.config.digest, "layers": layers})
 
@@ -210,10 +221,11 @@ class Fetcher:
         toc_digest = _param(job.params, "toc_digest", str, None)
         allow_unverified = _param(job.params, "allow_unverified", bool, False)
         require_toc_digest = _param(job.params, "require_toc_digest", bool, True)
+        spec = self._spec(job, ref, digest, size)
         layers = Layers(self.store())
         existing = layers.get(digest)
         if existing is not None and toc_digest is not None and existing.toc_digest != toc_digest:
-            existing = self._settle_conflict(ref, digest, size, toc_digest, existing)
+            existing = self._settle_conflict(spec, toc_digest, existing)
         if existing is not None and toc_digest is not None:
             if not existing.verified:  # its TOC hashes to the annotation: now it is vouched for
                 existing = layers.update(digest, verified=True)
@@ -223,20 +235,27 @@ class Fetcher:
             raise UnverifiedLayerError(
                 f"layer {digest} has no TOC digest annotation: not eStargz/zstd:chunked: "
                 "convert it with `lazylayer convert`")
-        client = self.client(ref)
-        served = client.blob_size(ref, digest)
-        if served != size:
-            raise RegistryError(f"layer {digest}: the registry serves {served} bytes, the manifest says {size}")
+        source = self.source(ref, digest, spec=spec, choose=True)  # probes: the size must be the manifest's
         # The TOC streams into the registration: a large one is never held whole (tocstream.py).
-        _, toc = open_toc(RegistryBlobSource(client, ref, digest, size), toc_digest=toc_digest,
-                          limits=self.settings.toc_limits)
+        decoder, toc = self.decompressors.open_toc(source, spec.media_type, toc_digest=toc_digest,
+                                                   limits=self.settings.toc_limits)
         record = layers.register(digest, size, toc, verified=toc_digest is not None,
                                  allow_unverified=allow_unverified)
-        log.info("layer %s registered (%d nodes, %d chunks)", digest, record.node_count, record.chunk_count)
+        if not record.decompressor:  # not when another process registered it meanwhile
+            record = layers.update(digest, source=source.handler, source_location=source.location,
+                                   decompressor=decoder, media_type=spec.media_type, urls=spec.urls)
+        log.info("layer %s registered (%d nodes, %d chunks) from %s %s, %s", digest, record.node_count,
+                 record.chunk_count, source.handler, source.location, decoder)
         return JobResult(_record_dict(record))
 
-    def _settle_conflict(self, ref: Reference, digest: str, size: int, toc_digest: str,
-                         existing: LayerRecord) -> LayerRecord | None:
+    @staticmethod
+    def _spec(job: Job, ref: str, digest: str, size: int) -> LayerSpec:
+        urls = _param(job.params, "urls", list, [])
+        if not all(isinstance(u, str) for u in urls):
+            raise ProtocolError("job parameter 'urls' must be a list of strings")
+        return LayerSpec(ref, digest, size, _param(job.params, "media_type", str, ""), tuple(urls))
+
+    def _settle_conflict(self, spec: LayerSpec, toc_digest: str, existing: LayerRecord) -> LayerRecord | None:
         """Two manifests disagree on the TOC of one blob digest. A blob can back only one TOC, and
         only the whole blob's sha256 proves it is the blob: a registration whose blob was checked
         (FETCHED) stands. Otherwise this source's whole blob is checked now and its TOC hashed:
@@ -244,18 +263,17 @@ class Fetcher:
         stays as it is, mounted or not); if it is the newcomer's, the registration came from a
         source serving another blob under this digest and is dropped (None: register anew).
         Chunks may stay either way: they are keyed by their own digests."""
+        ref, digest = spec.ref, spec.digest
         if existing.state is LayerState.FETCHED:
             raise DigestMismatchError(f"TOC of layer {digest} (its blob was verified with the TOC registered)",
                                       toc_digest, existing.toc_digest)
         log.warning("layer %s: %s names TOC %s but %s is registered, unverified; checking the whole blob",
                     digest, ref, toc_digest, existing.toc_digest)
         with tempfile.NamedTemporaryFile(dir=self.store().options.path) as sink:
-            fetched = self.client(ref).download_blob(ref, digest, sink)  # DigestMismatchError: it lies
-            if fetched != size:
-                raise RegistryError(f"layer {digest}: the registry served {fetched} bytes, not {size}")
+            self.source(ref, digest, spec=spec, choose=True).download(sink)  # DigestMismatchError: it lies
             sink.flush()
             with FileSource(sink.name) as blob:
-                actual = toc_digest_of(blob, self.settings.toc_limits)
+                actual = self.decompressors.toc_digest_of(blob, spec.media_type, self.settings.toc_limits)
         if actual != toc_digest:
             raise DigestMismatchError(f"TOC of layer {digest} (the genuine blob's TOC is the registered one)",
                                       toc_digest, actual)
@@ -265,7 +283,7 @@ class Fetcher:
         return None
 
     def fetch_chunks(self, job: Job) -> JobResult:
-        ref, digest = parse_reference(_param(job.params, "ref", str)), _param(job.params, "digest", str)
+        ref, digest = _param(job.params, "ref", str), _param(job.params, "digest", str)
         wanted = [WantedChunk.from_wire(c, digest) for c in _param(job.params, "chunks", list)]
         chunk_store = ChunkStore(self.store())
         replaced = [d for d in _param(job.params, "replace", list, []) if chunk_store.drop_if_corrupt(str(d))]
@@ -313,8 +331,7 @@ class Fetcher:
         outside = [c for c in wanted if c.blob_offset < start or c.blob_end > end]
         if outside:
             raise ProtocolError(f"chunk at blob offset {outside[0].blob_offset} is outside the piece [{start}, {end})")
-        client = self.client(ref)
-        data = client.read_ranges(ref, digest, [ByteRange(start, end - start)])[0]
+        data = self.source(ref, digest, size).read_ranges([(start, end - start)])[0]
         running = PieceHash(state).update(data)
         missing = self._missing(wanted)
         stored, error = self._store_chunks(digest, missing, lambda c: data[c.blob_offset - start:c.blob_end - start])
@@ -334,14 +351,23 @@ class Fetcher:
 
     def check(self, job: Job) -> JobResult:
         ref, digest, size = self._layer_params(job)
-        self._check_blob(self.client(ref), ref, digest, size)
+        self.source(ref, digest, size).check()
         return JobResult({"ok": True})
 
     def refresh(self, job: Job) -> JobResult:
-        """A new client: no cached redirect URL, no tokens; then the blob is resolved again."""
+        """The source forgets what it learnt (registry: no cached redirect URL, no tokens), the
+        handlers are asked again in order, and the blob must answer."""
         ref, digest, size = self._layer_params(job)
-        self._check_blob(self.client(ref, fresh=True), ref, digest, size)
-        return JobResult({"ok": True})
+        try:
+            self.source(ref, digest, size).refresh()
+        except LazyLayerError as exc:  # the next handler in the order may serve it
+            log.warning("layer %s: refreshing its source failed: %s", digest, exc)
+        source = self.source(ref, digest, size, choose=True)
+        source.check()
+        record = Layers(self.store()).get(digest)
+        if record is not None and (source.handler, source.location) != (record.source, record.source_location):
+            Layers(self.store()).update(digest, source=source.handler, source_location=source.location)
+        return JobResult({"ok": True, "source": source.handler})
 
     def fetch_blob(self, job: Job) -> JobResult:
         """The whole compressed blob into ``blob_path(cache dir, digest)``: streamed to a
@@ -355,9 +381,7 @@ class Fetcher:
         partial = f"{final}.{os.getpid()}.{threading.get_ident()}.partial"
         try:
             with open(partial, "wb") as out:
-                fetched = self.client(ref).download_blob(ref, digest, out)
-                if fetched != size:
-                    raise RegistryError(f"layer {digest}: the registry served {fetched} bytes, not {size}")
+                fetched = self.source(ref, digest, size).download(out)
             os.rename(partial, final)
             # downloaded bytes like any other: `status` and metrics show the layer fetched
             Layers(self.store()).add_fetched(digest, fetched, read_time=time.time())
@@ -382,16 +406,11 @@ class Fetcher:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _layer_params(self, job: Job) -> tuple[Reference, str, int]:
-        return (parse_reference(_param(job.params, "ref", str)), _param(job.params, "digest", str),
-                _param(job.params, "size", int))
-
-    @staticmethod
-    def _check_blob(client: RegistryClient, ref: Reference, digest: str, size: int) -> None:
-        served = client.blob_size(ref, digest)
-        if served != size:
-            raise RegistryError(f"layer {digest}: the registry now serves {served} bytes, not {size}")
-        client.read_ranges(ref, digest, [ByteRange(0, 1)])
+    def _layer_params(self, job: Job) -> tuple[str, str, int]:
+        """(ref as the front names it, layer digest, blob size); the ref must parse."""
+        ref = _param(job.params, "ref", str)
+        parse_image_ref(ref)
+        return ref, _param(job.params, "digest", str), _param(job.params, "size", int)
 
     def _missing(self, wanted: list[WantedChunk]) -> list[WantedChunk]:
         """Chunks not in the store yet, each key once, in blob order (one read txn)."""
@@ -408,11 +427,13 @@ class Fetcher:
 
         return self.store().read(scan)
 
-    def _fetch(self, ref: Reference, digest: str, wanted: list[WantedChunk]) -> FetchOutcome:
+    def _fetch(self, ref: str, digest: str, wanted: list[WantedChunk]) -> FetchOutcome:
         """Fetch, verify and store the missing ones among ``wanted``; the first chunk error is
         returned with the outcome (after every good chunk was stored), transport errors raise."""
         missing = self._missing(wanted)
-        client = self.client(ref)
+        if not missing:
+            return FetchOutcome(0, 0)
+        source = self.source(ref, digest)
         stored = fetched = 0
         whole = False
         first_error: LazyLayerError | None = None
@@ -426,7 +447,7 @@ class Fetcher:
                 continue
             ranges = sorted({(c.blob_offset, c.blob_end) for c in batch})
             try:
-                datas, stream = self._read_keeping_whole_blob(client, ref, digest, ranges)
+                datas, stream = self._read_keeping_whole_blob(source, digest, ranges)
             except StreamBusy:  # a whole blob this worker streams already: wait for it, then look again
                 batches.insert(0, batch)
                 continue
@@ -444,9 +465,9 @@ class Fetcher:
             first_error = first_error or error
         return FetchOutcome(stored, fetched, first_error, tuple(unstored), whole)
 
-    def _read_keeping_whole_blob(self, client: RegistryClient, ref: Reference, digest: str,
+    def _read_keeping_whole_blob(self, source: LayerSource, digest: str,
                                  ranges: list[tuple[int, int]]) -> tuple[list[bytes], WholeBody]:
-        """`read_ranges`; a whole-blob answer also stores every other missing chunk of the layer
+        """`read_ranges`; a whole-blob answer (only a registry gives one) also stores every other missing chunk of the layer
         as it streams on and, its digest checked, makes the layer FETCHED (a mismatch
         distrusts the layer) once the caller released it. Whether a blob came whole goes back
         in the reply (``whole``)."""
@@ -467,9 +488,11 @@ class Fetcher:
 
         whole = WholeBody(self._streams, digest, layer_chunks, store,
                           lambda error: settle_layer(layers, digest, error, self._distrust))
+        pairs = [(lo, hi - lo) for lo, hi in ranges]
         try:
-            return client.read_ranges(ref, digest, [ByteRange(lo, hi - lo) for lo, hi in ranges],
-                                      whole_body=whole), whole
+            if isinstance(source, RegistrySource):
+                return source.read_ranges(pairs, whole_body=whole), whole
+            return source.read_ranges(pairs), whole
         except BaseException:
             whole.release()
             raise
@@ -481,11 +504,12 @@ class Fetcher:
         caller serves it."""
         first_error: LazyLayerError | None = None
         verified: list[tuple[WantedChunk, bytes]] = []
+        # the decompressor the layer was registered with ("": a record older than the name)
+        decoder = Layers(self.store()).require(digest).decompressor if chunks else ""
         for chunk in chunks:
             try:
-                data = compressed(chunk)
-                verified.append((chunk, decompress_chunk(_compression(data), data, chunk.toc_chunk(),
-                                                         allow_unverified=not chunk.digest)))
+                verified.append((chunk, self.decompressors.decompress_chunk(
+                    decoder, compressed(chunk), chunk.toc_chunk(), allow_unverified=not chunk.digest)))
             except (DigestMismatchError, FormatError) as exc:
                 log.warning("layer %s: %s", digest, exc)
                 first_error = first_error or exc
@@ -544,18 +568,17 @@ def _warn_cache_full(exc: CacheFullError, served: bool) -> None:
         log.warning("%s; %s", exc, "reads are served without caching" if served else "chunks not cached")
 
 
-def _diff_ids(client: RegistryClient, ref: Reference, config_digest: str, count: int) -> list[str | None]:
+def _diff_ids(store: ImageStore, config_digest: str, count: int) -> list[str | None]:
     """The layers' DiffIDs from the image config (verified against its digest), for the layer
     store's `info`; Nones, with a warning, when the config does not list one per layer."""
-    raw, _ = client.get_document(ref, f"blobs/{config_digest}", None, f"config {config_digest} of {ref.name}",
-                                 config_digest)
+    raw = store.blob_bytes(config_digest)
     try:
         diff_ids = json.loads(raw)["rootfs"]["diff_ids"]
     except (ValueError, KeyError, TypeError):
         diff_ids = None
     if not isinstance(diff_ids, list) or len(diff_ids) != count or not all(isinstance(d, str) for d in diff_ids):
         log.warning("image config %s of %s lists no DiffID per layer; info files will lack diff-digest",
-                    config_digest, ref.name)
+                    config_digest, store.name)
         return [None] * count
     return diff_ids
 

@@ -24,7 +24,9 @@ from typing import Any, Callable, ContextManager
 from lazylayer.shared.errors import (
     ConfigError, FormatError, LazyLayerError, NotEStargzError, NotFoundError, RegistryError,
 )
+from lazylayer.shared.blobsource import BlobSource
 from lazylayer.shared.estargz.footer import MAX_FOOTER_SIZE, parse_footer
+from lazylayer.shared.estargz.formats import BUILTIN, Decompressors
 from lazylayer.shared.estargz.reader import BlobReader
 from lazylayer.shared.estargz.writer import (
     TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, Progress, WriterOptions, convert_tar,
@@ -36,7 +38,10 @@ from lazylayer.workers.registry.manifests import (
     DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_LAYER_GZIP, TAR_LAYER_TYPES, Descriptor, Manifest,
     Platform, host_platform, parse_document, parse_platform,
 )
+from lazylayer.workers.registry.layout import OCILayout
 from lazylayer.workers.registry.stores import ImageStore, RegistryStore, open_store
+from lazylayer.workers.sources.base import LayerSpec
+from lazylayer.workers.sources.urls import URLHandler
 
 #: ``progress_factory(description, total_bytes_or_None)`` -> context manager yielding a Progress;
 #: `lazylayer.daemon.cli.output.progress` fits.
@@ -270,7 +275,8 @@ class _Converter:
 def inspect_image(ref: str, *, platform: str | Platform | None = None, all_platforms: bool = False,
                   registry_options: RegistryOptions | None = None,
                   credentials: CredentialLookup | None = None,
-                  client: RegistryClient | None = None) -> dict[str, Any]:
+                  client: RegistryClient | None = None,
+                  decompressors: Decompressors | None = None) -> dict[str, Any]:
     """What an image is made of, per layer with its eStargz facts (tail and TOC reads only).
 
     Keys: ``reference``, ``digest`` and ``media_type`` of what REF names; ``index`` (list of
@@ -278,16 +284,20 @@ def inspect_image(ref: str, *, platform: str | Platform | None = None, all_platf
     inspected manifest(s) - ``{digest, media_type, platform, config: {digest, size}, layers}``
     with each layer ``{digest, media_type, size, annotations, footer, toc_offset, toc_digest,
     toc_digest_annotation, toc_digest_matches, uncompressed_size_annotation, entries,
-    prefetch_size, error}``.
+    prefetch_size, error, source, decompressor}``: ``source`` is where the layer was read
+    (registry, oci-layout, or urls when the store has no copy of a non-distributable layer) and
+    ``decompressor`` the format that claims it (None: none does).
     """
     with _client(client, registry_options, credentials) as http:
         store = open_store(ref, http)
+        inspector = _LayerInspector(store, decompressors or Decompressors.load(),
+                                    URLHandler(registry_options or RegistryOptions()))
         raw, media_type, digest = store.resolve()
         top = parse_document(raw, media_type, digest)
         report: dict[str, Any] = {"reference": store.name, "digest": digest, "media_type": top.media_type,
                                   "index": None, "manifests": []}
         if isinstance(top, Manifest):
-            report["manifests"].append(_inspect_manifest(store, top, None))
+            report["manifests"].append(_inspect_manifest(inspector, top, None))
             return report
         report["index"] = [{"digest": d.digest, "media_type": d.media_type, "size": d.size,
                             "platform": str(d.platform) if d.platform else None} for d in top.manifests]
@@ -296,32 +306,62 @@ def inspect_image(ref: str, *, platform: str | Platform | None = None, all_platf
             document = parse_document(store.document(descriptor.digest), descriptor.media_type, descriptor.digest)
             if not isinstance(document, Manifest):
                 raise FormatError(f"{store.name}: index entry {descriptor.digest} is not an image manifest")
-            report["manifests"].append(_inspect_manifest(store, document, descriptor.platform))
+            report["manifests"].append(_inspect_manifest(inspector, document, descriptor.platform))
         return report
 
 
-def _inspect_manifest(store: ImageStore, manifest: Manifest, platform: Platform | None) -> dict[str, Any]:
+def _inspect_manifest(inspector: "_LayerInspector", manifest: Manifest, platform: Platform | None) -> dict[str, Any]:
     return {
         "digest": manifest.digest, "media_type": manifest.media_type,
         "platform": str(platform) if platform else None,
         "config": {"digest": manifest.config.digest, "size": manifest.config.size},
-        "layers": [_inspect_layer(store, layer) for layer in manifest.layers],
+        "layers": [inspector.layer(layer) for layer in manifest.layers],
     }
 
 
-def _inspect_layer(store: ImageStore, layer: Descriptor) -> dict[str, Any]:
+@dataclass
+class _LayerInspector:
+    store: ImageStore
+    decompressors: Decompressors
+    urls: URLHandler
+
+    def source(self, layer: Descriptor) -> tuple[str, BlobSource]:
+        """Where a layer is read: the image's own store, or the descriptor's urls when the store
+        has no copy (a non-distributable layer)."""
+        if layer.urls and not self.store.has_blob(layer.digest):
+            found = self.urls.open(LayerSpec(self.store.name, layer.digest, layer.size, layer.media_type,
+                                             layer.urls))
+            if found is not None:
+                return "urls", found
+        kind = "oci-layout" if isinstance(self.store, OCILayout) else "registry"
+        return kind, self.store.blob_source(layer.digest, layer.size)
+
+    def layer(self, layer: Descriptor) -> dict[str, Any]:
+        if layer.media_type not in TAR_LAYER_TYPES and not self.decompressors.plugins:
+            return _inspect_layer(None, layer)
+        source, blob = self.source(layer)
+        try:
+            decompressor, blob = self.decompressors.claim(blob, layer.media_type)
+        except NotEStargzError:
+            return _inspect_layer(None, layer) | {"source": source}
+        facts = _inspect_layer(blob if decompressor in BUILTIN else None, layer)
+        return facts | {"source": source, "decompressor": decompressor}
+
+
+def _inspect_layer(blob: BlobSource | None, layer: Descriptor) -> dict[str, Any]:
+    """The descriptor's facts, and the footer's and TOC's when ``blob`` is a built-in format's."""
     annotation = layer.annotations.get(TOC_DIGEST_ANNOTATION)
     facts: dict[str, Any] = {
         "digest": layer.digest, "media_type": layer.media_type, "size": layer.size,
         "annotations": dict(layer.annotations), "toc_digest_annotation": annotation,
         "uncompressed_size_annotation": layer.annotations.get(UNCOMPRESSED_SIZE_ANNOTATION),
         "footer": None, "toc_offset": None, "toc_digest": None, "toc_digest_matches": None,
-        "entries": None, "prefetch_size": None, "error": None,
+        "entries": None, "prefetch_size": None, "error": None, "source": None, "decompressor": None,
     }
-    if layer.media_type not in TAR_LAYER_TYPES:
+    if blob is None:
         return facts
     try:
-        reader = BlobReader.open(store.blob_source(layer.digest, layer.size))
+        reader = BlobReader.open(blob)
     except NotEStargzError:
         return facts
     except (RegistryError, NotFoundError):

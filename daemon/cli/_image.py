@@ -13,8 +13,8 @@ import os
 
 from lazylayer.shared.config import load_config
 from lazylayer.workers.registry.hosts import RegistryOptions
-from lazylayer.workers.registry.stores import LAYOUT_PREFIX
-from lazylayer.workers.registry.reference import ReferenceError, parse_reference
+from lazylayer.workers.registry.reference import (LAYOUT_PREFIX, LayoutRef, ReferenceError, parse_layout_ref,
+                                                  parse_reference)
 
 
 def is_image_spec(text: str) -> bool:
@@ -30,6 +30,16 @@ def is_image_spec(text: str) -> bool:
     has_host = bool(slash) and ("." in first or ":" in first or first == "localhost" or first.startswith("["))
     last = text.rsplit("/", 1)[-1]
     return has_host or "@" in text or ":" in last
+
+
+def daemon_ref(text: str) -> str:
+    """The ref as the daemon must get it: an `oci:` layout path made absolute (the daemon and its
+    workers do not run in our directory), anything else as typed. The layer store then names it
+    `MNT/<base64("oci:/abs/path[:tag]")>/`."""
+    if not text.startswith(LAYOUT_PREFIX):
+        return text
+    layout = parse_layout_ref(text)
+    return str(LayoutRef(os.path.abspath(layout.path), layout.tag))
 
 
 def registry_options(config_path: str | None) -> RegistryOptions:

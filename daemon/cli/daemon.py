@@ -17,6 +17,7 @@ from lazylayer.daemon.startup import DaemonOptions, lock_run_dir, start_workers,
 from lazylayer.shared.config import load_config
 from lazylayer.shared.logs import setup_logging
 from lazylayer.shared.perms import private_umask
+from lazylayer.shared.plugins import check_config
 
 HELP = "run the FUSE front (layer store + image views) with its fetcher workers, in the foreground"
 
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
              "daemon.run_dir": args.run_dir}
     overrides = {key: value for key, value in flags.items() if value is not None}
     config = load_config(args.config or None, overrides=overrides).config
+    check_config(config)  # a plug-in name nobody provides: said here, not by every worker it starts
     setup_logging(config.daemon.log_level, config.daemon.log_format)
     options = DaemonOptions(config, args.config or None, overrides, args.takeover)
     private_umask()  # sockets, cache files and overlay dirs we create are root's alone

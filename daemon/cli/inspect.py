@@ -1,7 +1,8 @@
 """`lazylayer inspect BLOB|IMAGE [--json]`: what a blob's footer and TOC say.
 
 IMAGE (a registry reference or ``oci:PATH[:TAG]``; ``--platform``, ``--all-platforms``) prints
-per layer its media type, size, footer kind, TOC digest and whether it matches the descriptor's
+per layer its media type, size, where it was read (source: registry, oci-layout, or urls for a
+non-distributable layer the store has no copy of), the decompressor that claims it, footer kind, TOC digest and whether it matches the descriptor's
 annotation, entry count and prefetch size -- reading only each layer's tail and TOC. Its
 ``--json`` is ``inspect_image()``'s document (workers/imageconvert.py).
 
@@ -85,12 +86,14 @@ def _run_image(args: argparse.Namespace) -> int:
         return 0
     print(f"{report['reference']}@{report['digest']} ({report['media_type']})")
     for manifest in report["manifests"]:
-        rows = [[layer["digest"][:19], layer["media_type"].rsplit(".", 2)[-1], layer["size"], layer["footer"] or "-",
+        rows = [[layer["digest"][:19], layer["media_type"].rsplit(".", 2)[-1], layer["size"], layer["source"] or "-",
+                 layer["decompressor"] or "-", layer["footer"] or "-",
                  layer["entries"] if layer["entries"] is not None else "-", _toc_state(layer),
                  layer["prefetch_size"] if layer["prefetch_size"] is not None else "-", layer["error"] or ""]
                 for layer in manifest["layers"]]
         title = f"{manifest['platform'] or 'manifest'} {manifest['digest'][:19]}"
-        output.print_table(title, ["layer", "type", "size", "footer", "entries", "TOC digest", "prefetch", "error"],
+        output.print_table(title, ["layer", "type", "size", "source", "format", "footer", "entries", "TOC digest",
+                                   "prefetch", "error"],
                            rows)
     return 0
 

@@ -18,6 +18,7 @@ import shutil
 from typing import Callable
 
 from lazylayer.daemon import mounts
+from lazylayer.daemon.cli._image import daemon_ref
 from lazylayer.daemon.control import add_client_arguments, call, client_run_dir
 from lazylayer.shared.config import load_config
 from lazylayer.shared.errors import LazyLayerError, MountError
@@ -28,7 +29,8 @@ HELP = "mount a whole image (all layers merged) at DIR, read-only or --writable 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ref", metavar="REF", help="image reference (registry/repo[:tag][@digest])")
+    parser.add_argument("ref", metavar="REF", type=daemon_ref,
+                        help="image reference (registry/repo[:tag][@digest]) or oci:PATH[:TAG] (an OCI layout dir)")
     parser.add_argument("dir", metavar="DIR", help="where to mount it (created if missing)")
     parser.add_argument("--writable", action="store_true", help="overlayfs with an upper dir (changes are "
                         "discarded at umount)")

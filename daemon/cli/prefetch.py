@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 
 from lazylayer.daemon.cli.output import print_json, progress
+from lazylayer.daemon.cli._image import daemon_ref
 from lazylayer.daemon.control import add_client_arguments, call, client_run_dir
 
 HELP = "fetch the prefetch range of every layer of an image now (through the daemon)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ref", metavar="REF", help="image reference")
+    parser.add_argument("ref", metavar="REF", type=daemon_ref, help="image reference or oci:PATH[:TAG]")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_client_arguments(parser)
 

@@ -5,7 +5,10 @@ chunks replays fetched: read since, or not) - and the containerd snapshotter's s
 
 Times are wall-clock (``read_time``, a failure's ``when``: seconds since the epoch in ``--json``,
 local time here); durations say "s". Sizes are bytes in ``--json`` and carry a unit here.
-``fetched`` counts compressed bytes downloaded from the registry for a layer (chunks, prefetch,
+``source`` is the handler a layer's bytes come from (registry, urls, oci-layout or a plug-in;
+``source_location`` says where) and ``decompressor`` what decodes its chunks (gzip, zstd or a
+plug-in), as recorded when the layer was registered.
+``fetched`` counts compressed bytes downloaded from the layer's source (chunks, prefetch,
 background fetch, and the whole-blob download behind its ``blob`` file); the cache holds
 decompressed chunks, so its use can exceed the fetched bytes.
 """
@@ -25,7 +28,8 @@ HELP = "show the daemon's layers, errors, mounts, workers and cache use"
 #: printed under the tables: what the two numbers people ask about mean
 LEGEND = ("refs: holders of a layer (mounts, layer-store users such as podman); an unreferenced layer is "
           "released after prefetch.resolve_ttl.\n"
-          "fetched: compressed bytes downloaded from the registry; the cache holds decompressed chunks, "
+          "source: where the layer's bytes come from (registry, urls, oci-layout, a plug-in); format: its decompressor.\n"
+          "fetched: compressed bytes downloaded from its source; the cache holds decompressed chunks, "
           "so cache use can exceed the fetched bytes.")
 
 
@@ -50,10 +54,12 @@ def run(args: argparse.Namespace) -> int:
     takeovers = status.get("takeovers", 0)
     print(f"daemon pid {status['pid']} serving {status['mountpoint']}"
           + (f" (took the FUSE connection over from an earlier front; takeovers: {takeovers})" if takeovers else ""))
-    print_table("layers", ["ref", "digest", "state", "size", "fetched", "prefetch", "last read", "refs", "error"],
+    print_table("layers", ["ref", "digest", "state", "size", "fetched", "prefetch", "last read", "refs", "source",
+                           "format", "error"],
                 [[l["ref"], l["digest"][:19], l["info"]["state"], human_size(l["info"]["size"]),
                   human_size(l["info"]["fetched_size"]), human_size(l["info"]["prefetch_size"]),
-                  clock(l["info"]["read_time"]), l["references"], l["error"]]
+                  clock(l["info"]["read_time"]), l["references"], l["source"] or "-", l["decompressor"] or "-",
+                  l["error"]]
                  for l in status["layers"]])
     if status["failures"]:
         print_table("failed resolves", ["ref", "digest", "kind", "when", "error"],

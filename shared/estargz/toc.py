@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import posixpath
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone

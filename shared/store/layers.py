@@ -68,6 +68,18 @@ class LayerRecord:
     chunk_count: int = 0
     payload_bytes: int = 0
     registered_at: float = 0.0
+    #: the source handler that served the registration (workers/sources) and where it read
+    source: str = ""
+    source_location: str = ""
+    #: the decompressor that decodes its chunks (shared/estargz/formats.py); "" for records
+    #: made before it was kept (chunks then say gzip or zstd by their magic)
+    decompressor: str = ""
+    #: the descriptor facts a source is chosen by, so any worker can choose it again
+    media_type: str = ""
+    urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "urls", tuple(self.urls))  # msgpack gives a list back
 
     @property
     def root(self) -> NodeRef:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import platform as host
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from lazylayer.shared.errors import FormatError, NotFoundError
 from lazylayer.shared.estargz.fields import INT64_MAX, ascii_uint
@@ -95,6 +95,14 @@ class Descriptor:
     #: fields we do not model (urls, artifactType, platform os.version, ...) kept so a rewrite loses nothing
     extra: dict[str, Any] = field(default_factory=dict)
     platform_extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Where else the blob may be fetched (OCI non-distributable / Docker foreign layers)."""
+        urls = self.extra.get("urls") or []
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise FormatError(f"descriptor {self.digest}: urls is not a list of strings")
+        return tuple(urls)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
@@ -214,13 +222,21 @@ def resolve_manifest(client: RegistryClient, ref: Reference,
     """The image manifest for ``ref`` on ``wanted`` (default: this machine), and the index it
     was chosen from, if any. The chosen descriptor's digest is checked against the bytes."""
     top = fetch_document(client, ref)
+    chosen = pick_manifest(top, wanted, lambda d: fetch_document(client, ref.with_digest(d.digest)))
+    return chosen, None if isinstance(top, Manifest) else top
+
+
+def pick_manifest(top: Manifest | Index, wanted: Platform | None,
+                  fetch: Callable[[Descriptor], Manifest | Index]) -> Manifest:
+    """``top`` itself when it is a manifest, else the one its index lists for ``wanted``
+    (default: this machine), fetched with ``fetch`` (which checks the descriptor's digest)."""
     if isinstance(top, Manifest):
-        return top, None
+        return top
     descriptor = top.select(wanted or host_platform())
-    chosen = fetch_document(client, ref.with_digest(descriptor.digest))
+    chosen = fetch(descriptor)
     if not isinstance(chosen, Manifest):
         raise FormatError(f"index {top.digest} points at {descriptor.digest}, which is not an image manifest")
-    return chosen, top
+    return chosen
 
 
 def fetch_config(client: RegistryClient, ref: Reference, manifest: Manifest) -> tuple[bytes, dict[str, Any]]:

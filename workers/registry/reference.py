@@ -16,6 +16,8 @@ from lazylayer.shared.errors import LazyLayerError
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 DEFAULT_TAG = "latest"
+#: `oci:PATH[:TAG]` names an image in an OCI image layout directory instead of a registry
+LAYOUT_PREFIX = "oci:"
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
@@ -69,6 +71,36 @@ class Reference:
         if self.digest:
             text += f"@{self.digest}"
         return text
+
+
+@dataclass(frozen=True)
+class LayoutRef:
+    """`oci:PATH[:TAG]`: an image in an OCI image layout directory (workers/registry/layout.py).
+    ``tag`` is the index entry's `org.opencontainers.image.ref.name` (None: the only image)."""
+
+    path: str
+    tag: str | None = None
+
+    def __str__(self) -> str:
+        return f"{LAYOUT_PREFIX}{self.path}" + (f":{self.tag}" if self.tag else "")
+
+
+def parse_layout_ref(text: str) -> LayoutRef:
+    """Split `oci:PATH[:TAG]`: a last `:` starts the tag when what follows has no `/`."""
+    if not text.startswith(LAYOUT_PREFIX) or len(text) == len(LAYOUT_PREFIX):
+        raise ReferenceError(f"invalid layout reference {text!r}: expected oci:PATH[:TAG]")
+    path, tag = text[len(LAYOUT_PREFIX):], None
+    head, sep, tail = path.rpartition(":")
+    if sep and head and "/" not in tail:
+        path, tag = head, tail
+        if not _TAG.fullmatch(tag):
+            raise ReferenceError(f"invalid layout reference {text!r}: bad tag {tag!r}")
+    return LayoutRef(path, tag)
+
+
+def parse_image_ref(text: str) -> Reference | LayoutRef:
+    """A registry reference, or `oci:PATH[:TAG]` for an image in a layout directory."""
+    return parse_layout_ref(text) if text.startswith(LAYOUT_PREFIX) else parse_reference(text)
 
 
 def parse_reference(text: str) -> Reference:

@@ -13,11 +13,9 @@ from lazylayer.shared.blobsource import BlobSource
 from lazylayer.workers.registry.blobsource import RegistryBlobSource
 from lazylayer.workers.registry.client import MAX_DOCUMENT_SIZE, Progress, RegistryClient, sha256_digest
 from lazylayer.workers.registry.layout import OCILayout
-from lazylayer.workers.registry.manifests import get_manifest_bytes
+from lazylayer.workers.registry.manifests import Manifest, Platform, get_manifest_bytes, parse_document, pick_manifest
 from lazylayer.workers.registry.push import mount_blob, push_blob, push_manifest
-from lazylayer.workers.registry.reference import Reference, parse_reference
-
-LAYOUT_PREFIX = "oci:"
+from lazylayer.workers.registry.reference import LAYOUT_PREFIX, Reference, parse_layout_ref, parse_reference
 
 
 class ImageStore(Protocol):
@@ -96,9 +94,13 @@ class RegistryStore:
 def open_store(spec: str, client: RegistryClient, *, create: bool = False) -> ImageStore:
     """`oci:PATH[:TAG]` (``create``: make the layout if missing) or an image reference."""
     if spec.startswith(LAYOUT_PREFIX):
-        path, tag = spec[len(LAYOUT_PREFIX):], None
-        head, sep, tail = path.rpartition(":")
-        if sep and head and "/" not in tail:
-            path, tag = head, tail
-        return OCILayout(path, tag, create=create)
+        layout = parse_layout_ref(spec)
+        return OCILayout(layout.path, layout.tag, create=create)
     return RegistryStore(client, parse_reference(spec))
+
+
+def resolve_image_manifest(store: ImageStore, wanted: Platform | None = None) -> Manifest:
+    """The image manifest ``store``'s image names, chosen from an index by ``wanted`` (default:
+    this machine's platform)."""
+    return pick_manifest(parse_document(*store.resolve()), wanted,
+                         lambda d: parse_document(store.document(d.digest), d.media_type, d.digest))

@@ -1,0 +1,1 @@
+"""Test plug-ins for lazylayer: `testdir` (blob source) and `rawchunk` (decompressor)."""
