@@ -11,8 +11,10 @@ Inode numbers, two spaces that cannot collide:
   layer ids start at 1). Stable across restarts: node ids come from the TOC order. A layer reached
   through two refs is the same directory inode (the kernel treats it as an alias, the contents
   are identical and the page cache is shared).
-- ``1 .. 2**32-1``: the store layout itself (1 = MNT), allocated in order of first lookup within
-  one daemon run and never reused in it.
+- ``1 .. 2**32-1``: the store layout itself (1 = MNT), allocated in order of first lookup and
+  never reused while the FUSE connection lives: journaled to the holder, so a front that takes
+  the connection over keeps them (daemon/layout.py LayoutInodes). `fh` numbers carry their inode
+  for the same reason (daemon/handles.py).
 
 Why the hit path looks like this (limits §2, §6-7): lookup/getattr/readdir/readlink/xattr are one
 short LMDB read txn each, never IPC; a read that hits LMDB never leaves the process; files open
@@ -28,7 +30,7 @@ import logging
 import math
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import lmdb
@@ -36,9 +38,11 @@ import pyfuse3
 import trio
 
 from lazylayer.daemon.fuseguard import guard_operations
+from lazylayer.daemon.handles import BlobHandle, ContentHandle, DirHandle, FileHandle, Handle, Handles, inode_of
+from lazylayer.daemon.journal import Journal, uses_in
 from lazylayer.daemon.layer import Layer, Resolver
 from lazylayer.daemon.layout import (BLOB, DIFF, DIGEST_NAME, DIR_KINDS, IMAGES_DIR, INFO, STATE_DIR, USE, Kind,
-                                     LayoutNode, StoreAccess, decode_ref, layer_info, name_of)
+                                     LayoutInodes, LayoutNode, StoreAccess, decode_ref, layer_info, name_of)
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import LazyLayerError
 from lazylayer.shared.logs import redact
@@ -70,41 +74,6 @@ class FsSettings:
                    fuse.layer_timeout, StoreAccess.from_group(fuse.store_group))
 
 
-@dataclass
-class _File:
-    """An open file of a layer: reads go through its Layer; sequential readers get read-ahead."""
-
-    layer: Layer
-    node: NodeRef
-    size: int
-    next_offset: int = 0
-    ahead_mark: int = 0
-
-
-@dataclass
-class _Blob:
-    """An open `blob` file: reads go to the layer's verified whole blob."""
-
-    layer: Layer
-
-
-@dataclass
-class _Content:
-    """An open layout file (info, state): its bytes as of open."""
-
-    data: bytes
-
-
-@dataclass
-class _Dir:
-    """An open directory: entries listed so far (name, inode, attributes) and where to go on."""
-
-    entries: list[tuple[bytes, pyfuse3.EntryAttributes]] = field(default_factory=list)
-    parent: NodeRef | None = None
-    after: bytes | None = None
-    exhausted: bool = True
-
-
 @guard_operations
 class LazyFS(pyfuse3.Operations):
     """The daemon's one mount. Every handler runs in the daemon's trio loop."""
@@ -123,14 +92,21 @@ class LazyFS(pyfuse3.Operations):
         self.on_read = on_read
         #: merged views served under .images (view id -> the layers it reads)
         self.views: dict[int, list[Layer]] = {}
-        self._nodes: dict[int, LayoutNode] = {pyfuse3.ROOT_INODE: LayoutNode(Kind.ROOT)}
-        self._inodes: dict[LayoutNode, int] = {LayoutNode(Kind.ROOT): pyfuse3.ROOT_INODE}
+        self.layout = LayoutInodes(pyfuse3.ROOT_INODE, LAYER_INODES)
         #: each layer whose dir was looked up, for the layout (it holds no reference)
         self._held: dict[tuple[str, str], Layer] = {}
         self._refs: dict[str, set[str]] = {}
-        self._handles: dict[int, _File | _Content | _Dir] = {}
-        self._next_fh = 1
+        self._handles = Handles()
         self._nursery: trio.Nursery | None = None
+        #: daemon/fuseconn.py's hook, run while libfuse processes FUSE_INIT
+        self.on_init: Callable[[], None] | None = None
+        #: after a takeover: set once the layers the previous front served are resolved again
+        self.restoring: trio.Event | None = None
+        self.journal = Journal(self.layout)
+
+    def init(self) -> None:
+        if self.on_init is not None:
+            self.on_init()
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Where read-ahead tasks run (the daemon's nursery)."""
@@ -139,19 +115,23 @@ class LazyFS(pyfuse3.Operations):
     # -- inode spaces --------------------------------------------------------------------------
 
     def _layout_inode(self, node: LayoutNode) -> int:
-        inode = self._inodes.get(node)
+        inode = self.layout.inode(node)
         if inode is None:
-            inode = len(self._nodes) + 1
-            if inode >= LAYER_INODES:
-                raise pyfuse3.FUSEError(errno.EIO)  # "too many inodes", as upstream
-            self._nodes[inode] = node
-            self._inodes[node] = inode
+            raise pyfuse3.FUSEError(errno.EIO)  # "too many inodes", as upstream
         return inode
 
     def _layout(self, inode: int) -> LayoutNode:
-        node = self._nodes.get(inode)
+        node = self.layout.node(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def _layout_held(self, inode: int) -> LayoutNode:
+        """`_layout`, with the layer a node belongs to held again: after a takeover the kernel
+        still names layout inodes of layers this front has not looked up yet."""
+        node = self._layout(inode)
+        if node.kind in (Kind.LAYER, Kind.INFO, Kind.BLOB) and (node.ref, node.digest) not in self._held:
+            await self._hold(node.ref, node.digest)
         return node
 
     # -- attributes ----------------------------------------------------------------------------
@@ -335,7 +315,7 @@ class LazyFS(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         if inode >= LAYER_INODES:
             return self._entry(inode, self._node_attr(split_inode(inode)))
-        return self._layout_entry(self._layout(inode))
+        return self._layout_entry(await self._layout_held(inode))
 
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
         if inode < LAYER_INODES:
@@ -365,19 +345,27 @@ class LazyFS(pyfuse3.Operations):
 
     # -- directories ---------------------------------------------------------------------------
 
-    def _new_handle(self, handle: _File | _Content | _Dir) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
-        self._handles[fh] = handle
-        return fh
+    async def _handle(self, fh: int) -> Handle:
+        """The handle behind ``fh``; one an earlier front opened is opened again (daemon/handles.py)."""
+        handle = self._handles.get(fh)
+        if handle is None:
+            inode = inode_of(fh)
+            is_dir = (self._node_attr(split_inode(inode)).is_dir if inode >= LAYER_INODES
+                      else self._layout(inode).kind in DIR_KINDS)
+            handle = await (self._dir_handle(inode) if is_dir else self._file_handle(inode))
+            self._handles.put(fh, handle)
+        return handle
 
     async def opendir(self, inode: int, ctx: Any = None) -> int:
+        return self._handles.add(inode, await self._dir_handle(inode))
+
+    async def _dir_handle(self, inode: int) -> DirHandle:
         if inode >= LAYER_INODES:
             ref = split_inode(inode)
             if not self._node_attr(ref).is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            return self._new_handle(_Dir(parent=ref, exhausted=False))
-        node = self._layout(inode)
+            return DirHandle(parent=ref, exhausted=False)
+        node = await self._layout_held(inode)
         if node.kind not in DIR_KINDS:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         children: list[LayoutNode] = []
@@ -392,9 +380,9 @@ class LazyFS(pyfuse3.Operations):
             entries = [(DIFF, self._entry(root.inode, self._node_attr(root))),
                        (INFO, self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest))),
                        (BLOB, self._layout_entry(LayoutNode(Kind.BLOB, node.ref, node.digest)))]
-        return self._new_handle(_Dir(entries))
+        return DirHandle(entries)
 
-    def _more(self, handle: _Dir) -> None:
+    def _more(self, handle: DirHandle) -> None:
         """List the next page of a layer directory (names sorted; attributes in the same txn)."""
         assert handle.parent is not None
         page = self.meta.readdir(handle.parent, handle.after, _READDIR_PAGE)
@@ -412,8 +400,9 @@ class LazyFS(pyfuse3.Operations):
                 handle.entries.append((name, self._entry(ref.inode, attr)))
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = self._handles[fh]
-        assert isinstance(handle, _Dir)
+        handle = await self._handle(fh)
+        if not isinstance(handle, DirHandle):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
         index = start_id
         while True:
             if index >= len(handle.entries):
@@ -427,39 +416,47 @@ class LazyFS(pyfuse3.Operations):
             index += 1
 
     async def releasedir(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        self._handles.pop(fh)
 
     # -- files ---------------------------------------------------------------------------------
 
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
-        if inode < LAYER_INODES:
-            node = self._layout(inode)
-            if node.kind is Kind.BLOB:
-                # the blob never changes: the kernel may cache it
-                return pyfuse3.FileInfo(fh=self._new_handle(_Blob(self._held_layer(node))), keep_cache=True)
-            fh = self._new_handle(_Content(self._content(node)))
+        handle = await self._file_handle(inode)
+        fh = self._handles.add(inode, handle)
+        if isinstance(handle, ContentHandle):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        # Layer content and blobs never change: let the kernel keep its page cache across opens.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def _file_handle(self, inode: int) -> Handle:
+        if inode < LAYER_INODES:
+            node = await self._layout_held(inode)
+            if node.kind is Kind.BLOB:
+                return BlobHandle(self._held_layer(node))
+            return ContentHandle(self._content(node))
         ref = split_inode(inode)
         attr = self._node_attr(ref)
         if attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         try:
+            if self.restoring is not None and not self.resolver.known(ref.layer_id):
+                await self.restoring.wait()  # the kernel may open files of layers a takeover holds again
             layer = await self.resolver.layer_for(ref.layer_id)
         except LazyLayerError as exc:
             log.warning("open of inode %d: %s", inode, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        fh = self._new_handle(_File(layer, ref, attr.size))
-        # Layer content never changes: let the kernel keep its page cache across opens.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return FileHandle(layer, ref, attr.size)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._handles[fh]
-        if isinstance(handle, _Content):
+        handle = await self._handle(fh)
+        if isinstance(handle, DirHandle):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(handle, ContentHandle):
             return handle.data[off:off + size]
         try:
-            if isinstance(handle, _Blob):
+            if isinstance(handle, BlobHandle):
                 data = await handle.layer.read_at(off, size)
             else:
                 data = await handle.layer.read(handle.node, handle.size, off, size)
@@ -469,7 +466,7 @@ class LazyFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
         if self.on_read is not None:
             self.on_read(len(data), None)
-        if isinstance(handle, _Blob):
+        if isinstance(handle, BlobHandle):
             return data
         end = off + len(data)
         if off == handle.next_offset and end < handle.size and end >= handle.ahead_mark:
@@ -477,7 +474,7 @@ class LazyFS(pyfuse3.Operations):
         handle.next_offset = end
         return data
 
-    def _read_ahead(self, handle: _File, offset: int) -> None:
+    def _read_ahead(self, handle: FileHandle, offset: int) -> None:
         """A sequential reader crossed into the next chunk: fetch the chunks ahead of it."""
         chunks = handle.layer.remote.chunks_ahead(handle.node, offset)
         handle.ahead_mark = chunks[0].end if chunks else math.inf  # type: ignore[assignment]
@@ -485,7 +482,7 @@ class LazyFS(pyfuse3.Operations):
             self._nursery.start_soon(handle.layer.read_ahead, handle.node, offset)
 
     async def release(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        self._handles.pop(fh)
 
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
@@ -498,22 +495,25 @@ class LazyFS(pyfuse3.Operations):
     # -- a read-only filesystem, except the additional layer store's reference counting ---------
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any = None) -> Any:
-        node = self._nodes.get(parent_inode)
+        node = self.layout.node(parent_inode)
         if node is not None and node.kind is Kind.LAYER and name == USE:
             self._may_fetch(ctx)
             layer = await self._hold(node.ref, node.digest)
             layer.acquire()
+            self.journal.use(node.ref, node.digest, 1)
             log.info("layer %s of %s in use (%d references)", node.digest, node.ref, layer.refs)
             raise pyfuse3.FUSEError(errno.ENOENT)
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
-        node = self._nodes.get(parent_inode)
+        node = self.layout.node(parent_inode)
         if node is not None and node.kind is Kind.REF:
             self._may_fetch(ctx)
             layer = self._held.get((node.ref, name.decode("ascii", "replace")))
             if layer is not None:
                 layer.done()
+                if self.journal.uses[(node.ref, layer.digest)] > 0:
+                    self.journal.use(node.ref, layer.digest, -1)
                 log.info("layer %s of %s released (%d references)", layer.digest, node.ref, layer.refs)
                 raise pyfuse3.FUSEError(errno.ENOENT)
         raise pyfuse3.FUSEError(errno.EROFS)
@@ -549,6 +549,21 @@ class LazyFS(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
     # -- for the control socket ----------------------------------------------------------------
+
+    async def hold_again(self, journal: list[dict[str, Any]]) -> None:
+        """After a takeover: hold the layers the restored layout names, so their directories
+        list as before, with the `use` references the journal counts (one failing layer is
+        logged and skipped)."""
+        uses = uses_in(journal)
+        for node in self.layout.nodes(Kind.LAYER):
+            try:
+                layer = await self.hold(node.ref, node.digest)
+            except LazyLayerError as exc:
+                log.warning("layer %s of %s not held again after the takeover: %s", node.digest, node.ref, exc)
+                continue
+            for _ in range(uses[(node.ref, node.digest)]):
+                layer.acquire()
+                self.journal.uses[(node.ref, node.digest)] += 1
 
     def held(self) -> list[Layer]:
         return list(self._held.values())

@@ -28,7 +28,7 @@ import re
 import stat
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 from lazylayer.daemon.layer import Layer
 from lazylayer.shared.errors import ConfigError
@@ -111,6 +111,55 @@ def _supplementary_groups(pid: int) -> set[int]:
     except OSError:
         pass
     return set()
+
+
+class LayoutInodes:
+    """Inode numbers of the layout's nodes: 1 is MNT, the rest in order of first lookup, below
+    ``limit``. They are not derived from LMDB (a ref is any string), so each new one is reported
+    to ``on_new`` (the holder's journal) and a front that takes the connection over `restore`s
+    them: the kernel keeps naming the inodes it was given."""
+
+    def __init__(self, root_inode: int, limit: int) -> None:
+        self._nodes: dict[int, LayoutNode] = {root_inode: LayoutNode(Kind.ROOT)}
+        self._inodes: dict[LayoutNode, int] = {LayoutNode(Kind.ROOT): root_inode}
+        self._limit = limit
+        self.on_new: Callable[[dict[str, Any]], None] | None = None
+
+    def node(self, inode: int) -> LayoutNode | None:
+        return self._nodes.get(inode)
+
+    def nodes(self, kind: Kind) -> list[LayoutNode]:
+        return [node for node in self._nodes.values() if node.kind is kind]
+
+    def inode(self, node: LayoutNode) -> int | None:
+        """``node``'s inode, allocated on first use; None when the space is full."""
+        inode = self._inodes.get(node)
+        if inode is None:
+            inode = len(self._nodes) + 1
+            if inode >= self._limit:
+                return None
+            self._add(inode, node)
+            if self.on_new is not None:
+                self.on_new(_record(inode, node))
+        return inode
+
+    def records(self) -> list[dict[str, Any]]:
+        """The whole table as journal records (for a holder that starts after the front)."""
+        return [_record(inode, node) for inode, node in self._nodes.items() if node.kind is not Kind.ROOT]
+
+    def _add(self, inode: int, node: LayoutNode) -> None:
+        self._nodes[inode] = node
+        self._inodes[node] = inode
+
+    def restore(self, journal: list[dict[str, Any]]) -> None:
+        for record in journal:
+            if "node" in record:
+                inode, kind, ref, digest, layer_id = record["node"]
+                self._add(inode, LayoutNode(Kind(kind), ref, digest, layer_id))
+
+
+def _record(inode: int, node: LayoutNode) -> dict[str, Any]:
+    return {"node": [inode, node.kind.value, node.ref, node.digest, node.layer_id]}
 
 
 def decode_ref(name: bytes) -> str | None:

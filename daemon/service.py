@@ -10,6 +10,11 @@ dir's lock, or when something else is mounted on the mountpoint; a stale mount o
 crashed daemon (ENOTCONN) is unmounted first, so a restart after SIGKILL just works, and the
 LMDB cache it finds is as warm as it was. SIGTERM/SIGINT unmount the views `lazylayer mount`
 made, then the FUSE mount, and stop the workers.
+
+With a FUSE connection holder running (`lazylayer holder`, daemon/holder.py) a front never
+unmounts: it takes the holder's connection over when there is one (after a crash, or from a front
+it asks to hand over: an upgrade), or mounts and gives the holder the new one; SIGTERM/SIGINT then
+finish the requests in hand and leave everything mounted for the next front.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ import trio
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import ControlServer
 from lazylayer.daemon.fs import FsSettings, LazyFS
+from lazylayer.daemon.fuseconn import Connection, mount_fuse, resend, start_session
+from lazylayer.daemon.holder import Handover, HolderLink
+from lazylayer.daemon.journal import live_mounts
 from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.metrics import Metrics, StateSources
@@ -74,6 +82,9 @@ class Daemon:
     #: cap the next janitor job makes the shared one (the config's at start, then on SIGHUP)
     pending_budget: int | None = None
     janitor_wake: trio.Event = field(default_factory=trio.Event)
+    #: the FUSE connection holder (None: none runs, a stop unmounts) and how often it was taken over
+    holder: HolderLink | None = None
+    takeovers: int = 0
 
     # -- cache upkeep --------------------------------------------------------------------------
 
@@ -166,6 +177,7 @@ class Daemon:
         layers = await self._acquire_all(ref, digests)
         self.fs.views[view.view_id] = layers
         self.user_mounts[target] = UserMount(target, ref, layers, False, view.view_id)
+        self._journal_mount(self.user_mounts[target])
         return {"path": os.path.join(self.options.mountpoint, IMAGES_DIR.decode(), str(view.view_id)),
                 "view_id": view.view_id}
 
@@ -174,7 +186,76 @@ class Daemon:
         ref, target = str(params["ref"]), os.path.abspath(params["target"])
         layers = await self._acquire_all(ref, list(params["layers"]))
         self.user_mounts[target] = UserMount(target, ref, layers, True, None, str(params.get("state_dir", "")))
+        self._journal_mount(self.user_mounts[target])
         return {"target": target}
+
+    def _journal_mount(self, mount: UserMount) -> None:
+        if self.holder is not None:
+            self.holder.record({"mount": {"target": mount.target, "ref": mount.ref,
+                                          "layers": [layer.digest for layer in mount.layers],
+                                          "writable": mount.writable, "view_id": mount.view_id,
+                                          "state_dir": mount.state_dir}})
+
+    async def watch_holder(self, conn: Connection, interval: float = 1.0) -> None:
+        """A front without a holder (none ran yet at its start, or it restarted) keeps looking for
+        one and hands it the connection and the whole journal: supervisord starts the holder and
+        the front at the same moment, and a restarted holder must not leave the mounts unprotected."""
+        while True:
+            if self.holder is None or not self.holder.alive():
+                link = HolderLink.connect(self.options.run_dir)
+                if link is not None:
+                    try:
+                        await self._attach_holder(link, conn)
+                    except (OSError, LazyLayerError) as exc:
+                        log.warning("cannot hand the connection to the holder: %s", exc)
+                        link.close()
+            await trio.sleep(interval)
+
+    async def _attach_holder(self, link: HolderLink, conn: Connection) -> None:
+        handover = await trio.to_thread.run_sync(link.hello, 10.0)
+        if handover.conn is not None:  # it holds another connection: not ours to replace
+            os.close(handover.conn.fd)
+            raise MountError(f"the holder already holds a connection of {handover.conn.mountpoint}")
+        link.adopt(conn)
+        for record in self.fs.journal.records():
+            link.record(record)
+        old, self.holder = self.holder, link
+        for mount in self.user_mounts.values():
+            self._journal_mount(mount)
+        self.fs.journal.attach(link.record)
+        if old is not None:
+            old.close()
+        log.info("the FUSE connection holder has the connection of %s now", conn.mountpoint)
+
+    def restore_mounts(self, journal: list[dict[str, Any]]) -> list[UserMount]:
+        """After a takeover: the user mounts the previous front recorded (still mounted: the
+        connection never went away) are ours again at once; `acquire_restored` takes their
+        layers (a resolve each) in the background."""
+        restored = []
+        for m in live_mounts(journal).values():
+            mount = UserMount(m["target"], m["ref"], [], m["writable"], m["view_id"], m["state_dir"])
+            if mount.view_id is not None:
+                self.fs.views[mount.view_id] = []
+            self.user_mounts[mount.target] = mount
+            restored.append(mount)
+        return restored
+
+    async def acquire_restored(self, restored: list[UserMount], journal: list[dict[str, Any]]) -> None:
+        digests = {m["mount"]["target"]: m["mount"]["layers"] for m in journal if "mount" in m}
+        for mount in restored:
+            try:
+                layers = await self._acquire_all(mount.ref, digests[mount.target])
+            except LazyLayerError as exc:
+                log.warning("layers of mount %s (%s) not held again after the takeover: %s", mount.target,
+                            mount.ref, exc)
+                continue
+            if self.user_mounts.get(mount.target) is not mount:  # unmounted meanwhile
+                for layer in layers:
+                    layer.done()
+                continue
+            mount.layers = layers
+            if mount.view_id is not None:
+                self.fs.views[mount.view_id] = layers
 
     async def umount(self, params: dict[str, Any]) -> dict[str, Any]:
         """Forget a user mount (the CLI unmounted it): release its layers and its view."""
@@ -182,6 +263,8 @@ class Daemon:
         mount = self.user_mounts.pop(target, None)
         if mount is None:
             raise NotFoundError(f"{target} is not a lazylayer mount of this daemon")
+        if self.holder is not None:
+            self.holder.record({"umount": target})
         self._release(mount)
         return {"writable": mount.writable, "state_dir": mount.state_dir}
 
@@ -225,6 +308,7 @@ class Daemon:
         return redact({  # errors may quote a mirror URL: no credentials in status
             "pid": os.getpid(),
             "mountpoint": self.options.mountpoint,
+            "takeovers": self.takeovers,
             "cache_dir": self.options.cache_dir,
             "layers": layers,
             "cached_layers": cached,
@@ -276,17 +360,20 @@ def fuse_options(config: Config) -> set[str]:
     return options
 
 
-async def run_daemon(options: DaemonOptions, lock: int, early_workers: Sequence[subprocess.Popen[bytes]] = ()) -> int:
+async def run_daemon(options: DaemonOptions, lock: int, early_workers: Sequence[subprocess.Popen[bytes]] = (),
+                     holder: HolderLink | None = None, handover: Handover | None = None) -> int:
     """Serve until SIGTERM/SIGINT. The caller (daemon/startup.py's steps, in the CLI) has set
     the private umask, holds the run dir's ``lock`` (released here) and may have started
-    ``early_workers``, which the pool adopts."""
+    ``early_workers``, which the pool adopts. ``holder``/``handover``: the FUSE connection
+    holder and what it gave (daemon/holder.py `take_connection`, before the lock)."""
     config = options.config
     try:
         mounts.require_fuse()
-        mounts.prepare_mountpoint(options.mountpoint)
+        if handover is None or handover.conn is None:
+            mounts.prepare_mountpoint(options.mountpoint)
         store = open_store(StoreOptions.from_config(config.cache, options.cache_dir), readonly=True)
         try:
-            return await _serve(options, store, early_workers)
+            return await _serve(options, store, early_workers, holder, handover)
         finally:
             store.close()
     finally:
@@ -294,7 +381,8 @@ async def run_daemon(options: DaemonOptions, lock: int, early_workers: Sequence[
         os.close(lock)
 
 
-async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[subprocess.Popen[bytes]]) -> int:
+async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[subprocess.Popen[bytes]],
+                 holder: HolderLink | None, handover: Handover | None) -> int:
     config = options.config
     w = config.workers
     pool = WorkerPool(f"ipc://{options.run_dir}/workers.sock", spawn=w.count, worker_command=worker_command(options),
@@ -311,17 +399,27 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[sub
                             allow_unverified=config.verification.allow_unverified, profiling=profiling)
 
         fs = LazyFS(store, resolver, FsSettings.from_config(config), metrics.read_done)
-        daemon = Daemon(options, fs, resolver, remote, pool, config, profiling)
+        daemon = Daemon(options, fs, resolver, remote, pool, config, profiling, holder=holder,
+                        takeovers=handover.takeovers if handover else 0)
         daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
         if config.metrics.address:
             metrics.attach(StateSources.in_trio(lambda: Layers(store).all(), ChunkStore(store).stats, pool.status))
             metrics.serve(config.metrics.address)
+        taken = handover.conn if handover is not None else None
+        conn = taken or _mount(options, holder)
         try:
-            pyfuse3.init(fs, options.mountpoint, fuse_options(config))
-        except RuntimeError as exc:
-            raise MountError(f"cannot mount FUSE at {options.mountpoint}: {exc}") from None
+            if taken is not None:
+                fs.layout.restore(handover.journal)  # type: ignore[union-attr]
+                fs.restoring = trio.Event()
+            if holder is not None:
+                fs.journal.attach(holder.record)
+            start_session(fs, conn)
+        except BaseException:
+            _drop(conn, unmount=taken is None)
+            raise
         try:
-            log.info("serving %s (cache %s, %d workers)", options.mountpoint, options.cache_dir, w.count)
+            log.info("serving %s (cache %s, %d workers%s)", options.mountpoint, options.cache_dir, w.count,
+                     f", takeover {daemon.takeovers}" if taken else "")
             async with trio.open_nursery() as nursery:
                 fs.attach(nursery)
                 await nursery.start(resolver.run)
@@ -329,16 +427,56 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[sub
                 nursery.start_soon(_signals, daemon, options)
                 nursery.start_soon(daemon.janitor_loop, config.cache.janitor_interval)
                 nursery.start_soon(profiling.run)
-                nursery.start_soon(_after_init, options.mountpoint, config.fuse.read_ahead_kb)
+                nursery.start_soon(daemon.watch_holder, conn)
+                if taken is not None:
+                    nursery.start_soon(_restore, daemon, handover.journal)  # type: ignore[union-attr]
+                    resend(conn)
+                else:
+                    nursery.start_soon(_after_init, options.mountpoint, config.fuse.read_ahead_kb)
                 await pyfuse3.main(max_tasks=config.fuse.max_tasks)
                 nursery.cancel_scope.cancel()
         finally:
-            daemon.unmount_user_mounts()
+            handing_over = daemon.holder is not None and not daemon.holder.broken
+            if not handing_over:
+                daemon.unmount_user_mounts()
             fs.release_all()
-            pyfuse3.close(unmount=True)
+            pyfuse3.close(unmount=False)
+            _drop(conn, unmount=not handing_over)
             metrics.close()
-    log.info("unmounted %s", options.mountpoint)
+    log.info("left %s mounted for the next front" if handing_over else "unmounted %s", options.mountpoint)
     return 0
+
+
+async def _restore(daemon: Daemon, journal: list[dict[str, Any]]) -> None:
+    """After a takeover: the user mounts and layout layers of the journal, resolved again."""
+    restored = daemon.restore_mounts(journal)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.acquire_restored, restored, journal)
+        nursery.start_soon(daemon.fs.hold_again, journal)
+    assert daemon.fs.restoring is not None
+    daemon.fs.restoring.set()
+    log.info("takeover: %d mounts and %d layers served again", len(restored), len(daemon.fs.held()))
+
+
+def _mount(options: DaemonOptions, holder: HolderLink | None) -> Connection:
+    conn = mount_fuse(options.mountpoint, fuse_options(options.config))
+    if holder is not None:
+        try:
+            holder.adopt(conn)
+        except OSError as exc:
+            holder.broken = True
+            log.error("the FUSE connection holder refused the connection (%s): a stop will unmount", exc)
+    return conn
+
+
+def _drop(conn: Connection, *, unmount: bool) -> None:
+    """Close our fd of ``conn`` (the holder keeps its own) and, on a real stop, unmount."""
+    if unmount:
+        try:
+            mounts.unmount(conn.mountpoint, lazy=True)
+        except MountError as exc:
+            log.warning("%s", exc)
+    os.close(conn.fd)
 
 
 async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
@@ -360,7 +498,8 @@ async def _signals(daemon: Daemon, options: DaemonOptions) -> None:
             if signum == signal.SIGHUP:
                 _reload(daemon, options)
                 continue
-            log.info("%s: unmounting", signal.Signals(signum).name)
+            log.info("%s: %s", signal.Signals(signum).name,
+                     "handing the mounts over to the next front" if daemon.holder else "unmounting")
             with trio.move_on_after(PROFILE_STOP_FLUSH):  # recordings under way are kept, if quickly
                 await daemon.profiling.flush_all()
             pyfuse3.terminate()

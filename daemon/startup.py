@@ -35,15 +35,20 @@ class DaemonOptions:
     config_path: str | None = None
     #: CLI flags ({"section.key": value}), re-applied on reload
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: refuse to start unless a holder has a connection to take over (`--takeover`)
+    takeover: bool = False
 
     #: resolved once at start: resolving stats the path, which must never happen on our own
-    #: mount from the loop's thread (it would wait for itself)
+    #: mount from the loop's thread (it would wait for itself); only its parent is resolved, as
+    #: a front that takes a live mount over must not stat it before it serves it
     mountpoint: str = field(init=False)
     run_dir: str = field(init=False)
     cache_dir: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mountpoint", os.path.realpath(self.config.daemon.mountpoint))
+        mountpoint = os.path.abspath(self.config.daemon.mountpoint)
+        object.__setattr__(self, "mountpoint", os.path.join(os.path.realpath(os.path.dirname(mountpoint)),
+                                                            os.path.basename(mountpoint)))
         object.__setattr__(self, "run_dir", os.path.abspath(self.config.daemon.run_dir))
         object.__setattr__(self, "cache_dir", os.path.abspath(self.config.cache.dir))
 

@@ -1,6 +1,8 @@
-"""`lazylayer daemon [--config F] [--workers N] [--mountpoint DIR] [--cache-dir DIR] [--run-dir DIR]`:
-the FUSE front, in the foreground (daemon/service.py). Flags override the config file and the
-environment. SIGTERM/SIGINT unmount cleanly; SIGHUP re-reads the config's live knobs.
+"""`lazylayer daemon [--config F] [--workers N] [--mountpoint DIR] [--cache-dir DIR] [--run-dir DIR]
+[--takeover]`: the FUSE front, in the foreground (daemon/service.py). Flags override the config file
+and the environment. SIGTERM/SIGINT unmount cleanly, or with a `lazylayer holder` running leave
+everything mounted for the next front, which takes the connection over by itself (`--takeover`:
+refuse to start otherwise); SIGHUP re-reads the config's live knobs.
 
 The workers start before the front's own imports (daemon/startup.py says why), so the service
 module is imported only once they run."""
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from lazylayer.daemon.holder import take_connection
 from lazylayer.daemon.startup import DaemonOptions, lock_run_dir, start_workers, stop_strays
 from lazylayer.shared.config import load_config
 from lazylayer.shared.logs import setup_logging
@@ -25,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mountpoint", help="where the layer store is mounted (daemon.mountpoint)")
     parser.add_argument("--cache-dir", help="LMDB cache directory (cache.dir)")
     parser.add_argument("--run-dir", help="sockets and pid file (daemon.run_dir)")
+    parser.add_argument("--takeover", action="store_true",
+                        help="take the running mounts over from the FUSE connection holder; fail if it has none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,15 +39,21 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or None, overrides=overrides).config
     check_config(config)  # a plug-in name nobody provides: said here, not by every worker it starts
     setup_logging(config.daemon.log_level, config.daemon.log_format)
-    options = DaemonOptions(config, args.config or None, overrides)
+    options = DaemonOptions(config, args.config or None, overrides, args.takeover)
     private_umask()  # sockets, cache files and overlay dirs we create are root's alone
-    lock = lock_run_dir(options.run_dir)
-    workers = start_workers(options)
+    # before the lock: an attached front hands over (and lets the lock go) first
+    holder, handover = take_connection(options.run_dir, options.mountpoint, options.takeover)
     try:
-        import trio
+        lock = lock_run_dir(options.run_dir)
+        workers = start_workers(options)
+        try:
+            import trio
 
-        from lazylayer.daemon.service import run_daemon
+            from lazylayer.daemon.service import run_daemon
 
-        return trio.run(run_daemon, options, lock, workers)
+            return trio.run(run_daemon, options, lock, workers, holder, handover)
+        finally:
+            stop_strays(workers)
     finally:
-        stop_strays(workers)
+        if holder is not None:  # last: a front waiting for our hand-over then finds the lock free
+            holder.close()

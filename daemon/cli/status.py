@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status)
         return 0
-    print(f"daemon pid {status['pid']} serving {status['mountpoint']}")
+    takeovers = status.get("takeovers", 0)
+    print(f"daemon pid {status['pid']} serving {status['mountpoint']}"
+          + (f" (took the FUSE connection over from an earlier front; takeovers: {takeovers})" if takeovers else ""))
     print_table("layers", ["ref", "digest", "state", "size", "fetched", "prefetch", "last read", "refs", "source",
                            "format", "error"],
                 [[l["ref"], l["digest"][:19], l["info"]["state"], human_size(l["info"]["size"]),

@@ -1,6 +1,6 @@
-"""The shipped config/supervisord.conf under a real supervisord (PyPI `supervisor`): the front
-and two workers start, reads go through the mount, a SIGKILLed worker is restarted while reads
-go on, stopping the front unmounts cleanly, and starting it again finds the cache warm.
+"""The shipped config/supervisord.conf under a real supervisord (PyPI `supervisor`): the holder,
+the front and two workers start, reads go through the mount, a SIGKILLed worker is restarted while
+reads go on, stopping the group unmounts cleanly, and starting it again finds the cache warm.
 
 Only paths change from the shipped file (binary, config, log dir), exactly what the README's
 "Deploy with supervisord" section tells an operator to adapt."""
@@ -27,7 +27,7 @@ from tests.support.fetchstack import PushedImage, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-FRONT, WORKER = "lazylayer:lazylayer-front", "lazylayer:lazylayer-worker"
+FRONT, WORKER, HOLDER = "lazylayer:lazylayer-front", "lazylayer:lazylayer-worker", "lazylayer:lazylayer-holder"
 
 MAIN_CONF = """\
 [unix_http_server]
@@ -106,7 +106,7 @@ def deployment_files(work: Path, run: Path, port: int) -> Path:
                .replace("/etc/lazylayer/lazylayer.toml", str(config))
                .replace("/var/log/lazylayer", str(work / "logs")))
     commands = [line for line in adapted.splitlines() if line.startswith("command=")]
-    assert len(commands) == 3 and all(c.startswith(f"command={BIN}/lazylayer ") and str(config) in c for c in commands)
+    assert len(commands) == 4 and all(c.startswith(f"command={BIN}/lazylayer ") and str(config) in c for c in commands)
     (work / "conf.d" / "lazylayer.conf").write_text(adapted)
     (work / "supervisord.conf").write_text(MAIN_CONF.format(work=work, run=run))
     return config
@@ -136,9 +136,9 @@ def test_supervisord_deployment(supervisor: Supervisor, ops_image: PushedImage):
 
     def ready() -> bool:
         states = supervisor.states()
-        return len(states) == 4 and set(states.values()) == {"RUNNING"} and workers_alive() == 2
+        return len(states) == 5 and set(states.values()) == {"RUNNING"} and workers_alive() == 2
 
-    wait_for("supervisord to start the front and 2 workers", ready)
+    wait_for("supervisord to start the holder, the front and 2 workers", ready)
 
     mnt = work / "mnt"
     tool, blob = ops_image.layers[0], ops_image.layers[1]
@@ -169,14 +169,14 @@ def test_supervisord_deployment(supervisor: Supervisor, ops_image: PushedImage):
     assert {name: supervisor.pid(name) for name in supervisor.states()} == pids
     read(blob, "opt/data/blob.bin")
 
-    # stop the front: SIGTERM unmounts cleanly, supervisord sees a clean stop
-    assert "stopped" in supervisor.ctl("stop", FRONT)
-    assert supervisor.states()[FRONT] == "STOPPED"
+    # stop the group: the front hands over, the holder (stopped last) unmounts; clean stops
+    assert "stopped" in supervisor.ctl("stop", "lazylayer:*")
+    assert set(supervisor.states().values()) == {"STOPPED"}
     assert mounts.mount_at(mnt) is None
-    assert "unmounted" in (work / "logs" / "front.log").read_text()
+    assert "left" in (work / "logs" / "front.log").read_text()
 
-    # start it again: the workers reconnect and the LMDB cache is as warm as it was
-    assert "started" in supervisor.ctl("start", FRONT)
+    # start it again: a new mount, the workers reconnect and the LMDB cache is as warm as it was
+    assert "started" in supervisor.ctl("start", "lazylayer:*")
     wait_for("2 workers connected to the new front", lambda: workers_alive() == 2)
     read(tool, "usr/bin/tool")
     read(blob, "opt/data/blob.bin")

@@ -1,0 +1,97 @@
+"""Open file and directory handles, with `fh` numbers a later front can make sense of.
+
+Why the number carries the inode: after a takeover (daemon/holder.py) the kernel goes on sending
+the `fh` values an earlier front handed out, and pyfuse3's read/readdir/release give us nothing
+else. So ``fh = serial << 60 | inode``: a front that does not know an `fh` reopens its inode
+(`LazyFS._reopen`) and loses only per-open hints (read-ahead position, a directory listing it
+makes again in the same sorted order). The serial keeps up to 16 concurrent opens of one inode
+apart; a 17th reuses the last slot, whose displaced owner is reopened the same way on its next
+request. Layer ids must stay below 2**28 for that (inode = layer id << 32 | node id).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass, field
+
+import pyfuse3
+
+from lazylayer.daemon.layer import Layer
+from lazylayer.shared.store.metadata import NodeRef
+
+log = logging.getLogger(__name__)
+
+_SERIAL_SHIFT = 60
+_SERIALS = 16
+INODE_MASK = (1 << _SERIAL_SHIFT) - 1
+
+
+@dataclass
+class FileHandle:
+    """An open file of a layer: reads go through its Layer; sequential readers get read-ahead."""
+
+    layer: Layer
+    node: NodeRef
+    size: int
+    next_offset: int = 0
+    ahead_mark: int = 0
+
+
+@dataclass
+class BlobHandle:
+    """An open `blob` file: reads go to the layer's verified whole blob."""
+
+    layer: Layer
+
+
+@dataclass
+class ContentHandle:
+    """An open layout file (info, state): its bytes as of open."""
+
+    data: bytes
+
+
+@dataclass
+class DirHandle:
+    """An open directory: entries listed so far (name, inode, attributes) and where to go on."""
+
+    entries: list[tuple[bytes, pyfuse3.EntryAttributes]] = field(default_factory=list)
+    parent: NodeRef | None = None
+    after: bytes | None = None
+    exhausted: bool = True
+
+
+Handle = FileHandle | BlobHandle | ContentHandle | DirHandle
+
+
+def inode_of(fh: int) -> int:
+    return fh & INODE_MASK
+
+
+class Handles:
+    """fh -> handle for one front."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, Handle] = {}
+
+    def add(self, inode: int, handle: Handle) -> int:
+        if inode > INODE_MASK:
+            log.error("inode %d is beyond what a file handle can name: refusing the open", inode)
+            raise pyfuse3.FUSEError(errno.EIO)
+        fh = inode
+        for serial in range(_SERIALS):
+            fh = serial << _SERIAL_SHIFT | inode
+            if fh not in self._open:
+                break
+        self._open[fh] = handle
+        return fh
+
+    def get(self, fh: int) -> Handle | None:
+        return self._open.get(fh)
+
+    def put(self, fh: int, handle: Handle) -> None:
+        self._open[fh] = handle
+
+    def pop(self, fh: int) -> None:
+        self._open.pop(fh, None)
