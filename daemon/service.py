@@ -410,9 +410,11 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[sub
         try:
             if taken is not None:
                 fs.layout.restore(handover.journal)  # type: ignore[union-attr]
+                fs.journal.restore(handover.journal)  # type: ignore[union-attr]
                 fs.restoring = trio.Event()
             if holder is not None:
                 fs.journal.attach(holder.record)
+            fs.journal.publish(options.run_dir)
             start_session(fs, conn)
         except BaseException:
             _drop(conn, unmount=taken is None)

@@ -4,8 +4,9 @@ The snapshotter is a client of the front exactly as podman is: a layer is the di
 ``MNT/<base64(ref)>/<digest>/diff`` (looking it up makes the front resolve it), creating
 ``MNT/<base64(ref)>/<digest>/use`` takes a reference that keeps the layer resolved, and
 ``rmdir MNT/<base64(ref)>/<digest>`` gives it back (daemon/layout.py, daemon/fs.py). References
-live in the front's memory: a restarted front has none, so the snapshotter notices the new front
-(another pid, another FUSE mount) and takes them again.
+live with the FUSE connection: a front that takes the connection over keeps them (its journal,
+daemon/journal.py), a fresh mount has none, so the snapshotter notices a new connection and
+takes them again.
 
 Labels: containerd's unpacker names the snapshot it wants committed in ``containerd.io/snapshot.ref``
 (the chain id); the image and layer come from the labels ``ctr-remote image rpull`` sets
@@ -22,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from lazylayer.daemon import mounts
+from lazylayer.daemon.journal import CONNECTION_FILE
 from lazylayer.daemon.layout import DIFF, DIGEST_NAME, USE
 from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError, RequestTimeoutError
 
@@ -78,18 +80,19 @@ class LayerStore:
         return os.path.join(self.layer_dir(layer), DIFF.decode())
 
     def front_id(self) -> str | None:
-        """Which front serves the store: its pid (RUN/daemon.pid) and its FUSE mount's device;
-        None if none does. Both, because the kernel hands a new mount the lowest free device
-        number - often the one the dead front's mount had."""
+        """Which FUSE connection serves the store: the id its front publishes (RUN/connection,
+        kept across takeovers) and its mount's device; None if none is mounted. Not the front's
+        pid: a takeover changes it while the references stay. Not the device alone: the kernel
+        hands a new mount the lowest free device number, often the dead one's."""
         entry = mounts.mount_at(self.mountpoint)
         if entry is None or entry.fstype != mounts.FUSE_TYPE:
             return None
         try:
-            with open(os.path.join(self.run_dir, "daemon.pid"), encoding="ascii", errors="replace") as f:
-                pid = f.read().strip()
+            with open(os.path.join(self.run_dir, CONNECTION_FILE), encoding="ascii", errors="replace") as f:
+                connection = f.read().strip()
         except OSError:
-            pid = "?"
-        return f"{pid}@{entry.device}"
+            connection = "?"
+        return f"{connection}@{entry.device}"
 
     def resolve(self, layer: RemoteLayer) -> None:
         """Make the front resolve the layer (fetch and verify its TOC); raises if it cannot

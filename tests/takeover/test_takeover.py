@@ -143,3 +143,24 @@ def test_a_connection_unmounted_meanwhile_is_replaced(stack: Stack, app_image: P
     stack.restart_front()
     assert stack.front.call("status")["takeovers"] == 2  # the new connection was the holder's
     assert path.read_bytes() == b"22\n"
+
+
+def test_the_connection_id_survives_a_takeover_and_a_fresh_mount_gets_another(stack: Stack):
+    """The containerd snapshotter takes `use` references again only on a new connection: a
+    takeover keeps them (journal), so its id must not change; the front's pid does."""
+    from lazylayer.daemon.snapshotter.remote import LayerStore
+
+    store = LayerStore(str(stack.front.mountpoint), str(stack.run_dir), 10.0)
+    try:
+        before = store.front_id()
+        assert before is not None and not before.startswith("?")
+        stack.front.kill()
+        stack.restart_front()
+        assert store.front_id() == before
+        stack.front.stop()
+        stack.holder.stop()  # the real stop: unmounts; the next front mounts afresh
+        stack.restart_front()
+        after = store.front_id()
+        assert after is not None and after != before
+    finally:
+        store.close()
