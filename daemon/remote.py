@@ -234,7 +234,7 @@ class _Pending:
 
 
 def chunk_wire(chunk: FileChunk) -> list[Any]:
-    """A chunk as the fetcher jobs expect it (workers/fetcher.WantedChunk)."""
+    """A chunk as the fetcher jobs expect it (workers/jobparams.WantedChunk)."""
     return [chunk.blob_offset, chunk.blob_end, chunk.inner_offset, chunk.size, chunk.digest, chunk.data_key,
             chunk.chunk_offset]
 

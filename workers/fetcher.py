@@ -46,14 +46,15 @@ from lazylayer.shared.errors import (CacheFullError, DigestMismatchError, Format
                                      UnverifiedLayerError)
 from lazylayer.shared.estargz.formats import Decompressors
 from lazylayer.shared.logs import Every
-from lazylayer.shared.estargz.toc import Chunk, TOCLimits
+from lazylayer.shared.estargz.toc import TOCLimits
 from lazylayer.shared.store.blobs import blob_path
-from lazylayer.shared.store.chunks import ChunkStore, chunk_key, unverified_key
+from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import Store, StoreOptions, open_store
 from lazylayer.shared.store.eviction import Janitor
 from lazylayer.shared.store.layers import LayerRecord, Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
 from lazylayer.workers.blobhash import PieceHash
+from lazylayer.workers.jobparams import WantedChunk, job_param, request_batches, wanted_from_store
 from lazylayer.workers.jobs import Handler, Job, JobResult
 from lazylayer.workers.profiles import ProfileJobs
 from lazylayer.workers.registry.client import RegistryClient
@@ -95,40 +96,6 @@ class FetcherSettings:
 
 
 @dataclass(frozen=True)
-class WantedChunk:
-    """One chunk a job must have in the store, as the front describes it on the wire:
-    ``[blob_offset, blob_end, inner_offset, size, digest, data_key, chunk_offset]``."""
-
-    blob_offset: int
-    blob_end: int
-    inner_offset: int
-    size: int
-    digest: str
-    data_key: bytes
-    chunk_offset: int = 0
-
-    @classmethod
-    def from_wire(cls, item: Any, layer_digest: str) -> "WantedChunk":
-        try:
-            blob_offset, blob_end, inner, size, digest, data_key, *rest = item
-            chunk = cls(int(blob_offset), int(blob_end), int(inner), int(size), str(digest), bytes(data_key),
-                        int(rest[0]) if rest else 0)
-        except (TypeError, ValueError):
-            raise ProtocolError(f"malformed chunk descriptor {item!r:.200}") from None
-        if not 0 <= chunk.blob_offset < chunk.blob_end or chunk.inner_offset < 0 or chunk.size < 0:
-            raise ProtocolError(f"impossible chunk descriptor {item!r:.200}")
-        # The key is derived here, never trusted: a wrong key would file bytes under a digest.
-        expected = (chunk_key(chunk.digest) if chunk.digest
-                    else unverified_key(layer_digest, chunk.blob_offset, chunk.inner_offset))
-        if chunk.data_key != expected:
-            raise ProtocolError(f"chunk at blob offset {chunk.blob_offset}: data key does not match its digest")
-        return chunk
-
-    def toc_chunk(self) -> Chunk:
-        return Chunk(self.chunk_offset, self.size, self.blob_offset, self.inner_offset, self.blob_end, self.digest)
-
-
-@dataclass(frozen=True)
 class FetchOutcome:
     stored: int
     bytes: int
@@ -137,18 +104,6 @@ class FetchOutcome:
     unstored: tuple[tuple[bytes, bytes], ...] = ()
     #: the registry sent the whole blob, which goes on streaming into the store
     whole: bool = False
-
-
-def _param(params: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
-    """A job parameter of the given type; absent or None gives ``default`` (required if none)."""
-    value = params.get(name)
-    if value is None:
-        if default is ...:
-            raise ProtocolError(f"job parameter {name!r} is missing")
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ProtocolError(f"job parameter {name!r} must be {kind.__name__}")
-    return value
 
 
 class Fetcher:
@@ -205,8 +160,8 @@ class Fetcher:
     # -- jobs ----------------------------------------------------------------------------------
 
     def resolve_image(self, job: Job) -> JobResult:
-        ref = parse_image_ref(_param(job.params, "ref", str))
-        platform = _param(job.params, "platform", str, None)
+        ref = parse_image_ref(job_param(job.params, "ref", str))
+        platform = job_param(job.params, "platform", str, None)
         store = self.image_store(ref)
         manifest = resolve_image_manifest(store, parse_platform(platform) if platform else None)
         diff_ids = _diff_ids(store, manifest.config.digest, len(manifest.layers))
@@ -218,9 +173,9 @@ class Fetcher:
 
     def resolve_layer(self, job: Job) -> JobResult:
         ref, digest, size = self._layer_params(job)
-        toc_digest = _param(job.params, "toc_digest", str, None)
-        allow_unverified = _param(job.params, "allow_unverified", bool, False)
-        require_toc_digest = _param(job.params, "require_toc_digest", bool, True)
+        toc_digest = job_param(job.params, "toc_digest", str, None)
+        allow_unverified = job_param(job.params, "allow_unverified", bool, False)
+        require_toc_digest = job_param(job.params, "require_toc_digest", bool, True)
         spec = self._spec(job, ref, digest, size)
         layers = Layers(self.store())
         existing = layers.get(digest)
@@ -250,10 +205,10 @@ class Fetcher:
 
     @staticmethod
     def _spec(job: Job, ref: str, digest: str, size: int) -> LayerSpec:
-        urls = _param(job.params, "urls", list, [])
+        urls = job_param(job.params, "urls", list, [])
         if not all(isinstance(u, str) for u in urls):
             raise ProtocolError("job parameter 'urls' must be a list of strings")
-        return LayerSpec(ref, digest, size, _param(job.params, "media_type", str, ""), tuple(urls))
+        return LayerSpec(ref, digest, size, job_param(job.params, "media_type", str, ""), tuple(urls))
 
     def _settle_conflict(self, spec: LayerSpec, toc_digest: str, existing: LayerRecord) -> LayerRecord | None:
         """Two manifests disagree on the TOC of one blob digest. A blob can back only one TOC, and
@@ -283,10 +238,10 @@ class Fetcher:
         return None
 
     def fetch_chunks(self, job: Job) -> JobResult:
-        ref, digest = _param(job.params, "ref", str), _param(job.params, "digest", str)
-        wanted = [WantedChunk.from_wire(c, digest) for c in _param(job.params, "chunks", list)]
+        ref, digest = job_param(job.params, "ref", str), job_param(job.params, "digest", str)
+        wanted = [WantedChunk.from_wire(c, digest) for c in job_param(job.params, "chunks", list)]
         chunk_store = ChunkStore(self.store())
-        replaced = [d for d in _param(job.params, "replace", list, []) if chunk_store.drop_if_corrupt(str(d))]
+        replaced = [d for d in job_param(job.params, "replace", list, []) if chunk_store.drop_if_corrupt(str(d))]
         if replaced:
             log.warning("layer %s: %d cached chunk(s) no longer matched their digest; dropped, fetching again",
                         digest, len(replaced))
@@ -299,7 +254,7 @@ class Fetcher:
 
     def prefetch(self, job: Job) -> JobResult:
         ref, digest, _ = self._layer_params(job)
-        prefetch_size = _param(job.params, "prefetch_size", int, 0)
+        prefetch_size = job_param(job.params, "prefetch_size", int, 0)
         layers = Layers(self.store())
         record = layers.require(digest)
         end = record.prefetch_end if record.prefetch_end is not None else min(max(prefetch_size, 0), record.blob_size)
@@ -307,7 +262,7 @@ class Fetcher:
             layers.modify(digest, lambda r: _advance(r, LayerState.READY, prefetch_size=0))
             return JobResult({"bytes": 0, "chunks": 0})
         layers.modify(digest, lambda r: _advance(r, LayerState.PREFETCHING))
-        wanted = [_wanted_from_store(c) for c in Metadata(self.store()).prefetch_chunks(record.layer_id, end)]
+        wanted = [wanted_from_store(c) for c in Metadata(self.store()).prefetch_chunks(record.layer_id, end)]
         try:
             outcome = self._fetch(ref, digest, wanted)
             if outcome.error is not None:
@@ -322,12 +277,12 @@ class Fetcher:
 
     def background_fetch(self, job: Job) -> JobResult:
         ref, digest, size = self._layer_params(job)
-        start, end = _param(job.params, "start", int), _param(job.params, "end", int)
-        state = _param(job.params, "state", bytes, None)
+        start, end = job_param(job.params, "start", int), job_param(job.params, "end", int)
+        state = job_param(job.params, "state", bytes, None)
         if not 0 <= start < end <= size or (state is None) != (start == 0):
             raise ProtocolError(f"background piece [{start}, {end}) of a {size}-byte blob "
                                 f"{'without' if state is None else 'with'} a running hash")
-        wanted = [WantedChunk.from_wire(c, digest) for c in _param(job.params, "chunks", list)]
+        wanted = [WantedChunk.from_wire(c, digest) for c in job_param(job.params, "chunks", list)]
         outside = [c for c in wanted if c.blob_offset < start or c.blob_end > end]
         if outside:
             raise ProtocolError(f"chunk at blob offset {outside[0].blob_offset} is outside the piece [{start}, {end})")
@@ -396,8 +351,8 @@ class Fetcher:
     def janitor(self, job: Job) -> JobResult:
         """Apply the front's chunk accesses (LRU order) and, with ``budget``, make it the cap of
         every process; then trim to the low watermark and free dead readers' slots."""
-        accesses = [(bytes(key), int(when)) for key, when in _param(job.params, "accesses", list, [])]
-        budget = _param(job.params, "budget", int, None)
+        accesses = [(bytes(key), int(when)) for key, when in job_param(job.params, "accesses", list, [])]
+        budget = job_param(job.params, "budget", int, None)
         if budget is not None and budget <= 0:
             raise ProtocolError(f"cache budget {budget} is not a positive byte count")
         chunks = ChunkStore(self.store())
@@ -408,9 +363,9 @@ class Fetcher:
 
     def _layer_params(self, job: Job) -> tuple[str, str, int]:
         """(ref as the front names it, layer digest, blob size); the ref must parse."""
-        ref = _param(job.params, "ref", str)
+        ref = job_param(job.params, "ref", str)
         parse_image_ref(ref)
-        return ref, _param(job.params, "digest", str), _param(job.params, "size", int)
+        return ref, job_param(job.params, "digest", str), job_param(job.params, "size", int)
 
     def _missing(self, wanted: list[WantedChunk]) -> list[WantedChunk]:
         """Chunks not in the store yet, each key once, in blob order (one read txn)."""
@@ -438,7 +393,7 @@ class Fetcher:
         whole = False
         first_error: LazyLayerError | None = None
         unstored: list[tuple[bytes, bytes]] = []
-        batches = _batches(missing, self.settings.max_request_bytes)
+        batches = request_batches(missing, self.settings.max_request_bytes)
         while batches:
             batch = batches.pop(0)
             while batch and self._streams.wait(digest, lambda: not self._missing(batch)):  # streaming whole
@@ -479,7 +434,7 @@ class Fetcher:
             if record is None:  # still resolving: only the wanted ranges matter
                 return []
             every = Metadata(self.store()).prefetch_chunks(record.layer_id, record.blob_size + 1)
-            return self._missing([_wanted_from_store(c) for c in every if (c.blob_offset, c.blob_end) not in own])
+            return self._missing([wanted_from_store(c) for c in every if (c.blob_offset, c.blob_end) not in own])
 
         def store(got: list[tuple[Any, bytes]]) -> None:
             _, error = self._store_chunks(digest, [c for c, _ in got], dict(got).__getitem__)
@@ -587,23 +542,6 @@ def _record_dict(record: LayerRecord) -> dict[str, Any]:
     data = asdict(record)
     data["state"] = record.state.value
     return data
-
-
-def _wanted_from_store(chunk: Any) -> WantedChunk:
-    return WantedChunk(chunk.blob_offset, chunk.blob_end, chunk.inner_offset, chunk.size, chunk.digest,
-                       chunk.data_key, chunk.chunk_offset)
-
-
-def _batches(chunks: list[WantedChunk], limit: int) -> list[list[WantedChunk]]:
-    """Consecutive chunks (blob order) grouped so one group's compressed span stays near ``limit``."""
-    batches: list[list[WantedChunk]] = []
-    start = 0
-    for chunk in chunks:
-        if not batches or chunk.blob_end - start > limit:
-            batches.append([])
-            start = chunk.blob_offset
-        batches[-1].append(chunk)
-    return batches
 
 
 def fetcher_handlers(config: Config, cache_dir: str | None = None) -> dict[str, Handler]:

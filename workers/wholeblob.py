@@ -62,7 +62,7 @@ class StreamBusy(Exception):
 
 
 class Span(Protocol):
-    """A chunk's compressed range (workers/fetcher.WantedChunk)."""
+    """A chunk's compressed range (workers/jobparams.WantedChunk)."""
 
     @property
     def blob_offset(self) -> int: ...
