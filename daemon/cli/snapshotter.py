@@ -15,6 +15,7 @@ import os
 from lazylayer.daemon.cli.output import print_json, print_table
 from lazylayer.shared.config import Config, load_config
 from lazylayer.shared.logs import setup_logging
+from lazylayer.shared.perms import private_umask
 
 HELP = "run the containerd snapshotter (gRPC, proxy plugin) over the layer store, in the foreground"
 
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list(config.snapshotter.root, args.json)
     setup_logging(config.daemon.log_level, config.daemon.log_format)
+    private_umask()  # its socket is root's from the bind on, not only after the chmod that follows
     from lazylayer.daemon.snapshotter.service import serve_forever  # grpc: only when serving
 
     return serve_forever(config, load)

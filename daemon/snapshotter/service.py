@@ -31,7 +31,7 @@ from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (AlreadyExistsError, ConfigError, LazyLayerError, NotFoundError,
                                      PreconditionError, ProtocolError)
 from lazylayer.shared.logs import setup_logging
-from lazylayer.shared.perms import private_dir, private_umask
+from lazylayer.shared.perms import private_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -172,7 +172,6 @@ def start(config: Config) -> RunningSnapshotter:
     metrics_host, _, metrics_port = options.metrics_address.rpartition(":")
     if options.metrics_address and (not metrics_host or not metrics_port.isdigit()):
         raise ConfigError(f"snapshotter.metrics_address: {options.metrics_address!r} is not HOST:PORT")
-    private_umask()  # the socket is root's from its bind on, not from the chmod after it
     private_dir(options.root)
     snapshotter = Snapshotter(options.root, LayerStore(config.daemon.mountpoint, config.daemon.run_dir, options.resolve_timeout))
     address = options.address
