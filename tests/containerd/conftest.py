@@ -102,14 +102,17 @@ class SnapshotterProcess:
     root: Path
     process: subprocess.Popen | None = None
     logs: list[Path] = field(default_factory=list)
+    #: environment overrides of the config (LAZYLAYER_<SECTION>_<KEY>)
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         log_path = self.root.parent / f"snapshotter-{time.monotonic_ns()}.log"
         self.logs.append(log_path)
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen([*LAZYLAYER, "snapshotter", "--config", str(self.config_path)],
+            self.process = subprocess.Popen([*LAZYLAYER, "snapshotter", "--config", str(self.config_path),
+                                             "--address", str(self.socket), "--root", str(self.root)],
                                             stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(),
-                                            env={**os.environ, "LAZYLAYER_CONFIG": ""})
+                                            env={**os.environ, "LAZYLAYER_CONFIG": "", **self.env})
         # accepting, not just there: a killed snapshotter leaves its socket file behind
         wait_until(lambda: accepts(self.socket), self.process, self.log, "snapshotter not accepting")
 

@@ -20,7 +20,7 @@ import pytest
 from lazylayer.daemon.snapshotter.proto import snapshots_pb2 as pb
 from lazylayer.daemon.snapshotter.proto import snapshots_pb2_grpc
 
-from tests.containerd.conftest import BIG, SMALL, SMALL_TEXT, SNAPSHOTTER, Stack, ImageRefs
+from tests.containerd.conftest import BIG, SMALL, SMALL_TEXT, SNAPSHOTTER, ImageRefs, SnapshotterProcess, Stack
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -75,12 +75,23 @@ def test_rpull_of_a_plain_gzip_image_falls_back_to_unpacking(stack: Stack, image
 
 def test_cri_labels_take_a_layer_from_the_store_too(stack: Stack, images: ImageRefs) -> None:
     """containerd's CRI plugin labels a layer differently from ctr-remote; the snapshotter takes
-    both (checked on the wire: this containerd runs without CRI)."""
+    both (checked on the wire: this containerd runs without CRI). On a snapshotter of its own:
+    containerd's garbage collector removes every snapshot of its snapshotter it does not know."""
+    own = SnapshotterProcess(stack.snapshotter.config_path, stack.snapshotter.socket.with_name("cri.sock"),
+                             stack.snapshotter.root.with_name("cri-sn"), env={"LAZYLAYER_SNAPSHOTTER_METRICS_ADDRESS": ""})
+    own.start()
+    try:
+        _prepare_with_cri_labels(own, images)
+    finally:
+        own.stop()
+
+
+def _prepare_with_cri_labels(snapshotter: SnapshotterProcess, images: ImageRefs) -> None:
     digest = f"sha256:{images.esgz_layers[0][0]}"
     labels = {"containerd.io/snapshot.ref": "cri-target", "containerd.io/snapshot/cri.image-ref": images.esgz,
               "containerd.io/snapshot/cri.layer-digest": digest,
               "containerd.io/snapshot/cri.image-layers": ",".join(f"sha256:{d}" for d, _ in images.esgz_layers)}
-    with grpc.insecure_channel(f"unix:{stack.snapshotter.socket}") as channel:
+    with grpc.insecure_channel(f"unix:{snapshotter.socket}") as channel:
         stub = snapshots_pb2_grpc.SnapshotsStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.Prepare(pb.PrepareSnapshotRequest(key="cri-extract", labels=labels))
