@@ -62,6 +62,14 @@ class Journal:
             f.write(self.connection + "\n")
         os.replace(f"{path}.tmp", path)
 
+    @staticmethod
+    def withdraw(run_dir: str) -> None:
+        """The connection is unmounted (a clean stop without a holder to hand it to)."""
+        try:
+            os.unlink(os.path.join(run_dir, CONNECTION_FILE))
+        except FileNotFoundError:
+            pass
+
 
 def uses_in(records: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
     uses: Counter[tuple[str, str]] = Counter()

@@ -444,6 +444,8 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[sub
             fs.release_all()
             pyfuse3.close(unmount=False)
             _drop(conn, unmount=not handing_over)
+            if not handing_over:
+                fs.journal.withdraw(options.run_dir)
             metrics.close()
     log.info("left %s mounted for the next front" if handing_over else "unmounted %s", options.mountpoint)
     return 0

@@ -22,7 +22,8 @@ def test_clean_stop_leaves_an_empty_run_dir(ops_image: PushedImage, tmp_path: Pa
         done = daemon.cli("mount", "--writable", ops_image.ref, str(target))
         assert done.returncode == 0, done.stderr
         (target / "scratch").write_bytes(b"changed")
-        assert {p.name for p in run_dir.iterdir()} == {"daemon.pid", "control.sock", "workers.sock", "overlay"}
+        assert {p.name for p in run_dir.iterdir()} == {"daemon.pid", "control.sock", "workers.sock", "overlay",
+                                                       "connection"}
         assert any((run_dir / "overlay").rglob("scratch"))
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGTERM)
