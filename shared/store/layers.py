@@ -23,6 +23,7 @@ import lmdb
 import msgpack
 
 from lazylayer.shared.errors import CacheError, NotFoundError
+from lazylayer.shared.gcpause import gc_paused
 from lazylayer.shared.estargz.toc import TOC
 from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.store.corrupt import decoding
@@ -128,6 +129,11 @@ class Layers:
         existing = self.get(digest)
         if existing is not None:
             return self._same(existing, _digest_of(stream))
+        with gc_paused():  # per-entry objects, no cycles: see shared/gcpause.py
+            return self._register_new(digest, blob_size, stream, verified, allow_unverified)
+
+    def _register_new(self, digest: str, blob_size: int, stream: TOCStream, verified: bool,
+                      allow_unverified: bool) -> LayerRecord:
         scan = LayerScan(digest, allow_unverified=allow_unverified)
         scan.scan(stream)
         toc_digest = _digest_of(stream)
