@@ -65,6 +65,10 @@ PREFETCH_PIECE = 2 << 20
 #: TOC entry with the GIL held, so two in one process are no faster than one after the other.
 EXCLUSIVE_KINDS = frozenset({"resolve_layer"})
 
+#: `neighbour_ahead` jobs in flight at once: with two, one can inflate while the next downloads,
+#: and a worker slot stays free for the misses of a program that reads on.
+AHEAD_JOBS = 2
+
 #: Reads retried after a fetch; more only when eviction keeps removing what was just fetched.
 READ_ATTEMPTS = 3
 
@@ -118,6 +122,8 @@ class FetchSettings:
     read_ahead_chunks: int = 2
     #: compressed bytes after a missed chunk fetched in the same job [bytes]
     neighbour_window: int = 256 << 10
+    #: compressed bytes past ``neighbour_window`` fetched by a job the miss does not wait for [bytes]
+    neighbour_ahead: int = 4 << 20
     #: background pieces in flight at once, over all layers [requests]
     background_concurrency: int = 2
     #: average rate the background walk may fetch at; 0 = no cap [bytes/s]
@@ -134,6 +140,7 @@ class FetchSettings:
             piece_size=config.background.piece_size,
             read_ahead_chunks=config.fuse.read_ahead_chunks,
             neighbour_window=config.fuse.neighbour_window,
+            neighbour_ahead=config.fuse.neighbour_ahead,
             background_concurrency=config.background.concurrency,
             bandwidth_limit=config.background.bandwidth_limit,
         )
@@ -304,6 +311,8 @@ class Remote:
         self._streaming: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._background_slots = trio.CapacityLimiter(max(1, settings.background_concurrency))
+        self._ahead_slots = trio.Semaphore(AHEAD_JOBS)
+        self._nursery: trio.Nursery | None = None
         #: when the bandwidth cap lets the next background piece start (trio clock)
         self._background_next = 0.0
         self.host_backoff = HostBackoff(settings.request_timeout / 2)
@@ -385,19 +394,54 @@ class Remote:
                     self.observer.cache_corrupt(len(corrupt))
             missing = got.missing + tuple(c for c in got.unaudited if c.data_key in corrupt)
             if missing:
-                along = self.neighbours(node, missing[-1]) if attempt == 0 else ()
+                along: list[FileChunk] = []
+                if attempt == 0:
+                    along, ahead = self.neighbours(node, missing[-1])
+                    if ahead:
+                        self._fetch_ahead(ref, layer, ahead)
                 await self.fetch_chunks(ref, layer, missing, Priority.FOREGROUND, replace=corrupt, along=along)
         raise CacheError(f"layer {layer.digest}: chunks were evicted again right after being fetched; "
                          "the cache budget is too small for the data being read")
 
-    def neighbours(self, node: NodeRef, chunk: FileChunk) -> list[FileChunk]:
+    def neighbours(self, node: NodeRef, chunk: FileChunk) -> tuple[list[FileChunk], list[FileChunk]]:
         """What a miss of ``chunk`` (of file ``node``) fetches along: the chunks after it in blob
-        order within ``neighbour_window`` compressed bytes (the next small files of its
-        directory, which a starting program is about to open), so one request serves many of the
-        next misses. Verified and stored like any chunk."""
-        if self.settings.neighbour_window <= 0:
-            return []
-        return self.meta.chunks_after(node, chunk.chunk_offset, self.settings.neighbour_window)
+        order (the next small files of its directory, which a starting program is about to
+        open), verified and stored like any chunk. Those within ``neighbour_window`` compressed
+        bytes ride in the miss's own job, so one request serves many of the next misses; those
+        in the ``neighbour_ahead`` bytes after them go to a second job the miss does not wait
+        for, so the window can be wide without the miss paying for its inflating and hashing."""
+        window, ahead = self.settings.neighbour_window, self.settings.neighbour_ahead
+        if window + ahead <= 0:
+            return [], []
+        after = self.meta.chunks_after(node, chunk.chunk_offset, window + ahead)
+        edge = chunk.blob_end + window
+        return [c for c in after if c.blob_end <= edge], [c for c in after if c.blob_end > edge]
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Where jobs nobody waits for run (the daemon's nursery): `neighbour_ahead` fetches."""
+        self._nursery = nursery
+
+    def _fetch_ahead(self, ref: str, layer: LayerRecord, chunks: list[FileChunk]) -> None:
+        """Start fetching a miss's farther neighbours at PREFETCH priority, unless
+        ``AHEAD_JOBS`` such jobs run already: a program missing faster than they finish gets
+        fresh ones for where it reads now rather than a queue for where it was. A demand read
+        of a chunk in flight joins its job (raising it to FOREGROUND); errors only log."""
+        if self._nursery is None:
+            return
+        try:
+            self._ahead_slots.acquire_nowait()
+        except trio.WouldBlock:
+            return
+
+        async def fetch() -> None:
+            try:
+                await self.fetch_chunks(ref, layer, chunks, Priority.PREFETCH)
+            except LazyLayerError as exc:
+                log.debug("neighbours ahead in layer %s: %s", layer.digest, exc)
+            finally:
+                self._ahead_slots.release()
+
+        self._nursery.start_soon(fetch)
 
     def chunks_ahead(self, node: NodeRef, offset: int, count: int | None = None) -> list[FileChunk]:
         """The ``count`` (default ``read_ahead_chunks``) chunks of a file from the one holding

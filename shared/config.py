@@ -128,6 +128,8 @@ class FuseConfig:
     read_ahead_chunks: int = knob(2, "chunks fetched ahead of a sequential reader", "chunks", minimum=0)
     neighbour_window: int = knob(256 << 10, "compressed bytes after a missed chunk fetched with it, in blob order (0: none)",
                                  "bytes", minimum=0)
+    neighbour_ahead: int = knob(4 << 20, "compressed bytes past neighbour_window fetched by a second job that the miss "
+                                "does not wait for (0: none)", "bytes", minimum=0)
     max_tasks: int = knob(64, "FUSE requests handled at once (reads waiting on fetches need room)", "requests",
                           minimum=1)
 

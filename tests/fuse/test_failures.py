@@ -22,7 +22,7 @@ from tests.support.fetchstack import ImageTree, default_trees, push_image_trees
 from tests.support.registry import RunningRegistry
 
 #: only the reads a test makes fetch anything (no prefetch, background walk or neighbours)
-QUIET = {"prefetch": {"enabled": False}, "background": {"enabled": False}, "fuse": {"neighbour_window": 0}}
+QUIET = {"prefetch": {"enabled": False}, "background": {"enabled": False}, "fuse": {"neighbour_window": 0, "neighbour_ahead": 0}}
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""A miss fetches its neighbours in blob order (`fuse.neighbour_window`): the next small files of
-a directory arrive with the first one read, verified and stored like any chunk, in one job."""
+"""A miss fetches its neighbours in blob order: the next small files of a directory arrive with the
+first one read, verified and stored like any chunk, in the miss's own job (`fuse.neighbour_window`)
+or in a second job the miss does not wait for (`fuse.neighbour_ahead`)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ def small_files(registry: RunningRegistry) -> str:
     return f"{registry.host}/fuse/small:v1"
 
 
-@pytest.mark.parametrize("window, jobs_for_six_files", [(256 << 10, 1), (0, 6)])
-def test_a_miss_brings_the_next_files_of_its_directory(small_files: str, tmp_path: Path, window: int,
+@pytest.mark.parametrize("window, ahead, jobs_for_six_files", [(256 << 10, 0, 1), (0, 0, 6), (0, 256 << 10, 2)])
+def test_a_miss_brings_the_next_files_of_its_directory(small_files: str, tmp_path: Path, window: int, ahead: int,
                                                       jobs_for_six_files: int):
     daemon = start_daemon(tmp_path / "d", workers=1,
-                          config={"fuse": {"neighbour_window": window}, "background": {"enabled": False},
+                          config={"fuse": {"neighbour_window": window, "neighbour_ahead": ahead},
+                                  "background": {"enabled": False},
                                   "prefetch": {"enabled": False}})
     try:
         diff = Path(daemon.call("image", {"ref": small_files})["layers"][0]["path"])

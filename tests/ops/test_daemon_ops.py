@@ -63,7 +63,7 @@ def test_metrics_reload_and_lru_through_a_real_daemon(ops_image: PushedImage, tm
         # only demand reads fetch, so hits and misses are exactly what the reads caused
         "prefetch": {"enabled": False},
         "background": {"enabled": False},
-        "fuse": {"read_ahead_chunks": 0, "neighbour_window": 0},
+        "fuse": {"read_ahead_chunks": 0, "neighbour_window": 0, "neighbour_ahead": 0},
     }
     daemon = start_daemon(tmp_path, workers=1, workers_flag=False, config=config)
     try:

@@ -24,7 +24,7 @@ from tests.support.fetchstack import ImageTree, PushedImage, push_image_trees
 from tests.support.registry import RunningRegistry, free_port
 
 #: no neighbour fetch, no background walk: every cold miss is its own request, nothing else runs
-CONFIG: dict[str, dict[str, Any]] = {"background": {"enabled": False}, "fuse": {"neighbour_window": 0},
+CONFIG: dict[str, dict[str, Any]] = {"background": {"enabled": False}, "fuse": {"neighbour_window": 0, "neighbour_ahead": 0},
                                      "prefetch": {"profile_quiet": 60.0}}
 
 

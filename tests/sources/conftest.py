@@ -112,7 +112,7 @@ def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, registry: RunningRegistry,
            plugin_dir: Path) -> Iterator[RunningDaemon]:
-    config = {"prefetch": {"enabled": False}, "background": {"enabled": False}, "fuse": {"neighbour_window": 0},
+    config = {"prefetch": {"enabled": False}, "background": {"enabled": False}, "fuse": {"neighbour_window": 0, "neighbour_ahead": 0},
               "sources": {"rules": {f"{registry.host}/{PLUGIN_REPO}": ["testdir", "registry"]}}}
     running = start_daemon(tmp_path_factory.mktemp("daemon"), workers=1, config=config)
     try:
