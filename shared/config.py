@@ -130,6 +130,8 @@ class FuseConfig:
                                  "bytes", minimum=0)
     neighbour_ahead: int = knob(4 << 20, "compressed bytes past neighbour_window fetched by a second job that the miss "
                                 "does not wait for (0: none)", "bytes", minimum=0)
+    neighbour_behind: int = knob(1 << 20, "compressed bytes before a missed chunk that second job fetches too (0: none)",
+                                 "bytes", minimum=0)
     max_tasks: int = knob(64, "FUSE requests handled at once (reads waiting on fetches need room)", "requests",
                           minimum=1)
 

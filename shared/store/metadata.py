@@ -379,6 +379,34 @@ class Metadata:
                 out.append(chunk)
         return out
 
+    def chunks_before(self, ref: NodeRef, chunk_offset: int, window: int, *, limit: int = 256,
+                      txn: lmdb.Transaction | None = None) -> list[FileChunk]:
+        """The chunks that precede chunk ``chunk_offset`` of file ``ref`` in the blob, within
+        ``window`` compressed bytes of its start, nearest last: `chunks_after` walking back. A
+        program opens a directory's files in its own order, not the TOC's (a package's
+        ``__init__`` first, then modules named before it)."""
+        if txn is None:
+            return self.store.read(lambda t: self.chunks_before(ref, chunk_offset, window, limit=limit, txn=t))
+        layer = _LAYER_KEY.pack(ref.layer_id)
+        out: list[FileChunk] = []
+        with txn.cursor(db=self._chunks) as cursor:
+            key = _CHUNK_KEY.pack(*ref, chunk_offset)
+            if not cursor.set_key(key):
+                return out
+            start = FileChunk.decode(chunk_offset, cursor.value()).blob_offset
+            while len(out) < limit and cursor.prev():
+                key = cursor.key()
+                if bytes(key[:4]) != layer:
+                    break
+                chunk = FileChunk.decode(_CHUNK_KEY.unpack(key)[2], cursor.value())
+                if chunk.blob_end > start:  # out of blob order
+                    continue
+                if chunk.blob_offset < start - window:
+                    break
+                out.append(chunk)
+        out.reverse()
+        return out
+
     def all_chunks(self, ref: NodeRef) -> list[FileChunk]:
         return self.chunks_covering(ref, 0, 1 << 62)
 

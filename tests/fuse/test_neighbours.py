@@ -1,6 +1,7 @@
-"""A miss fetches its neighbours in blob order: the next small files of a directory arrive with the
+"""A miss fetches its neighbours in blob order: the other small files of a directory arrive with the
 first one read, verified and stored like any chunk, in the miss's own job (`fuse.neighbour_window`)
-or in a second job the miss does not wait for (`fuse.neighbour_ahead`)."""
+or in a second job the miss does not wait for (`fuse.neighbour_ahead` after it,
+`fuse.neighbour_behind` before it)."""
 
 from __future__ import annotations
 
@@ -25,16 +26,20 @@ def small_files(registry: RunningRegistry) -> str:
     return f"{registry.host}/fuse/small:v1"
 
 
-@pytest.mark.parametrize("window, ahead, jobs_for_six_files", [(256 << 10, 0, 1), (0, 0, 6), (0, 256 << 10, 2)])
-def test_a_miss_brings_the_next_files_of_its_directory(small_files: str, tmp_path: Path, window: int, ahead: int,
-                                                      jobs_for_six_files: int):
+@pytest.mark.parametrize("window, ahead, behind, backwards, jobs_for_six_files", [
+    (256 << 10, 0, 0, False, 1), (0, 0, 0, False, 6), (0, 256 << 10, 0, False, 2), (0, 0, 256 << 10, True, 2),
+    (0, 256 << 10, 0, True, 7)])
+def test_a_miss_brings_the_other_files_of_its_directory(small_files: str, tmp_path: Path, window: int, ahead: int,
+                                                       behind: int, backwards: bool, jobs_for_six_files: int):
     daemon = start_daemon(tmp_path / "d", workers=1,
-                          config={"fuse": {"neighbour_window": window, "neighbour_ahead": ahead},
+                          config={"fuse": {"neighbour_window": window, "neighbour_ahead": ahead,
+                                           "neighbour_behind": behind},
                                   "background": {"enabled": False},
                                   "prefetch": {"enabled": False}})
     try:
         diff = Path(daemon.call("image", {"ref": small_files})["layers"][0]["path"])
-        for name in sorted(FILES)[:6]:
+        names = sorted(FILES)[:6]
+        for name in reversed(names) if backwards else names:
             with open(diff / name, "rb") as f:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
                 assert f.read() == FILES[name]
