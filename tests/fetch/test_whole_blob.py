@@ -18,7 +18,7 @@ from lazylayer.shared.store.metadata import Metadata
 from lazylayer.workers.wholeblob import ChunkStream
 from tests.ipc.harness import trio_test
 from tests.support.faultproxy import FaultProxy, Rule
-from tests.support.fetchstack import expected_files, open_fetch_stack, read_path
+from tests.support.fetchstack import NO_NEIGHBOURS, expected_files, open_fetch_stack, read_path
 
 DEADLINE = 60
 LEAF = "opt/data/deep/a/b/c/leaf.txt"
@@ -77,7 +77,7 @@ async def test_read_is_served_once_its_bytes_passed_and_others_wait_for_the_stre
     ref = app_image.ref_via(proxy.host)
     layer = app_image.layers[0]  # etc/app.conf comes first in blob order (prefetch list)
     files = expected_files(layer.root)
-    async with open_fetch_stack(tmp_path, workers=2, config={"fuse": {"neighbour_window": 0, "neighbour_ahead": 0}}) as s:
+    async with open_fetch_stack(tmp_path, workers=2, config={"fuse": NO_NEIGHBOURS}) as s:
         with trio.fail_after(DEADLINE):
             record = await s.remote.resolve_layer(ref, layer.descriptor())
             meta = Metadata(s.store)

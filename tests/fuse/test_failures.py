@@ -18,11 +18,11 @@ import pytest
 
 from tests.fuse.daemonproc import LAZYLAYER, RunningDaemon, start_daemon
 from tests.support.faultproxy import FaultProxy, Rule
-from tests.support.fetchstack import ImageTree, default_trees, push_image_trees
+from tests.support.fetchstack import ImageTree, NO_NEIGHBOURS, default_trees, push_image_trees
 from tests.support.registry import RunningRegistry
 
 #: only the reads a test makes fetch anything (no prefetch, background walk or neighbours)
-QUIET = {"prefetch": {"enabled": False}, "background": {"enabled": False}, "fuse": {"neighbour_window": 0, "neighbour_ahead": 0}}
+QUIET = {"prefetch": {"enabled": False}, "background": {"enabled": False}, "fuse": NO_NEIGHBOURS}
 
 
 @pytest.fixture(scope="module")

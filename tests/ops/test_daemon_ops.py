@@ -17,7 +17,7 @@ from lazylayer.shared.errors import LazyLayerError
 from lazylayer.workers.registry.local import free_port
 from tests.fuse.daemonproc import RunningDaemon, daemon_config, start_daemon
 from tests.ops.test_metrics import samples
-from tests.support.fetchstack import CHUNK_SIZE, PushedImage
+from tests.support.fetchstack import CHUNK_SIZE, NO_NEIGHBOURS, PushedImage
 
 #: the two files read: one in the first layer, one in the second
 TOOL, BLOB = "usr/bin/tool", "opt/data/blob.bin"
@@ -63,7 +63,7 @@ def test_metrics_reload_and_lru_through_a_real_daemon(ops_image: PushedImage, tm
         # only demand reads fetch, so hits and misses are exactly what the reads caused
         "prefetch": {"enabled": False},
         "background": {"enabled": False},
-        "fuse": {"read_ahead_chunks": 0, "neighbour_window": 0, "neighbour_ahead": 0},
+        "fuse": {"read_ahead_chunks": 0, **NO_NEIGHBOURS},
     }
     daemon = start_daemon(tmp_path, workers=1, workers_flag=False, config=config)
     try:

@@ -20,11 +20,11 @@ from lazylayer.workers.registry.reference import parse_reference
 from tests.fuse.daemonproc import RunningDaemon, start_daemon
 from tests.profiles.conftest import READ_FILES, blob_reads, make_tree
 from tests.support.faultproxy import FaultProxy
-from tests.support.fetchstack import ImageTree, PushedImage, push_image_trees
+from tests.support.fetchstack import ImageTree, NO_NEIGHBOURS, PushedImage, push_image_trees
 from tests.support.registry import RunningRegistry, free_port
 
 #: no neighbour fetch, no background walk: every cold miss is its own request, nothing else runs
-CONFIG: dict[str, dict[str, Any]] = {"background": {"enabled": False}, "fuse": {"neighbour_window": 0, "neighbour_ahead": 0},
+CONFIG: dict[str, dict[str, Any]] = {"background": {"enabled": False}, "fuse": NO_NEIGHBOURS,
                                      "prefetch": {"profile_quiet": 60.0}}
 
 

@@ -19,6 +19,7 @@ from tests.fuse.daemonproc import RunningDaemon, start_daemon
 from tests.support.blobserver import BlobServer
 from tests.support.layers import BuiltLayer, build_layer, directory, file
 from lazylayer.workers.registry.local import start_local_registry
+from tests.support.fetchstack import NO_NEIGHBOURS
 from tests.support.registry import OCI_CONFIG, OCI_MANIFEST, RunningRegistry, digest_of, push_blob, push_manifest
 
 PLUGIN_ENV = "LLTESTPLUGIN_DIR"
@@ -112,7 +113,7 @@ def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, registry: RunningRegistry,
            plugin_dir: Path) -> Iterator[RunningDaemon]:
-    config = {"prefetch": {"enabled": False}, "background": {"enabled": False}, "fuse": {"neighbour_window": 0, "neighbour_ahead": 0},
+    config = {"prefetch": {"enabled": False}, "background": {"enabled": False}, "fuse": NO_NEIGHBOURS,
               "sources": {"rules": {f"{registry.host}/{PLUGIN_REPO}": ["testdir", "registry"]}}}
     running = start_daemon(tmp_path_factory.mktemp("daemon"), workers=1, config=config)
     try:

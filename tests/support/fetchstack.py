@@ -62,6 +62,8 @@ from tests.support.registry import Layer, RunningRegistry, digest_of, push_image
 
 HEARTBEAT = 0.2
 QUIET = 0.2
+#: [fuse] settings under which a cold read fetches only its own chunks (no neighbours of a miss)
+NO_NEIGHBOURS = {"neighbour_window": 0, "neighbour_ahead": 0, "neighbour_behind": 0}
 #: test chunk size: small, so modest files span many chunks
 CHUNK_SIZE = 64 << 10
 #: the default prefetch list of the first tree
