@@ -32,7 +32,7 @@ from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
 from lazylayer.shared.store.chunks import chunk_key, unverified_key
 from lazylayer.shared.store.metadata import (
-    MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, name_bytes,
+    MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, encoded_attr_of, name_bytes,
 )
 
 #: Rows (nodes, dirents and chunks together) written per write transaction.
@@ -109,7 +109,7 @@ class LayerScan:
                 if not digest and not self.allow_unverified:
                     raise FormatError(f"{entry.name}: chunk at {offset} has no digest")
             chunks = msgpack.packb([(*spec[:4], bytes.fromhex(spec[4][7:])) for spec in specs])
-        return (entry.type.value, attr_of(entry).encode(), chunks)
+        return (entry.type.value, encoded_attr_of(entry), chunks)
 
     def rows(self, layer_id: int) -> Iterator[Rows]:
         """The layer's node, dirent and file-chunk rows under ``layer_id``, in batches."""

@@ -11,9 +11,10 @@ import pyfuse3
 from lazylayer.shared.blobsource import BytesSource
 from lazylayer.shared.estargz.fields import DEV_MAJOR_MAX, DEV_MINOR_MAX, MTIME_MAX, UINT32_MAX
 from lazylayer.shared.estargz.reader import BlobReader
+from lazylayer.shared.estargz.toc import EntryType, TOCEntry
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import Layers
-from lazylayer.shared.store.metadata import Metadata
+from lazylayer.shared.store.metadata import Metadata, attr_of, encoded_attr_of
 from tests.format.blobkit import BlobBuilder
 
 
@@ -35,3 +36,18 @@ def test_extreme_attributes_fit_a_stat_reply(tmp_path):
             reply.st_size, reply.st_mtime_ns = attr.size, attr.mtime * 1_000_000_000  # as daemon/fs.py does
             times[name] = attr.mtime
     assert times["late"] == MTIME_MAX and times["early"] == -MTIME_MAX
+
+
+def test_registration_encodes_the_attributes_attr_of_gives():
+    """Registration encodes each entry's row without a NodeAttr in between (encoded_attr_of):
+    byte for byte what attr_of(...).encode() gives, for every kind of node."""
+    entries = [
+        TOCEntry(name="d", type=EntryType.DIR, mode=0o755, uid=7, gid=8, mtime=99),
+        TOCEntry(name="f", type=EntryType.REG, mode=0o4755, size=1 << 40, mtime=-5, xattrs={"user.k": b"\x00v"}),
+        TOCEntry(name="l", type=EntryType.SYMLINK, mode=0o777, link_name="t\u00e9/../x"),
+        TOCEntry(name="c", type=EntryType.CHAR, dev_major=DEV_MAJOR_MAX, dev_minor=DEV_MINOR_MAX),
+        TOCEntry(name="b", type=EntryType.BLOCK, dev_major=8, dev_minor=1),
+        TOCEntry(name="p", type=EntryType.FIFO, mode=0o600, mtime=MTIME_MAX + 10),
+    ]
+    for entry in entries:
+        assert encoded_attr_of(entry) == attr_of(entry).encode(), entry.name
