@@ -33,6 +33,9 @@ from lazylayer.shared.estargz.toc import TOC, TOC_TAR_NAME, TOC_VERSION, TOCEntr
 
 #: Uncompressed TOC bytes decoded at a time.
 PIECE_SIZE = 256 << 10
+#: A TOC up to this many JSON bytes is decoded in one `json.loads` (memory: a few times this);
+#: a larger one streams, its first WHOLE_DOCUMENT bytes having been held once.
+WHOLE_DOCUMENT = 8 << 20
 #: The tar around a gzip TOC: header, padding and end-of-archive blocks (PAX headers are small).
 TOC_TAR_OVERHEAD = 64 << 10
 
@@ -82,16 +85,38 @@ class TOCStream:
             yield from self._replay
             return
         hasher = hashlib.sha256()
-        text = _Text(self._counted(hasher))
+        pieces = self._counted(hasher)
+        head: list[bytes] = []
+        size = 0
+        for piece in pieces:  # a TOC of up to WHOLE_DOCUMENT bytes is decoded at once
+            head.append(piece)
+            size += len(piece)
+            if size > WHOLE_DOCUMENT:
+                break
+        else:
+            entries = _whole_document(b"".join(head))
+            if entries is not None:
+                self._finish(hasher)
+                self._check_count(len(entries))
+                for raw in entries:
+                    yield entry_from_json(raw)
+                return
+        text = _Text(_replayed(head, pieces))
         count = 0
         for raw in _entries(text):
             count += 1
-            if count > self.limits.max_entries:
-                raise TOCLimitError(
-                    f"TOC has more than {self.limits.max_entries} entries, over the limit "
-                    "(format.max_entries)"
-                )
+            self._check_count(count)
             yield entry_from_json(raw)
+        self._finish(hasher)
+
+    def _check_count(self, count: int) -> None:
+        if count > self.limits.max_entries:
+            raise TOCLimitError(
+                f"TOC has more than {self.limits.max_entries} entries, over the limit "
+                "(format.max_entries)"
+            )
+
+    def _finish(self, hasher: Any) -> None:
         self.digest = "sha256:" + hasher.hexdigest()
         if self._expect is not None and self.digest != self._expect:
             raise DigestMismatchError("TOC", self._expect, self.digest)
@@ -177,6 +202,34 @@ class _Text:
 
     def _at(self) -> int:
         return self._consumed - len(self.buf.encode()) + len(self.buf[: self.pos].encode())
+
+
+def _replayed(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    """``head`` then ``rest``, letting go of each piece of ``head`` as it is handed on."""
+    head.reverse()
+    while head:
+        yield head.pop()
+    yield from rest
+
+
+def _whole_document(data: bytes) -> list[Any] | None:
+    """The raw entries of a small TOC decoded in one call (~0.06 s less per 20,000 entries), or
+    None to leave it to the streaming decoder, which then says precisely what is wrong. Taken
+    only where both must agree: strict UTF-8, one ``entries`` and one ``version`` key (a file
+    named either sends it to the stream), the version first, as the stream requires."""
+    if data.count(b'"entries"') != 1 or data.count(b'"version"') != 1:
+        return None
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list) or "version" not in doc:
+        return None
+    keys = list(doc)
+    version = doc["version"]
+    if keys.index("version") > keys.index("entries") or version != TOC_VERSION or isinstance(version, bool):
+        return None
+    return doc["entries"]
 
 
 def _entries(text: _Text) -> Iterator[Any]:

@@ -16,6 +16,7 @@ from lazylayer.shared.blobsource import BytesSource
 from lazylayer.shared.errors import (
     DigestMismatchError, FormatError, NotEStargzError, TOCError, TOCLimitError,
 )
+from lazylayer.shared.estargz import tocstream
 from lazylayer.shared.estargz.footer import ZSTD_SKIPPABLE_MAGIC, estargz_footer, zstd_chunked_footer
 from lazylayer.shared.estargz.reader import BlobReader
 from lazylayer.shared.estargz.toc import TOCLimits
@@ -215,12 +216,29 @@ def test_empty_file_with_chunks():
     (b'{"version": 2, "entries": []}', "TOC version is 2"),
     (b'{"entries": []}', "TOC version is None"),
     (b'{"version": true, "entries": []}', "TOC version is True"),
+    # decoded in one piece or streamed (tocstream.WHOLE_DOCUMENT), a TOC is refused alike
+    (b'{"entries": [], "version": 1}', "TOC version is None"),
+    (b'{"version": 1, "entries": [], "entries": []}', "two 'entries' lists"),
+    (b'\xef\xbb\xbf{"version": 1, "entries": []}', "not valid JSON"),
     (b'{"version": 1, "entries": [{"name": "a", "size": 1' + b"9" * 5000 + b"}]}", "not valid JSON"),
 ])
 def test_invalid_toc_documents(toc, match):
     refused_blob = BlobBuilder().build(toc)
     with pytest.raises(TOCError, match=match):
         open_blob(refused_blob)
+
+
+def test_a_toc_decoded_whole_or_streamed_gives_the_same_entries(monkeypatch):
+    """Small TOCs are decoded in one json.loads, large ones entry by entry: same entries, digest."""
+    builder = BlobBuilder()
+    builder.add(name="d/", type="dir", mode=0o755, xattrs={"user.x": "eA=="})
+    builder.add_file("d/f", b"data" * 100)
+    builder.add(name="d/l", type="symlink", linkName="f", userName="u\u00e9", uid=5)
+    blob = builder.build()
+    whole = BlobReader.open(BytesSource(blob)).toc
+    monkeypatch.setattr(tocstream, "WHOLE_DOCUMENT", 0)
+    streamed = BlobReader.open(BytesSource(blob)).toc
+    assert whole.entries == streamed.entries and whole.json_bytes_digest == streamed.json_bytes_digest
 
 
 def test_too_many_entries():

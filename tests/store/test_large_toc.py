@@ -37,11 +37,12 @@ def rows(store, db: str) -> int:
 
 
 def test_registration_never_holds_the_toc_whole(store):
-    """6,000 entries with a 4 KB user name each: 24 MB of JSON that compresses to little. The
-    names are not kept (a node keeps uid/gid), so memory must stay far below the JSON's size;
-    holding the JSON text, the decoded document or every entry at once takes several times it
-    (the code before streaming peaked at 3x the JSON's size)."""
-    blob = fifos(6000, uid=7, userName="u" * 4000)
+    """12,000 entries with a 4 KB user name each: 48 MB of JSON that compresses to little, far
+    past the size decoded in one piece (tocstream.WHOLE_DOCUMENT). The names are not kept (a
+    node keeps uid/gid), so memory must stay far below the JSON's size; holding the JSON text,
+    the decoded document or every entry at once takes several times it (the code before
+    streaming peaked at 3x the JSON's size)."""
+    blob = fifos(12_000, uid=7, userName="u" * 4000)
     _, stream = open_toc(BytesSource(blob))
     tracemalloc.start()
     try:
@@ -49,11 +50,11 @@ def test_registration_never_holds_the_toc_whole(store):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert stream.json_size > 24_000_000
-    assert record.node_count == 1 + 6 + 6000
+    assert stream.json_size > 48_000_000
+    assert record.node_count == 1 + 12 + 12_000
     assert peak < stream.json_size // 4, f"peak {peak} bytes for a {stream.json_size}-byte TOC"
     meta = Metadata(store)
-    ref = meta.resolve(record.root, "d5/fifo-5999")
+    ref = meta.resolve(record.root, "d11/fifo-11999")
     assert meta.getattr(ref).uid == 7
 
 
