@@ -43,6 +43,7 @@ from lazylayer.daemon.journal import Journal, uses_in
 from lazylayer.daemon.layer import Layer, Resolver
 from lazylayer.daemon.layout import (BLOB, DIFF, DIGEST_NAME, DIR_KINDS, IMAGES_DIR, INFO, STATE_DIR, USE, Kind,
                                      LayoutInodes, LayoutNode, StoreAccess, decode_ref, layer_info, name_of)
+from lazylayer.daemon.listings import Listings
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import LazyLayerError
 from lazylayer.shared.logs import redact
@@ -97,6 +98,8 @@ class LazyFS(pyfuse3.Operations):
         self._held: dict[tuple[str, str], Layer] = {}
         self._refs: dict[str, set[str]] = {}
         self._handles = Handles()
+        #: whole listings of layer directories (daemon/listings.py)
+        self._listings = Listings()
         self._nursery: trio.Nursery | None = None
         #: daemon/fuseconn.py's hook, run while libfuse processes FUSE_INIT
         self.on_init: Callable[[], None] | None = None
@@ -362,6 +365,9 @@ class LazyFS(pyfuse3.Operations):
     async def _dir_handle(self, inode: int) -> DirHandle:
         if inode >= LAYER_INODES:
             ref = split_inode(inode)
+            listing = self._listings.get(ref)
+            if listing is not None:
+                return DirHandle(listing, parent=ref)
             if not self._node_attr(ref).is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             return DirHandle(parent=ref, exhausted=False)
@@ -386,18 +392,18 @@ class LazyFS(pyfuse3.Operations):
         """List the next page of a layer directory (names sorted; attributes in the same txn)."""
         assert handle.parent is not None
         page = self.meta.readdir(handle.parent, handle.after, _READDIR_PAGE)
+        if page:
+            handle.after = page[-1][0]
+
+            def attrs(txn: lmdb.Transaction) -> list[NodeAttr | None]:
+                return [self.meta.getattr(ref, txn) for _, ref in page]
+
+            for (name, ref), attr in zip(page, self.store.read(attrs)):
+                if attr is not None:
+                    handle.entries.append((name, self._entry(ref.inode, attr)))
         if len(page) < _READDIR_PAGE:
             handle.exhausted = True
-        if not page:
-            return
-        handle.after = page[-1][0]
-
-        def attrs(txn: lmdb.Transaction) -> list[NodeAttr | None]:
-            return [self.meta.getattr(ref, txn) for _, ref in page]
-
-        for (name, ref), attr in zip(page, self.store.read(attrs)):
-            if attr is not None:
-                handle.entries.append((name, self._entry(ref.inode, attr)))
+            self._listings.put(handle.parent, handle.entries)
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = await self._handle(fh)
