@@ -6,7 +6,9 @@ cost over a GB in a worker. Here the JSON is inflated in pieces of `PIECE_SIZE` 
 it goes, and each entry of the ``entries`` array is decoded (`json.JSONDecoder.raw_decode`, the C
 scanner) and validated (`entry_from_json`) as it comes: memory is a window of text plus one
 entry, whatever the TOC's size. The entry limit is enforced as entries arrive and the byte limit
-as bytes do, so an over-limit TOC is refused before it is all read.
+as bytes do, so an over-limit TOC is refused before it is all read. A TOC of up to
+`WHOLE_DOCUMENT` bytes of JSON (20,000 entries take 7 MB) is cheaper decoded in one `json.loads`,
+where that cannot differ from the stream's verdict (`_whole_document`).
 
 A `TOCStream` is consumed once. Its digest is known only after the last entry; when the caller
 expects a digest, the stream raises DigestMismatchError at its end, before anyone can act on a
