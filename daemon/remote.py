@@ -29,6 +29,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -42,6 +43,7 @@ import msgpack
 import trio
 
 from lazylayer.daemon.hostbackoff import HostBackoff, MirrorRanges, is_host_failure
+from lazylayer.daemon.neighbours import Neighbours
 from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
 from lazylayer.daemon.unstored import UnstoredChunks
 from lazylayer.shared.config import Config
@@ -64,10 +66,6 @@ PREFETCH_PIECE = 2 << 20
 #: Job kinds the pool runs one at a time per worker process: registering a layer is Python per
 #: TOC entry with the GIL held, so two in one process are no faster than one after the other.
 EXCLUSIVE_KINDS = frozenset({"resolve_layer"})
-
-#: `neighbour_ahead` jobs in flight at once: with two, one can inflate while the next downloads,
-#: and a worker slot stays free for the misses of a program that reads on.
-AHEAD_JOBS = 2
 
 #: Reads retried after a fetch; more only when eviction keeps removing what was just fetched.
 READ_ATTEMPTS = 3
@@ -314,8 +312,9 @@ class Remote:
         self._streaming: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._background_slots = trio.CapacityLimiter(max(1, settings.background_concurrency))
-        self._ahead_slots = trio.Semaphore(AHEAD_JOBS)
-        self._nursery: trio.Nursery | None = None
+        #: what a miss fetches besides its own chunks (daemon/neighbours.py)
+        self.neighbours = Neighbours(self.meta, settings.neighbour_window, settings.neighbour_ahead,
+                                     settings.neighbour_behind)
         #: when the bandwidth cap lets the next background piece start (trio clock)
         self._background_next = 0.0
         self.host_backoff = HostBackoff(settings.request_timeout / 2)
@@ -399,62 +398,20 @@ class Remote:
             if missing:
                 along: list[FileChunk] = []
                 if attempt == 0:
-                    along, ahead = self.neighbours(node, missing)
-                    if ahead:
-                        self._fetch_ahead(ref, layer, ahead)
+                    along, aside = self.neighbours.of(node, missing)
+                    if aside:
+                        self.neighbours.start(functools.partial(self._fetch_aside, ref, layer, aside))
                 await self.fetch_chunks(ref, layer, missing, Priority.FOREGROUND, replace=corrupt, along=along)
         raise CacheError(f"layer {layer.digest}: chunks were evicted again right after being fetched; "
                          "the cache budget is too small for the data being read")
 
-    def neighbours(self, node: NodeRef, missed: Sequence[FileChunk]) -> tuple[list[FileChunk], list[FileChunk]]:
-        """What a miss of the ``missed`` chunks (of file ``node``) fetches along: the chunks beside
-        them in blob order (the other small files of the directory, which a starting program is
-        about to open), verified and stored like any chunk, as two lists.
-
-        Those within ``neighbour_window`` compressed bytes after the miss ride in its own job, so
-        one request serves many of the next misses. When the miss opens the file (its first
-        chunk), the ``neighbour_ahead`` bytes after those and the ``neighbour_behind`` bytes
-        before it are for a second job the miss does not wait for: the window can be wide
-        without the miss paying for its inflating and hashing. Programs open a directory's files
-        in their own order (on the benchmark's app start, 16 of the 44 misses left with a
-        window after lay within 1 MiB before an earlier one). A read in the middle of a large
-        file is no opening: it gets the near window only."""
-        window = self.settings.neighbour_window
-        first = min(missed, key=lambda c: c.chunk_offset)
-        last = max(missed, key=lambda c: c.chunk_offset)
-        opening = first.chunk_offset == 0
-        ahead = self.settings.neighbour_ahead if opening else 0
-        behind = self.settings.neighbour_behind if opening else 0
-        after = self.meta.chunks_after(node, last.chunk_offset, window + ahead) if window + ahead > 0 else []
-        edge = last.blob_end + window
-        before = self.meta.chunks_before(node, first.chunk_offset, behind) if behind > 0 else []
-        return [c for c in after if c.blob_end <= edge], before + [c for c in after if c.blob_end > edge]
-
-    def attach(self, nursery: trio.Nursery) -> None:
-        """Where jobs nobody waits for run (the daemon's nursery): `neighbour_ahead` fetches."""
-        self._nursery = nursery
-
-    def _fetch_ahead(self, ref: str, layer: LayerRecord, chunks: list[FileChunk]) -> None:
-        """Start fetching a miss's farther neighbours at PREFETCH priority, unless
-        ``AHEAD_JOBS`` such jobs run already: a program missing faster than they finish gets
-        fresh ones for where it reads now rather than a queue for where it was. A demand read
-        of a chunk in flight joins its job (raising it to FOREGROUND); errors only log."""
-        if self._nursery is None:
-            return
+    async def _fetch_aside(self, ref: str, layer: LayerRecord, chunks: list[FileChunk]) -> None:
+        """A miss's side job: PREFETCH priority; a demand read of one of its chunks joins it
+        (raising it to FOREGROUND) and reports errors: here they only log."""
         try:
-            self._ahead_slots.acquire_nowait()
-        except trio.WouldBlock:
-            return
-
-        async def fetch() -> None:
-            try:
-                await self.fetch_chunks(ref, layer, chunks, Priority.PREFETCH)
-            except LazyLayerError as exc:
-                log.debug("neighbours ahead in layer %s: %s", layer.digest, exc)
-            finally:
-                self._ahead_slots.release()
-
-        self._nursery.start_soon(fetch)
+            await self.fetch_chunks(ref, layer, chunks, Priority.PREFETCH)
+        except LazyLayerError as exc:
+            log.debug("neighbours of a miss in layer %s: %s", layer.digest, exc)
 
     def chunks_ahead(self, node: NodeRef, offset: int, count: int | None = None) -> list[FileChunk]:
         """The ``count`` (default ``read_ahead_chunks``) chunks of a file from the one holding
