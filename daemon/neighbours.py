@@ -52,11 +52,12 @@ class Neighbours:
         opening = first.chunk_offset == 0
         ahead = self.ahead if opening else 0
         behind = self.behind if opening else 0
-        after = self.meta.chunks_after(node, last.chunk_offset, self.window + ahead) if self.window + ahead > 0 else []
+        after = self.meta.chunks_after(node, last.chunk_offset, self.window + ahead) if self.window + ahead else []
+        before = self.meta.chunks_before(node, first.chunk_offset, behind) if behind else []
         edge = last.blob_end + self.window
-        before = self.meta.chunks_before(node, first.chunk_offset, behind) if behind > 0 else []
-        aside = [c for c in before if c.chunk_offset == 0] + [c for c in after if c.blob_end > edge and c.chunk_offset == 0]
-        return [c for c in after if c.blob_end <= edge], aside
+        near = [c for c in after if c.blob_end <= edge]
+        far = [c for c in after if c.blob_end > edge]
+        return near, [c for c in (*before, *far) if c.chunk_offset == 0]  # what opening the files reads
 
     def start(self, fetch: Callable[[], Awaitable[object]]) -> None:
         """Run the side job ``fetch`` in the background, unless `SIDE_JOBS` run already: a

@@ -120,9 +120,9 @@ class FetchSettings:
     read_ahead_chunks: int = 2
     #: compressed bytes after a missed chunk fetched in the same job [bytes]
     neighbour_window: int = 256 << 10
-    #: compressed bytes past ``neighbour_window`` fetched by a job the miss does not wait for [bytes]
+    #: compressed bytes past ``neighbour_window`` whose files' first chunks a side job fetches [bytes]
     neighbour_ahead: int = 4 << 20
-    #: compressed bytes before a missed chunk that the ``neighbour_ahead`` job fetches too [bytes]
+    #: compressed bytes before a miss whose files' first chunks the side job fetches too [bytes]
     neighbour_behind: int = 1 << 20
     #: background pieces in flight at once, over all layers [requests]
     background_concurrency: int = 2
