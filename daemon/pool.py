@@ -40,7 +40,6 @@ import errno
 import itertools
 import logging
 import math
-import subprocess
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -48,6 +47,7 @@ from typing import Any, Callable, Hashable, Sequence
 import trio
 import zmq
 
+from lazylayer.daemon.earlyworkers import EarlyWorkers
 from lazylayer.daemon.poolstatus import PoolStatus, WorkerStatus
 from lazylayer.daemon.spawner import SpawnSettings, WorkerSpawner, default_worker_command
 from lazylayer.daemon.zmqtrio import TrioSocket
@@ -137,7 +137,7 @@ class WorkerPool:
         restart_stable_after: float = 10.0,
         stop_timeout: float = 10.0,
         exclusive_kinds: frozenset[str] = frozenset(),
-        adopt: Sequence[subprocess.Popen[bytes]] = (),
+        adopt: EarlyWorkers | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.exclusive_kinds = exclusive_kinds

@@ -24,16 +24,16 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import pyfuse3
 import trio
 
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import ControlServer
+from lazylayer.daemon.earlyworkers import EarlyWorkers
 from lazylayer.daemon.fs import FsSettings, LazyFS
 from lazylayer.daemon.fuseconn import Connection, mount_fuse, resend, start_session
 from lazylayer.daemon.holder import Handover, HolderLink
@@ -360,7 +360,7 @@ def fuse_options(config: Config) -> set[str]:
     return options
 
 
-async def run_daemon(options: DaemonOptions, lock: int, early_workers: Sequence[subprocess.Popen[bytes]] = (),
+async def run_daemon(options: DaemonOptions, lock: int, early_workers: EarlyWorkers | None = None,
                      holder: HolderLink | None = None, handover: Handover | None = None) -> int:
     """Serve until SIGTERM/SIGINT. The caller (daemon/startup.py's steps, in the CLI) has set
     the private umask, holds the run dir's ``lock`` (released here) and may have started
@@ -381,7 +381,7 @@ async def run_daemon(options: DaemonOptions, lock: int, early_workers: Sequence[
         os.close(lock)
 
 
-async def _serve(options: DaemonOptions, store: Any, early_workers: Sequence[subprocess.Popen[bytes]],
+async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers | None,
                  holder: HolderLink | None, handover: Handover | None) -> int:
     config = options.config
     w = config.workers

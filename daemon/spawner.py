@@ -15,13 +15,13 @@ import itertools
 import logging
 import os
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 import trio
 
+from lazylayer.daemon.earlyworkers import EarlyWorkers
 from lazylayer.daemon.poolstatus import ProcessStatus
 
 log = logging.getLogger(__name__)
@@ -33,31 +33,38 @@ def default_worker_command(endpoint: str, heartbeat_interval: float, heartbeat_l
 
 
 class AdoptedProcess:
-    """A worker started before trio ran, with the parts of `trio.Process` the spawner uses;
-    its exit is awaited through a pidfd, as trio waits for its own children."""
+    """A worker forked before trio ran (daemon/earlyworkers.py), with the parts of `trio.Process`
+    the spawner uses. Its pid is known once the forking process has written it; its exit is
+    awaited through a pidfd, as trio waits for its own children."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self._popen = popen
-        self.pid = popen.pid
+    def __init__(self, early: EarlyWorkers, index: int, pids_known: trio.Event) -> None:
+        self._early = early
+        self._index = index
+        self._pids_known = pids_known
+
+    @property
+    def pid(self) -> int:
+        return self._early.pid(self._index) or 0  # 0: never forked (the forker failed)
 
     @property
     def returncode(self) -> int | None:
-        return self._popen.poll()
+        return self._early.poll(self._index)
 
     def send_signal(self, signum: int) -> None:
-        self._popen.send_signal(signum)
+        self._early.kill(self._index, signum)
 
     def kill(self) -> None:
-        self._popen.kill()
+        self._early.kill(self._index, signal.SIGKILL)
 
     async def wait(self) -> int:
-        if self._popen.poll() is None:
+        await self._pids_known.wait()
+        if self.returncode is None:
             pidfd = os.pidfd_open(self.pid)
             try:
                 await trio.lowlevel.wait_readable(pidfd)
             finally:
                 os.close(pidfd)
-        return self._popen.wait()
+        return self._early.wait(self._index)
 
 
 Process = Union[trio.Process, AdoptedProcess]
@@ -93,12 +100,15 @@ class WorkerSpawner:
 
     def __init__(self, command: Sequence[str], count: int, settings: SpawnSettings,
                  on_exit: Callable[[int], None], on_change: Callable[[], None],
-                 adopt: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+                 adopt: EarlyWorkers | None = None) -> None:
         self.command = list(command)
         self.settings = settings
         self.slots = [Slot(i, settings.restart_backoff) for i in range(count)]
-        for slot, popen in zip(self.slots, adopt):
-            slot.process = slot.adopted = AdoptedProcess(popen)  # stop() reaches it from the start
+        self._early = adopt
+        self._pids_known = trio.Event()
+        if adopt is not None:
+            for slot in self.slots[:adopt.count]:  # stop() reaches them from the start
+                slot.process = slot.adopted = AdoptedProcess(adopt, slot.index, self._pids_known)
         self._numbers = itertools.count(count)
         self._on_exit = on_exit
         self._on_change = on_change
@@ -107,6 +117,7 @@ class WorkerSpawner:
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        nursery.start_soon(self._learn_early_pids)
         for slot in self.slots:
             nursery.start_soon(self._supervise, slot)
 
@@ -149,6 +160,12 @@ class WorkerSpawner:
                 log.warning("worker process %d ignored SIGTERM; killing it", process.pid)
                 process.kill()
                 await process.wait()
+
+    async def _learn_early_pids(self) -> None:
+        if self._early is not None and not self._early.resolved:
+            await trio.lowlevel.wait_readable(self._early.fileno())
+            self._early.pid(0)  # reads them all, without blocking now
+        self._pids_known.set()
 
     async def _supervise(self, slot: Slot) -> None:
         try:

@@ -1,11 +1,9 @@
-"""What `lazylayer daemon` does before the front's imports: options, the run dir, the workers.
+"""What `lazylayer daemon` does before the front's imports: options, the run dir, the workers' command.
 
-Why apart from service.py: the front's imports (trio, pyfuse3, ZeroMQ and our stacks) take about
-half a second, and so do a worker's. Started after them, the workers were ready a second after
-launch and the first layer resolve waited for them; started here, first thing, they import on
-the other core while the front imports and mounts. Nothing in this module may import trio,
-pyfuse3 or ZeroMQ. The run dir is locked before any worker starts, so workers never reach
-another daemon's socket.
+Why apart from service.py: the workers start before the front's imports (daemon/earlyworkers.py
+says why), so what they need is here, and nothing in this module may import trio, pyfuse3 or
+ZeroMQ. The run dir is locked before any worker starts, so workers never reach another daemon's
+socket.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,26 +57,6 @@ def worker_command(options: DaemonOptions) -> list[str]:
     if options.config_path:
         command += ["--config", options.config_path]
     return command
-
-
-def start_workers(options: DaemonOptions) -> list[subprocess.Popen[bytes]]:
-    """``workers.count`` workers, exec'd now; the pool's spawner adopts and supervises them."""
-    command = worker_command(options)
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(options.config.workers.count):
-            started.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
-    except OSError as exc:  # the spawner tries again, with its backoff and its log line
-        log.warning("cannot start a worker early: %s", exc)
-    return started
-
-
-def stop_strays(processes: list[subprocess.Popen[bytes]]) -> None:
-    """Kill early workers still running when the daemon ends before its spawner took them."""
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def lock_run_dir(run_dir: str) -> int:

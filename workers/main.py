@@ -43,7 +43,7 @@ import signal
 import sys
 import time
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import zmq
@@ -78,6 +78,9 @@ class WorkerSettings:
     drain_timeout: float = 30.0
     #: exit when this process (the front that spawned us) exits; None: live on
     parent_pid: int | None = None
+    #: a pidfd of ``parent_pid`` opened by workers/prefork.py, which forked us (our parent is
+    #: then not the daemon, so the check `watch_parent` makes was made there)
+    parent_fd: int | None = None
 
 
 class Worker:
@@ -257,13 +260,14 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, lambda signum, frame: self.on_reload() if self.on_reload else None)
-        parent_fd: int | None = None
-        if self.settings.parent_pid is not None:
+        parent_fd = self.settings.parent_fd
+        if parent_fd is None and self.settings.parent_pid is not None:
             try:
                 parent_fd = watch_parent(self.settings.parent_pid)
             except ProcessLookupError:
                 log.error("the front (pid %d) that started this worker is gone; exiting", self.settings.parent_pid)
                 return 1
+        if parent_fd is not None:
             self._poller.register(parent_fd, zmq.POLLIN)
         self._connect()
         self._announce()
@@ -375,9 +379,10 @@ def reload_logging(args: argparse.Namespace) -> Callable[[], None]:
     return reload
 
 
-def main(argv: Sequence[str] | None = None, handlers: Handlers | None = None) -> int:
-    """Entry point for ``python -m lazylayer.workers.main`` (what the front execs) and for test
-    workers that bring their own handler table (default: `default_handlers`)."""
+def main(argv: Sequence[str] | None = None, handlers: Handlers | None = None, parent_fd: int | None = None) -> int:
+    """Entry point for ``python -m lazylayer.workers.main`` (what the front execs), for workers
+    forked by workers/prefork.py (``parent_fd``) and for test workers that bring their own
+    handler table (default: `default_handlers`)."""
     parser = argparse.ArgumentParser(prog="lazylayer-worker", description="lazylayer fetcher worker")
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
@@ -385,7 +390,7 @@ def main(argv: Sequence[str] | None = None, handlers: Handlers | None = None) ->
     private_umask()  # the cache files and blobs a worker writes are root's alone
     try:
         setup_logging(args.log_level, _config(args).daemon.log_format)
-        settings = settings_from_args(args)
+        settings = replace(settings_from_args(args), parent_fd=parent_fd)
         return run_worker(settings, default_handlers(args) if handlers is None else handlers, reload_logging(args))
     except LazyLayerError as exc:
         print(f"lazylayer worker: {exc}", file=sys.stderr)

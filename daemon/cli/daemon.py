@@ -13,7 +13,8 @@ import argparse
 import os
 
 from lazylayer.daemon.holder import take_connection
-from lazylayer.daemon.startup import DaemonOptions, lock_run_dir, start_workers, stop_strays
+from lazylayer.daemon.earlyworkers import EarlyWorkers
+from lazylayer.daemon.startup import DaemonOptions, lock_run_dir, worker_command
 from lazylayer.shared.config import load_config
 from lazylayer.shared.logs import setup_logging
 from lazylayer.shared.perms import private_umask
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     holder, handover = take_connection(options.run_dir, options.mountpoint, options.takeover)
     try:
         lock = lock_run_dir(options.run_dir)
-        workers = start_workers(options)
+        workers = EarlyWorkers.start(config.workers.count, worker_command(options))
         try:
             import trio
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
             return trio.run(run_daemon, options, lock, workers, holder, handover)
         finally:
-            stop_strays(workers)
+            workers.stop()
     finally:
         if holder is not None:  # last: a front waiting for our hand-over then finds the lock free
             holder.close()

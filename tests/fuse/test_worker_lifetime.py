@@ -50,10 +50,15 @@ def test_sigkilled_daemon_leaves_no_worker_behind(tmp_path: Path):
                 os.kill(pid, 9)
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
 def test_early_started_workers_are_supervised_and_stopped(tmp_path: Path):
-    """`lazylayer daemon` starts its workers before its own imports (daemon/startup.py) and the
-    spawner adopts them: a killed one is restarted like any spawned worker, and a clean stop
-    leaves none running."""
+    """`lazylayer daemon` forks its first workers from one process before its own imports
+    (daemon/earlyworkers.py) and the spawner adopts them as its own children: a killed one is
+    restarted like any spawned worker, and a clean stop leaves none running."""
     daemon = start_daemon(tmp_path / "d", workers=2)
     seen: set[int] = set()
     try:
@@ -61,6 +66,8 @@ def test_early_started_workers_are_supervised_and_stopped(tmp_path: Path):
         status = daemon.call("status")
         first = _worker_pids(status)
         assert len(first) == 2 and {w["pid"] for w in status["workers"]["workers"]} == first
+        assert {_parent(pid) for pid in first} == {daemon.process.pid}  # the forker handed them over
+        assert "worker forker" not in daemon.log()
         seen |= first
         victim = min(first)
         os.kill(victim, 9)

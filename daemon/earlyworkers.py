@@ -1,0 +1,129 @@
+"""The workers `lazylayer daemon` starts first thing, before the front's own imports.
+
+Why: the front's imports (trio, pyfuse3, ZeroMQ and our stacks) take about half a second, and so
+do a worker's. Started after them, the workers were ready a second after launch and the first
+layer resolve waited for them. Started first, they import on the other core while the front
+imports and mounts, and they import once: one process (workers/prefork.py) imports the worker
+modules and forks all of them, instead of every worker importing them on the same two cores.
+
+The forking process exits once it has forked; this process is a child subreaper until then, so
+the workers become its own children, which the pool's spawner adopts (daemon/spawner.py,
+`AdoptedProcess`) and supervises like the workers it execs later. Nothing here imports trio,
+pyfuse3 or ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _set_subreaper(on: bool) -> None:
+    if ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+class EarlyWorkers:
+    """``count`` workers forked by workers/prefork.py; their pids are read from a pipe when first
+    needed (the forking process writes them ~0.4 s after start, when its imports are done)."""
+
+    def __init__(self, count: int, forker: subprocess.Popen[bytes] | None = None, pid_fd: int | None = None) -> None:
+        self.count = count
+        self._forker = forker
+        self._pid_fd = pid_fd
+        self._pids: list[int] | None = None if forker is not None else []
+        self._codes: dict[int, int] = {}
+
+    @classmethod
+    def start(cls, count: int, worker_command: Sequence[str]) -> EarlyWorkers:
+        """Fork ``count`` workers running ``worker_command``'s arguments (after ``-m module``)."""
+        if count < 1:
+            return cls(0)
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            _set_subreaper(True)
+            forker = subprocess.Popen(
+                [sys.executable, "-m", "lazylayer.workers.prefork", "--count", str(count), "--pid-fd", str(write_fd),
+                 "--", *worker_command[3:]], stdin=subprocess.DEVNULL, pass_fds=(write_fd,))
+        except OSError as exc:  # the spawner starts them, with its backoff and its log line
+            log.warning("cannot start the early workers: %s", exc)
+            os.close(read_fd)
+            return cls(count)
+        finally:
+            os.close(write_fd)
+        return cls(count, forker, read_fd)
+
+    @property
+    def resolved(self) -> bool:
+        return self._pids is not None
+
+    def fileno(self) -> int:
+        """The pipe the pids arrive on: readable once they are written or the forker is gone."""
+        assert self._pid_fd is not None
+        return self._pid_fd
+
+    def pid(self, index: int) -> int | None:
+        """The ``index``th worker's pid; None when it was never forked. Blocks until the pids are
+        known (poll `fileno` first where blocking matters)."""
+        pids = self._resolve()
+        return pids[index] if index < len(pids) else None
+
+    def poll(self, index: int) -> int | None:
+        """Its exit status once it has exited (reaped here), else None; -1 for one never forked."""
+        pid = self.pid(index)
+        if pid is None:
+            return -1
+        if pid not in self._codes:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                self._codes[pid] = os.waitstatus_to_exitcode(status)
+        return self._codes.get(pid)
+
+    def wait(self, index: int) -> int:
+        """Its exit status, waiting for it (call once its pidfd is readable)."""
+        pid = self.pid(index)
+        if pid is None:
+            return -1
+        if pid not in self._codes:
+            self._codes[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        return self._codes[pid]
+
+    def kill(self, index: int, signum: int) -> None:
+        """Signal a worker that has not been reaped (a reaped pid may belong to another process now)."""
+        pid = self.pid(index)
+        if pid is not None and self.poll(index) is None:
+            os.kill(pid, signum)
+
+    def stop(self) -> None:
+        """Kill the ones still running (the daemon ends before its spawner took them)."""
+        if self._forker is not None and self._forker.poll() is None:
+            self._forker.kill()  # what it has not forked yet is not started at all
+        for index in range(self.count):
+            if self.poll(index) is None:
+                self.kill(index, signal.SIGKILL)
+                self.wait(index)
+
+    def _resolve(self) -> list[int]:
+        if self._pids is None:
+            assert self._forker is not None and self._pid_fd is not None
+            chunks = []
+            while chunk := os.read(self._pid_fd, 4096):
+                chunks.append(chunk)
+            os.close(self._pid_fd)
+            # its exit has handed its children to us (we are a subreaper until it is reaped)
+            code = self._forker.wait()
+            _set_subreaper(False)
+            self._pids = [int(line) for line in b"".join(chunks).split()]
+            if len(self._pids) < self.count and code != -signal.SIGKILL:  # not our stop's kill
+                log.warning("the worker forker (status %s) started %d of %d workers; the rest start one by one",
+                            code, len(self._pids), self.count)
+        return self._pids

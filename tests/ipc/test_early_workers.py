@@ -1,0 +1,51 @@
+"""Workers forked from one process before the front's imports (daemon/earlyworkers.py,
+workers/prefork.py): they serve as exec'd ones do, are the starting process's own children, and
+none outlives a stop."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+
+import trio
+
+from lazylayer.daemon.earlyworkers import EarlyWorkers
+from lazylayer.daemon.pool import WorkerPool
+from lazylayer.daemon.spawner import default_worker_command
+from tests.ipc.harness import DEADLINE, HEARTBEAT, trio_test
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+@trio_test
+async def test_forked_workers_serve_and_are_our_children(endpoint):
+    command = default_worker_command(endpoint, HEARTBEAT, 3)
+    early = EarlyWorkers.start(2, command + ["--parent-pid", str(os.getpid())])
+    async with WorkerPool(endpoint, spawn=2, heartbeat_interval=HEARTBEAT, adopt=early) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(2)
+            pids = {(await pool.submit("ping")).result["pid"] for _ in range(8)}
+        forked = {early.pid(0), early.pid(1)}
+        assert pids <= forked and len(forked) == 2
+        assert {_parent(pid) for pid in forked} == {os.getpid()}
+        assert {p.pid for p in pool.status().processes} == forked
+        assert all(p.restarts == 0 for p in pool.status().processes)
+    assert early.poll(0) is not None and early.poll(1) is not None  # reaped by the spawner's stop
+
+
+def test_stop_before_the_spawner_took_them_kills_them():
+    """The daemon failed before its pool started: `stop` kills what was forked, and the forker
+    itself when it had not forked yet."""
+    command = [sys.executable, "-m", "lazylayer.workers.main", "--endpoint", "ipc:///tmp/ll-nowhere.sock"]
+    early = EarlyWorkers.start(2, command)
+    select.select([early.fileno()], [], [], DEADLINE)  # forked
+    early.stop()
+    assert early.poll(0) == -signal.SIGKILL and early.poll(1) == -signal.SIGKILL
+    unforked = EarlyWorkers.start(2, command)
+    unforked.stop()
+    assert unforked.poll(0) is not None and unforked.poll(1) is not None

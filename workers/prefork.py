@@ -1,0 +1,68 @@
+"""Start a daemon's first workers from one interpreter's imports: import once, fork N times.
+
+Why: a worker's imports (requests, ZeroMQ, our format and store modules) cost ~0.4 s of CPU. At
+daemon start every worker used to pay them at once, on the same two cores as the front's own
+imports, so the first layer resolve waited for three interpreters. This process imports them once
+and forks the workers. Forking is safe here because nothing is open yet: no ZeroMQ context, no
+LMDB environment, no thread; each child makes its own, exactly as an exec'd worker does.
+
+It writes the children's pids to ``--pid-fd`` and exits. The daemon made itself a child subreaper
+before starting it (daemon/startup.py), so the workers become the daemon's own children, which its
+spawner supervises like any other; restarts are exec'd (`python -m lazylayer.workers.main`).
+
+``python -m lazylayer.workers.prefork --count N --pid-fd FD -- WORKER ARGS...``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from lazylayer.shared.procs import watch_parent
+from lazylayer.workers import main as worker
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Fork the workers, write their pids, exit (this returns only on an error)."""
+    parser = argparse.ArgumentParser(prog="lazylayer-prefork", description="fork lazylayer workers")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--pid-fd", type=int, required=True, help="where the children's pids are written")
+    parser.add_argument("worker_args", nargs=argparse.REMAINDER, help="-- then the workers' own arguments")
+    args = parser.parse_args(argv)
+    worker_argv = args.worker_args[1:] if args.worker_args[:1] == ["--"] else args.worker_args
+    parent_pid = _parent_pid(worker_argv)
+    # opened here, while the daemon is still our parent (the check watch_parent makes); the
+    # children inherit it, as their own parent is this short-lived process
+    parent_fd = None
+    if parent_pid is not None:
+        try:
+            parent_fd = watch_parent(parent_pid)
+        except ProcessLookupError:
+            print(f"lazylayer prefork: the daemon (pid {parent_pid}) is gone", file=sys.stderr)
+            return 1
+    pids: list[int] = []
+    for _ in range(args.count):
+        pid = os.fork()
+        if pid == 0:
+            os.close(args.pid_fd)  # the daemon reads it to its end, which our exit makes
+            sys.exit(worker.main(worker_argv, parent_fd=parent_fd))
+        pids.append(pid)
+    os.write(args.pid_fd, "".join(f"{pid}\n" for pid in pids).encode())
+    os.close(args.pid_fd)
+    # at once: the daemon waits for this exit (it hands the children over), and tearing down
+    # an interpreter nobody uses any more only delays it
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _parent_pid(worker_argv: Sequence[str]) -> int | None:
+    parser = argparse.ArgumentParser(add_help=False)
+    worker.add_arguments(parser)
+    known, _ = parser.parse_known_args(list(worker_argv))
+    return known.parent_pid
+
+
+if __name__ == "__main__":
+    sys.exit(main())
