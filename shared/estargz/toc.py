@@ -134,6 +134,7 @@ def _modtime_seconds(value: str) -> int:
     return int(when.timestamp() // 1)
 
 
+_ENTRY_TYPES = {kind.value: kind for kind in EntryType}
 #: JSON key -> (TOCEntry attribute, largest value) of the integer fields.
 _INT_FIELDS = {
     "size": ("size", INT64_MAX), "mode": ("mode", UINT32_MAX), "uid": ("uid", UINT32_MAX),
@@ -150,14 +151,20 @@ _TEXT_FIELDS = {
 
 
 def entry_from_json(obj: Any) -> TOCEntry:
-    """One entry from its decoded JSON object, with every field type- and range-checked (fields.py)."""
+    """One entry from its decoded JSON object, with every field type- and range-checked (fields.py).
+
+    Registration calls this once per entry (a large layer has a million), so the common case
+    (fields of the right type) is checked inline and fields.py's checks only name what is wrong."""
     if not isinstance(obj, dict):
         raise TOCError(f"TOC entry is a {type(obj).__name__}, not an object")
-    raw_name = text_field(obj, "name", repr(obj.get("name")))
-    try:
-        kind = EntryType(text_field(obj, "type", raw_name))
-    except ValueError:
-        raise TOCError(f"entry {raw_name!r}: unknown type {obj.get('type')!r}") from None
+    raw_name = obj.get("name")
+    if type(raw_name) is not str:
+        raw_name = text_field(obj, "name", repr(raw_name))
+    raw_type = obj.get("type")
+    kind = _ENTRY_TYPES.get(raw_type) if type(raw_type) is str else None
+    if kind is None:
+        text_field(obj, "type", raw_name)  # not a string: says so
+        raise TOCError(f"entry {raw_name!r}: unknown type {raw_type!r}")
     entry = TOCEntry(name=normalize_name(raw_name), type=kind)
     for key, value in obj.items():  # only the fields present: most entries set a third of them
         spec = _INT_FIELDS.get(key)
@@ -173,19 +180,22 @@ def entry_from_json(obj: Any) -> TOCEntry:
     entry.mode &= _PERM_MASK
     if entry.chunk_digest and entry.chunk_digest == entry.digest:
         entry.chunk_digest = entry.digest  # one string, not two, per single-chunk file
-    modtime = text_field(obj, "modtime", raw_name)
+    modtime = obj.get("modtime")
+    if modtime is not None and type(modtime) is not str:
+        text_field(obj, "modtime", raw_name)  # says why
     if modtime:
         entry.mtime = parse_modtime(modtime, raw_name)
-    raw_xattrs = obj.get("xattrs") or {}
-    if not isinstance(raw_xattrs, dict):
-        raise TOCError(f"entry {raw_name!r}: xattrs is not an object")
-    for key, value in raw_xattrs.items():
-        if not isinstance(value, str):
-            raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not a base64 string")
-        try:
-            entry.xattrs[key] = base64.b64decode(value, validate=True)
-        except binascii.Error:
-            raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not valid base64") from None
+    raw_xattrs = obj.get("xattrs")
+    if raw_xattrs:  # absent, null and {} alike
+        if not isinstance(raw_xattrs, dict):
+            raise TOCError(f"entry {raw_name!r}: xattrs is not an object")
+        for key, value in raw_xattrs.items():
+            if not isinstance(value, str):
+                raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not a base64 string")
+            try:
+                entry.xattrs[key] = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not valid base64") from None
     return entry
 
 

@@ -87,21 +87,23 @@ class TreeBuilder(Generic[V]):
     def add(self, entry: TOCEntry, value: V) -> None:
         """Apply one non-chunk entry, keeping ``value`` for its path."""
         path = entry.name
-        if path == "" and entry.type is not EntryType.DIR:
-            raise TOCError(f"entry {path!r}: the layer root is a {entry.type.value}, not a dir")
-        if entry.type in (EntryType.SYMLINK, EntryType.HARDLINK) and not entry.link_name:
-            raise TOCError(f"entry {path!r}: {entry.type.value} has no target (linkName)")
-        if path:
+        kind = entry.type
+        if path == "" and kind is not EntryType.DIR:
+            raise TOCError(f"entry {path!r}: the layer root is a {kind.value}, not a dir")
+        if kind in (EntryType.SYMLINK, EntryType.HARDLINK) and not entry.link_name:
+            raise TOCError(f"entry {path!r}: {kind.value} has no target (linkName)")
+        # ``_children`` has a key for each directory there is, and only for those
+        parent = parent_of(path)
+        if path and parent not in self._children:
             self._ensure_parent(path)
-        old = self.nodes.get(path)
-        if old is not None and self.kind_of(old) is EntryType.DIR and entry.type is not EntryType.DIR:
+        if kind is not EntryType.DIR and path in self._children:
             self._drop_subtree(path)
         self.nodes[path] = value
         self.implicit.discard(path)
-        if entry.type is EntryType.DIR:
+        if kind is EntryType.DIR:
             self._children.setdefault(path, set())
         if path:
-            self._children[parent_of(path)].add(path)
+            self._children[parent].add(path)
 
     def _ensure_parent(self, path: str) -> None:
         parent = parent_of(path)

@@ -42,9 +42,14 @@ def chunk_key(digest: str) -> bytes:
     if algo != "sha256" or len(hexdigest) != 64:
         raise FormatError(f"chunk digest {digest!r} is not a sha256 digest")
     try:
-        return b"D" + bytes.fromhex(hexdigest)
+        return digest_key(bytes.fromhex(hexdigest))
     except ValueError:
         raise FormatError(f"chunk digest {digest!r} is not hex") from None
+
+
+def digest_key(raw_digest: bytes) -> bytes:
+    """`chunk_key` of a sha256 digest already checked and decoded (registration: one per chunk)."""
+    return b"D" + raw_digest
 
 
 def unverified_key(layer_digest: str, blob_offset: int, inner_offset: int = 0) -> bytes:

@@ -30,9 +30,9 @@ from lazylayer.shared.estargz.toc import (
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
-from lazylayer.shared.store.chunks import chunk_key, unverified_key
+from lazylayer.shared.store.chunks import digest_key, unverified_key
 from lazylayer.shared.store.metadata import (
-    MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, encoded_attr_of, name_bytes,
+    MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, encoded_attr_of, name_bytes, packed,
 )
 
 #: Rows (nodes, dirents and chunks together) written per write transaction.
@@ -108,7 +108,7 @@ class LayerScan:
             for offset, _, _, _, digest in specs:
                 if not digest and not self.allow_unverified:
                     raise FormatError(f"{entry.name}: chunk at {offset} has no digest")
-            chunks = msgpack.packb([(*spec[:4], bytes.fromhex(spec[4][7:])) for spec in specs])
+            chunks = packed([(*spec[:4], bytes.fromhex(spec[4][7:])) for spec in specs])
         return (entry.type.value, encoded_attr_of(entry), chunks)
 
     def rows(self, layer_id: int) -> Iterator[Rows]:
@@ -131,7 +131,9 @@ class LayerScan:
             if kind is EntryType.DIR and path and _shows(path):
                 subdirs[parent_of(path)] += 1
         links = Counter(hardlinks.values())
+        special = hides | whiteouts.keys() | opaque | links.keys() | subdirs.keys()
         prefix = struct.pack(">I", layer_id)
+        parent_keys = {path: prefix + struct.pack(">I", node) for path, node in ids.items()}
         batch: Rows = {"nodes": [], "dirents": [], "file_chunks": []}
         count = 0
         node_id = ROOT_ID - 1
@@ -141,16 +143,16 @@ class LayerScan:
             else:
                 node_id += 1
                 target = node_id
-                batch["nodes"].append((_NODE_KEY.pack(layer_id, node_id), self._attr(
-                    path, value, 1 + links[path], subdirs[path], hides, whiteouts, opaque)))
+                attr = value[1] if path not in special else self._attr(
+                    path, value, 1 + links.get(path, 0), subdirs.get(path, 0), hides, whiteouts, opaque)
+                batch["nodes"].append((_NODE_KEY.pack(layer_id, node_id), attr))
                 if value[2]:
                     batch["file_chunks"].extend(self._chunk_rows(layer_id, node_id, value[2]))
             if path:
                 dirent = _dirent(path, nodes, hardlinks)
                 if dirent is not None:
                     parent, name = dirent
-                    batch["dirents"].append((prefix + struct.pack(">I", ids[parent]) + name_bytes(name),
-                                             _NODE_KEY.pack(layer_id, target)))
+                    batch["dirents"].append((parent_keys[parent] + name_bytes(name), _NODE_KEY.pack(layer_id, target)))
             count += 1
             if count >= BATCH_ROWS:
                 yield batch
@@ -186,7 +188,8 @@ class LayerScan:
 
     def _attr(self, path: str, node: _Node, names: int, subdirs: int, hides: set[str],
               whiteouts: dict[str, int], opaque: set[str]) -> bytes:
-        """The node's row: as encoded while streaming unless a link count or a flag differs."""
+        """The row of a node with a link count or a flag to fix (`rows` keeps the others' rows
+        as encoded while streaming); it may still turn out to need none."""
         kind, encoded, _ = node
         is_dir = kind == EntryType.DIR.value
         if path in whiteouts:
@@ -202,11 +205,10 @@ class LayerScan:
             attr.flags |= NodeFlag.OPAQUE
         return attr.encode()
 
-    def _chunk_rows(self, layer_id: int, node_id: int, packed: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for chunk_offset, size, blob_offset, inner, raw_digest in msgpack.unpackb(packed):
+    def _chunk_rows(self, layer_id: int, node_id: int, chunks: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for chunk_offset, size, blob_offset, inner, raw_digest in msgpack.unpackb(chunks):
             if raw_digest:
-                digest = "sha256:" + raw_digest.hex()
-                key = chunk_key(digest)
+                digest, key = "sha256:" + raw_digest.hex(), digest_key(raw_digest)
             else:
                 digest, key = "", unverified_key(self.layer_digest, blob_offset, inner)
             record = FileChunk.encode_fields(size, blob_offset, inner, self._starts.end_after(blob_offset), digest, key)

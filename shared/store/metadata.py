@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import threading
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import Any, NamedTuple
@@ -179,7 +180,7 @@ class FileChunk:
     def encode_fields(size: int, blob_offset: int, inner_offset: int, blob_end: int, digest: str,
                       data_key: bytes) -> bytes:
         """`encode` without building the record (registration writes millions of them)."""
-        return msgpack.packb([size, blob_offset, inner_offset, blob_end, digest, data_key])
+        return packed([size, blob_offset, inner_offset, blob_end, digest, data_key])
 
     @classmethod
     def decode(cls, chunk_offset: int, raw: bytes | memoryview) -> "FileChunk":
@@ -205,6 +206,18 @@ class LayerMetadata:
     payload_bytes: int
 
 
+_packers = threading.local()
+
+
+def packed(value: Any) -> bytes:
+    """``msgpack.packb(value)`` with this thread's Packer: registration packs three values per
+    TOC entry, and packb makes a Packer for each (a third of its time)."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer()
+    return packer.pack(value)
+
+
 def name_bytes(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
@@ -222,7 +235,7 @@ def encoded_attr_of(entry: TOCEntry) -> bytes:
     TOC entry (0.045 s instead of 0.116 s for 20,812 entries)."""
     fields = _attr_fields(entry)
     fields.append(int(NodeFlag.NONE))
-    return msgpack.packb(fields)
+    return packed(fields)
 
 
 def _attr_fields(entry: TOCEntry) -> list[Any]:
