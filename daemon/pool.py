@@ -28,8 +28,9 @@ Why it is built this way:
 - **One thread.** Everything runs in the trio thread: messages arrive through the synchronous
   pump callback (daemon/zmqtrio.py) and every state change is followed by a synchronous
   dispatch, so there are no locks and no window between "slot freed" and "job sent".
-- **exec, never fork.** Spawned workers are daemon/spawner.py's: new processes running
-  ``worker_command`` that make their own zmq context, restarted with exponential backoff.
+- **The front never forks.** Spawned workers are daemon/spawner.py's: new processes running
+  ``worker_command`` (the first ones forked by a fresh process that has opened nothing:
+  daemon/earlyworkers.py) that make their own zmq context, restarted with exponential backoff.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@ backoff, resize on reload, stop politely.
 
 Why apart from the pool: the pool dispatches jobs to whatever workers connect (supervisord's, a
 test's, ours); which of them are our children, how they are kept running and how they are
-stopped is a concern of its own. A worker is a new process (exec, never fork: it makes its own
-zmq context and LMDB handle); a dead one restarts after a backoff that doubles up to a cap and
-resets once a process lived ``stable_after`` seconds. Workers `lazylayer daemon` started before
-trio ran (daemon/startup.py) are adopted into the first slots and supervised like the rest.
+stopped is a concern of its own. A worker is a new process (exec'd, never forked from the front:
+it makes its own zmq context and LMDB handle); a dead one restarts after a backoff that doubles
+up to a cap and resets once a process lived ``stable_after`` seconds. The workers `lazylayer
+daemon` forked from one process before trio ran (daemon/earlyworkers.py) are adopted into the
+first slots and supervised like the rest.
 """
 
 from __future__ import annotations
