@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Awaitable, Callable
 
@@ -187,6 +188,11 @@ class Layer:
         await self.remote.check(self.ref, self.desc)
         self._last_check = now
 
+    def checked(self) -> None:
+        """The blob answered just now (a registration reached it): no check for an interval.
+        Without this, the next lookup of a layer resolved ahead probed the registry again."""
+        self._last_check = trio.current_time()
+
     async def refresh(self, ref: str | None = None, desc: LayerDescriptor | None = None) -> None:
         """Resolve the blob again (new redirect URL and credentials); its size must not change."""
         desc = desc or self.desc
@@ -194,7 +200,7 @@ class Layer:
             raise CacheError(f"layer {self.digest}: refresh with a different blob ({desc.digest}, {desc.size} bytes)")
         await self.remote.refresh(ref or self.ref, desc)
         self.ref = ref or self.ref
-        self._last_check = trio.current_time()
+        self.checked()
 
     async def read(self, node: NodeRef, file_size: int, offset: int, size: int) -> bytes:
         """File bytes: LMDB hits, misses fetched in the foreground. Errors are recorded."""
@@ -474,10 +480,13 @@ class Resolver:
         return layer.acquire()
 
     async def _resolve_new(self, ref: str, desc: LayerDescriptor) -> Layer:
+        asked = time.time()
         record = await self.remote.resolve_layer(ref, desc)
         image = self._images.get(ref)
         manifest = image[1].manifest_digest if image is not None else ""
         layer = Layer(self.remote, ref, desc, record, self.settings, self.profiling, manifest)
+        if record.registered_at >= asked:  # registered for us: its blob answered just now
+            layer.checked()
         if self._nursery is not None:
             layer.start_fetches(self._nursery)
         await layer.wait_for_prefetch_completion(self.settings.prefetch_timeout)

@@ -106,3 +106,30 @@ async def test_prefetch_content_error_fails_verify(registry, tmp_path: Path):
             assert image.layers[0].digest in str(caught.value)
             assert resolver.layers() == [] and image.layers[0].digest in next(iter(resolver.failures))
             nursery.cancel_scope.cancel()
+
+
+@trio_test
+async def test_a_layer_registered_for_a_resolve_is_not_probed_again_within_the_interval(
+        app_image: PushedImage, registry, tmp_path: Path):
+    """The registration reached the blob: the lookups that follow (podman's, after the layers
+    were resolved ahead) ask nothing of the registry for ``check_interval``. A layer registered
+    earlier (another daemon, a restart) is still checked on its next resolve."""
+    proxy = FaultProxy(registry.host)
+    try:
+        ref = app_image.ref_via(proxy.host)
+        desc = app_image.layers[1].descriptor()
+        settings = ResolverSettings(prefetch=False, background=False, check_interval=60.0)
+        async with open_fetch_stack(tmp_path, workers=1) as s:
+            resolver = Resolver(s.remote, settings)
+            first = await resolver.resolve(ref, desc)
+            seen = len(proxy.seen)
+            for _ in range(3):
+                assert (await resolver.resolve(ref, desc)) is first
+            assert proxy.seen[seen:] == []
+            restarted = Resolver(s.remote, settings)  # the record is in the store already
+            again = await restarted.resolve(ref, desc)
+            seen = len(proxy.seen)
+            assert (await restarted.resolve(ref, desc)) is again
+            assert [x.status for x in proxy.seen[seen:]] == [206]  # the 1-byte check
+    finally:
+        proxy.stop()
