@@ -139,20 +139,20 @@ class LayerScan:
         node_id = ROOT_ID - 1
         for path, value in nodes.items():
             if isinstance(value, TOCEntry):  # a hardlink
-                target = ids[hardlinks[path]]
+                target = _NODE_KEY.pack(layer_id, ids[hardlinks[path]])
             else:
                 node_id += 1
-                target = node_id
+                target = _NODE_KEY.pack(layer_id, node_id)
                 attr = value[1] if path not in special else self._attr(
                     path, value, 1 + links.get(path, 0), subdirs.get(path, 0), hides, whiteouts, opaque)
-                batch["nodes"].append((_NODE_KEY.pack(layer_id, node_id), attr))
+                batch["nodes"].append((target, attr))
                 if value[2]:
                     batch["file_chunks"].extend(self._chunk_rows(layer_id, node_id, value[2]))
             if path:
                 dirent = _dirent(path, nodes, hardlinks)
                 if dirent is not None:
                     parent, name = dirent
-                    batch["dirents"].append((parent_keys[parent] + name_bytes(name), _NODE_KEY.pack(layer_id, target)))
+                    batch["dirents"].append((parent_keys[parent] + name_bytes(name), target))
             count += 1
             if count >= BATCH_ROWS:
                 yield batch
