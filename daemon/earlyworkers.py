@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -66,14 +67,17 @@ class EarlyWorkers:
     def resolved(self) -> bool:
         return self._pids is not None
 
-    def fileno(self) -> int:
-        """The pipe the pids arrive on: readable once they are written or the forker is gone."""
+    def ready(self, timeout: float = 0.0) -> bool:
+        """The pids have been written (or the forker is gone), waiting up to ``timeout`` seconds:
+        `pid` will not block."""
+        if self._pids is not None:
+            return True
         assert self._pid_fd is not None
-        return self._pid_fd
+        return bool(select.select([self._pid_fd], [], [], timeout)[0])
 
     def pid(self, index: int) -> int | None:
         """The ``index``th worker's pid; None when it was never forked. Blocks until the pids are
-        known (poll `fileno` first where blocking matters)."""
+        known (ask `ready` first where blocking matters)."""
         pids = self._resolve()
         return pids[index] if index < len(pids) else None
 

@@ -163,8 +163,12 @@ class WorkerSpawner:
                 await process.wait()
 
     async def _learn_early_pids(self) -> None:
-        if self._early is not None and not self._early.resolved:
-            await trio.lowlevel.wait_readable(self._early.fileno())
+        """The forker writes the pids once its imports are done (~0.4 s). Looked for every 10 ms
+        rather than awaited on its pipe: a synchronous `pid()` meanwhile (status, a worker
+        connecting) reads and closes that pipe, and a wait on a closed fd never ends."""
+        if self._early is not None:
+            while not self._early.ready():
+                await trio.sleep(0.01)
             self._early.pid(0)  # reads them all, without blocking now
         self._pids_known.set()
 
