@@ -49,15 +49,20 @@ class EarlyWorkers:
         """Fork ``count`` workers running ``worker_command``'s arguments (after ``-m module``)."""
         if count < 1:
             return cls(0)
+        try:
+            _set_subreaper(True)  # without it the workers would not be ours to supervise
+        except OSError as exc:  # the spawner starts them, with its backoff and its log line
+            log.warning("cannot start the early workers: %s", exc)
+            return cls(count)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            _set_subreaper(True)
             forker = subprocess.Popen(
                 [sys.executable, "-m", "lazylayer.workers.prefork", "--count", str(count), "--pid-fd", str(write_fd),
                  "--", *worker_command[3:]], stdin=subprocess.DEVNULL, pass_fds=(write_fd,))
-        except OSError as exc:  # the spawner starts them, with its backoff and its log line
+        except OSError as exc:
             log.warning("cannot start the early workers: %s", exc)
             os.close(read_fd)
+            _set_subreaper(False)
             return cls(count)
         finally:
             os.close(write_fd)

@@ -4,6 +4,7 @@ none outlives a stop."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -41,6 +42,7 @@ async def test_forked_workers_serve_and_are_our_children(endpoint):
                 await trio.sleep(0.05)
             await pool.wait_workers(2)
     assert early.poll(0) == -signal.SIGKILL and early.poll(1) is not None  # reaped by the spawner
+    assert not _subreaper()  # only until the forker handed them over
 
 
 def test_stop_before_the_spawner_took_them_kills_them():
@@ -54,3 +56,21 @@ def test_stop_before_the_spawner_took_them_kills_them():
     unforked = EarlyWorkers.start(2, command)
     unforked.stop()
     assert unforked.poll(0) is not None and unforked.poll(1) is not None
+
+
+@trio_test
+async def test_a_forker_that_cannot_start_leaves_the_workers_to_the_spawner(endpoint, monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    early = EarlyWorkers.start(2, default_worker_command(endpoint, HEARTBEAT, 3))
+    monkeypatch.undo()
+    assert early.pid(0) is None and early.poll(1) == -1 and not _subreaper()
+    async with WorkerPool(endpoint, spawn=2, heartbeat_interval=HEARTBEAT, adopt=early) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(2)  # exec'd by the spawner, after its backoff
+        assert all(p.restarts == 1 and p.running for p in pool.status().processes)
+
+
+def _subreaper() -> bool:
+    value = ctypes.c_int(0)
+    ctypes.CDLL("libc.so.6").prctl(37, ctypes.byref(value), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+    return bool(value.value)
