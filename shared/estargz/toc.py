@@ -134,7 +134,8 @@ def _modtime_seconds(value: str) -> int:
     return int(when.timestamp() // 1)
 
 
-_ENTRY_TYPES = {kind.value: kind for kind in EntryType}
+#: JSON ``type`` value -> EntryType (a dict lookup: Enum's call is slow per entry)
+ENTRY_TYPES = {kind.value: kind for kind in EntryType}
 #: JSON key -> (TOCEntry attribute, largest value) of the integer fields.
 _INT_FIELDS = {
     "size": ("size", INT64_MAX), "mode": ("mode", UINT32_MAX), "uid": ("uid", UINT32_MAX),
@@ -161,7 +162,7 @@ def entry_from_json(obj: Any) -> TOCEntry:
     if type(raw_name) is not str:
         raw_name = text_field(obj, "name", repr(raw_name))
     raw_type = obj.get("type")
-    kind = _ENTRY_TYPES.get(raw_type) if type(raw_type) is str else None
+    kind = ENTRY_TYPES.get(raw_type) if type(raw_type) is str else None
     if kind is None:
         text_field(obj, "type", raw_name)  # not a string: says so
         raise TOCError(f"entry {raw_name!r}: unknown type {raw_type!r}")

@@ -25,7 +25,7 @@ import msgpack
 from lazylayer.shared.errors import FormatError, TOCLimitError
 from lazylayer.shared.estargz.fields import file_time
 from lazylayer.shared.estargz.toc import (
-    NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, WHITEOUT_PREFIX, EntryType, TOCEntry,
+    ENTRY_TYPES, NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, WHITEOUT_PREFIX, EntryType, TOCEntry,
     TOCLimits, parent_of, split_name,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
@@ -50,11 +50,10 @@ _CHUNK_KEY = struct.Struct(">IIQ")
 #: Hardlinks keep their entry.
 _Node = tuple[str, bytes, bytes]
 Value = _Node | TOCEntry
-_KINDS = {kind.value: kind for kind in EntryType}
 
 
 def _kind(value: Value) -> EntryType:
-    return value.type if isinstance(value, TOCEntry) else _KINDS[value[0]]
+    return value.type if isinstance(value, TOCEntry) else ENTRY_TYPES[value[0]]
 
 
 Rows = dict[str, list[tuple[bytes, bytes]]]
