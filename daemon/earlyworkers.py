@@ -68,10 +68,6 @@ class EarlyWorkers:
             os.close(write_fd)
         return cls(count, forker, read_fd)
 
-    @property
-    def resolved(self) -> bool:
-        return self._pids is not None
-
     def ready(self, timeout: float = 0.0) -> bool:
         """The pids have been written (or the forker is gone), waiting up to ``timeout`` seconds:
         `pid` will not block."""

@@ -38,10 +38,9 @@ class AdoptedProcess:
     the spawner uses. Its pid is known once the forking process has written it; its exit is
     awaited through a pidfd, as trio waits for its own children."""
 
-    def __init__(self, early: EarlyWorkers, index: int, pids_known: trio.Event) -> None:
+    def __init__(self, early: EarlyWorkers, index: int) -> None:
         self._early = early
         self._index = index
-        self._pids_known = pids_known
 
     @property
     def pid(self) -> int:
@@ -58,7 +57,11 @@ class AdoptedProcess:
         self._early.kill(self._index, signal.SIGKILL)
 
     async def wait(self) -> int:
-        await self._pids_known.wait()
+        # The forker writes the pids once its imports are done (~0.4 s). Looked for every 10 ms
+        # rather than awaited on its pipe: a synchronous `pid()` meanwhile (status, a worker
+        # connecting) reads and closes that pipe, and a wait on a closed fd never ends.
+        while not self._early.ready():
+            await trio.sleep(0.01)
         if self.returncode is None:
             pidfd = os.pidfd_open(self.pid)
             try:
@@ -105,11 +108,9 @@ class WorkerSpawner:
         self.command = list(command)
         self.settings = settings
         self.slots = [Slot(i, settings.restart_backoff) for i in range(count)]
-        self._early = adopt
-        self._pids_known = trio.Event()
         if adopt is not None:
             for slot in self.slots[:adopt.count]:  # stop() reaches them from the start
-                slot.process = slot.adopted = AdoptedProcess(adopt, slot.index, self._pids_known)
+                slot.process = slot.adopted = AdoptedProcess(adopt, slot.index)
         self._numbers = itertools.count(count)
         self._on_exit = on_exit
         self._on_change = on_change
@@ -118,7 +119,6 @@ class WorkerSpawner:
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        nursery.start_soon(self._learn_early_pids)
         for slot in self.slots:
             nursery.start_soon(self._supervise, slot)
 
@@ -161,16 +161,6 @@ class WorkerSpawner:
                 log.warning("worker process %d ignored SIGTERM; killing it", process.pid)
                 process.kill()
                 await process.wait()
-
-    async def _learn_early_pids(self) -> None:
-        """The forker writes the pids once its imports are done (~0.4 s). Looked for every 10 ms
-        rather than awaited on its pipe: a synchronous `pid()` meanwhile (status, a worker
-        connecting) reads and closes that pipe, and a wait on a closed fd never ends."""
-        if self._early is not None:
-            while not self._early.ready():
-                await trio.sleep(0.01)
-            self._early.pid(0)  # reads them all, without blocking now
-        self._pids_known.set()
 
     async def _supervise(self, slot: Slot) -> None:
         try:
