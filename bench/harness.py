@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         if args.build_only:
             print(f"image: {describe_image(image)}")
             return 0
-        results = Runner(image, workdir, settings, config, data_span(image), peer).run(args.only)
+        results = Runner(image, workdir, settings, config, data_span(image), peer,
+                         registry.process.pid).run(args.only)
     finally:
         registry.stop()
         for scratch in ("peer", "lazy"):

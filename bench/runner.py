@@ -56,8 +56,9 @@ def _say(message: str) -> None:
 
 class Runner:
     def __init__(self, image: BenchImage, workdir: Path, settings: Settings, config: Path, span: CompressedSpan,
-                 peer: GoPeer) -> None:
+                 peer: GoPeer, origin_pid: int) -> None:
         self.image, self.workdir, self.settings, self.config, self.span = image, workdir, settings, config, span
+        self.origin_pid = origin_pid
         self.results = Results(peer=peer.to_dict())
         self.local = workdir / "local"
         self.area = workdir / "lazy"
@@ -133,7 +134,8 @@ class Runner:
         return self.results
 
     def fleet(self, run: int) -> None:
-        measure_fleet(self.image, self.workdir, self.config, self.settings.workers, self.results.extra, drop_caches)
+        measure_fleet(self.image, self.workdir, self.config, self.settings.workers, self.results.extra, drop_caches,
+                      self.origin_pid)
 
     def baselines(self, run: int) -> None:
         rows, img = self.results.rows, self.image
