@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from lazylayer.daemon.pool import PoolStatus, Priority
-from lazylayer.daemon.remote import FetchObserver
+from lazylayer.daemon.fetchstats import FetchObserver
 from lazylayer.shared.errors import ConfigError
 from lazylayer.shared.store.chunks import ChunkStats
 from lazylayer.shared.store.layers import LayerRecord

@@ -35,15 +35,16 @@ import logging
 import math
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import msgpack
 import trio
 
+from lazylayer.daemon.fetchstats import FetchObserver, FetchStats, ReplayTally
 from lazylayer.daemon.hostbackoff import HostBackoff, MirrorRanges, is_host_failure
 from lazylayer.daemon.neighbours import Neighbours
+from lazylayer.daemon.pieces import plan_pieces
 from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
 from lazylayer.daemon.unstored import UnstoredChunks
 from lazylayer.shared.config import Config
@@ -147,87 +148,6 @@ class FetchSettings:
         )
 
 
-@dataclass
-class FetchStats:
-    """Counters of chunk fetching on this front (for `status` and for tests)."""
-
-    #: fetch_chunks jobs this front started
-    jobs: int = 0
-    #: times a reader waited on a job another reader had started (per-chunk dedup)
-    joined: int = 0
-    #: chunks stored and compressed bytes fetched by those jobs
-    chunks: int = 0
-    bytes: int = 0
-    #: finished fetch_chunks jobs per worker id
-    by_worker: Counter[str] = field(default_factory=Counter)
-    #: most background pieces ever in flight at once (bounded by background_concurrency)
-    background_peak: int = 0
-
-
-class FetchObserver:
-    """What the read path reports as it happens (daemon/metrics.py implements it); the base
-    class ignores everything, so Remote never checks for a missing observer."""
-
-    def chunks_read(self, hits: int, misses: int) -> None:
-        """One demand read: chunks found in LMDB on its first look, chunks it had to fetch."""
-
-    def job_done(self, kind: str, seconds: float) -> None:
-        """A worker job finished (successfully or not) after ``seconds`` as seen by the front."""
-
-    def fetched(self, priority: Priority, nbytes: int) -> None:
-        """Compressed bytes a finished job fetched from the registry."""
-
-    def cache_corrupt(self, chunks: int) -> None:
-        """Cached chunks a read found not matching their digest (dropped and fetched again)."""
-
-    def profile_chunks(self, prefetched: int, hits: int, unread: int) -> None:
-        """Profile replay: chunks it fetched, of those later read (hits), and read by nobody yet."""
-
-
-@dataclass
-class ReplayTally:
-    """Chunks a profile replay fetched, and whether reads came for them: hits are what the
-    profile was right about, what stays unread is its waste. At most ``limit`` unread keys are
-    remembered (a daemon runs for months); older ones count as waste for good."""
-
-    unread: dict[bytes, None] = field(default_factory=dict)
-    prefetched: int = 0
-    hits: int = 0
-    #: unread keys forgotten to stay within ``limit``
-    forgotten: int = 0
-    limit: int = 1 << 18
-
-    @property
-    def waste(self) -> int:
-        return len(self.unread) + self.forgotten
-
-    def fetched(self, keys: Iterable[bytes]) -> None:
-        for key in keys:
-            if key not in self.unread:
-                self.prefetched += 1
-                self.unread[key] = None
-        while len(self.unread) > self.limit:
-            del self.unread[next(iter(self.unread))]
-            self.forgotten += 1
-
-    def read(self, keys: Iterable[bytes]) -> int:
-        """Count the replayed ones among chunks a read was served from; returns how many."""
-        if not self.unread:
-            return 0
-        found = [key for key in keys if self.unread.pop(key, 0) is None]
-        self.hits += len(found)
-        return len(found)
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One background fetch job: compressed ``[start, end)`` and the chunks lying inside it."""
-
-    start: int
-    end: int
-    chunks: tuple[FileChunk, ...]
-
-
 @dataclass(eq=False)
 class _Pending:
     """A fetch_chunks job in flight and the chunk keys it will store."""
@@ -245,34 +165,6 @@ def chunk_wire(chunk: FileChunk) -> list[Any]:
     """A chunk as the fetcher jobs expect it (workers/jobparams.WantedChunk)."""
     return [chunk.blob_offset, chunk.blob_end, chunk.inner_offset, chunk.size, chunk.digest, chunk.data_key,
             chunk.chunk_offset]
-
-
-def plan_pieces(chunks: Sequence[FileChunk], blob_size: int, piece_size: int) -> list[Piece]:
-    """Cut ``[0, blob_size)`` into consecutive pieces of about ``piece_size`` bytes, only where no
-    chunk's compressed range spans the cut, each with the chunks that lie inside it."""
-    pieces: list[Piece] = []
-    start = reach = 0
-    members: list[FileChunk] = []
-
-    def cut_before(limit: int) -> None:
-        # No chunk spans [reach, limit]: any cut in there is legal.
-        nonlocal start, members
-        while limit - start > piece_size:
-            cut = max(reach, start + piece_size)
-            if cut > limit:
-                return
-            pieces.append(Piece(start, cut, tuple(members)))
-            start, members = cut, []
-
-    for chunk in sorted(chunks, key=lambda c: (c.blob_offset, c.inner_offset)):
-        if chunk.blob_offset >= reach:
-            cut_before(chunk.blob_offset)
-        members.append(chunk)
-        reach = max(reach, chunk.blob_end)
-    cut_before(blob_size)
-    if start < blob_size:
-        pieces.append(Piece(start, blob_size, tuple(members)))
-    return pieces
 
 
 def registry_of(ref: str) -> str:

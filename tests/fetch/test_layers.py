@@ -8,7 +8,8 @@ from typing import Iterator
 import pytest
 import trio
 
-from lazylayer.daemon.remote import FetchSettings, LayerDescriptor, plan_pieces
+from lazylayer.daemon.pieces import plan_pieces
+from lazylayer.daemon.remote import FetchSettings, LayerDescriptor
 from lazylayer.shared.blobsource import BytesSource
 from lazylayer.shared.errors import DigestMismatchError, NotFoundError, UnverifiedLayerError
 from lazylayer.shared.estargz.reader import BlobReader

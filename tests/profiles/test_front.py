@@ -8,7 +8,8 @@ import trio
 import trio.testing
 
 from lazylayer.daemon.profiles import REPLAY_WAIT, ProfileSettings, Profiling
-from lazylayer.daemon.remote import LayerDescriptor, ReplayTally, ResolvedImage
+from lazylayer.daemon.fetchstats import ReplayTally
+from lazylayer.daemon.remote import LayerDescriptor, ResolvedImage
 from lazylayer.shared.store.metadata import NodeRef
 
 M = "sha256:" + "a" * 64
