@@ -74,6 +74,9 @@ def record(script: Path, site_packages: Path) -> Trace:
             raise BenchError(f"recording the app's start (strace {PYTHON} {script}) failed: "
                              f"{done.stderr.strip()[-600:]}")
         lines = Path(out.name).read_text(errors="replace").splitlines()
+    # the site-packages and the script may sit under a skipped prefix (/var/tmp): theirs are the
+    # app's files (the python and app layers), not scratch, and must not be skipped
+    roots = (str(site_packages), str(script.parent))
     touched: dict[str, None] = {elf_interpreter(PYTHON): None}  # the kernel opens it: strace shows no call
     opened: dict[str, None] = {}
     for line in lines:
@@ -81,7 +84,8 @@ def record(script: Path, site_packages: Path) -> Trace:
         if not match or not match.group(2).startswith("/"):
             continue
         call, path = match.groups()
-        if path.startswith(SKIP_PREFIXES) or not os.path.lexists(path):
+        ours = any(path == root or path.startswith(root + "/") for root in roots)
+        if path.startswith(SKIP_PREFIXES) and not ours or not os.path.lexists(path):
             continue
         touched.setdefault(path, None)
         if call in _OPENS and os.path.isfile(path):

@@ -43,7 +43,7 @@ from lazylayer.workers.registry.reference import parse_reference
 from lazylayer.workers.registry.stores import RegistryStore
 
 #: Bump when the way images are built changes: older stamps are then rebuilt.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 REPOSITORY = "bench/image"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

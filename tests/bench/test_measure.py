@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from bench.measure import PAGE, median, percentile, spread_offsets, uniform_offsets
@@ -51,6 +52,25 @@ def test_app_start_needs_the_loader_and_every_link_on_the_way(tmp_path: Path):
     assert image_name(f"{app_dir}/main.py", site, app_dir, "usr/site") == "app/main.py"
     assert image_name("/etc/passwd", site, app_dir, "usr/site") == "etc/passwd"
     assert image_name("/proc/self/maps", site, app_dir, "usr/site") is None
+
+
+def test_the_recording_keeps_site_packages_under_a_scratch_prefix():
+    """The bench's pip target dir and app dir live under /var/tmp, a prefix the recording skips
+    for scratch files: the app's own files must still be recorded, or the prefetch list of the
+    landmarked image misses every site-packages file it reads (it did: 133 rootfs files only)."""
+    from bench.app import record
+
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
+        site, app_dir = Path(scratch, "site"), Path(scratch, "app")
+        (site / "mod").mkdir(parents=True)
+        (site / "mod" / "__init__.py").write_text("VALUE = 7\n")
+        app_dir.mkdir()
+        script = app_dir / "main.py"
+        script.write_text("import mod\nprint(mod.VALUE)\n")
+        trace = record(script, site)
+    assert str(site / "mod" / "__init__.py") in trace.opened
+    assert str(script) in trace.opened
+    assert trace.output == "7\n"
 
 
 def test_an_empty_go_column_says_why():
