@@ -444,23 +444,31 @@ class Metadata:
 
     def prefetch_chunks(self, layer_id: int, prefetch_end: int) -> list[FileChunk]:
         """Every chunk of every file whose first payload starts before ``prefetch_end`` (the
-        landmark's compressed offset): upstream filters per file, not per chunk (reference §2.2)."""
+        landmark's compressed offset): upstream filters per file, not per chunk (reference §2.2).
+
+        Every chunk row of the layer is walked (rows are in file order, not blob order), so
+        the walk decodes only first chunks' values and builds records only for chunks it keeps:
+        0.17 -> 0.05 s for the 17,698 chunks of the bench's rootfs, time a prefetching
+        layer lookup waits before its first request."""
         prefix = struct.pack(">I", layer_id)
+        offset_of = struct.Struct(">Q").unpack_from
 
         def scan(txn: lmdb.Transaction) -> list[FileChunk]:
             out: list[FileChunk] = []
             taking = False
-            with txn.cursor(db=self._chunks) as cursor:
+            with txn.cursor(db=self._chunks) as cursor, decoding("file chunk"):
                 if not cursor.set_range(prefix):
                     return out
                 for key, value in cursor:
-                    if bytes(key[:4]) != prefix:
+                    if key[:4] != prefix:
                         break
-                    chunk = FileChunk.decode(_CHUNK_KEY.unpack(key)[2], value)
-                    if chunk.chunk_offset == 0:
-                        taking = chunk.blob_offset < prefetch_end
-                    if taking:
-                        out.append(chunk)
+                    chunk_offset = offset_of(key, 8)[0]
+                    if chunk_offset == 0 or taking:
+                        fields = msgpack.unpackb(value)
+                        if chunk_offset == 0:
+                            taking = fields[1] < prefetch_end  # its blob offset
+                        if taking:
+                            out.append(FileChunk(chunk_offset, *fields))
             return out
 
         return self.store.read(scan)
