@@ -11,10 +11,11 @@ start-up would not share host 1's cores) and then the layer's largest file; then
 fleet they are other machines, and here, beside host 1 on two cores, the cache filling the
 image's three blobs took 1.3-1.6 core-seconds from it (first byte 1.7-2.6 s by hand, against
 1.0-1.3 s with them niced; they still get every idle cycle). Every file read is compared with
-the same file on this machine (the image is built from this machine's files). Figures (extras): origin bytes / blob size for the whole
-cluster (the layer read, and all blobs: resolving one layer resolves the image's others too, which
-the cache then fills as well), host 1's first byte, the same first byte on a fresh daemon reading
-the origin directly (no mirror: the baseline, taken first), and each host's big-file time.
+the same file on this machine (the image is built from this machine's files). Figures (extras):
+origin bytes / blob size for the whole cluster (the layer read, and all blobs: resolving one
+layer resolves the image's others too, which the cache then fills as well), host 1's first
+byte, the same first byte on a fresh daemon reading the origin directly (no mirror: the
+baseline, taken first), and each host's big-file time.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def _check(digest: str, path: Path, layer_dir: Path) -> None:
 @contextmanager
 def _elsewhere(*pids: int) -> Iterator[None]:
     """Processes standing in for other machines get only the CPU this machine's own do not use
-    (every thread niced to 19; threads they start later inherit it), until the block ends."""
-    def renice(value: int) -> None:
+    (every thread niced to 19; threads they start meanwhile inherit it), until the block ends:
+    then every thread they have goes back to the priority the process had."""
+    def renice(value: Callable[[int], int]) -> None:
         for pid in pids:
             try:
                 tids = os.listdir(f"/proc/{pid}/task")
@@ -78,14 +80,20 @@ def _elsewhere(*pids: int) -> Iterator[None]:
                 continue  # gone: nothing to share the cores with
             for tid in tids:
                 try:
-                    os.setpriority(os.PRIO_PROCESS, int(tid), value)
+                    os.setpriority(os.PRIO_PROCESS, int(tid), value(pid))
                 except OSError:
                     pass  # the thread ended meanwhile
-    renice(19)
+    before: dict[int, int] = {}
+    for pid in pids:
+        try:
+            before[pid] = os.getpriority(os.PRIO_PROCESS, pid)
+        except OSError:
+            pass
+    renice(lambda pid: 19)
     try:
         yield
     finally:
-        renice(0)
+        renice(lambda pid: before.get(pid, 0))
 
 
 def _first_byte(layer_dir: Path, path: str) -> float:
