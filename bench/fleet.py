@@ -67,33 +67,36 @@ def _check(digest: str, path: Path, layer_dir: Path) -> None:
         raise BenchError(f"{path}: its contents differ from {here}, which the image was built from")
 
 
+def _renice(priorities: dict[int, int]) -> None:
+    """Every thread of each process ``pid`` to ``priorities[pid]``."""
+    for pid, value in priorities.items():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # gone: nothing to share the cores with
+        for tid in tids:
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(tid), value)
+            except OSError:
+                pass  # the thread ended meanwhile
+
+
 @contextmanager
 def _elsewhere(*pids: int) -> Iterator[None]:
     """Processes standing in for other machines get only the CPU this machine's own do not use
     (every thread niced to 19; threads they start meanwhile inherit it), until the block ends:
     then every thread they have goes back to the priority the process had."""
-    def renice(value: Callable[[int], int]) -> None:
-        for pid in pids:
-            try:
-                tids = os.listdir(f"/proc/{pid}/task")
-            except OSError:
-                continue  # gone: nothing to share the cores with
-            for tid in tids:
-                try:
-                    os.setpriority(os.PRIO_PROCESS, int(tid), value(pid))
-                except OSError:
-                    pass  # the thread ended meanwhile
     before: dict[int, int] = {}
     for pid in pids:
         try:
             before[pid] = os.getpriority(os.PRIO_PROCESS, pid)
         except OSError:
-            pass
-    renice(lambda pid: 19)
+            pass  # gone already
+    _renice({pid: 19 for pid in before})
     try:
         yield
     finally:
-        renice(lambda pid: before.get(pid, 0))
+        _renice(before)
 
 
 def _first_byte(layer_dir: Path, path: str) -> float:
