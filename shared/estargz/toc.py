@@ -19,10 +19,12 @@ import base64
 import binascii
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from lazylayer.shared.errors import TOCError
 from lazylayer.shared.estargz.fields import (
@@ -51,30 +53,48 @@ class EntryType(str, Enum):
     CHUNK = "chunk"
 
 
-@dataclass(slots=True)
-class TOCEntry:
+class ModTime(int):
+    """Unix seconds the fast TOC decoder (`decode_entries`) read from an RFC 3339 ``modtime``
+    string: the decoder's hook must hand back the annotated type, and this one is an int."""
+
+
+#: The integer fields' bounds, checked as the fast decoder reads them (fields.py has why).
+_Int64 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+_UInt32 = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
+_DevMajor = Annotated[int, msgspec.Meta(ge=0, le=DEV_MAJOR_MAX)]
+_DevMinor = Annotated[int, msgspec.Meta(ge=0, le=DEV_MINOR_MAX)]
+
+
+class TOCEntry(msgspec.Struct, rename={
+        "mtime": "modtime", "link_name": "linkName", "uname": "userName", "gname": "groupName",
+        "dev_major": "devMajor", "dev_minor": "devMinor", "chunk_offset": "chunkOffset",
+        "chunk_size": "chunkSize", "chunk_digest": "chunkDigest", "inner_offset": "innerOffset"}):
     """One TOC entry. ``name`` is normalised (no leading ``./`` or ``/``, no trailing ``/``;
-    the root is ``""``); ``mtime`` is Unix seconds (0 when the TOC omits it)."""
+    the root is ``""``); ``mtime`` is Unix seconds (0 when the TOC omits it).
+
+    A msgspec Struct, not a dataclass: the JSON decoder builds and type- and range-checks a
+    whole TOC of these in C (`decode_entries`), 2-3x faster than dicts checked field by field.
+    The bounds below apply to decoding; `entry_from_json` checks the same ones (`_INT_FIELDS`)."""
 
     name: str
     type: EntryType
-    size: int = 0
-    mtime: int = 0
+    size: _Int64 = 0
+    mtime: ModTime = ModTime(0)
     link_name: str = ""
-    mode: int = 0
-    uid: int = 0
-    gid: int = 0
+    mode: _UInt32 = 0
+    uid: _UInt32 = 0
+    gid: _UInt32 = 0
     uname: str = ""
     gname: str = ""
-    dev_major: int = 0
-    dev_minor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    dev_major: _DevMajor = 0
+    dev_minor: _DevMinor = 0
+    xattrs: dict[str, bytes] = msgspec.field(default_factory=dict)
     digest: str = ""
-    offset: int = 0
-    chunk_offset: int = 0
-    chunk_size: int = 0
+    offset: _Int64 = 0
+    chunk_offset: _Int64 = 0
+    chunk_size: _Int64 = 0
     chunk_digest: str = ""
-    inner_offset: int = 0
+    inner_offset: _Int64 = 0
 
     @property
     def has_payload(self) -> bool:
@@ -178,9 +198,7 @@ def entry_from_json(obj: Any) -> TOCEntry:
             if type(value) is not str:
                 value = text_field(obj, key, raw_name)
             setattr(entry, _TEXT_FIELDS[key], value)
-    entry.mode &= _PERM_MASK
-    if entry.chunk_digest and entry.chunk_digest == entry.digest:
-        entry.chunk_digest = entry.digest  # one string, not two, per single-chunk file
+    _trim(entry)
     modtime = obj.get("modtime")
     if modtime is not None and type(modtime) is not str:
         text_field(obj, "modtime", raw_name)  # says why
@@ -197,6 +215,56 @@ def entry_from_json(obj: Any) -> TOCEntry:
                 entry.xattrs[key] = base64.b64decode(value, validate=True)
             except binascii.Error:
                 raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not valid base64") from None
+    return entry
+
+
+def _trim(entry: TOCEntry) -> None:
+    entry.mode &= _PERM_MASK
+    if entry.chunk_digest and entry.chunk_digest == entry.digest:
+        entry.chunk_digest = entry.digest  # one string, not two, per single-chunk file
+
+
+class _Document(msgspec.Struct):
+    version: int
+    entries: list[TOCEntry]
+
+
+@functools.lru_cache(maxsize=4096)
+def _mod_time(value: str) -> ModTime:
+    try:
+        return ModTime(_modtime_seconds(value) if value else 0)
+    except OverflowError:
+        raise ValueError("out of range") from None
+
+
+def _decode_hook(kind: type, value: Any) -> Any:
+    """msgspec's hook for the one field it cannot read itself: modtime, RFC 3339 text -> seconds.
+    A ValueError makes the decode fail (then `entry_from_json` says what is wrong)."""
+    if kind is ModTime and type(value) is str:
+        return _mod_time(value)
+    raise ValueError(f"expected an RFC 3339 string, got {value!r}")
+
+
+_DECODER = msgspec.json.Decoder(_Document, dec_hook=_decode_hook)
+
+
+def decode_entries(text: str) -> tuple[int, list[TOCEntry]] | None:
+    """(version, entries) of a whole TOC document, every field type- and range-checked in one
+    C pass; None when anything in it is off (a wrong type, a null, a bound, bad base64, a bad
+    time, not JSON), for `entry_from_json` to name precisely. Each entry must go through
+    `settled` before use: names are not normalised yet (that can refuse an entry)."""
+    try:
+        document = _DECODER.decode(text)
+    except msgspec.DecodeError:  # ValidationError is one
+        return None
+    return document.version, document.entries
+
+
+def settled(entry: TOCEntry) -> TOCEntry:
+    """A `decode_entries` entry made what `entry_from_json` returns: its name normalised (a
+    TOCError when it escapes the root), mode cut to 07777, a single-chunk file's digests one string."""
+    entry.name = normalize_name(entry.name)
+    _trim(entry)
     return entry
 
 

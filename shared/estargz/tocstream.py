@@ -7,7 +7,7 @@ it goes, and each entry of the ``entries`` array is decoded (`json.JSONDecoder.r
 scanner) and validated (`entry_from_json`) as it comes: memory is a window of text plus one
 entry, whatever the TOC's size. The entry limit is enforced as entries arrive and the byte limit
 as bytes do, so an over-limit TOC is refused before it is all read. A TOC of up to
-`WHOLE_DOCUMENT` bytes of JSON (20,000 entries take 7 MB) is cheaper decoded in one `json.loads`,
+`WHOLE_DOCUMENT` bytes of JSON (20,000 entries take 7 MB) is cheaper decoded in one call (msgspec),
 where that cannot differ from the stream's verdict (`_whole_document`).
 
 A `TOCStream` is consumed once. Its digest is known only after the last entry; when the caller
@@ -31,11 +31,13 @@ import zstandard
 
 from lazylayer.shared.errors import DigestMismatchError, FormatError, TOCError, TOCLimitError
 from lazylayer.shared.estargz.footer import ZSTD_SKIPPABLE_HEADER_SIZE, ZSTD_SKIPPABLE_MAGIC, Footer, FooterKind
-from lazylayer.shared.estargz.toc import TOC, TOC_TAR_NAME, TOC_VERSION, TOCEntry, TOCLimits, entry_from_json
+from lazylayer.shared.estargz.toc import (
+    TOC, TOC_TAR_NAME, TOC_VERSION, TOCEntry, TOCLimits, decode_entries, entry_from_json, settled,
+)
 
 #: Uncompressed TOC bytes decoded at a time.
 PIECE_SIZE = 256 << 10
-#: A TOC up to this many JSON bytes is decoded in one `json.loads` (memory: a few times this);
+#: A TOC up to this many JSON bytes is decoded in one call (memory: a few times this);
 #: a larger one streams, its first WHOLE_DOCUMENT bytes having been held once.
 WHOLE_DOCUMENT = 8 << 20
 #: The tar around a gzip TOC: header, padding and end-of-archive blocks (PAX headers are small).
@@ -100,8 +102,8 @@ class TOCStream:
             if entries is not None:
                 self._finish(hasher)
                 self._check_count(len(entries))
-                for raw in entries:
-                    yield entry_from_json(raw)
+                for entry in entries:
+                    yield settled(entry)
                 return
         text = _Text(_replayed(head, pieces))
         count = 0
@@ -214,24 +216,24 @@ def _replayed(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def _whole_document(data: bytes) -> list[Any] | None:
-    """The raw entries of a small TOC decoded in one call (~0.06 s less per 20,000 entries), or
-    None to leave it to the streaming decoder, which then says precisely what is wrong. Taken
-    only where both must agree: strict UTF-8, one ``entries`` and one ``version`` key (a file
-    named either sends it to the stream), the version first, as the stream requires."""
+def _whole_document(data: bytes) -> list[TOCEntry] | None:
+    """The entries of a small TOC decoded and checked in one call (`decode_entries`, ~2.5x
+    faster than the stream per entry), or None to leave it to the streaming decoder, which then
+    says precisely what is wrong. Taken only where both must agree: strict UTF-8, one
+    ``entries`` and one ``version`` key (a file named either sends it to the stream; being
+    unique, their first occurrences are the keys), the version first, as the stream requires."""
     if data.count(b'"entries"') != 1 or data.count(b'"version"') != 1:
         return None
+    if data.index(b'"version"') > data.index(b'"entries"'):
+        return None
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
         return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list) or "version" not in doc:
+    decoded = decode_entries(text)
+    if decoded is None or decoded[0] != TOC_VERSION:
         return None
-    keys = list(doc)
-    version = doc["version"]
-    if keys.index("version") > keys.index("entries") or version != TOC_VERSION or isinstance(version, bool):
-        return None
-    return doc["entries"]
+    return decoded[1]
 
 
 def _entries(text: _Text) -> Iterator[Any]:
