@@ -26,7 +26,7 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
@@ -34,13 +34,13 @@ import trio
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import ControlServer
 from lazylayer.daemon.earlyworkers import EarlyWorkers
+from lazylayer.daemon.fetchstats import FetchObserver
 from lazylayer.daemon.fs import FsSettings, LazyFS
 from lazylayer.daemon.fuseconn import Connection, mount_fuse, resend, start_session
 from lazylayer.daemon.holder import Handover, HolderLink
 from lazylayer.daemon.journal import live_mounts
 from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
-from lazylayer.daemon.metrics import Metrics, StateSources
 from lazylayer.daemon.pool import WorkerPool
 from lazylayer.daemon.profiles import ProfileSettings, Profiling
 from lazylayer.daemon.remote import EXCLUSIVE_KINDS, FetchSettings, Remote
@@ -52,6 +52,9 @@ from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import LayerRecord, Layers
 from lazylayer.shared.store.merged import MergedViews
+
+if TYPE_CHECKING:
+    from lazylayer.daemon.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -391,18 +394,19 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
                       quiet_period=config.background.quiet_period,
                       restart_backoff_max=w.restart_backoff_max, restart_stable_after=w.restart_stable_after,
                       exclusive_kinds=EXCLUSIVE_KINDS, adopt=early_workers)
-    metrics = Metrics()
+    metrics = _metrics(config)
     async with pool:
-        remote = Remote(pool, store, FetchSettings.from_config(config), metrics)
+        remote = Remote(pool, store, FetchSettings.from_config(config), metrics or FetchObserver())
         profiling = Profiling(remote, ProfileSettings.from_config(config))
         resolver = Resolver(remote, ResolverSettings.from_config(config),
                             allow_unverified=config.verification.allow_unverified, profiling=profiling)
 
-        fs = LazyFS(store, resolver, FsSettings.from_config(config), metrics.read_done)
+        fs = LazyFS(store, resolver, FsSettings.from_config(config), metrics.read_done if metrics else None)
         daemon = Daemon(options, fs, resolver, remote, pool, config, profiling, holder=holder,
                         takeovers=handover.takeovers if handover else 0)
         daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
-        if config.metrics.address:
+        if metrics is not None:
+            from lazylayer.daemon.metrics import StateSources
             metrics.attach(StateSources.in_trio(lambda: Layers(store).all(), ChunkStore(store).stats, pool.status))
             metrics.serve(config.metrics.address)
         taken = handover.conn if handover is not None else None
@@ -447,9 +451,20 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
             _drop(conn, unmount=not handing_over)
             if not handing_over:
                 fs.journal.withdraw(options.run_dir)
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
     log.info("left %s mounted for the next front" if handing_over else "unmounted %s", options.mountpoint)
     return 0
+
+
+def _metrics(config: Config) -> Metrics | None:
+    """The Prometheus metrics when ``metrics.address`` is set. Otherwise None, and
+    prometheus_client is never imported: ~30 ms of every daemon start before the mount, and a
+    counter bump per read, for numbers nobody scrapes."""
+    if not config.metrics.address:
+        return None
+    from lazylayer.daemon.metrics import Metrics
+    return Metrics()
 
 
 async def _restore(daemon: Daemon, journal: list[dict[str, Any]]) -> None:

@@ -245,7 +245,10 @@ def _decode_hook(kind: type, value: Any) -> Any:
     raise ValueError(f"expected an RFC 3339 string, got {value!r}")
 
 
-_DECODER = msgspec.json.Decoder(_Document, dec_hook=_decode_hook)
+@functools.cache
+def _decoder() -> msgspec.json.Decoder:
+    """Built on first use (~6 ms): the daemon's front imports this module but never decodes a TOC."""
+    return msgspec.json.Decoder(_Document, dec_hook=_decode_hook)
 
 
 def decode_entries(text: str) -> tuple[int, list[TOCEntry]] | None:
@@ -254,7 +257,7 @@ def decode_entries(text: str) -> tuple[int, list[TOCEntry]] | None:
     time, not JSON), for `entry_from_json` to name precisely. Each entry must go through
     `settled` before use: names are not normalised yet (that can refuse an entry)."""
     try:
-        document = _DECODER.decode(text)
+        document = _decoder().decode(text)
     except msgspec.DecodeError:  # ValidationError is one
         return None
     return document.version, document.entries

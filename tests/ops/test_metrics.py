@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -80,3 +82,12 @@ def test_scrape_shows_events_layers_cache_and_workers(tmp_path):
 def test_bad_metrics_address_is_a_config_error():
     with pytest.raises(ConfigError, match="HOST:PORT"):
         Metrics().serve("nonsense")
+
+
+def test_the_front_does_not_load_prometheus_when_metrics_are_off():
+    """With ``metrics.address`` empty (the default) the front never imports prometheus_client:
+    ~30 ms of every daemon start, before the mount."""
+    code = ("import sys, lazylayer.daemon.service, lazylayer.daemon.cli.main; "
+            "print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
