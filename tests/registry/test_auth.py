@@ -190,3 +190,18 @@ def test_trickling_token_service_costs_the_job_its_deadline_not_a_thread(token_r
     assert not outlived, "the token request outlived its job's deadline"
     assert len(outcome) == 1 and isinstance(outcome[0], RegistryError), outcome
     assert "token service" in str(outcome[0]) and "deadline" in str(outcome[0])
+
+
+def test_the_challenge_answer_keeps_the_connection(basic_image, htpasswd_registry):
+    """The 401 that starts every session is read, not dropped: the authenticated retry and the
+    reads after it go over the same connection (a new one would cost a TLS handshake)."""
+    proxy = FaultProxy(htpasswd_registry.host)
+    try:
+        ref = parse_reference(f"{proxy.host}/team/app:v1")
+        client = make_client(credentials=lookup_for(proxy.host, ALICE))
+        manifest, _ = resolve_manifest(client, ref)
+        assert client.read_ranges(ref, manifest.layers[0].digest, [ByteRange(0, 11)]) == [b"layer-bytes"]
+        assert [s.status for s in proxy.seen][0] == 401
+        assert proxy.connections == 1
+    finally:
+        proxy.stop()

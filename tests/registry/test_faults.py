@@ -186,3 +186,18 @@ def test_redirect_resolved_once_and_again_after_expiry(proxy, pushed):
 def test_unknown_blob_through_proxy_is_not_found(proxy, pushed):
     with pytest.raises(NotFoundError):
         make_client().read_ranges(pushed.at(proxy.host), "sha256:" + "2" * 64, WANTED[:1])
+
+
+def test_small_answers_keep_the_connection(proxy, pushed):
+    """The 1-byte location probe, a 401-free retry status and a mirror's refusal are small
+    answers closed unread: urllib3 then drops the connection and the next request pays a new
+    TCP (and, on a real registry, TLS) handshake. Read first, one connection carries them all."""
+    proxy.add(Rule("status", times=1, status=503, ranged=True))
+    client = make_client(sleeper=SleepRecorder())
+    ref = pushed.at(proxy.host)
+    for _ in range(2):
+        client._locations.clear()  # resolve the location (the 1-byte probe) again
+        assert client.read_ranges(ref, pushed.digest, WANTED) == expected(pushed)
+    probes = [s.status for s in proxy.seen if s.range == "bytes=0-0"]
+    assert probes == [503, 206, 206]
+    assert proxy.connections == 1

@@ -12,7 +12,8 @@ registry builds point back at the proxy), its body streamed as it arrives. Socke
 (limits §5.2: Nagle trap).
 
 Counting: every answer is recorded in ``seen`` with the body bytes sent, so a proxy placed
-between a pull-through cache and the origin counts what the origin sent (`body_bytes`).
+between a pull-through cache and the origin counts what the origin sent (`body_bytes`), and
+``connections`` counts the TCP connections clients opened.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class FaultProxy:
         self.upstream = upstream_host
         self.rules: list[Rule] = []
         self.seen: list[Seen] = []
+        #: TCP connections clients opened (each answer keeps its connection open, HTTP/1.1)
+        self.connections = 0
         self.redirect_blobs = False
         self.generation = 0
         self.lock = threading.Lock()
@@ -128,6 +131,7 @@ class FaultProxy:
         with self.lock:
             self.rules.clear()
             self.seen.clear()
+            self.connections = 0
             self.redirect_blobs = False
 
     def release(self) -> None:
@@ -174,6 +178,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def setup(self) -> None:
             super().setup()
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with proxy.lock:
+                proxy.connections += 1
 
         def log_message(self, *args: object) -> None:
             pass

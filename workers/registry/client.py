@@ -50,7 +50,7 @@ from lazylayer.workers.registry.ranges import (
 )
 from lazylayer.workers.registry.rangesupport import RangeSupport
 from lazylayer.workers.registry.retry import Backoff, is_retryable_status, parse_retry_after
-from lazylayer.workers.registry.transport import Transient, body_pieces, describe, host_failure, is_timeout
+from lazylayer.workers.registry.transport import Transient, body_pieces, describe, host_failure, is_timeout, release
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +188,14 @@ class RegistryClient:
             except requests.RequestException as exc:
                 raise RegistryError(f"{method} {safe_url(url)}: {describe(exc, url)}") from None
             if response.status_code == 401 and authenticate and not answered_challenge:
-                response.close()
+                release(response)
                 self.auth.challenge(endpoint.host, credentials_for, scope, response)
                 answered_challenge = True
                 continue
             delay = (self._retry_delay(attempt, parse_retry_after(response.headers.get("Retry-After")))
                      if is_retryable_status(response.status_code) else None)
             if delay is not None:
-                response.close()
+                release(response)
                 log.info("%s %s: %d; retrying", method, safe_url(url), response.status_code)
                 self.backoff.sleep(delay)
                 attempt += 1
@@ -249,7 +249,7 @@ class RegistryClient:
             if last:
                 raise self.error(response, what or f"{method} {ref.name} {path.split('/')[0]}")
             log.warning("mirror %s answered %d; trying the next host", endpoint.base, response.status_code)
-            response.close()
+            release(response)
         raise AssertionError("endpoints_for always returns the registry itself")
 
     def error(self, response: requests.Response, what: str) -> RegistryError:
@@ -319,14 +319,14 @@ class RegistryClient:
                 if not target:
                     raise RegistryError(f"{what}: redirect without a Location", response.status_code)
                 url = urljoin(url, target)
-                response.close()
+                release(response)
                 response = self.send("GET", url, ref=ref, endpoint=endpoint, authenticate=False,
                                      headers={"Range": "bytes=0-0"}, allow_redirects=False)
                 if response.status_code not in (200, 206):
                     raise self.error(response, f"{what} at {safe_url(url)}")
             size = _total_size(response, what)
         finally:
-            response.close()
+            release(response)
         location = _Location(url, endpoint, size, redirected, instead_of)
         with self._lock:
             self._locations[key] = location
@@ -369,14 +369,14 @@ class RegistryClient:
             response = self.send("GET", location.url, ref=ref, endpoint=location.endpoint,
                                  authenticate=not location.redirected, headers=headers, allow_redirects=False)
             if response.status_code == 403 and location.redirected and not retry:
-                response.close()
+                release(response)
                 log.info("redirected URL for %s refused (403); resolving it again", digest)
                 location = self._location(ref, digest, refresh=True)
                 continue
             if response.status_code in ok:
                 return response, location
             if 300 <= response.status_code < 400 and not retry:  # location moved: resolve again
-                response.close()
+                release(response)
                 location = self._location(ref, digest, refresh=True)
                 continue
             break

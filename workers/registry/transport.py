@@ -32,6 +32,8 @@ from lazylayer.workers.registry import deadline
 
 #: most bytes one read asks for (a recv returns what is there, up to this) [bytes]
 READ_PIECE = 1 << 20
+#: an answer's body up to this size is read before the answer is let go, to keep the connection
+REUSE_BODY_MAX = 4096
 
 
 class Transient(Exception):
@@ -45,6 +47,27 @@ def host_failure(message: str) -> RegistryError:
     error = RegistryError(message)
     error.host_failure = True  # type: ignore[attr-defined]
     return error
+
+
+def release(response: requests.Response) -> None:
+    """Let go of an answer whose body nobody needs, keeping its connection when that is cheap.
+
+    Closing a streamed response with its body unread makes urllib3 drop the connection, and the
+    next request to that registry pays a new TCP and TLS handshake: after every blob's 1-byte
+    location probe, 401 challenge, retried 5xx or redirect. A body announced at most
+    REUSE_BODY_MAX bytes is read (under the request's socket timeout) and the connection goes
+    back to the pool; anything larger, unannounced or short is closed as before."""
+    declared = response.headers.get("Content-Length")
+    raw = response.raw
+    if declared is not None and declared.isdigit() and int(declared) <= REUSE_BODY_MAX and raw is not None:
+        try:
+            got = raw.read(int(declared), decode_content=False)
+        except (urllib3.exceptions.HTTPError, OSError):
+            got = None
+        if got is not None and len(got) == int(declared):
+            raw.release_conn()  # a later response.close() no longer reaches the connection
+            return
+    response.close()
 
 
 def body_pieces(response: requests.Response, limit: int, what: str, idle: float,
