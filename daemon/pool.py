@@ -50,6 +50,7 @@ import zmq
 
 from lazylayer.daemon.earlyworkers import EarlyWorkers
 from lazylayer.daemon.poolstatus import PoolStatus, WorkerStatus
+from lazylayer.daemon.quietgate import QuietGate
 from lazylayer.daemon.spawner import SpawnSettings, WorkerSpawner, default_worker_command
 from lazylayer.daemon.zmqtrio import TrioSocket
 from lazylayer.shared import protocol
@@ -146,7 +147,8 @@ class WorkerPool:
         self.heartbeat_liveness = heartbeat_liveness
         self.max_attempts = max_attempts
         self.max_groups = max_groups
-        self.quiet_period = quiet_period
+        #: when BACKGROUND jobs may be dispatched (daemon/quietgate.py)
+        self.background_gate = QuietGate(quiet_period)
         self.spawner = WorkerSpawner(
             worker_command or default_worker_command(endpoint, heartbeat_interval, heartbeat_liveness), spawn,
             SpawnSettings(restart_backoff, restart_backoff_max, restart_stable_after, stop_timeout),
@@ -157,8 +159,6 @@ class WorkerPool:
         self._queues: dict[Priority, deque[_Job]] = {p: deque() for p in Priority}
         self._ids = itertools.count(1)
         self._dispatch_seq = itertools.count(1)
-        self._foreground_live = 0
-        self._foreground_last = -float("inf")
         self._workers_lost = 0
         self._dispatching = False
         self._closing = False
@@ -244,7 +244,7 @@ class WorkerPool:
             if dedup_key is not None:
                 self._dedup[(kind, dedup_key)] = job
             if job.priority is Priority.FOREGROUND:
-                self._foreground_live += 1
+                self.background_gate.started()
             self._enqueue(job)
             self._notify_changed()
         elif priority < job.priority:
@@ -294,8 +294,8 @@ class WorkerPool:
             processes=self.spawner.status(),
             queued={p.name.lower(): len(q) for p, q in self._queues.items()},
             in_flight=sum(1 for j in self._jobs.values() if j.worker is not None),
-            foreground_active=self._foreground_live > 0,
-            background_held=not self._background_allowed(now),
+            foreground_active=self.background_gate.live > 0,
+            background_held=not self.background_gate.is_open(now),
             workers_lost=self._workers_lost,
         )
 
@@ -378,7 +378,7 @@ class WorkerPool:
         was_queued = job.queued
         self._unqueue(job)
         if priority is Priority.FOREGROUND:
-            self._foreground_live += 1
+            self.background_gate.started()
         job.priority = priority
         if was_queued:
             self._enqueue(job)
@@ -390,8 +390,7 @@ class WorkerPool:
         if job.dedup_key is not None and self._dedup.get((job.kind, job.dedup_key)) is job:
             del self._dedup[(job.kind, job.dedup_key)]
         if job.priority is Priority.FOREGROUND:
-            self._foreground_live -= 1
-            self._foreground_last = trio.current_time()
+            self.background_gate.ended()
             self._wake.set()  # the background timer starts now
         # A worker still running it keeps it in its in_flight set until it answers or dies.
         job.worker = None
@@ -429,9 +428,6 @@ class WorkerPool:
 
     # -- dispatch ------------------------------------------------------------------------------
 
-    def _background_allowed(self, now: float) -> bool:
-        return self._foreground_live == 0 and now >= self._foreground_last + self.quiet_period
-
     def _pick(self, job: _Job) -> _Worker | None:
         best, best_key = None, None
         for w in self._workers.values():
@@ -452,7 +448,7 @@ class WorkerPool:
             return None
         now = trio.current_time()
         for priority, queue in self._queues.items():
-            if not queue or (priority is Priority.BACKGROUND and not self._background_allowed(now)):
+            if not queue or (priority is Priority.BACKGROUND and not self.background_gate.is_open(now)):
                 continue
             tried: set[tuple[str, Hashable | None]] = set()
             for job in queue:
@@ -556,9 +552,8 @@ class WorkerPool:
                         self._drop(worker, reason="unreachable")
             self._dispatch()
             deadline = next_beat
-            resume = self._foreground_last + self.quiet_period
-            if self._queues[Priority.BACKGROUND] and self._foreground_live == 0 and now < resume:
-                deadline = min(deadline, resume)
+            if self._queues[Priority.BACKGROUND]:
+                deadline = min(deadline, self.background_gate.opens_at)
             with trio.move_on_at(deadline):
                 await self._wake.wait()
             self._wake = trio.Event()

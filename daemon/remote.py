@@ -480,6 +480,7 @@ class Remote:
         (pieces of one layer go in order anyway: each carries the previous one's hash state)."""
         if layer.state is LayerState.FETCHED:
             return
+        await self.pool.background_gate.wait_open()  # not even planned while reads are busy
         # a thread: a 200k-entry layer's chunk list took 2 s to read, which would stall every read
         all_chunks = await trio.to_thread.run_sync(self.meta.prefetch_chunks, layer.layer_id, layer.blob_size + 1)
         state: bytes | None = None

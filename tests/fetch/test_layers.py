@@ -17,7 +17,7 @@ from lazylayer.shared.store.layers import Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
 from tests.ipc.harness import trio_test
 from tests.support.faultproxy import FaultProxy, Rule
-from tests.support.fetchstack import (CHUNK_SIZE, ImageTree, PushedImage, expected_files, open_fetch_stack,
+from tests.support.fetchstack import (CHUNK_SIZE, QUIET, ImageTree, PushedImage, expected_files, open_fetch_stack,
                                       push_image_trees, read_path)
 
 DEADLINE = 60
@@ -145,6 +145,33 @@ async def test_background_fetch_completes_and_marks_the_layer_fetched(app_image,
                 assert await read_path(s.remote, app_image.ref, after, path) == data
             assert s.remote.stats.jobs == 0  # every chunk came from the background walk
             await s.remote.background_fetch(app_image.ref, after)  # FETCHED: nothing to do
+
+
+@trio_test
+async def test_background_fetch_plans_nothing_while_a_read_is_waiting(app_image, proxy, tmp_path):
+    """The walk does not even read the layer's chunk list while a foreground read is live (a
+    container start needs that CPU); it starts once reads have been quiet (daemon/quietgate.py)."""
+    layer = app_image.layers[1]
+    ref = app_image.ref_via(proxy.host)
+    async with open_fetch_stack(tmp_path, workers=2) as s:
+        with trio.fail_after(DEADLINE):
+            record = await s.remote.resolve_layer(ref, layer.descriptor())
+            planned: list[int] = []
+            chunk_list = s.remote.meta.prefetch_chunks
+            s.remote.meta.prefetch_chunks = lambda *args: planned.append(1) or chunk_list(*args)
+            proxy.add(Rule("hang", ranged=True))
+            path, data = next(iter(expected_files(layer.root).items()))
+            async with trio.open_nursery() as nursery:
+                async def read() -> None:
+                    assert await read_path(s.remote, ref, record, path) == data
+                nursery.start_soon(read)
+                await s.pool.wait_for(lambda status: status.foreground_active)
+                nursery.start_soon(s.remote.background_fetch, ref, record)
+                await trio.sleep(3 * QUIET)
+                assert planned == []
+                proxy.release()
+            assert planned == [1] and Layers(s.store).require(record.digest).state is LayerState.FETCHED
+    proxy.reset()
 
 
 @trio_test

@@ -9,7 +9,7 @@ import trio
 
 from lazylayer.daemon.pool import Priority
 from lazylayer.shared.errors import DigestMismatchError, PoolUnavailableError, RegistryError, WorkerError
-from tests.ipc.harness import DEADLINE, make_pool, trio_test
+from tests.ipc.harness import DEADLINE, QUIET, make_pool, trio_test
 
 
 @trio_test
@@ -63,6 +63,29 @@ async def test_background_waits_while_foreground_is_active(endpoint, notifier, r
             assert order == ["fg", "hold", "bg"]
             assert [n.tag for n in notifier.pending()] == ["fg", "bg"]
             assert not pool.status().background_held  # the quiet period has passed
+
+
+@trio_test
+async def test_the_quiet_gate_opens_a_quiet_period_after_the_last_foreground_job(endpoint, notifier, run_dir):
+    gate = run_dir / "gate"
+    async with make_pool(endpoint, spawn=1, capacity=2) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+            opened: list[float] = []
+
+            async def background() -> None:
+                await pool.background_gate.wait_open()
+                opened.append(trio.current_time())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.submit, "gate", {"gate": str(gate), "notify": notifier.path, "tag": "hold"})
+                assert (await notifier.next()).tag == "hold"
+                nursery.start_soon(background)
+                await trio.sleep(2 * QUIET)
+                assert opened == [] and pool.status().background_held
+                gate.touch()
+                released = trio.current_time()
+            assert opened[0] - released >= QUIET and not pool.status().background_held
 
 
 @trio_test
