@@ -552,8 +552,9 @@ class WorkerPool:
                         self._drop(worker, reason="unreachable")
             self._dispatch()
             deadline = next_beat
-            if self._queues[Priority.BACKGROUND]:
-                deadline = min(deadline, self.background_gate.opens_at)
+            opens = self.background_gate.opens_at
+            if self._queues[Priority.BACKGROUND] and now < opens:  # once open, only a free slot helps
+                deadline = min(deadline, opens)
             with trio.move_on_at(deadline):
                 await self._wake.wait()
             self._wake = trio.Event()

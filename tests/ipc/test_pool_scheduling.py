@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from collections import Counter
 
 import pytest
@@ -86,6 +88,27 @@ async def test_the_quiet_gate_opens_a_quiet_period_after_the_last_foreground_job
                 gate.touch()
                 released = trio.current_time()
             assert opened[0] - released >= QUIET and not pool.status().background_held
+
+
+@trio_test
+async def test_queued_background_work_without_a_free_slot_does_not_spin(endpoint, notifier, run_dir):
+    """Background jobs queued while every slot is taken (the gate open): the dispatcher sleeps
+    until something changes instead of waking in a loop (it did, for an open gate's past time)."""
+    gate = run_dir / "gate"
+    async with make_pool(endpoint, spawn=1, capacity=1) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+            async with trio.open_nursery() as nursery:
+                params = {"gate": str(gate), "notify": notifier.path, "tag": "slot"}
+                nursery.start_soon(functools.partial(pool.submit, "gate", params, priority=Priority.PREFETCH))
+                assert (await notifier.next()).tag == "slot"
+                nursery.start_soon(functools.partial(pool.submit, "echo", {"tag": "bg"}, priority=Priority.BACKGROUND))
+                await trio.sleep(2 * QUIET)  # the gate is open now, the job still queued
+                assert pool.status().queued["background"] == 1 and not pool.status().background_held
+                cpu = time.process_time()
+                await trio.sleep(1.0)
+                assert time.process_time() - cpu < 0.3  # a spinning loop takes the whole second
+                gate.touch()
 
 
 @trio_test
