@@ -5,13 +5,24 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
-from lazylayer.daemon.pool import Priority
+from lazylayer.daemon.pool import Priority, WorkerPool
 from lazylayer.shared.errors import DigestMismatchError, PoolUnavailableError, RegistryError, WorkerError
 from tests.ipc.harness import DEADLINE, QUIET, make_pool, trio_test
+
+
+@asynccontextmanager
+async def one_worker(endpoint, capacity: int) -> AsyncIterator[WorkerPool]:
+    """A pool with one spawned worker of ``capacity`` slots, connected, under DEADLINE."""
+    async with make_pool(endpoint, spawn=1, capacity=capacity) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+            yield pool
 
 
 @trio_test
@@ -70,24 +81,22 @@ async def test_background_waits_while_foreground_is_active(endpoint, notifier, r
 @trio_test
 async def test_the_quiet_gate_opens_a_quiet_period_after_the_last_foreground_job(endpoint, notifier, run_dir):
     gate = run_dir / "gate"
-    async with make_pool(endpoint, spawn=1, capacity=2) as pool:
-        with trio.fail_after(DEADLINE):
-            await pool.wait_workers(1)
-            opened: list[float] = []
+    opened: list[float] = []
+    async with one_worker(endpoint, capacity=2) as pool:
 
-            async def background() -> None:
-                await pool.background_gate.wait_open()
-                opened.append(trio.current_time())
+        async def background() -> None:
+            await pool.background_gate.wait_open()
+            opened.append(trio.current_time())
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pool.submit, "gate", {"gate": str(gate), "notify": notifier.path, "tag": "hold"})
-                assert (await notifier.next()).tag == "hold"
-                nursery.start_soon(background)
-                await trio.sleep(2 * QUIET)
-                assert opened == [] and pool.status().background_held
-                gate.touch()
-                released = trio.current_time()
-            assert opened[0] - released >= QUIET and not pool.status().background_held
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.submit, "gate", {"gate": str(gate), "notify": notifier.path, "tag": "hold"})
+            assert (await notifier.next()).tag == "hold"
+            nursery.start_soon(background)
+            await trio.sleep(2 * QUIET)
+            assert opened == [] and pool.status().background_held
+            gate.touch()
+            released = trio.current_time()
+        assert opened[0] - released >= QUIET and not pool.status().background_held
 
 
 @trio_test
@@ -95,20 +104,17 @@ async def test_queued_background_work_without_a_free_slot_does_not_spin(endpoint
     """Background jobs queued while every slot is taken (the gate open): the dispatcher sleeps
     until something changes instead of waking in a loop (it did, for an open gate's past time)."""
     gate = run_dir / "gate"
-    async with make_pool(endpoint, spawn=1, capacity=1) as pool:
-        with trio.fail_after(DEADLINE):
-            await pool.wait_workers(1)
-            async with trio.open_nursery() as nursery:
-                params = {"gate": str(gate), "notify": notifier.path, "tag": "slot"}
-                nursery.start_soon(functools.partial(pool.submit, "gate", params, priority=Priority.PREFETCH))
-                assert (await notifier.next()).tag == "slot"
-                nursery.start_soon(functools.partial(pool.submit, "echo", {"tag": "bg"}, priority=Priority.BACKGROUND))
-                await trio.sleep(2 * QUIET)  # the gate is open now, the job still queued
-                assert pool.status().queued["background"] == 1 and not pool.status().background_held
-                cpu = time.process_time()
-                await trio.sleep(1.0)
-                assert time.process_time() - cpu < 0.3  # a spinning loop takes the whole second
-                gate.touch()
+    async with one_worker(endpoint, capacity=1) as pool, trio.open_nursery() as nursery:
+        params = {"gate": str(gate), "notify": notifier.path, "tag": "slot"}
+        nursery.start_soon(functools.partial(pool.submit, "gate", params, priority=Priority.PREFETCH))
+        assert (await notifier.next()).tag == "slot"
+        nursery.start_soon(functools.partial(pool.submit, "echo", {"tag": "bg"}, priority=Priority.BACKGROUND))
+        await trio.sleep(2 * QUIET)  # the gate is open now, the job still queued
+        assert pool.status().queued["background"] == 1 and not pool.status().background_held
+        cpu = time.process_time()
+        await trio.sleep(1.0)
+        assert time.process_time() - cpu < 0.3  # a spinning loop takes the whole second
+        gate.touch()
 
 
 @trio_test
