@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import Enum
+import typing
 from typing import Annotated, Any
 
 import msgspec
@@ -74,7 +75,7 @@ class TOCEntry(msgspec.Struct, rename={
 
     A msgspec Struct, not a dataclass: the JSON decoder builds and type- and range-checks a
     whole TOC of these in C (`decode_entries`), 2-3x faster than dicts checked field by field.
-    The bounds below apply to decoding; `entry_from_json` checks the same ones (`_INT_FIELDS`)."""
+    The bounds below are the only ones: `entry_from_json` reads them too (`_INT_FIELDS`)."""
 
     name: str
     type: EntryType
@@ -156,14 +157,19 @@ def _modtime_seconds(value: str) -> int:
 
 #: JSON ``type`` value -> EntryType (a dict lookup: Enum's call is slow per entry)
 ENTRY_TYPES = {kind.value: kind for kind in EntryType}
+
+
+def _int_bounds() -> dict[str, tuple[str, int]]:
+    """JSON key -> (TOCEntry attribute, largest value) of the integer fields, read off the
+    struct's annotations: one list of bounds for both decoders."""
+    hints = typing.get_type_hints(TOCEntry, include_extras=True)
+    return {key: (attr, typing.get_args(hints[attr])[1].le)
+            for attr, key in zip(TOCEntry.__struct_fields__, TOCEntry.__struct_encode_fields__)
+            if typing.get_origin(hints[attr]) is Annotated}
+
+
 #: JSON key -> (TOCEntry attribute, largest value) of the integer fields.
-_INT_FIELDS = {
-    "size": ("size", INT64_MAX), "mode": ("mode", UINT32_MAX), "uid": ("uid", UINT32_MAX),
-    "gid": ("gid", UINT32_MAX), "devMajor": ("dev_major", DEV_MAJOR_MAX),
-    "devMinor": ("dev_minor", DEV_MINOR_MAX), "offset": ("offset", INT64_MAX),
-    "chunkOffset": ("chunk_offset", INT64_MAX), "chunkSize": ("chunk_size", INT64_MAX),
-    "innerOffset": ("inner_offset", INT64_MAX),
-}
+_INT_FIELDS = _int_bounds()
 #: JSON key -> TOCEntry attribute of the plain string fields.
 _TEXT_FIELDS = {
     "linkName": "link_name", "userName": "uname", "groupName": "gname", "digest": "digest",
