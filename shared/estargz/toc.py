@@ -97,10 +97,6 @@ class TOCEntry(msgspec.Struct, rename={
     chunk_digest: str = ""
     inner_offset: _Int64 = 0
 
-    @property
-    def has_payload(self) -> bool:
-        """True for entries whose bytes live in the blob (non-empty reg and every chunk)."""
-        return self.type is EntryType.CHUNK or (self.type is EntryType.REG and self.size > 0)
 
 
 def normalize_name(raw: str) -> str:

@@ -135,9 +135,9 @@ class PayloadStarts:
     def __init__(self) -> None:
         self._starts = array("q")
 
-    def add(self, pieces: list[TOCEntry]) -> None:
-        if pieces[0].type is EntryType.REG:
-            self._starts.extend(e.offset for e in pieces if e.has_payload)
+    def append(self, offset: int) -> None:
+        """A payload (one chunk of `file_chunks`) starts at ``offset``."""
+        self._starts.append(offset)
 
     def finish(self, payload_end: int) -> None:
         self._starts.append(payload_end)
@@ -248,9 +248,10 @@ def build_toc(stream: TOCStream) -> TOC:
     chunks: dict[str, tuple[Chunk, ...]] = {}
     for entry, pieces in grouped(_kept(stream, entries)):
         tree.add(entry, entry)
-        starts.add(pieces)
         if entry.type is EntryType.REG:
             specs = file_chunks(pieces, stream.payload_end, stream.limits)
+            for spec in specs:
+                starts.append(spec[2])
             chunks[entry.name] = tuple(Chunk(*spec[:4], 0, spec[4], entry.name) for spec in specs)
     starts.finish(stream.payload_end)
     kept = {

@@ -4,7 +4,7 @@ A 1,000,000-entry layer used to be held as JSON text, a list of dicts, a list of
 resolved tree and the encoded rows, all at once (over a GB), and written in one transaction.
 Here each entry is applied to the tree (tree.py) as it is decoded and kept only as what its rows
 need, already encoded: the node's attributes as msgpack bytes and, for a regular file, its
-validated chunks (digests as raw bytes). Once the stream ends (and with it the TOC digest check)
+validated chunks. Once the stream ends (and with it the TOC digest check)
 the rows are produced in node order and written `BATCH_ROWS` at a time, each batch its own short
 write transaction, so neither this process's memory nor other writers' wait grows with the layer.
 
@@ -20,8 +20,6 @@ import struct
 from collections import Counter
 from collections.abc import Iterator
 
-import msgpack
-
 from lazylayer.shared.errors import FormatError, TOCLimitError
 from lazylayer.shared.estargz.fields import file_time
 from lazylayer.shared.estargz.toc import (
@@ -29,10 +27,10 @@ from lazylayer.shared.estargz.toc import (
     TOCLimits, parent_of, split_name,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
-from lazylayer.shared.estargz.tree import PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
+from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
 from lazylayer.shared.store.chunks import digest_key, unverified_key
 from lazylayer.shared.store.metadata import (
-    MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, encoded_attr_of, name_bytes, packed,
+    MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, encoded_attr_of, name_bytes,
 )
 
 #: Rows (nodes, dirents and chunks together) written per write transaction.
@@ -44,11 +42,10 @@ _CHUNK_KEY = struct.Struct(">IIQ")
 
 
 #: What one path keeps while the TOC streams: (type value, its encoded `NodeAttr`, for a regular
-#: file its chunks as msgpack ``[[chunk offset, size, blob offset, inner offset, raw digest]]``;
-#: blob ends need every payload start, known only at the end). Only str and bytes inside, so
-#: the cyclic GC stops tracking it: a million of them are not walked at every full collection.
-#: Hardlinks keep their entry.
-_Node = tuple[str, bytes, bytes]
+#: file its validated chunks; blob ends need every payload start, known only at the end). Only
+#: tuples of str, bytes and int, which the cyclic GC stops tracking once it has seen them: a
+#: million of them are not walked at every full collection. Hardlinks keep their entry.
+_Node = tuple[str, bytes, tuple[ChunkSpec, ...]]
 Value = _Node | TOCEntry
 
 
@@ -84,7 +81,6 @@ class LayerScan:
         landmark_offset = 0
         for entry, pieces in grouped(stream):
             self._tree.add(entry, self._keep(entry, pieces))
-            self._starts.add(pieces)
             if entry.name == PREFETCH_LANDMARK:
                 landmark_offset = entry.offset
         self._starts.finish(stream.payload_end)
@@ -101,13 +97,13 @@ class LayerScan:
     def _keep(self, entry: TOCEntry, pieces: list[TOCEntry]) -> Value:
         if entry.type is EntryType.HARDLINK:
             return entry
-        chunks = b""
+        chunks: tuple[ChunkSpec, ...] = ()
         if entry.type is EntryType.REG:
-            specs = file_chunks(pieces, self._payload_end, self._limits)
-            for offset, _, _, _, digest in specs:
+            chunks = tuple(file_chunks(pieces, self._payload_end, self._limits))
+            for offset, _, blob_offset, _, digest in chunks:
                 if not digest and not self.allow_unverified:
                     raise FormatError(f"{entry.name}: chunk at {offset} has no digest")
-            chunks = packed([(*spec[:4], bytes.fromhex(spec[4][7:])) for spec in specs])
+                self._starts.append(blob_offset)
         return (entry.type.value, encoded_attr_of(entry), chunks)
 
     def rows(self, layer_id: int) -> Iterator[Rows]:
@@ -204,12 +200,13 @@ class LayerScan:
             attr.flags |= NodeFlag.OPAQUE
         return attr.encode()
 
-    def _chunk_rows(self, layer_id: int, node_id: int, chunks: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for chunk_offset, size, blob_offset, inner, raw_digest in msgpack.unpackb(chunks):
-            if raw_digest:
-                digest, key = "sha256:" + raw_digest.hex(), digest_key(raw_digest)
+    def _chunk_rows(self, layer_id: int, node_id: int, chunks: tuple[ChunkSpec, ...]
+                    ) -> Iterator[tuple[bytes, bytes]]:
+        for chunk_offset, size, blob_offset, inner, digest in chunks:
+            if digest:
+                key = digest_key(bytes.fromhex(digest[7:]))
             else:
-                digest, key = "", unverified_key(self.layer_digest, blob_offset, inner)
+                key = unverified_key(self.layer_digest, blob_offset, inner)
             record = FileChunk.encode_fields(size, blob_offset, inner, self._starts.end_after(blob_offset), digest, key)
             self.chunk_count += 1
             self.payload_bytes += size

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lazylayer.shared.blobsource import BytesSource
 from lazylayer.shared.errors import CacheError, NotFoundError
@@ -14,7 +17,8 @@ from lazylayer.shared.store.chunks import ChunkStore
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import LayerState, Layers
 from lazylayer.shared.store.merged import MergedViews
-from lazylayer.shared.store.metadata import Metadata
+from lazylayer.shared.estargz.toc import ModTime
+from lazylayer.shared.store.metadata import Metadata, packed
 from lazylayer.shared.store.reads import read_range
 from tests.conformance.store_view import to_toc_chunk
 from tests.store.procs import MiB
@@ -179,3 +183,22 @@ def test_merged_view_records(store):
     assert [name for name, _ in meta.readdir(view.root)] == [b"a", b"b"]
     assert views.remove(stack) and views.get(stack) is None
     assert meta.getattr(view.root) is None and meta.readdir(view.root) == []
+
+
+_row_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.lists(_row_values, max_size=10))
+def test_rows_are_packed_exactly_as_msgpack_packs_them(value):
+    """The front decodes rows with msgpack; registration encodes them with msgspec (faster)."""
+    assert packed(value) == msgpack.packb(value)
+
+
+def test_a_toc_time_is_packed_as_the_plain_int_it_is():
+    assert packed([ModTime(1_700_000_000)]) == msgpack.packb([1_700_000_000])
+    with pytest.raises(NotImplementedError):
+        packed([object()])
