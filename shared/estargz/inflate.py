@@ -28,3 +28,9 @@ def raw_inflater() -> Any:
     """A decompressobj for one raw deflate stream (a gzip member after its header), with
     zlib's interface: decompress(data, max_length), eof, unused_data."""
     return _impl.decompressobj(-zlib.MAX_WBITS)
+
+
+def gzip_inflater() -> Any:
+    """A decompressobj for one whole gzip member, header and trailer checked (the TOC's):
+    zlib's interface, with unconsumed_tail for reads bounded by max_length."""
+    return _impl.decompressobj(16 + zlib.MAX_WBITS)

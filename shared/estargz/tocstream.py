@@ -23,12 +23,12 @@ import io
 import json
 import re
 import tarfile
-import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import zstandard
 
+from lazylayer.shared.estargz import inflate
 from lazylayer.shared.errors import DigestMismatchError, FormatError, TOCError, TOCLimitError
 from lazylayer.shared.estargz.footer import ZSTD_SKIPPABLE_HEADER_SIZE, ZSTD_SKIPPABLE_MAGIC, Footer, FooterKind
 from lazylayer.shared.estargz.toc import (
@@ -376,7 +376,7 @@ class _Inflater(io.RawIOBase):
     """One gzip member inflated on demand, never past ``limit`` bytes."""
 
     def __init__(self, raw: bytes, limit: int) -> None:
-        self._member = zlib.decompressobj(31)
+        self._member = inflate.gzip_inflater()
         self._input = memoryview(raw)
         self._limit = limit
         self._out = 0
@@ -390,7 +390,7 @@ class _Inflater(io.RawIOBase):
         while not data and want > 0 and not self._member.eof:
             try:
                 data = self._member.decompress(self._input, want)
-            except zlib.error as exc:
+            except inflate.ERRORS as exc:
                 raise TOCError(f"TOC gzip member is corrupt: {exc}") from None
             self._input = memoryview(self._member.unconsumed_tail)
             if not data and not self._input and not self._member.eof:

@@ -344,6 +344,18 @@ def test_truncated_toc_member():
         open_blob(cut)
 
 
+@pytest.mark.parametrize("trailer_byte", [0, 4], ids=["crc", "size"])
+def test_toc_member_failing_its_gzip_trailer(trailer_byte):
+    """The TOC member is inflated by ISA-L: its CRC-32 and size trailer are still checked."""
+    builder = BlobBuilder()
+    builder.add_file("f", b"data")
+    blob = bytearray(builder.build())
+    trailer = len(blob) - len(estargz_footer(0)) - 8
+    blob[trailer + trailer_byte] ^= 0x01
+    with pytest.raises(TOCError, match="TOC gzip member is corrupt"):
+        open_blob(bytes(blob))
+
+
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_truncated_chunk_data(compression):
     data = bytes(range(256)) * 40
