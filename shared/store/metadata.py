@@ -274,11 +274,16 @@ def _appendable(txn: lmdb.Transaction, store: Store, db: str, prefix: bytes) -> 
 
 
 def write_rows(txn: lmdb.Transaction, store: Store, rows: dict[str, list[tuple[bytes, bytes]]]) -> None:
-    """Put whole keyed rows (database name -> [(key, value)]), each database's in key order."""
+    """Put whole keyed rows (database name -> [(key, value)]), each database's in key order:
+    appended (no tree search per row) when they all sort after what the database holds, as a
+    new layer's nodes and chunks do."""
     for db, items in rows.items():
+        if not items:
+            continue
         items.sort()
         with txn.cursor(db=store.db(db)) as cursor:
-            cursor.putmulti(items)
+            append = not cursor.last() or bytes(cursor.key()) < items[0][0]
+            cursor.putmulti(items, append=append)
 
 
 def delete_metadata(txn: lmdb.Transaction, store: Store, layer_id: int, limit: int | None = None) -> bool:
