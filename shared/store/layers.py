@@ -17,19 +17,20 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 import msgpack
 
 from lazylayer.shared.errors import CacheError, NotFoundError
 from lazylayer.shared.gcpause import gc_paused
-from lazylayer.shared.estargz.toc import TOC
-from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.store.corrupt import decoding
 from lazylayer.shared.store.env import Store
-from lazylayer.shared.store.layerbuild import BATCH_ROWS, LayerScan
-from lazylayer.shared.store.metadata import ROOT_ID, NodeRef, delete_metadata, write_rows
+from lazylayer.shared.store.metadata import BATCH_ROWS, ROOT_ID, NodeRef, delete_metadata, write_rows
+
+if TYPE_CHECKING:
+    from lazylayer.shared.estargz.toc import TOC
+    from lazylayer.shared.estargz.tocstream import TOCStream
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,10 @@ class Layers:
         rows then go in batches under a fresh layer id, and the record, written last, publishes
         them. Rows of a registration that failed are deleted; those of a process that died
         are deleted by the next registration (`PENDING_PREFIX`)."""
+        # here, not at the top: the front reads layer records but never registers, and these
+        # (with tarfile, zstandard and ISA-L) were ~25 ms of its start before the mount
+        from lazylayer.shared.estargz.tocstream import TOCStream
+
         stream = toc if isinstance(toc, TOCStream) else TOCStream.of(toc)
         existing = self.get(digest)
         if existing is not None:
@@ -134,6 +139,8 @@ class Layers:
 
     def _register_new(self, digest: str, blob_size: int, stream: TOCStream, verified: bool,
                       allow_unverified: bool) -> LayerRecord:
+        from lazylayer.shared.store.layerbuild import LayerScan
+
         scan = LayerScan(digest, allow_unverified=allow_unverified)
         scan.scan(stream)
         toc_digest = _digest_of(stream)

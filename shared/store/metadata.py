@@ -273,6 +273,10 @@ def _appendable(txn: lmdb.Transaction, store: Store, db: str, prefix: bytes) -> 
         return not cursor.last() or bytes(cursor.key()) < prefix
 
 
+#: Rows (nodes, dirents and chunks together) written or deleted per write transaction.
+BATCH_ROWS = 20_000
+
+
 def write_rows(txn: lmdb.Transaction, store: Store, rows: dict[str, list[tuple[bytes, bytes]]]) -> None:
     """Put whole keyed rows (database name -> [(key, value)]), each database's in key order:
     appended (no tree search per row) when they all sort after what the database holds, as a
