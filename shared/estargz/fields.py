@@ -56,7 +56,9 @@ def file_time(seconds: int) -> int:
     """``seconds`` clamped to what st_mtime_ns can carry. The TOC keeps any RFC 3339 year
     (1 to 9999, as Go writes them); a file system shows the nearest time it can hold, as ext4
     does with times past its range."""
-    return max(-MTIME_MAX, min(MTIME_MAX, seconds))
+    if -MTIME_MAX <= seconds <= MTIME_MAX:  # one comparison chain, not two calls: once per entry
+        return seconds
+    return MTIME_MAX if seconds > 0 else -MTIME_MAX
 
 
 def ascii_uint(text: str, maximum: int = INT64_MAX) -> int | None:

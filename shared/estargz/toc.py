@@ -436,9 +436,19 @@ class TOC:
 
 def check_digest(value: str, what: str) -> str:
     """``value`` if it is a ``sha256:<64 lowercase hex>`` digest, else a TOCError about ``what``."""
-    if not _DIGEST.fullmatch(value):
-        raise TOCError(f"{what}: {value!r} is not a sha256 digest")
+    if not is_digest(value):
+        raise not_a_digest(value, what)
     return value
+
+
+def is_digest(value: str) -> bool:
+    """Whether ``value`` is a ``sha256:<64 lowercase hex>`` digest (registration asks once per
+    file: the message `check_digest` would format is built only for a refusal)."""
+    return _DIGEST.fullmatch(value) is not None
+
+
+def not_a_digest(value: str, what: str) -> TOCError:
+    return TOCError(f"{what}: {value!r} is not a sha256 digest")
 
 
 def _lookup_key(path: str) -> str | None:

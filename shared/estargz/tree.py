@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 from lazylayer.shared.errors import TOCError, TOCLimitError
 from lazylayer.shared.estargz.toc import (
-    TOC, TOC_VERSION, Chunk, EntryType, TOCEntry, TOCLimits, check_digest, normalize_name, parent_of,
+    TOC, TOC_VERSION, Chunk, EntryType, TOCEntry, TOCLimits, is_digest, normalize_name, not_a_digest, parent_of,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
 
@@ -151,8 +151,8 @@ def file_chunks(pieces: list[TOCEntry], payload_end: int, limits: TOCLimits) -> 
     """Validate one regular file's chunk entries; its chunks in file order."""
     reg = pieces[0]
     name, size = reg.name, reg.size
-    if reg.digest:
-        check_digest(reg.digest, f"entry {name!r}: digest")
+    if reg.digest and not is_digest(reg.digest):
+        raise not_a_digest(reg.digest, f"entry {name!r}: digest")
     if size == 0:
         if len(pieces) > 1:
             raise TOCError(f"entry {name!r}: empty file has {len(pieces) - 1} chunk entries")
@@ -195,8 +195,8 @@ def file_chunks(pieces: list[TOCEntry], payload_end: int, limits: TOCLimits) -> 
                 f"{piece.offset}, past the payload end {payload_end}"
             )
         digest = piece.chunk_digest or (reg.digest if len(ordered) == 1 else "")
-        if digest and digest is not reg.digest:
-            check_digest(digest, f"entry {name!r}: chunk at file offset {start}: chunkDigest")
+        if digest and digest is not reg.digest and not is_digest(digest):
+            raise not_a_digest(digest, f"entry {name!r}: chunk at file offset {start}: chunkDigest")
         out.append((start, length, piece.offset, piece.inner_offset, digest))
     return out
 
