@@ -253,10 +253,10 @@ def _decoder() -> msgspec.json.Decoder:
     return msgspec.json.Decoder(_Document, dec_hook=_decode_hook)
 
 
-def decode_entries(text: str) -> tuple[int, list[TOCEntry]] | None:
+def decode_entries(text: str | bytes) -> tuple[int, list[TOCEntry]] | None:
     """(version, entries) of a whole TOC document, every field type- and range-checked in one
     C pass; None when anything in it is off (a wrong type, a null, a bound, bad base64, a bad
-    time, not JSON), for `entry_from_json` to name precisely. Each entry must go through
+    time, invalid UTF-8, not JSON), for `entry_from_json` to name precisely. Each entry must go through
     `settled` before use: names are not normalised yet (that can refuse an entry)."""
     try:
         document = _decoder().decode(text)

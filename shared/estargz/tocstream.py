@@ -226,11 +226,7 @@ def _whole_document(data: bytes) -> list[TOCEntry] | None:
         return None
     if data.index(b'"version"') > data.index(b'"entries"'):
         return None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    decoded = decode_entries(text)
+    decoded = decode_entries(data)  # msgspec refuses invalid UTF-8 as Python's strict codec does
     if decoded is None or decoded[0] != TOC_VERSION:
         return None
     return decoded[1]

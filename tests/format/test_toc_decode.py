@@ -79,3 +79,13 @@ def test_the_fast_decoder_takes_a_plain_toc():
     assert entries is not None and [e.name for e in map(tocstream.settled, entries)] == ["d", "d/f"]
     assert entries[0].mode == 0o755 and entries[0].mtime == 1714557600 and entries[1].xattrs == {"user.a": b"x"}
     assert entries[1].chunk_digest is entries[1].digest
+
+
+@pytest.mark.parametrize("raw", [b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82"])
+def test_invalid_utf8_gets_one_verdict(monkeypatch, raw):
+    """msgspec reads the TOC's bytes itself (no str copy first): invalid UTF-8 in a name, an
+    overlong form, an encoded surrogate, past U+10FFFF or cut short, is the stream's to refuse."""
+    document = b'{"version": 1, "entries": [{"name": "a' + raw + b'", "type": "dir"}]}'
+    assert tocstream._whole_document(document) is None
+    verdict = outcome(document, True, monkeypatch)
+    assert verdict == outcome(document, False, monkeypatch) and verdict[0] == "TOCError"
