@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from lazylayer.shared.errors import FormatError, TOCLimitError
 from lazylayer.shared.estargz.fields import file_time
 from lazylayer.shared.estargz.toc import (
-    ENTRY_TYPES, NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, WHITEOUT_PREFIX, EntryType, TOCEntry,
+    NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, WHITEOUT_PREFIX, EntryType, TOCEntry,
     TOCLimits, parent_of, split_name,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
@@ -38,16 +38,16 @@ _NODE_KEY = struct.Struct(">II")
 _CHUNK_KEY = struct.Struct(">IIQ")
 
 
-#: What one path keeps while the TOC streams: (type value, its encoded `NodeAttr`, for a regular
-#: file its validated chunks; blob ends need every payload start, known only at the end). Only
-#: tuples of str, bytes and int, which the cyclic GC stops tracking once it has seen them: a
-#: million of them are not walked at every full collection. Hardlinks keep their entry.
-_Node = tuple[str, bytes, tuple[ChunkSpec, ...]]
+#: What one path keeps while the TOC streams: (type, its encoded `NodeAttr`, for a regular file
+#: its validated chunks; blob ends need every payload start, known only at the end), not the
+#: entry with its names and xattrs. Hardlinks keep their entry. `Layers.register` runs with the
+#: cyclic GC paused (shared/gcpause.py): a million of these are never walked by it.
+_Node = tuple[EntryType, bytes, tuple[ChunkSpec, ...]]
 Value = _Node | TOCEntry
 
 
 def _kind(value: Value) -> EntryType:
-    return value.type if isinstance(value, TOCEntry) else ENTRY_TYPES[value[0]]
+    return value.type if isinstance(value, TOCEntry) else value[0]
 
 
 Rows = dict[str, list[tuple[bytes, bytes]]]
@@ -101,7 +101,7 @@ class LayerScan:
                 if not digest and not self.allow_unverified:
                     raise FormatError(f"{entry.name}: chunk at {offset} has no digest")
                 self._starts.append(blob_offset)
-        return (entry.type.value, encoded_attr_of(entry), chunks)
+        return (entry.type, encoded_attr_of(entry), chunks)
 
     def rows(self, layer_id: int) -> Iterator[Rows]:
         """The layer's node, dirent and file-chunk rows under ``layer_id``, in batches."""
@@ -114,13 +114,13 @@ class LayerScan:
         subdirs: Counter[str] = Counter()
         next_id = ROOT_ID
         for path, value in nodes.items():
-            kind = _kind(value)
-            if kind is EntryType.HARDLINK:
+            if isinstance(value, TOCEntry):  # a hardlink: its target's node
                 continue
-            if kind is EntryType.DIR or path in needed:
+            is_dir = value[0] is EntryType.DIR
+            if is_dir or path in needed:
                 ids[path] = next_id
             next_id += 1
-            if kind is EntryType.DIR and path and _shows(path):
+            if is_dir and path and _shows(path):
                 subdirs[parent_of(path)] += 1
         links = Counter(hardlinks.values())
         special = hides | whiteouts.keys() | opaque | links.keys() | subdirs.keys()
@@ -183,7 +183,7 @@ class LayerScan:
         """The row of a node with a link count or a flag to fix (`rows` keeps the others' rows
         as encoded while streaming); it may still turn out to need none."""
         kind, encoded, _ = node
-        is_dir = kind == EntryType.DIR.value
+        is_dir = kind is EntryType.DIR
         if path in whiteouts:
             attr = NodeAttr(WHITEOUT_MODE, mtime=whiteouts[path], flags=NodeFlag.WHITEOUT)
         elif (is_dir and subdirs == 0 or not is_dir and names == 1) and path not in hides and path not in opaque:
@@ -197,17 +197,19 @@ class LayerScan:
             attr.flags |= NodeFlag.OPAQUE
         return attr.encode()
 
-    def _chunk_rows(self, layer_id: int, node_id: int, chunks: tuple[ChunkSpec, ...]
-                    ) -> Iterator[tuple[bytes, bytes]]:
+    def _chunk_rows(self, layer_id: int, node_id: int, chunks: tuple[ChunkSpec, ...]) -> list[tuple[bytes, bytes]]:
+        end_after, encode = self._starts.end_after, FileChunk.encode_fields
+        rows = []
         for chunk_offset, size, blob_offset, inner, digest in chunks:
             if digest:
                 key = digest_key(bytes.fromhex(digest[7:]))
             else:
                 key = unverified_key(self.layer_digest, blob_offset, inner)
-            record = FileChunk.encode_fields(size, blob_offset, inner, self._starts.end_after(blob_offset), digest, key)
-            self.chunk_count += 1
             self.payload_bytes += size
-            yield _CHUNK_KEY.pack(layer_id, node_id, chunk_offset), record
+            rows.append((_CHUNK_KEY.pack(layer_id, node_id, chunk_offset),
+                         encode(size, blob_offset, inner, end_after(blob_offset), digest, key)))
+        self.chunk_count += len(rows)
+        return rows
 
 
 def _shows(path: str) -> bool:
@@ -234,5 +236,5 @@ def _dirent(path: str, nodes: dict[str, Value], hardlinks: dict[str, str]) -> tu
     return parent, base
 
 
-_IMPLICIT_DIR: _Node = (EntryType.DIR.value, attr_of(TOCEntry(name="", type=EntryType.DIR, mode=0o755)).encode(), b"")
+_IMPLICIT_DIR: _Node = (EntryType.DIR, attr_of(TOCEntry(name="", type=EntryType.DIR, mode=0o755)).encode(), ())
 
