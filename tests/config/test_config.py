@@ -3,12 +3,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from lazylayer.shared.config import Config, load_config
+from lazylayer.shared.config import Config, knob_of, load_config
 from lazylayer.shared.errors import ConfigError
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "config" / "lazylayer.toml"
@@ -18,13 +17,13 @@ def test_default_file_documents_every_knob_with_its_default():
     document = tomllib.loads(DEFAULT_FILE.read_text())
     text = DEFAULT_FILE.read_text()
     defaults = Config()
-    for section in fields(Config):
-        values = getattr(defaults, section.name)
-        assert set(document[section.name]) == {f.name for f in fields(values)}, section.name
-        for f in fields(values):
-            value = getattr(values, f.name)
-            assert document[section.name][f.name] == (list(value) if isinstance(value, tuple) else value)
-            assert f"# {f.metadata['doc']}" in text
+    for section in Config.__struct_fields__:
+        values = getattr(defaults, section)
+        assert set(document[section]) == set(values.__struct_fields__), section
+        for key in values.__struct_fields__:
+            value = getattr(values, key)
+            assert document[section][key] == (list(value) if isinstance(value, tuple) else value)
+            assert f"# {knob_of(type(values), key).doc}" in text
     loaded = load_config(DEFAULT_FILE, env={})
     assert loaded.config == defaults
 
