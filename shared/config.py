@@ -183,7 +183,9 @@ class FuseConfig(msgspec.Struct, frozen=True):
 @_section
 class PrefetchConfig(msgspec.Struct, frozen=True):
     enabled: bool = knob(True, "prefetch the landmark range when a layer is resolved")
-    timeout: float = knob(10.0, "how long a mount waits for prefetch to complete", "s", minimum=0)
+    timeout: float = knob(0.0, "how long resolving a layer waits for its prefetch to complete: 0 = not at all, "
+                               "as upstream's stargz-store (reads join the prefetch in flight); upstream's "
+                               "snapshotter waits 10", "s", minimum=0)
     size: int = knob(0, "bytes to prefetch for layers without landmarks", "bytes", minimum=0)
     resolve_ttl: float = knob(120.0, "how long an unreferenced resolved layer stays resolved", "s", minimum=0)
     check_interval: float = knob(60.0, "how often a layer in use checks its blob still answers", "s", positive=True)
