@@ -193,6 +193,27 @@ async def test_exclusive_kinds_run_one_per_worker_process(endpoint, workers, not
 
 
 @trio_test
+async def test_a_worker_registering_a_layer_takes_no_prefetch_work(endpoint, notifier, run_dir):
+    """Its registration holds the GIL: a prefetch piece beside it in the same process slows the
+    layer everyone waits for. Demand reads still get the free slot; prefetch waits its turn."""
+    gate = run_dir / "gate"
+    async with make_pool(endpoint, spawn=1, capacity=2, exclusive_kinds=frozenset({"gate"})) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(pool.submit, "gate", {"gate": str(gate), "notify": notifier.path,
+                                                                           "tag": "register"}))
+                assert (await notifier.next()).tag == "register"
+                nursery.start_soon(functools.partial(pool.submit, "echo", {"notify": notifier.path, "tag": "piece"},
+                                                     priority=Priority.PREFETCH))
+                await pool.submit("echo", {"notify": notifier.path, "tag": "read"})
+                assert (await notifier.next()).tag == "read"
+                assert pool.status().queued["prefetch"] == 1 and notifier.pending() == []
+                gate.touch()
+            assert [n.tag for n in await notifier.take(1)] == ["piece"]
+
+
+@trio_test
 async def test_worker_errors_arrive_typed(endpoint):
     async with make_pool(endpoint, spawn=1) as pool:
         with trio.fail_after(DEADLINE):
