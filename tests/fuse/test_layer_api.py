@@ -89,15 +89,22 @@ async def test_failed_check_drops_the_entry_and_refresh_keeps_the_blob(app_image
         proxy.stop()
 
 
-@trio_test
-async def test_prefetch_content_error_fails_verify(registry, tmp_path: Path):
+def push_bad_prefetch_image(registry, tmp_path: Path, repository: str) -> tuple[PushedImage, bytes]:
+    """An image whose landmark range holds hot.bin with 64 corrupt compressed bytes; cold.txt
+    lies outside it. Returns the image and hot.bin's true content."""
     root = tmp_path / "tree"
     root.mkdir()
-    payload = random.Random(3).randbytes(100_000)
+    payload = random.Random(repository).randbytes(100_000)
     (root / "hot.bin").write_bytes(payload)
     (root / "cold.txt").write_bytes(b"cold\n")
-    image = push_image_trees(registry, "fuse/badprefetch", "v1",
+    image = push_image_trees(registry, repository, "v1",
                              [ImageTree(root, prefetch=("hot.bin",), level=0, corrupt=payload[500:564])])
+    return image, payload
+
+
+@trio_test
+async def test_prefetch_content_error_fails_verify(registry, tmp_path: Path):
+    image, _ = push_bad_prefetch_image(registry, tmp_path, "fuse/badprefetch")
     async with open_fetch_stack(tmp_path / "stack", workers=1) as s:
         waiting = ResolverSettings(prefetch=True, prefetch_timeout=10.0, background=False)
         resolver = Resolver(s.remote, waiting)
@@ -115,31 +122,21 @@ async def test_by_default_a_resolve_does_not_wait_for_prefetch_and_bad_content_i
         registry, tmp_path: Path):
     """As upstream's stargz-store: the layer is served once registered and verified; what the
     prefetch meets later fails its own chunks' reads and is the layer's last error."""
-    root = tmp_path / "tree"
-    root.mkdir()
-    payload = random.Random(4).randbytes(100_000)
-    (root / "hot.bin").write_bytes(payload)
-    (root / "cold.txt").write_bytes(b"cold\n")
-    image = push_image_trees(registry, "fuse/latebadprefetch", "v1",
-                             [ImageTree(root, prefetch=("hot.bin",), level=0, corrupt=payload[500:564])])
-    proxy = FaultProxy(registry.host)
-    try:
-        async with open_fetch_stack(tmp_path / "stack", workers=1) as s:
-            resolver = Resolver(s.remote, ResolverSettings(prefetch=True, background=False))
-            assert resolver.settings.prefetch_timeout == 0.0
-            async with trio.open_nursery() as nursery:
-                await nursery.start(resolver.run)
-                layer = await resolver.resolve(image.ref_via(proxy.host), image.layers[0].descriptor())
-                assert layer.verified and not await layer.wait_for_prefetch_completion(0.0)
-                assert await layer.wait_for_prefetch_completion(10.0)  # now it has met the bad bytes
-                assert layer.digest in layer.error() or "sha256" in layer.error()
-                meta = Metadata(s.store)
-                with pytest.raises(LazyLayerError):
-                    await layer.read(meta.resolve(layer.root_node(), "hot.bin"), len(payload), 0, len(payload))
-                assert await layer.read(meta.resolve(layer.root_node(), "cold.txt"), 5, 0, 5) == b"cold\n"
-                nursery.cancel_scope.cancel()
-    finally:
-        proxy.stop()
+    image, payload = push_bad_prefetch_image(registry, tmp_path, "fuse/latebadprefetch")
+    async with open_fetch_stack(tmp_path / "stack", workers=1) as s:
+        resolver = Resolver(s.remote, ResolverSettings(prefetch=True, background=False))
+        assert resolver.settings.prefetch_timeout == 0.0
+        async with trio.open_nursery() as nursery:
+            await nursery.start(resolver.run)
+            layer = await resolver.resolve(image.ref, image.layers[0].descriptor())
+            assert layer.verified and not await layer.wait_for_prefetch_completion(0.0)
+            assert await layer.wait_for_prefetch_completion(10.0)  # now it has met the bad bytes
+            assert layer.digest in layer.error() or "sha256" in layer.error()
+            meta = Metadata(s.store)
+            with pytest.raises(LazyLayerError):
+                await layer.read(meta.resolve(layer.root_node(), "hot.bin"), len(payload), 0, len(payload))
+            assert await layer.read(meta.resolve(layer.root_node(), "cold.txt"), 5, 0, 5) == b"cold\n"
+            nursery.cancel_scope.cancel()
 
 
 @trio_test
