@@ -63,7 +63,7 @@ _pending: list[Knob] = []
 #: (section class, key) -> its knob
 _KNOBS: dict[tuple[type, str], Knob] = {}
 
-S = TypeVar("S", bound=type)
+_S = TypeVar("_S", bound=type)
 
 
 def knob(default: Any, doc: str, unit: str = "", choices: tuple[str, ...] = (), live: bool = False,
@@ -78,7 +78,7 @@ def knob(default: Any, doc: str, unit: str = "", choices: tuple[str, ...] = (), 
     return default
 
 
-def _section(cls: S) -> S:
+def _section(cls: _S) -> _S:
     """A config section: its fields, in order, are the knobs its body declared."""
     names = cls.__struct_fields__  # type: ignore[attr-defined]
     if len(names) != len(_pending):

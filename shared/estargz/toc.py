@@ -98,7 +98,6 @@ class TOCEntry(msgspec.Struct, rename={
     inner_offset: _Int64 = 0
 
 
-
 def normalize_name(raw: str) -> str:
     """Clean a tar path the way upstream does (clean('/'+name) minus the leading '/').
 

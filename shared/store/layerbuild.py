@@ -4,9 +4,9 @@ A 1,000,000-entry layer used to be held as JSON text, a list of dicts, a list of
 resolved tree and the encoded rows, all at once (over a GB), and written in one transaction.
 Here each entry is applied to the tree (tree.py) as it is decoded and kept only as what its rows
 need, already encoded: the node's attributes as msgpack bytes and, for a regular file, its
-validated chunks. Once the stream ends (and with it the TOC digest check)
-the rows are produced in node order and written `BATCH_ROWS` at a time, each batch its own short
-write transaction, so neither this process's memory nor other writers' wait grows with the layer.
+validated chunks. Once the stream ends (and with it the TOC digest check) the rows are produced
+in node order and written `BATCH_ROWS` at a time, each batch its own short write transaction, so
+neither this process's memory nor other writers' wait grows with the layer.
 
 The overlay rules (metadata.py's module docstring) are applied in the same passes: whiteouts,
 opaque directories, hidden landmarks, hardlinks sharing their target's node, directory link
@@ -30,7 +30,8 @@ from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
 from lazylayer.shared.store.chunks import digest_key, unverified_key
 from lazylayer.shared.store.metadata import (
-    BATCH_ROWS, MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, encoded_attr_of, name_bytes,
+    BATCH_ROWS, MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, encoded_attr_of,
+    name_bytes,
 )
 
 _ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
