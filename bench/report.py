@@ -63,12 +63,18 @@ def peer_line(results: Results) -> str:
 
 
 def go_lines(results: Results) -> list[str]:
-    """One line per row with a Go figure: lazylayer ÷ Go."""
+    """One line per row with a Go figure: lazylayer ÷ Go, the ratio of the medians, then each
+    run's own ratio (its two samples were taken back to back: the VM's speed drifts between
+    runs, so the spread of these pairs says how far one ratio can be trusted)."""
     out = []
     for row in results.rows.values():
         if row.go:
-            out.append(f"item {row.item}, {row.title.strip()}: {fmt_value(row, row.lazy_median)} vs "
-                       f"{fmt_value(row, row.go_median)} = **{fmt_ratio(row.go_ratio)}**")
+            line = (f"item {row.item}, {row.title.strip()}: {fmt_value(row, row.lazy_median)} vs "
+                    f"{fmt_value(row, row.go_median)} = **{fmt_ratio(row.go_ratio)}**")
+            if len(row.lazy) == len(row.go) > 1:
+                line += " (each run: " + ", ".join(fmt_ratio(ours / go) if go else "-"
+                                                   for ours, go in zip(row.lazy, row.go)) + ")"
+            out.append(line)
     return out
 
 

@@ -84,7 +84,10 @@ def test_an_empty_go_column_says_why():
     assert peer_line(results) == "Go peer: not available: build.sh failed (exit 100)"
     assert table_rows(results)[0][-2:] == ["-", "-"] and go_lines(results) == []
     row.go.append(4.0)
-    assert row.go_ratio == 0.25 and "= **0.25**" in go_lines(results)[0]
+    assert row.go_ratio == 0.25 and go_lines(results)[0].endswith("= **0.25**")
+    row.lazy += [2.0, 3.0]
+    row.go += [2.5, 1.0]
+    assert go_lines(results)[0].endswith("= **0.80** (each run: 0.25, 0.80, 3.00)")
 
 
 def test_layer_store_path_is_base64_of_the_ref():
