@@ -35,38 +35,72 @@ def _set_subreaper(on: bool) -> None:
 
 class EarlyWorkers:
     """``count`` workers forked by workers/prefork.py; their pids are read from a pipe when first
-    needed (the forking process writes them ~0.4 s after start, when its imports are done)."""
+    needed (the forking process writes them ~0.4 s after its launch, when its imports are done).
+    The forker is launched before the daemon has read its config (`launch`) and told what to fork
+    once it has (`begin`): its imports then overlap the daemon's own from the first moment."""
 
-    def __init__(self, count: int, forker: subprocess.Popen[bytes] | None = None, pid_fd: int | None = None) -> None:
+    def __init__(self, count: int, forker: subprocess.Popen[bytes] | None = None, pid_fd: int | None = None,
+                 args_fd: int | None = None) -> None:
         self.count = count
         self._forker = forker
         self._pid_fd = pid_fd
+        #: where `begin` writes the workers' count and arguments (the forker waits on it)
+        self._args_fd = args_fd
         self._pids: list[int] | None = None if forker is not None else []
         self._codes: dict[int, int] = {}
 
     @classmethod
-    def start(cls, count: int, worker_command: Sequence[str]) -> EarlyWorkers:
-        """Fork ``count`` workers running ``worker_command``'s arguments (after ``-m module``)."""
-        if count < 1:
-            return cls(0)
+    def launch(cls) -> EarlyWorkers:
+        """Start the forker importing, before this process has even read its config: it learns
+        how many workers to fork, and their arguments, from `begin`. Nothing is open yet in this
+        process, so the forker inherits nothing but the two pipes."""
         try:
             _set_subreaper(True)  # without it the workers would not be ours to supervise
         except OSError as exc:  # the spawner starts them, with its backoff and its log line
             log.warning("cannot start the early workers: %s", exc)
-            return cls(count)
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+            return cls(0)
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+        args_r, args_w = os.pipe2(os.O_CLOEXEC)
         try:
             forker = subprocess.Popen(
-                [sys.executable, "-m", "lazylayer.workers.prefork", "--count", str(count), "--pid-fd", str(write_fd),
-                 "--", *worker_command[3:]], stdin=subprocess.DEVNULL, pass_fds=(write_fd,))
+                [sys.executable, "-m", "lazylayer.workers.prefork", "--pid-fd", str(pid_w), "--args-fd", str(args_r)],
+                stdin=subprocess.DEVNULL, pass_fds=(pid_w, args_r))
         except OSError as exc:
             log.warning("cannot start the early workers: %s", exc)
-            os.close(read_fd)
+            for fd in (pid_r, args_w):
+                os.close(fd)
             _set_subreaper(False)
-            return cls(count)
+            return cls(0)
         finally:
-            os.close(write_fd)
-        return cls(count, forker, read_fd)
+            os.close(pid_w)
+            os.close(args_r)
+        return cls(0, forker, pid_r, args_w)
+
+    def begin(self, count: int, worker_command: Sequence[str]) -> None:
+        """Have the launched forker fork ``count`` workers running ``worker_command``'s arguments
+        (after ``-m module``); with none to fork it is stopped at once."""
+        if self._args_fd is None:  # the forker could not start: the spawner execs them all
+            self.count = count
+            return
+        if count < 1:
+            self.stop()
+            return
+        self.count = count
+        payload = "\0".join([str(count), *worker_command[3:]]).encode()
+        try:
+            with open(self._args_fd, "wb") as args:  # closing it is the forker's end of input
+                args.write(payload)
+        except BrokenPipeError:  # it died importing: it forked nothing, `pid` says so
+            pass
+        finally:
+            self._args_fd = None
+
+    @classmethod
+    def start(cls, count: int, worker_command: Sequence[str]) -> EarlyWorkers:
+        """`launch` and `begin` at once (when the command is known before anything is imported)."""
+        early = cls.launch()
+        early.begin(count, worker_command)
+        return early
 
     def ready(self, timeout: float = 0.0) -> bool:
         """The pids have been written (or the forker is gone), waiting up to ``timeout`` seconds:
@@ -110,8 +144,12 @@ class EarlyWorkers:
 
     def stop(self) -> None:
         """Kill the ones still running (the daemon ends before its spawner took them)."""
+        if self._args_fd is not None:  # never begun: the forker is told nothing, and killed
+            os.close(self._args_fd)
+            self._args_fd = None
         if self._forker is not None and self._forker.poll() is None:
             self._forker.kill()  # what it has not forked yet is not started at all
+        self._resolve()  # the forker reaped, the subreaper flag dropped
         for index in range(self.count):
             if self.poll(index) is None:
                 self.kill(index, signal.SIGKILL)

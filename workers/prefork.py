@@ -6,11 +6,14 @@ imports, so the first layer resolve waited for three interpreters. This process 
 and forks the workers. Forking is safe here because nothing is open yet: no ZeroMQ context, no
 LMDB environment, no thread; each child makes its own, exactly as an exec'd worker does.
 
+It is started before the daemon has read its config, so that its imports overlap the daemon's
+own from the start; it reads the count and the workers' arguments from ``--args-fd`` when its
+imports are done (end of input with nothing written: the daemon is not starting workers, exit).
 It writes the children's pids to ``--pid-fd`` and exits. The daemon made itself a child subreaper
 before starting it (daemon/startup.py), so the workers become the daemon's own children, which its
 spawner supervises like any other; restarts are exec'd (`python -m lazylayer.workers.main`).
 
-``python -m lazylayer.workers.prefork --count N --pid-fd FD -- WORKER ARGS...``
+``python -m lazylayer.workers.prefork --pid-fd FD --args-fd FD``
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ from lazylayer.workers import main as worker
 def main(argv: Sequence[str] | None = None) -> int:
     """Fork the workers, write their pids, exit (this returns only on an error)."""
     parser = argparse.ArgumentParser(prog="lazylayer-prefork", description="fork lazylayer workers")
-    parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--pid-fd", type=int, required=True, help="where the children's pids are written")
-    parser.add_argument("worker_args", nargs=argparse.REMAINDER, help="-- then the workers' own arguments")
+    parser.add_argument("--args-fd", type=int, required=True,
+                        help="where the daemon writes the count and the workers' arguments, NUL-separated")
     args = parser.parse_args(argv)
-    worker_argv = args.worker_args[1:] if args.worker_args[:1] == ["--"] else args.worker_args
+    with open(args.args_fd, "rb") as source:  # the daemon writes it once it has read its config
+        fields = source.read().decode().split("\0")
+    if not fields[0]:  # the daemon stopped before it began the workers
+        return 0
+    count, worker_argv = int(fields[0]), fields[1:]
     parent_pid = _parent_pid(worker_argv)
     # opened here, while the daemon is still our parent (the check watch_parent makes); the
     # children inherit it, as their own parent is this short-lived process
@@ -43,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"lazylayer prefork: the daemon (pid {parent_pid}) is gone", file=sys.stderr)
             return 1
     pids: list[int] = []
-    for _ in range(args.count):
+    for _ in range(count):
         pid = os.fork()
         if pid == 0:
             os.close(args.pid_fd)  # the daemon reads it to its end, which our exit makes

@@ -4,21 +4,15 @@ and the environment. SIGTERM/SIGINT unmount cleanly, or with a `lazylayer holder
 everything mounted for the next front, which takes the connection over by itself (`--takeover`:
 refuse to start otherwise); SIGHUP re-reads the config's live knobs.
 
-The workers start before the front's own imports (daemon/startup.py says why), so the service
-module is imported only once they run."""
+The workers' forker is launched before anything else, even the config (daemon/earlyworkers.py
+says why), so every other module is imported only once it runs."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from lazylayer.daemon.holder import take_connection
 from lazylayer.daemon.earlyworkers import EarlyWorkers
-from lazylayer.daemon.startup import DaemonOptions, lock_run_dir, worker_command
-from lazylayer.shared.config import load_config
-from lazylayer.shared.logs import setup_logging
-from lazylayer.shared.perms import private_umask
-from lazylayer.shared.plugins import check_config
 
 HELP = "run the FUSE front (layer store + image views) with its fetcher workers, in the foreground"
 
@@ -34,6 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    workers = EarlyWorkers.launch()  # first: its imports overlap everything below
+    try:
+        return _run(args, workers)
+    finally:
+        workers.stop()  # again (it is idempotent) for a daemon that failed before it began them
+
+
+def _run(args: argparse.Namespace, workers: EarlyWorkers) -> int:
+    from lazylayer.daemon.holder import take_connection
+    from lazylayer.daemon.startup import DaemonOptions, lock_run_dir, worker_command
+    from lazylayer.shared.config import load_config
+    from lazylayer.shared.logs import setup_logging
+    from lazylayer.shared.perms import private_umask
+    from lazylayer.shared.plugins import check_config
+
     flags = {"workers.count": args.workers, "daemon.mountpoint": args.mountpoint, "cache.dir": args.cache_dir,
              "daemon.run_dir": args.run_dir}
     overrides = {key: value for key, value in flags.items() if value is not None}
@@ -46,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     holder, handover = take_connection(options.run_dir, options.mountpoint, options.takeover)
     try:
         lock = lock_run_dir(options.run_dir)
-        workers = EarlyWorkers.start(config.workers.count, worker_command(options))
+        workers.begin(config.workers.count, worker_command(options))
         try:
             import trio
 
@@ -54,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
             return trio.run(run_daemon, options, lock, workers, holder, handover)
         finally:
-            workers.stop()
+            workers.stop()  # before a front waiting for our hand-over can start its own
     finally:
         if holder is not None:  # last: a front waiting for our hand-over then finds the lock free
             holder.close()

@@ -74,3 +74,21 @@ def _subreaper() -> bool:
     value = ctypes.c_int(0)
     ctypes.CDLL("libc.so.6").prctl(37, ctypes.byref(value), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
     return bool(value.value)
+
+
+def test_a_forker_launched_before_the_config_forks_what_begin_says():
+    """`launch` starts the forker importing before the daemon knows its worker count; `begin`
+    tells it (the forker waits for it), and begin(0) or a stop before begin leaves nothing."""
+    command = [sys.executable, "-m", "lazylayer.workers.main", "--endpoint", "ipc:///tmp/ll-nowhere.sock"]
+    early = EarlyWorkers.launch()
+    assert _subreaper()
+    early.begin(3, command)
+    assert early.ready(DEADLINE) and all(early.pid(i) is not None for i in range(3)) and early.pid(3) is None
+    assert {_parent(early.pid(i)) for i in range(3)} == {os.getpid()}
+    early.stop()
+    assert [early.poll(i) for i in range(3)] == [-signal.SIGKILL] * 3 and not _subreaper()
+    for never in (lambda e: e.begin(0, command), lambda e: e.stop()):
+        early = EarlyWorkers.launch()
+        never(early)
+        assert early.count == 0 and early.pid(0) is None and not _subreaper()
+        early.stop()  # again: nothing left to do
