@@ -40,12 +40,15 @@ class EarlyWorkers:
     once it has (`begin`): its imports then overlap the daemon's own from the first moment."""
 
     def __init__(self, count: int, forker: subprocess.Popen[bytes] | None = None, pid_fd: int | None = None,
-                 args_fd: int | None = None) -> None:
+                 args_fd: int | None = None, failure: str = "") -> None:
         self.count = count
         self._forker = forker
         self._pid_fd = pid_fd
         #: where `begin` writes the workers' count and arguments (the forker waits on it)
         self._args_fd = args_fd
+        #: why the forker could not be launched: said by `begin` if there are workers to start
+        #: (before it the daemon's logging is not set up, and the daemon may not start at all)
+        self._failure = failure
         self._pids: list[int] | None = None if forker is not None else []
         self._codes: dict[int, int] = {}
 
@@ -57,8 +60,7 @@ class EarlyWorkers:
         try:
             _set_subreaper(True)  # without it the workers would not be ours to supervise
         except OSError as exc:  # the spawner starts them, with its backoff and its log line
-            log.warning("cannot start the early workers: %s", exc)
-            return cls(0)
+            return cls(0, failure=str(exc))
         pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
         args_r, args_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -66,11 +68,10 @@ class EarlyWorkers:
                 [sys.executable, "-m", "lazylayer.workers.prefork", "--pid-fd", str(pid_w), "--args-fd", str(args_r)],
                 stdin=subprocess.DEVNULL, pass_fds=(pid_w, args_r))
         except OSError as exc:
-            log.warning("cannot start the early workers: %s", exc)
             for fd in (pid_r, args_w):
                 os.close(fd)
             _set_subreaper(False)
-            return cls(0)
+            return cls(0, failure=str(exc))
         finally:
             os.close(pid_w)
             os.close(args_r)
@@ -79,8 +80,10 @@ class EarlyWorkers:
     def begin(self, count: int, worker_command: Sequence[str]) -> None:
         """Have the launched forker fork ``count`` workers running ``worker_command``'s arguments
         (after ``-m module``); with none to fork it is stopped at once."""
-        if self._args_fd is None:  # the forker could not start: the spawner execs them all
+        if self._args_fd is None:  # no forker: the spawner execs them all
             self.count = count
+            if self._failure and count > 0:
+                log.warning("cannot start the early workers: %s", self._failure)
             return
         if count < 1:
             self.stop()

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    workers = EarlyWorkers.launch()  # first: its imports overlap everything below
+    # first: its imports overlap everything below (`--workers 0`: there is nothing to fork)
+    workers = EarlyWorkers.launch() if args.workers != 0 else EarlyWorkers(0)
     try:
         return _run(args, workers)
     finally:
