@@ -98,13 +98,6 @@ class EarlyWorkers:
         finally:
             self._args_fd = None
 
-    @classmethod
-    def start(cls, count: int, worker_command: Sequence[str]) -> EarlyWorkers:
-        """`launch` and `begin` at once (when the command is known before anything is imported)."""
-        early = cls.launch()
-        early.begin(count, worker_command)
-        return early
-
     def ready(self, timeout: float = 0.0) -> bool:
         """The pids have been written (or the forker is gone), waiting up to ``timeout`` seconds:
         `pid` will not block."""

@@ -10,7 +10,7 @@ It is started before the daemon has read its config, so that its imports overlap
 own from the start; it reads the count and the workers' arguments from ``--args-fd`` when its
 imports are done (end of input with nothing written: the daemon is not starting workers, exit).
 It writes the children's pids to ``--pid-fd`` and exits. The daemon made itself a child subreaper
-before starting it (daemon/startup.py), so the workers become the daemon's own children, which its
+before starting it (daemon/earlyworkers.py), so the workers become the daemon's own children, which its
 spawner supervises like any other; restarts are exec'd (`python -m lazylayer.workers.main`).
 
 ``python -m lazylayer.workers.prefork --pid-fd FD --args-fd FD``

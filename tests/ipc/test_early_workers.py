@@ -25,7 +25,7 @@ def _parent(pid: int) -> int:
 @trio_test
 async def test_forked_workers_serve_and_are_our_children(endpoint):
     command = default_worker_command(endpoint, HEARTBEAT, 3)
-    early = EarlyWorkers.start(2, command + ["--parent-pid", str(os.getpid())])
+    early = _start(2, command + ["--parent-pid", str(os.getpid())])
     async with WorkerPool(endpoint, spawn=2, heartbeat_interval=HEARTBEAT, adopt=early) as pool:
         with trio.fail_after(DEADLINE):
             await pool.wait_workers(2)
@@ -49,11 +49,11 @@ def test_stop_before_the_spawner_took_them_kills_them():
     """The daemon failed before its pool started: `stop` kills what was forked, and the forker
     itself when it had not forked yet."""
     command = [sys.executable, "-m", "lazylayer.workers.main", "--endpoint", "ipc:///tmp/ll-nowhere.sock"]
-    early = EarlyWorkers.start(2, command)
+    early = _start(2, command)
     assert early.ready(DEADLINE)  # forked
     early.stop()
     assert early.poll(0) == -signal.SIGKILL and early.poll(1) == -signal.SIGKILL
-    unforked = EarlyWorkers.start(2, command)
+    unforked = _start(2, command)
     unforked.stop()
     assert unforked.poll(0) is not None and unforked.poll(1) is not None
 
@@ -61,13 +61,19 @@ def test_stop_before_the_spawner_took_them_kills_them():
 @trio_test
 async def test_a_forker_that_cannot_start_leaves_the_workers_to_the_spawner(endpoint, monkeypatch):
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
-    early = EarlyWorkers.start(2, default_worker_command(endpoint, HEARTBEAT, 3))
+    early = _start(2, default_worker_command(endpoint, HEARTBEAT, 3))
     monkeypatch.undo()
     assert early.pid(0) is None and early.poll(1) == -1 and not _subreaper()
     async with WorkerPool(endpoint, spawn=2, heartbeat_interval=HEARTBEAT, adopt=early) as pool:
         with trio.fail_after(DEADLINE):
             await pool.wait_workers(2)  # exec'd by the spawner, after its backoff
         assert all(p.restarts == 1 and p.running for p in pool.status().processes)
+
+
+def _start(count: int, command: list[str]) -> EarlyWorkers:
+    early = EarlyWorkers.launch()
+    early.begin(count, command)
+    return early
 
 
 def _subreaper() -> bool:
