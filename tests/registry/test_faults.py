@@ -196,8 +196,9 @@ def test_small_answers_keep_the_connection(proxy, pushed):
     client = make_client(sleeper=SleepRecorder())
     ref = pushed.at(proxy.host)
     for _ in range(2):
-        client._locations.clear()  # resolve the location (the 1-byte probe) again
+        client.locations.clear()  # resolve the location (the 1-byte probe) again
         assert client.read_ranges(ref, pushed.digest, WANTED) == expected(pushed)
     probes = [s.status for s in proxy.seen if s.range == "bytes=0-0"]
     assert probes == [503, 206, 206]
     assert proxy.connections == 1
+

@@ -6,9 +6,9 @@ transport.py), which limits §5.2 measured 2-3x faster than requests' `.content`
 Every request asks for `Accept-Encoding: identity` so the bytes we get are the bytes the digests
 talk about. Every wait is clipped to the running job's deadline (deadline.py).
 
-Blob reads follow reference §3.1-3.2: the blob's location is resolved once (GET `bytes=0-0`
-without following redirects, because some registries answer HEAD without a Location) and reused;
-wanted ranges are coalesced and sent as one multi-range request. Quirks handled: 200 with the whole
+Blob reads follow reference §3.1-3.2: the blob's location is resolved once (locations.py: GET
+`bytes=0-0` without following redirects, because some registries answer HEAD without a Location)
+and reused; wanted ranges are coalesced and sent as one multi-range request. Quirks handled: 200 with the whole
 blob (the bytes are then verified against the blob digest and the ranges cut out while streaming),
 206 without Content-Type, 400 to multi-range (that host goes to single-range mode for good), 403 on
 a redirected URL (the pre-signed URL expired: resolve again, once).
@@ -17,7 +17,7 @@ Mirrors (README "Running a fleet"): a mirror that answers a ranged read with the
 pull-through cache that has not cached it yet. Its body is closed unread (reading it makes the
 cache fetch the blob from the origin once more), the mirror is marked (rangesupport.py) and the
 ranges of urgent jobs (deadline.urgency: a reader waits) come from the next source, up to
-``FALLBACK_SHARE`` of the blob per blob and client; other reads, and urgent ones past that
+``locations.FALLBACK_SHARE`` of the blob per blob and client; other reads, and urgent ones past that
 share, wait for the mirror's copy (asking again when the mark expires) while the job's deadline
 allows, so a cluster costs the origin about one blob and the first byte does not wait. A mirror
 that keeps sending whole blobs (rangesupport.GIVE_UP_STRIKES in a row) is not waited for any
@@ -32,9 +32,8 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -43,6 +42,7 @@ from lazylayer.shared.errors import (AuthError, DigestMismatchError, NotFoundErr
 from lazylayer.workers.registry import deadline
 from lazylayer.workers.registry.auth import Authenticator, CredentialLookup, DockerConfigCredentials
 from lazylayer.workers.registry.hosts import Endpoint, RegistryOptions, endpoints_for
+from lazylayer.workers.registry.locations import BlobLocation, BlobLocations
 from lazylayer.workers.registry.reference import Reference
 from lazylayer.workers.registry.ranges import (
     ByteRange, Part, coalesce, multipart_boundary, parse_content_range, parse_multipart,
@@ -50,7 +50,8 @@ from lazylayer.workers.registry.ranges import (
 )
 from lazylayer.workers.registry.rangesupport import RangeSupport
 from lazylayer.workers.registry.retry import Backoff, is_retryable_status, parse_retry_after
-from lazylayer.workers.registry.transport import Transient, body_pieces, describe, host_failure, is_timeout, release
+from lazylayer.workers.registry.transport import (Transient, body_pieces, describe, host_failure, is_timeout, release,
+                                                  safe_url)
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ MULTIPART_SLACK_PER_PART = 512
 MAX_DOCUMENT_SIZE = 8 << 20
 #: bytes of an error answer read for the registry's message [bytes]
 ERROR_BODY_PREFIX = 4096
-#: share of a blob read from the next source while a mirror fills its copy, per client
-FALLBACK_SHARE = 1 / 64
-#: ... but at least this much (the footer, TOC and first files of a small layer) [bytes]
-MIN_FALLBACK = 1 << 20
 
 Progress = Callable[[int], None]
 #: passes every piece of a whole-blob body, at its offset, to the function given; returns the size
@@ -76,28 +73,6 @@ class WholeBlobSink(Protocol):
     def run(self, stream: BlobStream, until: int) -> None:
         """Run ``stream`` (it checks the blob digest at its end) and return once the bytes
         before ``until`` have passed; the rest may go on streaming after the return."""
-
-
-def safe_url(url: str) -> str:
-    """A URL fit for messages: no userinfo, no query (pre-signed URLs carry signatures there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-@dataclass
-class _Location:
-    """Where a blob's bytes are served from, after one redirect hop at most."""
-
-    url: str
-    endpoint: Endpoint
-    size: int
-    redirected: bool
-    #: a mirror passed over because it answered ranged reads with whole blobs ("" if none)
-    instead_of: str = ""
 
 
 class RegistryClient:
@@ -117,12 +92,10 @@ class RegistryClient:
         self.auth = Authenticator(self.session, credentials, self.options.request_timeout, self._verify_for_host,
                                   self.options.min_rate)
         self._lock = threading.Lock()
-        self._locations: dict[tuple[str, str, str], _Location] = {}
         self._single_range_hosts: set[str] = set()
         #: which mirrors serve ranges now (shared by the clients of one worker)
         self.range_support = range_support or RangeSupport()
-        #: bytes of each blob read from another source while its mirror was passed over
-        self._fallback_bytes: dict[str, int] = {}
+        self.locations = BlobLocations(self)
         if self.options.skip_verify:
             # Said once here instead of urllib3 warning on every request.
             log.warning("TLS certificates are not verified for %s", ", ".join(self.options.skip_verify))
@@ -285,99 +258,25 @@ class RegistryClient:
         return response.status_code == 200
 
     def blob_size(self, ref: Reference, digest: str) -> int:
-        return self._location(ref, digest).size
-
-    def _location(self, ref: Reference, digest: str, refresh: bool = False) -> _Location:
-        """Where the blob is read from: the first source that answers a 1-byte GET (never a HEAD:
-        a pull-through cache fetches the whole blob for one), passing over mirrors that answer
-        it, or did lately, with the whole blob. A location that passed a mirror over is resolved
-        again once that mirror's mark expired."""
-        key = (ref.registry, ref.repository, digest)
-        with self._lock:
-            known = self._locations.get(key)
-        if known and not refresh and not (known.instead_of and self.range_support.usable(known.instead_of)):
-            return known
-        what = f"blob {digest} of {ref.name}"
-        endpoints = endpoints_for(ref.registry, self.options)
-        while True:
-            candidates = [e for e in endpoints[:-1] if self.range_support.usable(e.host)] + endpoints[-1:]
-            response, endpoint = self.api("GET", ref, f"blobs/{digest}", ok=(200, 206, 301, 302, 303, 307, 308),
-                                          headers={"Range": "bytes=0-0"}, allow_redirects=False, what=what,
-                                          endpoints=candidates)
-            if not (endpoint.is_mirror and response.status_code == 200):
-                break
-            self._passed_over(response, endpoint, digest)
-        ahead = endpoints[:endpoints.index(endpoint)]
-        instead_of = next((e.host for e in ahead if not self.range_support.usable(e.host)), "")
-        if endpoint.is_mirror and response.status_code == 206:
-            self.range_support.ranged(endpoint.host)
-        url = response.url
-        redirected = 300 <= response.status_code < 400
-        try:
-            if redirected:
-                target = response.headers.get("Location")
-                if not target:
-                    raise RegistryError(f"{what}: redirect without a Location", response.status_code)
-                url = urljoin(url, target)
-                release(response)
-                response = self.send("GET", url, ref=ref, endpoint=endpoint, authenticate=False,
-                                     headers={"Range": "bytes=0-0"}, allow_redirects=False)
-                if response.status_code not in (200, 206):
-                    raise self.error(response, f"{what} at {safe_url(url)}")
-            size = _total_size(response, what)
-        finally:
-            release(response)
-        location = _Location(url, endpoint, size, redirected, instead_of)
-        with self._lock:
-            self._locations[key] = location
-        log.debug("%s is served from %s (%d bytes)", what, safe_url(url), size)
-        return location
-
-    def _passed_over(self, response: requests.Response, endpoint: Endpoint, digest: str) -> None:
-        """A mirror sent the whole blob for a ranged read: close it unread, mark the mirror."""
-        response.close()
-        self.range_support.full_body(endpoint.host)
-        log.info("mirror %s answered a ranged read of %s with the whole blob (not cached there yet?); "
-                 "reading ranges from the next source for %.0f s", endpoint.host, digest,
-                 self.range_support.wait(endpoint.host))
-
-    def _wait_for_mirror(self, location: _Location, digest: str, wanted: int) -> bool:
-        """Whether to wait for the passed-over mirror instead of reading ``wanted`` more bytes
-        from the next source: an urgent read within this blob's fallback share goes ahead;
-        others wait (True) until the mirror is asked again, unless the job's deadline would
-        pass first."""
-        if not location.instead_of:
-            return False
-        share = max(MIN_FALLBACK, int(location.size * FALLBACK_SHARE))
-        with self._lock:
-            spent = self._fallback_bytes.get(digest, 0)
-            pause = self.range_support.wait(location.instead_of)
-            if ((deadline.urgent() and spent + wanted <= share) or self.range_support.gave_up(location.instead_of)
-                    or pause + self.options.request_timeout / 2 >= deadline.remaining()):
-                self._fallback_bytes[digest] = spent + wanted
-                return False
-        log.info("blob %s: %d bytes read beside mirror %s already; waiting %.1f s for its copy",
-                 digest, spent, location.instead_of, pause)
-        self.backoff.sleep(pause)
-        return True
+        return self.locations.get(ref, digest).size
 
     def _blob_get(self, ref: Reference, digest: str, headers: dict[str, str],
-                  ok: tuple[int, ...]) -> tuple[requests.Response, _Location]:
+                  ok: tuple[int, ...]) -> tuple[requests.Response, BlobLocation]:
         """GET at the blob's location; an expired redirect (403) is resolved again, once."""
-        location = self._location(ref, digest)
+        location = self.locations.get(ref, digest)
         for retry in (False, True):
             response = self.send("GET", location.url, ref=ref, endpoint=location.endpoint,
                                  authenticate=not location.redirected, headers=headers, allow_redirects=False)
             if response.status_code == 403 and location.redirected and not retry:
                 release(response)
                 log.info("redirected URL for %s refused (403); resolving it again", digest)
-                location = self._location(ref, digest, refresh=True)
+                location = self.locations.get(ref, digest, refresh=True)
                 continue
             if response.status_code in ok:
                 return response, location
             if 300 <= response.status_code < 400 and not retry:  # location moved: resolve again
                 release(response)
-                location = self._location(ref, digest, refresh=True)
+                location = self.locations.get(ref, digest, refresh=True)
                 continue
             break
         raise self.error(response, f"GET blob {digest} of {ref.name}")
@@ -406,12 +305,12 @@ class RegistryClient:
                      whole_body: WholeBlobSink | None = None) -> list[Part]:
         attempt = 0
         while True:
-            location = self._location(ref, digest)
+            location = self.locations.get(ref, digest)
             host = urlsplit(location.url).netloc
             with self._lock:
                 single = host in self._single_range_hosts
             request = [ByteRange(fetch[0].offset, fetch[-1].end - fetch[0].offset)] if single else fetch
-            if self._wait_for_mirror(location, digest, sum(r.length for r in request)):
+            if self.locations.wait_for_mirror(location, digest, sum(r.length for r in request)):
                 continue
             try:
                 response, location = self._blob_get(ref, digest, {"Range": range_header(request)}, (200, 206, 400))
@@ -424,8 +323,8 @@ class RegistryClient:
                         self._single_range_hosts.add(host)
                     continue
                 if response.status_code == 200 and location.endpoint.is_mirror:
-                    self._passed_over(response, location.endpoint, digest)
-                    self._location(ref, digest, refresh=True)
+                    self.locations.passed_over(response, location.endpoint, digest)
+                    self.locations.get(ref, digest, refresh=True)
                     continue
                 if response.status_code == 200:
                     return self._parts_from_full_body(response, digest, fetch, size, whole_body)
@@ -580,15 +479,3 @@ def check_digest(data: bytes, expected: str, what: str) -> None:
     actual = hashlib.new(algorithm, data).hexdigest()
     if actual != want:
         raise DigestMismatchError(what, expected, f"{algorithm}:{actual}")
-
-
-def _total_size(response: requests.Response, what: str) -> int:
-    if response.status_code == 206:
-        _, _, total = parse_content_range(response.headers.get("Content-Range"), what)
-        if total is None:
-            raise RegistryError(f"{what}: the registry did not say how large the blob is")
-        return total
-    length = response.headers.get("Content-Length")
-    if length is None or not length.isdigit():
-        raise RegistryError(f"{what}: the registry did not say how large the blob is")
-    return int(length)

@@ -14,7 +14,8 @@ from typing import BinaryIO
 from urllib.parse import urljoin
 
 from lazylayer.shared.errors import RegistryError
-from lazylayer.workers.registry.client import Progress, RegistryClient, safe_url, sha256_digest
+from lazylayer.workers.registry.client import Progress, RegistryClient, sha256_digest
+from lazylayer.workers.registry.transport import safe_url
 from lazylayer.workers.registry.hosts import Endpoint
 from lazylayer.workers.registry.reference import Reference
 

@@ -22,7 +22,7 @@ import socket
 import ssl
 import time
 from typing import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -47,6 +47,16 @@ def host_failure(message: str) -> RegistryError:
     error = RegistryError(message)
     error.host_failure = True  # type: ignore[attr-defined]
     return error
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for messages: no userinfo, no query (pre-signed URLs carry signatures there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def release(response: requests.Response) -> None:

@@ -22,7 +22,7 @@ import requests
 
 from lazylayer.shared.errors import LazyLayerError, RegistryError
 from lazylayer.workers.registry import deadline
-from lazylayer.workers.registry.client import safe_url
+from lazylayer.workers.registry.transport import safe_url
 from lazylayer.workers.registry.hosts import RegistryOptions
 from lazylayer.workers.registry.ranges import ByteRange, Part, coalesce, parse_content_range, range_header, slice_parts
 from lazylayer.workers.registry.retry import Backoff, is_retryable_status
