@@ -44,7 +44,7 @@ from lazylayer.shared.blobsource import FileSource
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import (CacheFullError, DigestMismatchError, FormatError, LazyLayerError, ProtocolError,
                                      UnverifiedLayerError)
-from lazylayer.shared.estargz.formats import Decompressors
+from lazylayer.shared.estargz.formats import TAIL_SIZE, Decompressors
 from lazylayer.shared.logs import Every
 from lazylayer.shared.estargz.toc import TOCLimits
 from lazylayer.shared.store.blobs import blob_path
@@ -152,10 +152,10 @@ class Fetcher:
         return RegistryStore(self.client(ref), ref)
 
     def source(self, ref: str, digest: str, size: int | None = None, *, spec: LayerSpec | None = None,
-               choose: bool = False) -> LayerSource:
+               choose: bool = False, tail: int = 0) -> LayerSource:
         """The layer's source for ``ref`` (workers/sources/handlers.py `Sources.layer_source`)."""
         return self.sources.layer_source(ref, digest, lambda: Layers(self.store()).get(digest), size, spec=spec,
-                                         choose=choose)
+                                         choose=choose, tail=tail)
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -190,7 +190,8 @@ class Fetcher:
             raise UnverifiedLayerError(
                 f"layer {digest} has no TOC digest annotation: not eStargz/zstd:chunked: "
                 "convert it with `lazylayer convert`")
-        source = self.source(ref, digest, spec=spec, choose=True)  # probes: the size must be the manifest's
+        # probes (the size must be the manifest's), asking for the tail that opening the TOC reads
+        source = self.source(ref, digest, spec=spec, choose=True, tail=TAIL_SIZE)
         # The TOC streams into the registration: a large one is never held whole (tocstream.py).
         decoder, toc = self.decompressors.open_toc(source, spec.media_type, toc_digest=toc_digest,
                                                    limits=self.settings.toc_limits)

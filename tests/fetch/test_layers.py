@@ -12,6 +12,7 @@ from lazylayer.daemon.pieces import plan_pieces
 from lazylayer.daemon.remote import FetchSettings, LayerDescriptor
 from lazylayer.shared.blobsource import BytesSource
 from lazylayer.shared.errors import DigestMismatchError, NotFoundError, UnverifiedLayerError
+from lazylayer.shared.estargz.formats import TAIL_SIZE
 from lazylayer.shared.estargz.reader import BlobReader
 from lazylayer.shared.store.layers import Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata
@@ -191,6 +192,23 @@ async def test_blob_digest_mismatch_marks_the_layer_failed_and_distrusts_its_chu
             after = Layers(s.store).require(record.digest)
             assert after.state is LayerState.FAILED and "blob digest mismatch" in after.last_error
             assert s.remote.chunks.stats().chunks == 0  # every chunk it gave us is gone
+
+
+@trio_test
+async def test_resolve_reads_the_tail_in_its_size_probe(app_image, proxy, tmp_path):
+    """A layer resolve asks its blob for the tail that holds the footer (and a small TOC) in the
+    probe that checks the blob's size: no 1-byte probe, no second read of the tail."""
+    proxy.reset()
+    async with open_fetch_stack(tmp_path, workers=1) as s:
+        with trio.fail_after(DEADLINE):
+            for layer in app_image.layers:
+                proxy.reset()
+                await s.remote.resolve_layer(app_image.ref_via(proxy.host), layer.descriptor())
+                gets = [(seen.range, seen.status) for seen in proxy.seen if "/blobs/" + layer.digest in seen.path]
+                start = max(0, layer.size - TAIL_SIZE)
+                assert gets[0] == (f"bytes={start}-{layer.size - 1}", 206), gets
+                assert len(gets) <= 2 and all(r != gets[0][0] for r, _ in gets[1:]), gets  # then only the TOC
+    proxy.reset()
 
 
 @trio_test

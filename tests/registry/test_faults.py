@@ -202,3 +202,41 @@ def test_small_answers_keep_the_connection(proxy, pushed):
     assert probes == [503, 206, 206]
     assert proxy.connections == 1
 
+
+def _blob_gets(proxy) -> list[tuple[str | None, int]]:
+    return [(s.range, s.status) for s in proxy.seen if s.method == "GET" and "/blobs/" in s.path]
+
+
+@pytest.mark.parametrize("redirected", [False, True])
+def test_a_tail_probe_brings_the_tail_along_for_one_read(proxy, pushed, redirected):
+    """Opening a layer probes its blob and then reads its tail: asked for in the probe itself,
+    the tail costs no request of its own, through a redirect too. It is kept for one read."""
+    proxy.redirect_blobs = redirected
+    client = make_client()
+    ref, size = pushed.at(proxy.host), len(pushed.blob)
+    tail = ByteRange(size - 65536, 65536)
+    assert client.blob_size(ref, pushed.digest, tail) == size
+    probe = f"bytes={size - 65536}-{size - 1}"
+    assert [(r, s) for r, s in _blob_gets(proxy) if s != 307] == [(probe, 206)]
+    assert client.read_ranges(ref, pushed.digest, [tail]) == [pushed.blob[-65536:]]
+    assert len(_blob_gets(proxy)) == (2 if redirected else 1)  # served from the probe
+    assert client.read_ranges(ref, pushed.digest, [tail]) == [pushed.blob[-65536:]]
+    assert _blob_gets(proxy)[-1] == (probe, 206)  # once: the next read asks
+
+
+def test_a_tail_probe_of_a_blob_of_another_size_keeps_nothing(proxy, pushed):
+    """The caller's tail comes from the manifest's size: a blob that is smaller (416 for a tail
+    past its end, or a shorter answer) or larger is probed as usual and reports its real size,
+    which the caller then refuses (workers/sources/handlers.py `choose`)."""
+    size = len(pushed.blob)
+    for expected_size in (size + 100_000, size + 10, size - 10):
+        client = make_client()
+        ref = pushed.at(proxy.host)
+        proxy.reset()
+        tail = ByteRange(expected_size - 65536, 65536)
+        assert client.blob_size(ref, pushed.digest, tail) == size
+        client.read_ranges(ref, pushed.digest, [ByteRange(size - 100, 100)])
+        gets = _blob_gets(proxy)
+        assert gets[-1] == (f"bytes={size - 100}-{size - 1}", 206), gets  # nothing kept was served
+        if expected_size > size + 65536:
+            assert [s for _, s in gets[:2]] == [416, 206] and gets[1][0] == "bytes=0-0"

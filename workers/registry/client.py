@@ -6,12 +6,12 @@ transport.py), which limits §5.2 measured 2-3x faster than requests' `.content`
 Every request asks for `Accept-Encoding: identity` so the bytes we get are the bytes the digests
 talk about. Every wait is clipped to the running job's deadline (deadline.py).
 
-Blob reads follow reference §3.1-3.2: the blob's location is resolved once (locations.py: GET
-`bytes=0-0` without following redirects, because some registries answer HEAD without a Location)
-and reused; wanted ranges are coalesced and sent as one multi-range request. Quirks handled: 200 with the whole
-blob (the bytes are then verified against the blob digest and the ranges cut out while streaming),
-206 without Content-Type, 400 to multi-range (that host goes to single-range mode for good), 403 on
-a redirected URL (the pre-signed URL expired: resolve again, once).
+Blob reads follow reference §3.1-3.2: the blob's location is resolved once (locations.py: a
+ranged GET without following redirects, because some registries answer HEAD without a Location)
+and reused; wanted ranges are coalesced and sent as one multi-range request. Quirks handled: 200
+with the whole blob (the bytes are then verified against the blob digest and the ranges cut out
+while streaming), 206 without Content-Type, 400 to multi-range (that host goes to single-range
+mode for good), 403 on a redirected URL (the pre-signed URL expired: resolve again, once).
 
 Mirrors (README "Running a fleet"): a mirror that answers a ranged read with the whole blob is a
 pull-through cache that has not cached it yet. Its body is closed unread (reading it makes the
@@ -42,7 +42,7 @@ from lazylayer.shared.errors import (AuthError, DigestMismatchError, NotFoundErr
 from lazylayer.workers.registry import deadline
 from lazylayer.workers.registry.auth import Authenticator, CredentialLookup, DockerConfigCredentials
 from lazylayer.workers.registry.hosts import Endpoint, RegistryOptions, endpoints_for
-from lazylayer.workers.registry.locations import BlobLocation, BlobLocations
+from lazylayer.workers.registry.locations import FIRST_BYTE, BlobLocation, BlobLocations
 from lazylayer.workers.registry.reference import Reference
 from lazylayer.workers.registry.ranges import (
     ByteRange, Part, coalesce, multipart_boundary, parse_content_range, parse_multipart,
@@ -257,8 +257,11 @@ class RegistryClient:
         response.close()
         return response.status_code == 200
 
-    def blob_size(self, ref: Reference, digest: str) -> int:
-        return self.locations.get(ref, digest).size
+    def blob_size(self, ref: Reference, digest: str, tail: ByteRange | None = None) -> int:
+        """``tail``: the blob's last bytes as the caller expects them (it knows the size from
+        the manifest and reads them next): when the location is not known yet, the probe asks
+        for them instead of one byte, so opening a layer costs one request less."""
+        return self.locations.get(ref, digest, probe=tail or FIRST_BYTE).size
 
     def _blob_get(self, ref: Reference, digest: str, headers: dict[str, str],
                   ok: tuple[int, ...]) -> tuple[requests.Response, BlobLocation]:
@@ -293,6 +296,8 @@ class RegistryClient:
         for r in ranges:
             if r.offset < 0 or r.length < 0 or r.end > size:
                 raise RegistryError(f"blob {digest}: range {r.offset}+{r.length} is outside its {size} bytes")
+        if len(ranges) == 1 and (kept := self.locations.kept_tail(ref, digest, ranges[0])) is not None:
+            return [kept]
         wanted = [r for r in ranges if r.length > 0]
         fetch = coalesce(wanted, self.options.coalesce_gap)
         if not fetch:

@@ -1,8 +1,10 @@
 """Where each blob is read from: the location probe, redirects, mirrors passed over.
 
-A blob's location is resolved once per client (reference §3.1-3.2): a 1-byte GET without
+A blob's location is resolved once per client (reference §3.1-3.2): a ranged GET without
 following redirects, because some registries answer HEAD without a Location, and never a HEAD
-(a pull-through cache fetches the whole blob for one).
+(a pull-through cache fetches the whole blob for one). The probe asks for one byte, or, when the
+caller is about to read the blob's tail (opening a layer: footer and small TOC), for that tail,
+which is then kept for that one read: a layer resolve costs one request less.
 
 A mirror answering the probe with the whole blob is a pull-through cache still filling its copy:
 it is passed over (rangesupport.py marks it) and, within a share of the blob, urgent reads go to
@@ -22,16 +24,16 @@ import requests
 from lazylayer.shared.errors import RegistryError
 from lazylayer.workers.registry import deadline
 from lazylayer.workers.registry.hosts import Endpoint, endpoints_for
-from lazylayer.workers.registry.ranges import ByteRange, parse_content_range, range_header
+from lazylayer.workers.registry.ranges import ByteRange, Part, parse_content_range, range_header
 from lazylayer.workers.registry.reference import Reference
-from lazylayer.workers.registry.transport import release, safe_url
+from lazylayer.workers.registry.transport import Transient, release, safe_url
 
 if TYPE_CHECKING:
     from lazylayer.workers.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
-#: what the location probe asks for
+#: what a plain location probe asks for
 FIRST_BYTE = ByteRange(0, 1)
 #: share of a blob read from the next source while a mirror fills its copy, per client
 FALLBACK_SHARE = 1 / 64
@@ -50,6 +52,9 @@ class BlobLocation:
     redirected: bool
     #: a mirror passed over because it answered ranged reads with whole blobs ("" if none)
     instead_of: str = ""
+    #: the blob's last bytes, when the probe asked for them: the next read of exactly them is
+    #: served from here, once (`BlobLocations.kept_tail`)
+    tail: Part | None = None
 
 
 class BlobLocations:
@@ -67,10 +72,12 @@ class BlobLocations:
         with self._lock:
             self._known.clear()
 
-    def get(self, ref: Reference, digest: str, refresh: bool = False) -> BlobLocation:
-        """Where the blob is read from: the first source that answers a 1-byte GET, passing
-        over mirrors that answer it, or did lately, with the whole blob. A location that passed
-        a mirror over is resolved again once that mirror's mark expired."""
+    def get(self, ref: Reference, digest: str, refresh: bool = False, probe: ByteRange = FIRST_BYTE) -> BlobLocation:
+        """Where the blob is read from: the first source that answers a ranged GET of ``probe``,
+        passing over mirrors that answer it, or did lately, with the whole blob. A location that
+        passed a mirror over is resolved again once that mirror's mark expired. A probe past the
+        blob's end (416: it is smaller than the caller thought) is asked again for its first
+        byte, whose answer says its size."""
         client, support = self._client, self._client.range_support
         key = (ref.registry, ref.repository, digest)
         with self._lock:
@@ -78,11 +85,12 @@ class BlobLocations:
         if known and not refresh and not (known.instead_of and support.usable(known.instead_of)):
             return known
         what = f"blob {digest} of {ref.name}"
-        headers = {"Range": range_header([FIRST_BYTE])}
+        headers = {"Range": range_header([probe])}
+        answers = (200, 206) if probe == FIRST_BYTE else (200, 206, 416)
         endpoints = endpoints_for(ref.registry, client.options)
         while True:
             candidates = [e for e in endpoints[:-1] if support.usable(e.host)] + endpoints[-1:]
-            response, endpoint = client.api("GET", ref, f"blobs/{digest}", ok=(200, 206, *_REDIRECTS),
+            response, endpoint = client.api("GET", ref, f"blobs/{digest}", ok=(*answers, *_REDIRECTS),
                                             headers=headers, allow_redirects=False, what=what, endpoints=candidates)
             if not (endpoint.is_mirror and response.status_code == 200):
                 break
@@ -102,16 +110,45 @@ class BlobLocations:
                 release(response)
                 response = client.send("GET", url, ref=ref, endpoint=endpoint, authenticate=False, headers=headers,
                                        allow_redirects=False)
-                if response.status_code not in (200, 206):
+                if response.status_code not in answers:
                     raise client.error(response, f"{what} at {safe_url(url)}")
-            size = total_size(response, what)
+            past_end = response.status_code == 416
+            if not past_end:
+                size = total_size(response, what)
+                tail = self._probed_tail(response, probe, size, what) if probe != FIRST_BYTE else None
         finally:
             release(response)
-        location = BlobLocation(url, endpoint, size, redirected, instead_of)
+        if past_end:
+            return self.get(ref, digest, refresh=True)
+        location = BlobLocation(url, endpoint, size, redirected, instead_of, tail)
         with self._lock:
             self._known[key] = location
         log.debug("%s is served from %s (%d bytes)", what, safe_url(url), size)
         return location
+
+    def _probed_tail(self, response: requests.Response, probe: ByteRange, size: int, what: str) -> Part | None:
+        """The body of a probe that asked for the blob's tail, if it is exactly that range of a
+        blob of the size the caller expects (anything else is left to a plain read)."""
+        if response.status_code != 206 or probe.end != size:
+            return None
+        offset, length, _ = parse_content_range(response.headers.get("Content-Range"), what)
+        if (offset, length) != (probe.offset, probe.length):
+            return None
+        try:
+            body = self._client.read_body(response, probe.length + 1, what)
+        except Transient:  # the read that wanted them asks again, with its retries
+            return None
+        return Part(offset, body) if len(body) == probe.length else None
+
+    def kept_tail(self, ref: Reference, digest: str, wanted: ByteRange) -> bytes | None:
+        """The probe's tail bytes, once, if ``wanted`` is exactly them."""
+        with self._lock:
+            location = self._known.get((ref.registry, ref.repository, digest))
+            tail = location.tail if location is not None else None
+            if location is None or tail is None or (tail.offset, len(tail.data)) != (wanted.offset, wanted.length):
+                return None
+            location.tail = None
+        return bytes(tail.data)
 
     def passed_over(self, response: requests.Response, endpoint: Endpoint, digest: str) -> None:
         """A mirror sent the whole blob for a ranged read: close it unread, mark the mirror."""

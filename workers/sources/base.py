@@ -60,6 +60,11 @@ class LayerSource:
         """The blob's size as this source serves it (may cost a request)."""
         raise NotImplementedError
 
+    def size_with_tail(self, tail: int) -> int:
+        """`size`, from a probe that may bring the blob's last ``tail`` bytes along when the
+        source can (the registry's does): opening a layer reads them next, one request less."""
+        return self.size
+
     def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         """The bytes of each ``(offset, length)`` range, in the order given; every range lies
         inside the blob and is returned whole, or an error is raised (a LazyLayerError)."""

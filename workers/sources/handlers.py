@@ -93,12 +93,13 @@ class Sources:
             raise self._nobody(spec)
         return found[0]
 
-    def choose(self, spec: LayerSpec) -> LayerSource:
-        """The first claiming source whose size probe answers with the descriptor's size."""
+    def choose(self, spec: LayerSpec, tail: int = 0) -> LayerSource:
+        """The first claiming source whose size probe answers with the descriptor's size
+        (``tail``: `LayerSource.size_with_tail`)."""
         errors: list[tuple[str, LazyLayerError]] = []
         for source in self._claims(spec):
             try:
-                served = source.size
+                served = source.size_with_tail(tail)
                 if served != spec.size:
                     raise RegistryError(f"layer {spec.digest}: {source.location} serves {served} bytes, "
                                         f"the manifest says {spec.size}")
@@ -114,7 +115,8 @@ class Sources:
                             + "; ".join(f"{name}: {exc}" for name, exc in errors) + ")")
 
     def layer_source(self, ref: str, digest: str, record: Callable[[], LayerRecord | None],
-                     size: int | None = None, *, spec: LayerSpec | None = None, choose: bool = False) -> LayerSource:
+                     size: int | None = None, *, spec: LayerSpec | None = None, choose: bool = False,
+                     tail: int = 0) -> LayerSource:
         """The layer's source for ``ref``, kept per (ref, layer) in this process; the first time,
         the handler recorded on the layer (or the first that claims it), without a probe. With
         ``choose`` the handlers are asked again in order, probing (registration, refresh). The
@@ -131,7 +133,7 @@ class Sources:
             if size is None:
                 raise ProtocolError(f"layer {digest} is not registered: resolve it first")
             spec = LayerSpec(ref, digest, size)
-        source = self.choose(spec) if choose else self.open(spec, known.source if known else "")
+        source = self.choose(spec, tail) if choose else self.open(spec, known.source if known else "")
         with self._lock:
             self._layers[key] = source
         return source

@@ -58,6 +58,11 @@ class RegistrySource(LayerSource):
     def size(self) -> int:
         return self.client.blob_size(self.ref, self.spec.digest)
 
+    def size_with_tail(self, tail: int) -> int:
+        wanted = min(tail, self.spec.size)  # the manifest's size: the probe checks it is the blob's
+        return self.client.blob_size(self.ref, self.spec.digest,
+                                     ByteRange(self.spec.size - wanted, wanted) if wanted > 0 else None)
+
     def read_ranges(self, ranges: list[tuple[int, int]], whole_body: WholeBody | None = None) -> list[bytes]:
         """``whole_body``: what to do when the registry answers with the whole blob instead
         (workers/wholeblob.py: the fetcher keeps streaming it into the store)."""
