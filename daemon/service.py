@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pyfuse3
 import trio
 
-from lazylayer.daemon import mounts
+from lazylayer.daemon import fusedispatch, mounts
 from lazylayer.daemon.control import ControlServer
 from lazylayer.daemon.earlyworkers import EarlyWorkers
 from lazylayer.daemon.fetchstats import FetchObserver
@@ -440,6 +440,7 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
                     resend(conn)
                 else:
                     nursery.start_soon(_after_init, options.mountpoint, config.fuse.read_ahead_kb)
+                fusedispatch.install()
                 await pyfuse3.main(max_tasks=config.fuse.max_tasks)
                 nursery.cancel_scope.cancel()
         finally:
