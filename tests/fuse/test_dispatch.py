@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import pyfuse3
 import pytest
@@ -68,35 +69,41 @@ def test_a_parked_reader_takes_the_lock_when_the_holder_blocks():
     trio.run(main)
 
 
-def test_a_queued_request_is_taken_at_once_and_every_so_often_through_trio():
+def _on_a_socket_pair(body: Callable[[socket.socket, socket.socket, _Readiness], Awaitable[None]]) -> None:
+    """``body(ours, theirs, readiness)`` under trio on a fresh socket pair: ``ours`` stands for
+    the FUSE fd, what ``theirs`` sends for queued requests."""
     async def main() -> None:
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            readiness = _Readiness()
-            theirs.send(b"x")  # a request queued, never read: readable all along
-            with trio.testing.assert_no_checkpoints():
-                for _ in range(YIELD_EVERY):
-                    await readiness.wait_readable(ours.fileno())
-            with trio.testing.assert_checkpoints():
-                await readiness.wait_readable(ours.fileno())
+            await body(ours, theirs, _Readiness())
 
     trio.run(main)
+
+
+def test_a_queued_request_is_taken_at_once_and_every_so_often_through_trio():
+    async def body(ours: socket.socket, theirs: socket.socket, readiness: _Readiness) -> None:
+        theirs.send(b"x")  # a request queued, never read: readable all along
+        with trio.testing.assert_no_checkpoints():
+            for _ in range(YIELD_EVERY):
+                await readiness.wait_readable(ours.fileno())
+        with trio.testing.assert_checkpoints():
+            await readiness.wait_readable(ours.fileno())
+
+    _on_a_socket_pair(body)
 
 
 def test_an_empty_fd_is_waited_for():
-    async def main() -> None:
-        ours, theirs = socket.socketpair()
-        with ours, theirs:
-            readiness = _Readiness()
-            async with trio.open_nursery() as nursery:
-                async def later() -> None:
-                    await trio.sleep(0.05)
-                    theirs.send(b"x")
-                nursery.start_soon(later)
-                await readiness.wait_readable(ours.fileno())
-                assert ours.recv(1) == b"x"
+    async def body(ours: socket.socket, theirs: socket.socket, readiness: _Readiness) -> None:
+        async def later() -> None:
+            await trio.sleep(0.05)
+            theirs.send(b"x")
 
-    trio.run(main)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(later)
+            await readiness.wait_readable(ours.fileno())
+            assert ours.recv(1) == b"x"
+
+    _on_a_socket_pair(body)
 
 
 def test_install_changes_only_the_lock_and_the_wait(monkeypatch: pytest.MonkeyPatch):
