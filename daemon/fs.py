@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,12 +39,12 @@ import pyfuse3
 import trio
 
 from lazylayer.daemon.fuseguard import guard_operations
-from lazylayer.daemon.handles import BlobHandle, ContentHandle, DirHandle, FileHandle, Handle, Handles, inode_of
+from lazylayer.daemon.handles import BlobHandle, ContentHandle, FileHandle, Handle, Handles, inode_of
 from lazylayer.daemon.journal import Journal, uses_in
 from lazylayer.daemon.layer import Layer, Resolver
 from lazylayer.daemon.layout import (BLOB, DIFF, DIGEST_NAME, DIR_KINDS, IMAGES_DIR, INFO, STATE_DIR, USE, Kind,
                                      LayoutInodes, LayoutNode, StoreAccess, decode_ref, layer_info, name_of)
-from lazylayer.daemon.listings import Listings
+from lazylayer.daemon.listings import Cursor, Listing, Listings
 from lazylayer.shared.config import Config
 from lazylayer.shared.errors import LazyLayerError
 from lazylayer.shared.logs import redact
@@ -98,8 +99,10 @@ class LazyFS(pyfuse3.Operations):
         self._held: dict[tuple[str, str], Layer] = {}
         self._refs: dict[str, set[str]] = {}
         self._handles = Handles()
-        #: whole listings of layer directories (daemon/listings.py)
+        #: listings of layer directories (daemon/listings.py)
         self._listings = Listings()
+        #: the layout directories' mtime: moves when what they list does (daemon/dircache.py)
+        self._layout_mtime_ns = time.time_ns()
         self._nursery: trio.Nursery | None = None
         #: daemon/fuseconn.py's hook, run while libfuse processes FUSE_INIT
         self.on_init: Callable[[], None] | None = None
@@ -175,9 +178,11 @@ class LazyFS(pyfuse3.Operations):
 
     def _layout_entry(self, node: LayoutNode) -> pyfuse3.EntryAttributes:
         inode = self._layout_inode(node)
-        # Files whose content changes are never cached by the kernel.
-        timeout = None if node.kind in DIR_KINDS else 0.0
-        return self._entry(inode, self._layout_attr(node), timeout)
+        if node.kind not in DIR_KINDS:  # files whose content changes are never cached by the kernel
+            return self._entry(inode, self._layout_attr(node), 0.0)
+        entry = self._entry(inode, self._layout_attr(node))
+        entry.st_mtime_ns = self._layout_mtime_ns
+        return entry
 
     def _node_attr(self, ref: NodeRef, txn: lmdb.Transaction | None = None) -> NodeAttr:
         attr = self.meta.getattr(ref, txn)
@@ -304,8 +309,21 @@ class LazyFS(pyfuse3.Operations):
         if current is not None and not current.closed:  # a concurrent lookup got there first
             return current
         self._held[key] = layer
-        self._refs.setdefault(ref, set()).add(digest)
+        digests = self._refs.setdefault(ref, set())
+        if digest not in digests:
+            self._layout_changed([LayoutNode(Kind.REF, ref=ref), LayoutNode(Kind.LAYER, ref, digest)]
+                                 + ([] if digests else [LayoutNode(Kind.ROOT)]))
+            digests.add(digest)
         return layer
+
+    def _layout_changed(self, nodes: list[LayoutNode]) -> None:
+        """``nodes`` list something new: their mtime moves and the kernel drops their attributes,
+        so a listing it keeps is read again (daemon/dircache.py). From a thread: a notification
+        written while the kernel waits on a request of ours could wait for that request."""
+        self._layout_mtime_ns = max(time.time_ns(), self._layout_mtime_ns + 1)
+        inodes = [self._layout_inode(node) for node in nodes]
+        if self._nursery is not None:
+            self._nursery.start_soon(trio.to_thread.run_sync, _forget_attributes, inodes)
 
     async def _hold(self, ref: str, digest: str) -> Layer:
         """`hold` for FUSE handlers: ENOENT for what does not exist, EIO for the rest."""
@@ -352,25 +370,44 @@ class LazyFS(pyfuse3.Operations):
         """The handle behind ``fh``; one an earlier front opened is opened again (daemon/handles.py)."""
         handle = self._handles.get(fh)
         if handle is None:
-            inode = inode_of(fh)
-            is_dir = (self._node_attr(split_inode(inode)).is_dir if inode >= LAYER_INODES
-                      else self._layout(inode).kind in DIR_KINDS)
-            handle = await (self._dir_handle(inode) if is_dir else self._file_handle(inode))
+            handle = await self._file_handle(inode_of(fh))
             self._handles.put(fh, handle)
         return handle
 
     async def opendir(self, inode: int, ctx: Any = None) -> int:
-        return self._handles.add(inode, await self._dir_handle(inode))
+        """The fh is the inode: listings are kept by directory (daemon/listings.py), and with the
+        kernel caching them there is no opendir at all (daemon/dircache.py)."""
+        if inode >= LAYER_INODES:
+            if not self._node_attr(split_inode(inode)).is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+        elif (await self._layout_held(inode)).kind not in DIR_KINDS:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
 
-    async def _dir_handle(self, inode: int) -> DirHandle:
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        inode = inode_of(fh)  # an earlier front's fh may carry a serial (daemon/handles.py)
         if inode >= LAYER_INODES:
             ref = split_inode(inode)
-            listing = self._listings.get(ref)
-            if listing is not None:
-                return DirHandle(listing, parent=ref)
-            if not self._node_attr(ref).is_dir:
-                raise pyfuse3.FUSEError(errno.ENOTDIR)
-            return DirHandle(parent=ref, exhausted=False)
+            cursor = self._listings.cursor(ref)
+        else:
+            ref, cursor = None, Cursor(await self._layout_listing(inode), exhausted=True)
+        index = start_id
+        while True:
+            if index >= len(cursor.entries):
+                if cursor.exhausted:
+                    return
+                assert ref is not None
+                self._more(ref, cursor)
+                continue
+            name, entry = cursor.entries[index]
+            if not pyfuse3.readdir_reply(token, name, entry, index + 1):
+                return
+            index += 1
+
+    async def releasedir(self, fh: int) -> None:
+        pass
+
+    async def _layout_listing(self, inode: int) -> Listing:
         node = await self._layout_held(inode)
         if node.kind not in DIR_KINDS:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -379,50 +416,28 @@ class LazyFS(pyfuse3.Operations):
             children = [LayoutNode(Kind.REF, ref=ref) for ref in sorted(self._refs)]
         elif node.kind is Kind.REF:
             children = [LayoutNode(Kind.LAYER, node.ref, d) for d in sorted(self._refs.get(node.ref, ()))]
-        entries = [(name_of(child).encode(), self._layout_entry(child)) for child in children]
-        if node.kind is Kind.LAYER and (node.ref, node.digest) in self._held:
+        elif node.kind is Kind.LAYER and (node.ref, node.digest) in self._held:
             layer = self._held[(node.ref, node.digest)]
             root = layer.record.root
-            entries = [(DIFF, self._entry(root.inode, self._node_attr(root))),
-                       (INFO, self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest))),
-                       (BLOB, self._layout_entry(LayoutNode(Kind.BLOB, node.ref, node.digest)))]
-        return DirHandle(entries)
+            return [(DIFF, self._entry(root.inode, self._node_attr(root))),
+                    (INFO, self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest))),
+                    (BLOB, self._layout_entry(LayoutNode(Kind.BLOB, node.ref, node.digest)))]
+        return [(name_of(child).encode(), self._layout_entry(child)) for child in children]
 
-    def _more(self, handle: DirHandle) -> None:
+    def _more(self, parent: NodeRef, cursor: Cursor) -> None:
         """List the next page of a layer directory (names sorted; attributes in the same txn)."""
-        assert handle.parent is not None
-        page = self.meta.readdir(handle.parent, handle.after, _READDIR_PAGE)
+        page = self.meta.readdir(parent, cursor.after, _READDIR_PAGE)
         if page:
-            handle.after = page[-1][0]
+            cursor.after = page[-1][0]
 
             def attrs(txn: lmdb.Transaction) -> list[NodeAttr | None]:
                 return [self.meta.getattr(ref, txn) for _, ref in page]
 
             for (name, ref), attr in zip(page, self.store.read(attrs)):
                 if attr is not None:
-                    handle.entries.append((name, self._entry(ref.inode, attr)))
-        if len(page) < _READDIR_PAGE:
-            handle.exhausted = True
-            self._listings.put(handle.parent, handle.entries)
-
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = await self._handle(fh)
-        if not isinstance(handle, DirHandle):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        index = start_id
-        while True:
-            if index >= len(handle.entries):
-                if handle.exhausted:
-                    return
-                self._more(handle)
-                continue
-            name, entry = handle.entries[index]
-            if not pyfuse3.readdir_reply(token, name, entry, index + 1):
-                return
-            index += 1
-
-    async def releasedir(self, fh: int) -> None:
-        self._handles.pop(fh)
+                    cursor.entries.append((name, self._entry(ref.inode, attr)))
+        cursor.exhausted = len(page) < _READDIR_PAGE
+        self._listings.listed(parent, cursor)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -457,8 +472,6 @@ class LazyFS(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = await self._handle(fh)
-        if isinstance(handle, DirHandle):
-            raise pyfuse3.FUSEError(errno.EISDIR)
         if isinstance(handle, ContentHandle):
             return handle.data[off:off + size]
         try:
@@ -577,3 +590,10 @@ class LazyFS(pyfuse3.Operations):
     def release_all(self) -> None:
         self._held.clear()
 
+
+def _forget_attributes(inodes: list[int]) -> None:
+    for inode in inodes:
+        try:
+            pyfuse3.invalidate_inode(inode, attr_only=True)
+        except OSError:  # the kernel does not know it (yet): nothing to forget
+            pass

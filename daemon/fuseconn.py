@@ -29,6 +29,7 @@ from typing import Any
 
 import pyfuse3
 
+from lazylayer.daemon import dircache
 from lazylayer.daemon.holder import Connection
 from lazylayer.shared.errors import MountError
 
@@ -86,6 +87,9 @@ def start_session(ops: Any, conn: Connection) -> None:
         except RuntimeError as exc:
             os.close(session_fd)
             raise MountError(f"cannot start the FUSE session for {conn.mountpoint}: {exc}") from None
+        if not dircache.active():
+            log.warning("directory listings go through FUSE every time (daemon/dircache.py's library "
+                        "did not start this session)")
         feed.send(conn.init)  # read by pyfuse3.main's first task
 
 

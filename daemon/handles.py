@@ -1,19 +1,19 @@
-"""Open file and directory handles, with `fh` numbers a later front can make sense of.
+"""Open file handles, with `fh` numbers a later front can make sense of (a directory's fh is its
+inode: daemon/listings.py).
 
 Why the number carries the inode: after a takeover (daemon/holder.py) the kernel goes on sending
 the `fh` values an earlier front handed out, and pyfuse3's read/readdir/release give us nothing
 else. So ``fh = serial << 60 | inode``: a front that does not know an `fh` reopens its inode
-(`LazyFS._reopen`) and loses only per-open hints (read-ahead position, a directory listing it
-makes again in the same sorted order). The serial keeps up to 16 concurrent opens of one inode
-apart; a 17th reuses the last slot, whose displaced owner is reopened the same way on its next
-request. Layer ids must stay below 2**28 for that (inode = layer id << 32 | node id).
+(`LazyFS._handle`) and loses only per-open hints (the read-ahead position). The serial keeps up
+to 16 concurrent opens of one inode apart; a 17th reuses the last slot, whose displaced owner
+is reopened the same way on its next request. Layer ids must stay below 2**28 for that (inode = layer id << 32 | node id).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyfuse3
 
@@ -52,17 +52,7 @@ class ContentHandle:
     data: bytes
 
 
-@dataclass
-class DirHandle:
-    """An open directory: entries listed so far (name, inode, attributes) and where to go on."""
-
-    entries: list[tuple[bytes, pyfuse3.EntryAttributes]] = field(default_factory=list)
-    parent: NodeRef | None = None
-    after: bytes | None = None
-    exhausted: bool = True
-
-
-Handle = FileHandle | BlobHandle | ContentHandle | DirHandle
+Handle = FileHandle | BlobHandle | ContentHandle
 
 
 def inode_of(fh: int) -> int:

@@ -63,3 +63,33 @@ def test_the_store_layout_is_not_cached_for_long(daemon: RunningDaemon, app_imag
     info = daemon.layer_root(app_image.ref, app_image.layers[0].digest) / "info"
     info.read_bytes()
     assert not answered_without_daemon(daemon, lambda: Path(info).read_bytes())
+
+
+def test_layer_directory_listings_are_cached_by_the_kernel(daemon: RunningDaemon, app_image: PushedImage):
+    """daemon/dircache.py: a listing read once is the kernel's to serve again."""
+    diff = daemon.layer_dir(app_image.ref, app_image.layers[0].digest)
+    listed, unlisted = [d for d in sorted(diff.iterdir()) if d.is_dir()][:2]
+    expected = sorted(os.listdir(listed))
+    fds = [os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in (listed, unlisted)]
+    try:
+        os.listdir(fds[0])  # fdopendir's fstat: reading a directory through FUSE had made its atime stale
+        again: list[list[str]] = []
+        assert answered_without_daemon(daemon, lambda: again.append(sorted(os.listdir(fds[0]))))
+        assert again == [expected]
+        assert not answered_without_daemon(daemon, lambda: os.listdir(fds[1]))  # the check can fail
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_store_layout_listings_follow_what_they_list(daemon: RunningDaemon, app_image: PushedImage):
+    """The layout's directories change when a layer is first held; a listing the kernel keeps
+    of them must not outlive that (a ref not seen before: the image by its manifest digest)."""
+    ref = f"{app_image.registry.host}/{app_image.repository}@{app_image.manifest_digest}"
+    digest = app_image.layers[0].digest
+    ref_dir = daemon.layer_root(ref, digest).parent
+    before = (os.listdir(daemon.mountpoint), os.listdir(ref_dir))
+    assert ref_dir.name not in before[0] and before[1] == []
+    assert sorted(os.listdir(ref_dir / digest)) == ["blob", "diff", "info"]  # listing it holds the layer
+    assert ref_dir.name in os.listdir(daemon.mountpoint)
+    assert os.listdir(ref_dir) == [digest]

@@ -1,5 +1,5 @@
-"""Whole listings of layer directories are kept by the front (daemon/listings.py): a directory
-listed again is answered from them, complete, in the same order."""
+"""Listings of layer directories are kept by the front, by directory (daemon/listings.py): a
+directory listed page by page, or listed again, is answered from them, complete, in order."""
 
 from __future__ import annotations
 
@@ -23,20 +23,45 @@ def listing(n: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
     return [(b"x%d" % i, pyfuse3.EntryAttributes()) for i in range(n)]
 
 
-def test_listings_are_bounded_by_entries_least_recently_opened_first_out():
+def list_whole(listings: Listings, ref: NodeRef, n: int) -> None:
+    cursor = listings.cursor(ref)
+    cursor.entries.extend(listing(n))
+    cursor.exhausted = True
+    listings.listed(ref, cursor)
+
+
+def is_whole(listings: Listings, ref: NodeRef) -> bool:
+    return listings.cursor(ref).exhausted
+
+
+def test_whole_listings_are_bounded_by_entries_least_recently_used_first_out():
     listings = Listings(max_entries=100)
-    listings.put(NodeRef(1, 1), listing(20))
-    listings.put(NodeRef(1, 2), listing(20))
-    listings.put(NodeRef(1, 3), listing(26))  # over a quarter of the bound: not kept
-    assert listings.get(NodeRef(1, 3)) is None
-    assert listings.get(NodeRef(1, 1)) is not None  # now the most recent
+    list_whole(listings, NodeRef(1, 1), 20)
+    list_whole(listings, NodeRef(1, 2), 20)
+    list_whole(listings, NodeRef(1, 3), 26)  # over a quarter of the bound: not kept whole
+    assert is_whole(listings, NodeRef(1, 1))  # now the most recent
     for node in range(4, 8):
-        listings.put(NodeRef(1, node), listing(20))
-    assert listings.get(NodeRef(1, 2)) is None  # 120 entries: the least recently opened went
-    assert listings.get(NodeRef(1, 1)) is not None
-    listings.put(NodeRef(1, 8), listing(20))
-    assert listings.get(NodeRef(1, 4)) is None  # 1 was opened again just now
-    assert all(listings.get(NodeRef(1, node)) is not None for node in (1, 5, 6, 7, 8))
+        list_whole(listings, NodeRef(1, node), 20)
+    assert not is_whole(listings, NodeRef(1, 2))  # 120 entries: the least recently used went
+    assert is_whole(listings, NodeRef(1, 1))
+    list_whole(listings, NodeRef(1, 8), 20)
+    assert not is_whole(listings, NodeRef(1, 4))  # 1 was used again just now
+    assert all(is_whole(listings, NodeRef(1, node)) for node in (1, 5, 6, 7, 8))
+
+
+def test_a_listing_under_way_goes_on_where_it_stopped_and_the_last_one_stays():
+    listings = Listings(max_entries=100, max_partial_entries=50)
+    first = listings.cursor(NodeRef(1, 1))
+    first.entries.extend(listing(30))
+    first.after = b"x29"
+    listings.listed(NodeRef(1, 1), first)
+    assert listings.cursor(NodeRef(1, 1)) is first  # the next page goes on from here
+    big = listings.cursor(NodeRef(1, 2))
+    big.entries.extend(listing(80))  # more than the bound on its own
+    big.exhausted = True
+    listings.listed(NodeRef(1, 2), big)  # whole, but over a quarter of the whole bound
+    assert listings.cursor(NodeRef(1, 2)) is big  # kept under way, as the last one listed
+    assert listings.cursor(NodeRef(1, 1)) is not first  # the older one went to make room
 
 
 @pytest.fixture(scope="module")

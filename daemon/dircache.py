@@ -1,0 +1,61 @@
+"""Directory listings the kernel keeps, where pyfuse3 offers no way to ask for it.
+
+Layers never change, so a listing read once could be served by the kernel from then on: that is
+what FOPEN_CACHE_DIR (plus FOPEN_KEEP_CACHE) in the reply to OPENDIR asks for. pyfuse3 3.5
+answers OPENDIR with the fh alone, so every `opendir` + `readdir` + `releasedir` of every
+directory came to the front: a warm `find` over the bench image's rootfs layer was 7,643 FUSE
+requests, five times a walk of the same tree on local disk.
+
+The kernel has a second way in: a file system that answers OPENDIR with ENOSYS is never sent
+OPENDIR or RELEASEDIR again on that connection, and every directory is opened
+FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR (fs/fuse/file.c, "Default for no-open"). READDIR then
+carries fh 0 and pyfuse3 passes its handler nothing else, so the directory would be unknown.
+daemon/dircache.c closes that gap: it interposes libfuse's `fuse_session_new` (the package's
+__init__ loads it RTLD_GLOBAL before anything imports pyfuse3, whose references are bound at
+import to the first definition in the global scope) and hands libfuse pyfuse3's operations with OPENDIR answered
+ENOSYS and the inode put in READDIR's fh.
+
+So `LazyFS.readdir` takes its fh as the directory's inode, which `LazyFS.opendir` also returns:
+without the library (not built, or a libfuse whose `fuse_session_new` is another symbol) the
+front works as before, listing through FUSE every time. What the store layout lists does change
+(a new ref, a layer held): `LazyFS` gives those directories an mtime that moves with them and
+drops their cached attributes, and the kernel empties a cached listing whose directory's mtime
+changed (auto_inval_data, libfuse's default).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_library: ctypes.CDLL | None = None
+
+
+def load() -> None:
+    """Load the library into the global symbol scope; it counts only before pyfuse3 is imported.
+    A missing or unloadable library costs the caching, nothing else (`active` says so)."""
+    global _library
+    if _library is not None:
+        return
+    here = Path(__file__).parent
+    for suffix in EXTENSION_SUFFIXES:
+        path = here / f"_dircache{suffix}"
+        if path.exists():
+            try:
+                _library = ctypes.CDLL(str(path), mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+            except OSError as exc:
+                log.warning("cannot load %s (%s): directory listings are not cached by the kernel", path, exc)
+            return
+    log.warning("%s/_dircache*.so is not built: directory listings are not cached by the kernel", here)
+
+
+def active() -> bool:
+    """Whether a FUSE session of this process was started through the library."""
+    if _library is None:
+        return False
+    return ctypes.c_int.in_dll(_library, "lazylayer_dircache_sessions").value > 0
