@@ -2,9 +2,10 @@
 
 The store layout above the layers (MNT/<base64(ref)>/<digest>/{diff,info,blob}, merged views
 under MNT/.images) and who may reach it are daemon/layout.py's. Looking up ``diff`` resolves the
-layer on demand (image manifest, then footer + TOC through a worker) and takes a reference that
-lasts until ``rmdir MNT/<ref>/<digest>`` (upstream's "release"); creating ``use`` takes another
-one. Both answer ENOENT, as upstream does. Only root (or the store group) may cause either.
+layer on demand (image manifest, then footer + TOC through a worker) and holds it for the layout;
+creating ``use`` takes a reference and ``rmdir MNT/<ref>/<digest>`` gives it back (upstream's
+"release"), both answering ENOENT as upstream does (daemon/held.py). Only root (or the store
+group) may cause any of it.
 
 Inode numbers, two spaces that cannot collide:
 - ``>= 2**32``: layer and merged-view nodes, ``layer_id << 32 | node_id`` (metadata.inode_of,
@@ -30,7 +31,6 @@ import logging
 import math
 import os
 import stat
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -40,7 +40,8 @@ import trio
 
 from lazylayer.daemon.fuseguard import guard_operations
 from lazylayer.daemon.handles import BlobHandle, ContentHandle, FileHandle, Handle, Handles, inode_of
-from lazylayer.daemon.journal import Journal, uses_in
+from lazylayer.daemon.held import HeldLayers
+from lazylayer.daemon.journal import Journal
 from lazylayer.daemon.layer import Layer, Resolver
 from lazylayer.daemon.layout import (BLOB, DIFF, DIGEST_NAME, DIR_KINDS, IMAGES_DIR, INFO, STATE_DIR, USE, Kind,
                                      LayoutInodes, LayoutNode, StoreAccess, decode_ref, layer_info, name_of)
@@ -95,20 +96,17 @@ class LazyFS(pyfuse3.Operations):
         #: merged views served under .images (view id -> the layers it reads)
         self.views: dict[int, list[Layer]] = {}
         self.layout = LayoutInodes(pyfuse3.ROOT_INODE, LAYER_INODES)
-        #: each layer whose dir was looked up, for the layout (it holds no reference)
-        self._held: dict[tuple[str, str], Layer] = {}
-        self._refs: dict[str, set[str]] = {}
         self._handles = Handles()
         #: listings of layer directories (daemon/listings.py)
         self._listings = Listings()
-        #: the layout directories' mtime: moves when what they list does (daemon/dircache.py)
-        self._layout_mtime_ns = time.time_ns()
         self._nursery: trio.Nursery | None = None
         #: daemon/fuseconn.py's hook, run while libfuse processes FUSE_INIT
         self.on_init: Callable[[], None] | None = None
         #: after a takeover: set once the layers the previous front served are resolved again
         self.restoring: trio.Event | None = None
         self.journal = Journal(self.layout)
+        #: the layers the layout holds (daemon/held.py)
+        self.held = HeldLayers(resolver, self.journal)
 
     def init(self) -> None:
         if self.on_init is not None:
@@ -117,6 +115,7 @@ class LazyFS(pyfuse3.Operations):
     def attach(self, nursery: trio.Nursery) -> None:
         """Where read-ahead tasks run (the daemon's nursery)."""
         self._nursery = nursery
+        self.held.attach(nursery)
 
     # -- inode spaces --------------------------------------------------------------------------
 
@@ -136,7 +135,7 @@ class LazyFS(pyfuse3.Operations):
         """`_layout`, with the layer a node belongs to held again: after a takeover the kernel
         still names layout inodes of layers this front has not looked up yet."""
         node = self._layout(inode)
-        if node.kind in (Kind.LAYER, Kind.INFO, Kind.BLOB) and (node.ref, node.digest) not in self._held:
+        if node.kind in (Kind.LAYER, Kind.INFO, Kind.BLOB) and self.held.get(node.ref, node.digest) is None:
             await self._hold(node.ref, node.digest)
         return node
 
@@ -181,7 +180,7 @@ class LazyFS(pyfuse3.Operations):
         if node.kind not in DIR_KINDS:  # files whose content changes are never cached by the kernel
             return self._entry(inode, self._layout_attr(node), 0.0)
         entry = self._entry(inode, self._layout_attr(node))
-        entry.st_mtime_ns = self._layout_mtime_ns
+        entry.st_mtime_ns = self.held.mtime_ns
         return entry
 
     def _node_attr(self, ref: NodeRef, txn: lmdb.Transaction | None = None) -> NodeAttr:
@@ -191,7 +190,7 @@ class LazyFS(pyfuse3.Operations):
         return attr
 
     def _held_layer(self, node: LayoutNode) -> Layer:
-        layer = self._held.get((node.ref, node.digest))
+        layer = self.held.get(node.ref, node.digest)
         if layer is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return layer
@@ -205,7 +204,7 @@ class LazyFS(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EISDIR)
 
     def _any_layer(self, layer_id: int) -> Layer:
-        for layer in self._held.values():
+        for layer in self.held.layers():
             if layer.layer_id == layer_id:
                 return layer
         for layer in self.resolver.layers():
@@ -291,44 +290,10 @@ class LazyFS(pyfuse3.Operations):
         except LazyLayerError as exc:
             raise pyfuse3.FUSEError(exc.errno) from None
 
-    async def hold(self, ref: str, digest: str) -> Layer:
-        """The layer behind MNT/<ref>/<digest>, resolved (and verified) on first use and kept
-        for the layout (diff, info, blob, listings). The layout takes no reference of its own,
-        as upstream stargz-store: creating ``use`` takes one and ``rmdir`` of the layer dir gives
-        it back, so a client that released everything (podman after rmi) leaves the layer to the
-        resolver's TTL. An evicted layer is resolved again here. Typed errors."""
-        key = (ref, digest)
-        layer = self._held.get(key)
-        if layer is not None and not layer.closed:
-            layer.touch()
-            return layer
-        desc = await self.resolver.descriptor(ref, digest)
-        layer = await self.resolver.resolve(ref, desc)
-        layer.done()  # resolve took a reference on our behalf; the layout keeps none
-        current = self._held.get(key)
-        if current is not None and not current.closed:  # a concurrent lookup got there first
-            return current
-        self._held[key] = layer
-        digests = self._refs.setdefault(ref, set())
-        if digest not in digests:
-            self._layout_changed([LayoutNode(Kind.REF, ref=ref), LayoutNode(Kind.LAYER, ref, digest)]
-                                 + ([] if digests else [LayoutNode(Kind.ROOT)]))
-            digests.add(digest)
-        return layer
-
-    def _layout_changed(self, nodes: list[LayoutNode]) -> None:
-        """``nodes`` list something new: their mtime moves and the kernel drops their attributes,
-        so a listing it keeps is read again (daemon/dircache.py). From a thread: a notification
-        written while the kernel waits on a request of ours could wait for that request."""
-        self._layout_mtime_ns = max(time.time_ns(), self._layout_mtime_ns + 1)
-        inodes = [self._layout_inode(node) for node in nodes]
-        if self._nursery is not None:
-            self._nursery.start_soon(trio.to_thread.run_sync, _forget_attributes, inodes)
-
     async def _hold(self, ref: str, digest: str) -> Layer:
         """`hold` for FUSE handlers: ENOENT for what does not exist, EIO for the rest."""
         try:
-            return await self.hold(ref, digest)
+            return await self.held.hold(ref, digest)
         except LazyLayerError as exc:
             log.warning("cannot serve layer %s of %s: %s", digest, ref, exc)
             raise pyfuse3.FUSEError(errno.ENOENT if exc.errno == errno.ENOENT else errno.EIO) from None
@@ -413,11 +378,10 @@ class LazyFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         children: list[LayoutNode] = []
         if node.kind is Kind.ROOT:
-            children = [LayoutNode(Kind.REF, ref=ref) for ref in sorted(self._refs)]
+            children = [LayoutNode(Kind.REF, ref=ref) for ref in self.held.refs()]
         elif node.kind is Kind.REF:
-            children = [LayoutNode(Kind.LAYER, node.ref, d) for d in sorted(self._refs.get(node.ref, ()))]
-        elif node.kind is Kind.LAYER and (node.ref, node.digest) in self._held:
-            layer = self._held[(node.ref, node.digest)]
+            children = [LayoutNode(Kind.LAYER, node.ref, d) for d in self.held.digests(node.ref)]
+        elif node.kind is Kind.LAYER and (layer := self.held.get(node.ref, node.digest)) is not None:
             root = layer.record.root
             return [(DIFF, self._entry(root.inode, self._node_attr(root))),
                     (INFO, self._layout_entry(LayoutNode(Kind.INFO, node.ref, node.digest))),
@@ -517,10 +481,7 @@ class LazyFS(pyfuse3.Operations):
         node = self.layout.node(parent_inode)
         if node is not None and node.kind is Kind.LAYER and name == USE:
             self._may_fetch(ctx)
-            layer = await self._hold(node.ref, node.digest)
-            layer.acquire()
-            self.journal.use(node.ref, node.digest, 1)
-            log.info("layer %s of %s in use (%d references)", node.digest, node.ref, layer.refs)
+            self.held.use(node.ref, node.digest, await self._hold(node.ref, node.digest))
             raise pyfuse3.FUSEError(errno.ENOENT)
         raise pyfuse3.FUSEError(errno.EROFS)
 
@@ -528,12 +489,7 @@ class LazyFS(pyfuse3.Operations):
         node = self.layout.node(parent_inode)
         if node is not None and node.kind is Kind.REF:
             self._may_fetch(ctx)
-            layer = self._held.get((node.ref, name.decode("ascii", "replace")))
-            if layer is not None:
-                layer.done()
-                if self.journal.uses[(node.ref, layer.digest)] > 0:
-                    self.journal.use(node.ref, layer.digest, -1)
-                log.info("layer %s of %s released (%d references)", layer.digest, node.ref, layer.refs)
+            if self.held.release(node.ref, name.decode("ascii", "replace")):
                 raise pyfuse3.FUSEError(errno.ENOENT)
         raise pyfuse3.FUSEError(errno.EROFS)
 
@@ -566,34 +522,3 @@ class LazyFS(pyfuse3.Operations):
 
     async def removexattr(self, *args: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EROFS)
-
-    # -- for the control socket ----------------------------------------------------------------
-
-    async def hold_again(self, journal: list[dict[str, Any]]) -> None:
-        """After a takeover: hold the layers the restored layout names, so their directories
-        list as before, with the `use` references the journal counts (one failing layer is
-        logged and skipped)."""
-        uses = uses_in(journal)
-        for node in self.layout.nodes(Kind.LAYER):
-            try:
-                layer = await self.hold(node.ref, node.digest)
-            except LazyLayerError as exc:
-                log.warning("layer %s of %s not held again after the takeover: %s", node.digest, node.ref, exc)
-                continue
-            for _ in range(uses[(node.ref, node.digest)]):
-                layer.acquire()
-                self.journal.uses[(node.ref, node.digest)] += 1
-
-    def held(self) -> list[Layer]:
-        return list(self._held.values())
-
-    def release_all(self) -> None:
-        self._held.clear()
-
-
-def _forget_attributes(inodes: list[int]) -> None:
-    for inode in inodes:
-        try:
-            pyfuse3.invalidate_inode(inode, attr_only=True)
-        except OSError:  # the kernel does not know it (yet): nothing to forget
-            pass

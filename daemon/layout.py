@@ -131,6 +131,10 @@ class LayoutInodes:
     def nodes(self, kind: Kind) -> list[LayoutNode]:
         return [node for node in self._nodes.values() if node.kind is kind]
 
+    def known(self, node: LayoutNode) -> int | None:
+        """``node``'s inode if it has one (the kernel may have been told of it)."""
+        return self._inodes.get(node)
+
     def inode(self, node: LayoutNode) -> int | None:
         """``node``'s inode, allocated on first use; None when the space is full."""
         inode = self._inodes.get(node)

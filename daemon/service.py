@@ -147,7 +147,7 @@ class Daemon:
 
         async def hold(digest: str) -> None:
             try:
-                held[digest] = await self.fs.hold(ref, digest)
+                held[digest] = await self.fs.held.hold(ref, digest)
             except LazyLayerError as exc:
                 errors[digest] = exc
 
@@ -278,13 +278,13 @@ class Daemon:
             self.fs.views.pop(mount.view_id, None)
 
     async def prefetch_layer(self, params: dict[str, Any]) -> dict[str, Any]:
-        layer = await self.fs.hold(str(params["ref"]), str(params["digest"]))
+        layer = await self.fs.held.hold(str(params["ref"]), str(params["digest"]))
         fetched = await layer.prefetch()
         return {"bytes": fetched, "info": layer.info().to_dict(), "error": layer.error()}
 
     async def fetch_layer(self, params: dict[str, Any]) -> dict[str, Any]:
         """The whole blob now (the same pieces the background walk fetches: jobs are shared)."""
-        layer = await self.fs.hold(str(params["ref"]), str(params["digest"]))
+        layer = await self.fs.held.hold(str(params["ref"]), str(params["digest"]))
         await self.remote.background_fetch(layer.ref, layer.current_record())
         return {"info": layer.info().to_dict(), "error": layer.error()}
 
@@ -299,7 +299,7 @@ class Daemon:
     async def status(self, params: dict[str, Any]) -> dict[str, Any]:
         layers = []
         seen = set()
-        for layer in self.fs.held() + self.resolver.layers():
+        for layer in self.fs.held.layers() + self.resolver.layers():
             if id(layer) in seen:
                 continue
             seen.add(id(layer))
@@ -447,7 +447,7 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
             handing_over = daemon.holder is not None and not daemon.holder.broken
             if not handing_over:
                 daemon.unmount_user_mounts()
-            fs.release_all()
+            fs.held.clear()
             pyfuse3.close(unmount=False)
             _drop(conn, unmount=not handing_over)
             if not handing_over:
@@ -473,10 +473,10 @@ async def _restore(daemon: Daemon, journal: list[dict[str, Any]]) -> None:
     restored = daemon.restore_mounts(journal)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon.acquire_restored, restored, journal)
-        nursery.start_soon(daemon.fs.hold_again, journal)
+        nursery.start_soon(daemon.fs.held.hold_again, journal)
     assert daemon.fs.restoring is not None
     daemon.fs.restoring.set()
-    log.info("takeover: %d mounts and %d layers served again", len(restored), len(daemon.fs.held()))
+    log.info("takeover: %d mounts and %d layers served again", len(restored), len(daemon.fs.held.layers()))
 
 
 def _mount(options: DaemonOptions, holder: HolderLink | None) -> Connection:
