@@ -1,8 +1,8 @@
-/* Kernel-cached directory listings for pyfuse3 (loaded by daemon/dircache.py; why: see there).
+/* Directory listings the kernel keeps for pyfuse3 (loaded by daemon/dircache.py; why: see there).
  *
- * This library defines fuse_session_new. Loaded RTLD_GLOBAL before pyfuse3 first calls it,
- * it is the definition pyfuse3's reference binds to; it calls libfuse's own with a copy of
- * pyfuse3's operations in which:
+ * This library defines fuse_session_new. Loaded RTLD_GLOBAL before pyfuse3 is imported, it is
+ * the definition pyfuse3's reference binds to; it calls libfuse's own with a copy of pyfuse3's
+ * operations in which:
  *   - OPENDIR is answered ENOSYS: the kernel then never sends OPENDIR or RELEASEDIR again on
  *     this connection and opens every directory FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, so a
  *     listing is read through FUSE once and served from the page cache after that;
@@ -19,11 +19,11 @@ typedef void (*readdir_fn)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_fi
 typedef struct fuse_session *(*session_new_fn)(struct fuse_args *, const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
+/* Sessions started with the operations below (daemon/dircache.py reads it). */
+int lazylayer_dircache_sessions;
+
 static struct fuse_lowlevel_ops ops;
 static readdir_fn their_readdir, their_readdirplus;
-
-/* Sessions started with the operations above (daemon/dircache.py reads it). */
-int lazylayer_dircache_sessions;
 
 static void opendir_unsupported(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -52,7 +52,7 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
     if (libfuse_session_new == NULL)
         return NULL;
     if (op_size != sizeof ops || (op->readdir == NULL && op->readdirplus == NULL))
-        return libfuse_session_new(args, op, op_size, userdata);  /* not the layout we know: as is */
+        return libfuse_session_new(args, op, op_size, userdata); /* not the layout we know: as is */
     memcpy(&ops, op, sizeof ops);
     their_readdir = op->readdir;
     their_readdirplus = op->readdirplus;

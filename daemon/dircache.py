@@ -1,7 +1,7 @@
-"""Directory listings the kernel keeps, where pyfuse3 offers no way to ask for it.
+"""Directory listings the kernel keeps, where pyfuse3 has no way to ask for it.
 
-Layers never change, so a listing read once could be served by the kernel from then on: that is
-what FOPEN_CACHE_DIR (plus FOPEN_KEEP_CACHE) in the reply to OPENDIR asks for. pyfuse3 3.5
+Layers never change, so a listing read once could be served by the kernel from then on:
+FOPEN_CACHE_DIR (plus FOPEN_KEEP_CACHE) in the reply to OPENDIR asks for that. pyfuse3 3.5
 answers OPENDIR with the fh alone, so every `opendir` + `readdir` + `releasedir` of every
 directory came to the front: a warm `find` over the bench image's rootfs layer was 7,643 FUSE
 requests, five times a walk of the same tree on local disk.
@@ -9,18 +9,18 @@ requests, five times a walk of the same tree on local disk.
 The kernel has a second way in: a file system that answers OPENDIR with ENOSYS is never sent
 OPENDIR or RELEASEDIR again on that connection, and every directory is opened
 FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR (fs/fuse/file.c, "Default for no-open"). READDIR then
-carries fh 0 and pyfuse3 passes its handler nothing else, so the directory would be unknown.
-daemon/dircache.c closes that gap: it interposes libfuse's `fuse_session_new` (the package's
-__init__ loads it RTLD_GLOBAL before anything imports pyfuse3, whose references are bound at
-import to the first definition in the global scope) and hands libfuse pyfuse3's operations with OPENDIR answered
-ENOSYS and the inode put in READDIR's fh.
+carries fh 0, and pyfuse3 passes its handler nothing else, so the library puts the inode there:
+`LazyFS.readdir` takes its fh as the directory's inode, which `LazyFS.opendir` also returns.
+What the store layout lists does change (a new ref, a layer held): daemon/held.py gives those
+directories an mtime that moves with them and drops their cached attributes, and the kernel
+empties a kept listing whose directory's mtime changed (auto_inval_data, libfuse's default).
 
-So `LazyFS.readdir` takes its fh as the directory's inode, which `LazyFS.opendir` also returns:
-without the library (not built, or a libfuse whose `fuse_session_new` is another symbol) the
-front works as before, listing through FUSE every time. What the store layout lists does change
-(a new ref, a layer held): `LazyFS` gives those directories an mtime that moves with them and
-drops their cached attributes, and the kernel empties a cached listing whose directory's mtime
-changed (auto_inval_data, libfuse's default).
+How: daemon/dircache.c defines libfuse's `fuse_session_new`. The package's __init__ loads
+it RTLD_GLOBAL before anything imports pyfuse3, whose references are bound at import to the
+first definition in the global scope; it hands libfuse pyfuse3's operations with OPENDIR and
+READDIR(PLUS) wrapped. Without the library (not built, or a libfuse whose session constructor is
+another symbol) the front works as before, every listing through FUSE; the daemon logs a
+warning and `lazylayer status` says so.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import logging
 import os
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +60,8 @@ def active() -> bool:
     if _library is None:
         return False
     return ctypes.c_int.in_dll(_library, "lazylayer_dircache_sessions").value > 0
+
+
+def status() -> dict[str, Any]:
+    """For `lazylayer status`."""
+    return {"active": active()}

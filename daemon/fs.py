@@ -115,7 +115,7 @@ class LazyFS(pyfuse3.Operations):
     def attach(self, nursery: trio.Nursery) -> None:
         """Where read-ahead tasks run (the daemon's nursery)."""
         self._nursery = nursery
-        self.held.attach(nursery)
+        self.held.serving()
 
     # -- inode spaces --------------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ def start_session(ops: Any, conn: Connection) -> None:
             os.close(session_fd)
             raise MountError(f"cannot start the FUSE session for {conn.mountpoint}: {exc}") from None
         if not dircache.active():
-            log.warning("directory listings go through FUSE every time (daemon/dircache.py's library "
+            log.warning("every directory listing goes through FUSE (daemon/dircache.py's library "
                         "did not start this session)")
         feed.send(conn.init)  # read by pyfuse3.main's first task
 

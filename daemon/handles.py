@@ -6,7 +6,8 @@ the `fh` values an earlier front handed out, and pyfuse3's read/readdir/release 
 else. So ``fh = serial << 60 | inode``: a front that does not know an `fh` reopens its inode
 (`LazyFS._handle`) and loses only per-open hints (the read-ahead position). The serial keeps up
 to 16 concurrent opens of one inode apart; a 17th reuses the last slot, whose displaced owner
-is reopened the same way on its next request. Layer ids must stay below 2**28 for that (inode = layer id << 32 | node id).
+is reopened the same way on its next request. Layer ids must stay below 2**28 for that
+(inode = layer id << 32 | node id).
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import pyfuse3
-import trio
 
 from lazylayer.daemon.journal import Journal, uses_in
 from lazylayer.daemon.layer import Layer, Resolver
@@ -37,11 +36,11 @@ class HeldLayers:
         self._refs: dict[str, set[str]] = {}
         #: the layout directories' mtime: moves when what they list does
         self.mtime_ns = time.time_ns()
-        self._nursery: trio.Nursery | None = None
+        self._serving = False
 
-    def attach(self, nursery: trio.Nursery) -> None:
-        """Where the kernel is told of changes (the daemon's nursery)."""
-        self._nursery = nursery
+    def serving(self) -> None:
+        """The FUSE session is up: changes are told to the kernel from now on."""
+        self._serving = True
 
     def get(self, ref: str, digest: str) -> Layer | None:
         return self._held.get((ref, digest))
@@ -112,17 +111,17 @@ class HeldLayers:
                 self.journal.uses[(node.ref, node.digest)] += 1
 
     def _changed(self, nodes: list[LayoutNode]) -> None:
-        """``nodes`` list something new. The kernel is told from a thread: a notification written
-        while it waits on a request of ours could wait for that request."""
+        """``nodes`` list something new. Told before the request that held the layer is
+        answered, so that its caller's next look at them is fresh. Dropping attributes takes
+        no lock a request of ours could hold (fs/fuse/inode.c, fuse_reverse_inval_inode with
+        no range), so it cannot wait on this loop."""
         self.mtime_ns = max(time.time_ns(), self.mtime_ns + 1)
-        inodes = [inode for inode in map(self.journal.layout.known, nodes) if inode is not None]
-        if self._nursery is not None:
-            self._nursery.start_soon(trio.to_thread.run_sync, _forget_attributes, inodes)
-
-
-def _forget_attributes(inodes: list[int]) -> None:
-    for inode in inodes:
-        try:
-            pyfuse3.invalidate_inode(inode, attr_only=True)
-        except OSError:  # the kernel does not know it (yet): nothing to forget
-            pass
+        if not self._serving:
+            return
+        for inode in map(self.journal.layout.known, nodes):
+            if inode is None:
+                continue
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError:  # the kernel does not know it (yet): nothing to forget
+                pass

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pyfuse3
 import trio
 
-from lazylayer.daemon import fusedispatch, mounts
+from lazylayer.daemon import dircache, fusedispatch, mounts
 from lazylayer.daemon.control import ControlServer
 from lazylayer.daemon.earlyworkers import EarlyWorkers
 from lazylayer.daemon.fetchstats import FetchObserver
@@ -313,6 +313,7 @@ class Daemon:
             "mountpoint": self.options.mountpoint,
             "takeovers": self.takeovers,
             "cache_dir": self.options.cache_dir,
+            "dircache": dircache.status(),
             "layers": layers,
             "cached_layers": cached,
             # trio's clock is monotonic: `when` is shown on the wall clock, as every other time

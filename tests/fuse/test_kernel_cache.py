@@ -50,7 +50,8 @@ def test_absent_names_and_attributes_of_layer_nodes_are_cached(daemon: RunningDa
     inside = diff / present.relative_to(layer.root)
     missing = inside.parent / "no-such-name.cpython-311.pyc"
 
-    os.stat(inside)
+    os.stat(inside)  # resolves the layer: the layout's directories then list more (daemon/held.py)
+    os.stat(inside)  # and the kernel, told so, has asked for their attributes again
     assert not missing.exists()
     assert answered_without_daemon(daemon, lambda: os.stat(inside))
     assert answered_without_daemon(daemon, lambda: missing.exists())
@@ -67,6 +68,7 @@ def test_the_store_layout_is_not_cached_for_long(daemon: RunningDaemon, app_imag
 
 def test_layer_directory_listings_are_cached_by_the_kernel(daemon: RunningDaemon, app_image: PushedImage):
     """daemon/dircache.py: a listing read once is the kernel's to serve again."""
+    assert daemon.call("status")["dircache"] == {"active": True}
     diff = daemon.layer_dir(app_image.ref, app_image.layers[0].digest)
     listed, unlisted = [d for d in sorted(diff.iterdir()) if d.is_dir()][:2]
     expected = sorted(os.listdir(listed))
@@ -93,3 +95,4 @@ def test_store_layout_listings_follow_what_they_list(daemon: RunningDaemon, app_
     assert sorted(os.listdir(ref_dir / digest)) == ["blob", "diff", "info"]  # listing it holds the layer
     assert ref_dir.name in os.listdir(daemon.mountpoint)
     assert os.listdir(ref_dir) == [digest]
+
