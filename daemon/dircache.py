@@ -19,8 +19,9 @@ How: daemon/dircache.c defines libfuse's `fuse_session_new`. The package's __ini
 it RTLD_GLOBAL before anything imports pyfuse3, whose references are bound at import to the
 first definition in the global scope; it hands libfuse pyfuse3's operations with OPENDIR and
 READDIR(PLUS) wrapped. Without the library (not built, or a libfuse whose session constructor is
-another symbol) the front works as before, every listing through FUSE; the daemon logs a
-warning and `lazylayer status` says so.
+another symbol), or on a kernel whose FUSE_INIT does not offer zero-message opendirs (before
+5.1), the front works as before, every listing through FUSE; the daemon logs a warning and
+`lazylayer status` says so.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _library: ctypes.CDLL | None = None
 
 def load() -> None:
     """Load the library into the global symbol scope; it counts only before pyfuse3 is imported.
-    A missing or unloadable library costs the caching, nothing else (`active` says so)."""
+    A missing or unloadable library costs the caching, nothing else (`problem` says so)."""
     global _library
     if _library is not None:
         return
@@ -55,13 +56,18 @@ def load() -> None:
     log.warning("%s/_dircache*.so is not built: directory listings are not cached by the kernel", here)
 
 
-def active() -> bool:
-    """Whether a FUSE session of this process was started through the library."""
+def problem() -> str | None:
+    """Why the kernel does not keep this process's listings, or None when it does (a kernel's
+    answer is assumed until its FUSE_INIT)."""
     if _library is None:
-        return False
-    return ctypes.c_int.in_dll(_library, "lazylayer_dircache_sessions").value > 0
+        return "daemon/dircache.py's library is not loaded"
+    if ctypes.c_int.in_dll(_library, "lazylayer_dircache_sessions").value == 0:
+        return "daemon/dircache.py's library did not start this FUSE session"
+    if ctypes.c_int.in_dll(_library, "lazylayer_dircache_zero_opendir").value == 0:
+        return "this kernel does not take ENOSYS for OPENDIR (Linux 5.1 and later do)"
+    return None
 
 
 def status() -> dict[str, Any]:
     """For `lazylayer status`."""
-    return {"active": active()}
+    return {"active": problem() is None, "problem": problem()}

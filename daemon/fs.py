@@ -351,6 +351,10 @@ class LazyFS(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         inode = inode_of(fh)  # an earlier front's fh may carry a serial (daemon/handles.py)
+        if inode == 0:  # the kernel sends no opendir, and the library that names the directory is missing
+            log.error("READDIR without a directory: this connection was started with daemon/dircache.py's "
+                      "library and this front runs without it")
+            raise pyfuse3.FUSEError(errno.EIO)
         if inode >= LAYER_INODES:
             ref = split_inode(inode)
             cursor = self._listings.cursor(ref)

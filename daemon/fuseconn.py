@@ -79,6 +79,9 @@ def start_session(ops: Any, conn: Connection) -> None:
 
     def on_init() -> None:
         os.dup2(fuse_fd, session_fd, inheritable=False)
+        problem = dircache.problem()  # known once the kernel's FUSE_INIT was read
+        if problem is not None:
+            log.warning("directory listings go through FUSE every time: %s", problem)
 
     ops.on_init = on_init
     with feed:
@@ -87,9 +90,6 @@ def start_session(ops: Any, conn: Connection) -> None:
         except RuntimeError as exc:
             os.close(session_fd)
             raise MountError(f"cannot start the FUSE session for {conn.mountpoint}: {exc}") from None
-        if not dircache.active():
-            log.warning("every directory listing goes through FUSE (daemon/dircache.py's library "
-                        "did not start this session)")
         feed.send(conn.init)  # read by pyfuse3.main's first task
 
 

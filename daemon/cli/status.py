@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"daemon pid {status['pid']} serving {status['mountpoint']}"
           + (f" (took the FUSE connection over from an earlier front; takeovers: {takeovers})" if takeovers else ""))
     if not status["dircache"]["active"]:
-        print("the kernel keeps no directory listing: each goes through FUSE (see the daemon's log)")
+        print(f"directory listings go through FUSE every time: {status['dircache']['problem']}")
     print_table("layers", ["ref", "digest", "state", "size", "fetched", "prefetch", "last read", "refs", "source",
                            "format", "error"],
                 [[l["ref"], l["digest"][:19], l["info"]["state"], human_size(l["info"]["size"]),

@@ -68,7 +68,7 @@ def test_the_store_layout_is_not_cached_for_long(daemon: RunningDaemon, app_imag
 
 def test_layer_directory_listings_are_cached_by_the_kernel(daemon: RunningDaemon, app_image: PushedImage):
     """daemon/dircache.py: a listing read once is the kernel's to serve again."""
-    assert daemon.call("status")["dircache"] == {"active": True}
+    assert daemon.call("status")["dircache"] == {"active": True, "problem": None}
     diff = daemon.layer_dir(app_image.ref, app_image.layers[0].digest)
     listed, unlisted = [d for d in sorted(diff.iterdir()) if d.is_dir()][:2]
     expected = sorted(os.listdir(listed))
