@@ -164,3 +164,18 @@ def test_the_connection_id_survives_a_takeover_and_a_fresh_mount_gets_another(st
         assert after is not None and after != before
     finally:
         store.close()
+
+
+def test_directories_list_across_a_takeover(stack: Stack, app_image: PushedImage):
+    """The kernel stopped sending OPENDIR on this connection (daemon/dircache.py) and keeps the
+    listings it read; the next front lists what it asks for by inode alone."""
+    layer = app_image.layers[1]
+    diff = stack.front.layer_dir(app_image.ref, layer.digest)
+    listed = sorted(os.listdir(diff / "opt/data"))
+    stack.front.kill()
+    front = stack.restart_front()
+    assert front.call("status")["dircache"]["active"]
+    assert sorted(os.listdir(diff / "opt/data")) == listed  # the kernel's, or the new front's
+    assert os.listdir(diff / "opt/data/deep/a/b") == ["c"]  # never listed before: the new front's
+    assert diff.parent.parent.name in os.listdir(stack.front.mountpoint)
+    assert "READDIR without a directory" not in stack.front.log()
