@@ -27,21 +27,20 @@ another symbol), or on a kernel whose FUSE_INIT does not offer zero-message open
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 _library: ctypes.CDLL | None = None
+#: why `load` found no library: said by the front (`problem`), not by every command that loads it
+_missing = "daemon/dircache.py's library is not loaded"
 
 
 def load() -> None:
     """Load the library into the global symbol scope; it counts only before pyfuse3 is imported.
     A missing or unloadable library costs the caching, nothing else (`problem` says so)."""
-    global _library
+    global _library, _missing
     if _library is not None:
         return
     here = Path(__file__).parent
@@ -51,16 +50,16 @@ def load() -> None:
             try:
                 _library = ctypes.CDLL(str(path), mode=os.RTLD_NOW | os.RTLD_GLOBAL)
             except OSError as exc:
-                log.warning("cannot load %s (%s): directory listings are not cached by the kernel", path, exc)
+                _missing = f"cannot load {path}: {exc}"
             return
-    log.warning("%s/_dircache*.so is not built: directory listings are not cached by the kernel", here)
+    _missing = f"{here}/_dircache*.so is not built (pip install builds it)"
 
 
 def problem() -> str | None:
     """Why the kernel does not keep this process's listings, or None when it does (a kernel's
     answer is assumed until its FUSE_INIT)."""
     if _library is None:
-        return "daemon/dircache.py's library is not loaded"
+        return _missing
     if ctypes.c_int.in_dll(_library, "lazylayer_dircache_sessions").value == 0:
         return "daemon/dircache.py's library did not start this FUSE session"
     if ctypes.c_int.in_dll(_library, "lazylayer_dircache_zero_opendir").value == 0:
