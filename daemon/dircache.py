@@ -69,4 +69,5 @@ def problem() -> str | None:
 
 def status() -> dict[str, Any]:
     """For `lazylayer status`."""
-    return {"active": problem() is None, "problem": problem()}
+    why = problem()
+    return {"active": why is None, "problem": why}
