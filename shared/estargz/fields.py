@@ -57,7 +57,7 @@ def file_time(seconds: int) -> int:
     (1 to 9999, as Go writes them); a file system shows the nearest time it can hold, as ext4
     does with times past its range."""
     if -MTIME_MAX <= seconds <= MTIME_MAX:  # one comparison chain, not two calls: once per entry
-        return seconds
+        return int(seconds)  # not the decoder's int subclass, which msgpack encoders take through a hook
     return MTIME_MAX if seconds > 0 else -MTIME_MAX
 
 

@@ -28,6 +28,14 @@ from lazylayer.shared.estargz.tocstream import TOCStream
 #: One validated chunk of a file: (chunk offset, size, blob offset, inner offset, digest).
 ChunkSpec = tuple[int, int, int, int, str]
 
+#: Members as module globals: ``EntryType.X`` is a lookup through the enum's metaclass (~90 ns),
+#: and registration compares entry types several times per TOC entry.
+_DIR = EntryType.DIR
+_REG = EntryType.REG
+_SYMLINK = EntryType.SYMLINK
+_HARDLINK = EntryType.HARDLINK
+_CHUNK = EntryType.CHUNK
+
 
 V = TypeVar("V")
 
@@ -43,8 +51,8 @@ def grouped(entries: Iterable[TOCEntry]) -> Iterator[tuple[TOCEntry, list[TOCEnt
     groups: dict[int, str] = {}
     current: tuple[TOCEntry, list[TOCEntry]] | None = None
     for entry in entries:
-        if entry.type is EntryType.CHUNK:
-            if current is None or current[0].type is not EntryType.REG:
+        if entry.type is _CHUNK:
+            if current is None or current[0].type is not _REG:
                 raise TOCError(f"entry {entry.name!r}: chunk entry does not follow a regular file")
             entry.name = current[0].name
             current[1].append(entry)
@@ -88,19 +96,19 @@ class TreeBuilder(Generic[V]):
         """Apply one non-chunk entry, keeping ``value`` for its path."""
         path = entry.name
         kind = entry.type
-        if path == "" and kind is not EntryType.DIR:
+        if path == "" and kind is not _DIR:
             raise TOCError(f"entry {path!r}: the layer root is a {kind.value}, not a dir")
-        if kind in (EntryType.SYMLINK, EntryType.HARDLINK) and not entry.link_name:
+        if (kind is _SYMLINK or kind is _HARDLINK) and not entry.link_name:
             raise TOCError(f"entry {path!r}: {kind.value} has no target (linkName)")
         # ``_children`` has a key for each directory there is, and only for those
         parent = parent_of(path)
         if path and parent not in self._children:
             self._ensure_parent(path)
-        if kind is not EntryType.DIR and path in self._children:
+        if kind is not _DIR and path in self._children:
             self._drop_subtree(path)
         self.nodes[path] = value
         self.implicit.discard(path)
-        if kind is EntryType.DIR:
+        if kind is _DIR:
             self._children.setdefault(path, set())
         if path:
             self._children[parent].add(path)
@@ -112,7 +120,7 @@ class TreeBuilder(Generic[V]):
             missing.append(parent)
             parent = parent_of(parent)
         kind = self.kind_of(self.nodes[parent])
-        if kind is not EntryType.DIR:
+        if kind is not _DIR:
             raise TOCError(f"entry {path!r}: parent {parent!r} is a {kind.value}, not a directory")
         for name in reversed(missing):
             self.nodes[name] = self.implicit_dir(name)
@@ -204,7 +212,7 @@ def file_chunks(pieces: list[TOCEntry], payload_end: int, limits: TOCLimits) -> 
 def resolve_hardlinks(nodes: Mapping[str, V], kind_of: Callable[[V], EntryType]) -> dict[str, str]:
     """hardlink path -> final target path; refuses missing targets, loops and directories.
     A hardlink's value in ``nodes`` must be its `TOCEntry`."""
-    links = {path: value for path, value in nodes.items() if kind_of(value) is EntryType.HARDLINK}
+    links = {path: value for path, value in nodes.items() if kind_of(value) is _HARDLINK}
     resolved: dict[str, str] = {}
     for path in links:
         if path in resolved:
@@ -216,7 +224,7 @@ def resolve_hardlinks(nodes: Mapping[str, V], kind_of: Callable[[V], EntryType])
             if current in resolved:
                 target = resolved[current]
                 break
-            if kind_of(nodes[current]) is not EntryType.HARDLINK:
+            if kind_of(nodes[current]) is not _HARDLINK:
                 target = current
                 break
             if current in seen:
@@ -233,7 +241,7 @@ def resolve_hardlinks(nodes: Mapping[str, V], kind_of: Callable[[V], EntryType])
                 ) from None
             if current not in nodes:
                 raise TOCError(f"entry {node.name!r}: hardlink target {node.link_name!r} is not in the layer")
-        if kind_of(nodes[target]) is EntryType.DIR:
+        if kind_of(nodes[target]) is _DIR:
             raise TOCError(f"entry {path!r}: hardlink to a directory ({target!r})")
         for name in chain:
             resolved[name] = target
@@ -248,7 +256,7 @@ def build_toc(stream: TOCStream) -> TOC:
     chunks: dict[str, tuple[Chunk, ...]] = {}
     for entry, pieces in grouped(_kept(stream, entries)):
         tree.add(entry, entry)
-        if entry.type is EntryType.REG:
+        if entry.type is _REG:
             specs = file_chunks(pieces, stream.payload_end, stream.limits)
             for spec in specs:
                 starts.append(spec[2])
@@ -256,7 +264,7 @@ def build_toc(stream: TOCStream) -> TOC:
     starts.finish(stream.payload_end)
     kept = {
         path: tuple(replace(c, blob_end=starts.end_after(c.blob_offset)) for c in chunks[path])
-        for path, node in tree.nodes.items() if node.type is EntryType.REG
+        for path, node in tree.nodes.items() if node.type is _REG
     }
     hardlinks = resolve_hardlinks(tree.nodes, type_of)
     assert stream.digest is not None  # the stream is exhausted
@@ -271,4 +279,4 @@ def _kept(stream: TOCStream, entries: list[TOCEntry]) -> Iterator[TOCEntry]:
 
 
 def _implicit_dir(name: str) -> TOCEntry:
-    return TOCEntry(name=name, type=EntryType.DIR, mode=0o755)
+    return TOCEntry(name=name, type=_DIR, mode=0o755)

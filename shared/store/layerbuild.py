@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from lazylayer.shared.errors import FormatError, TOCLimitError
 from lazylayer.shared.estargz.fields import file_time
@@ -31,12 +31,17 @@ from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder,
 from lazylayer.shared.store.chunks import digest_key, unverified_key
 from lazylayer.shared.store.metadata import (
     BATCH_ROWS, MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, encoded_attr_of,
-    name_bytes,
 )
 
 _ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
 _NODE_KEY = struct.Struct(">II")
 _CHUNK_KEY = struct.Struct(">IIQ")
+
+#: Members as module globals: ``EntryType.X`` is a lookup through the enum's metaclass (~90 ns),
+#: and registration compares entry types several times per TOC entry.
+_DIR = EntryType.DIR
+_REG = EntryType.REG
+_HARDLINK = EntryType.HARDLINK
 
 
 #: What one path keeps while the TOC streams: (type, its encoded `NodeAttr`, for a regular file
@@ -86,17 +91,17 @@ class LayerScan:
         landmark = self._tree.nodes.get(PREFETCH_LANDMARK)
         if NO_PREFETCH_LANDMARK in self._tree.nodes:
             self.prefetch_end = 0
-        elif landmark is not None and _kind(landmark) is EntryType.REG:
+        elif landmark is not None and _kind(landmark) is _REG:
             self.prefetch_end = landmark_offset
         self.node_count = len(self._tree.nodes) - len(self._hardlinks)
         if self.node_count > MAX_NODE_ID - ROOT_ID:
             raise TOCLimitError(f"layer has {self.node_count} nodes; at most {MAX_NODE_ID - ROOT_ID} fit")
 
     def _keep(self, entry: TOCEntry, pieces: list[TOCEntry]) -> Value:
-        if entry.type is EntryType.HARDLINK:
+        if entry.type is _HARDLINK:
             return entry
         chunks: tuple[ChunkSpec, ...] = ()
-        if entry.type is EntryType.REG:
+        if entry.type is _REG:
             chunks = tuple(file_chunks(pieces, self._payload_end, self._limits))
             for offset, _, blob_offset, _, digest in chunks:
                 if not digest and not self.allow_unverified:
@@ -117,7 +122,7 @@ class LayerScan:
         for path, value in nodes.items():
             if isinstance(value, TOCEntry):  # a hardlink: its target's node
                 continue
-            is_dir = value[0] is EntryType.DIR
+            is_dir = value[0] is _DIR
             if is_dir or path in needed:
                 ids[path] = next_id
             next_id += 1
@@ -127,29 +132,38 @@ class LayerScan:
         special = hides | whiteouts.keys() | opaque | links.keys() | subdirs.keys()
         prefix = struct.pack(">I", layer_id)
         parent_keys = {path: prefix + struct.pack(">I", node) for path, node in ids.items()}
+        node_key, chunk_rows = _NODE_KEY.pack, self._chunk_rows_of(layer_id)
         batch: Rows = {"nodes": [], "dirents": [], "file_chunks": []}
+        node_rows, dirent_rows, file_chunk_rows = batch["nodes"], batch["dirents"], batch["file_chunks"]
         count = 0
         node_id = ROOT_ID - 1
+        # one pass in node order; the per-node calls are inlined for the common case (a plain
+        # name under a directory): this loop runs once per TOC entry of the layer
         for path, value in nodes.items():
-            if isinstance(value, TOCEntry):  # a hardlink
-                target = _NODE_KEY.pack(layer_id, ids[hardlinks[path]])
-            else:
+            if type(value) is tuple:  # a node of its own (`_Node`)
                 node_id += 1
-                target = _NODE_KEY.pack(layer_id, node_id)
-                attr = value[1] if path not in special else self._attr(
-                    path, value, 1 + links.get(path, 0), subdirs.get(path, 0), hides, whiteouts, opaque)
-                batch["nodes"].append((target, attr))
+                target = node_key(layer_id, node_id)
+                node_rows.append((target, value[1] if path not in special else self._attr(
+                    path, value, 1 + links.get(path, 0), subdirs.get(path, 0), hides, whiteouts, opaque)))
                 if value[2]:
-                    batch["file_chunks"].extend(self._chunk_rows(layer_id, node_id, value[2]))
+                    file_chunk_rows.extend(chunk_rows(node_id, value[2]))
+            else:  # a hardlink: its target's node
+                target = node_key(layer_id, ids[hardlinks[path]])
             if path:
-                dirent = _dirent(path, nodes, hardlinks)
-                if dirent is not None:
-                    parent, name = dirent
-                    batch["dirents"].append((parent_keys[parent] + name_bytes(name), target))
+                parent, _, base = path.rpartition("/")
+                if base.startswith(WHITEOUT_PREFIX) or not parent and base in _ROOT_LANDMARKS:
+                    dirent = _dirent(path, nodes, hardlinks)
+                    if dirent is None:
+                        parent = None
+                    else:
+                        parent, base = dirent
+                if parent is not None:
+                    dirent_rows.append((parent_keys[parent] + base.encode("utf-8", "surrogateescape"), target))
             count += 1
             if count >= BATCH_ROWS:
                 yield batch
                 batch, count = {"nodes": [], "dirents": [], "file_chunks": []}, 0
+                node_rows, dirent_rows, file_chunk_rows = batch["nodes"], batch["dirents"], batch["file_chunks"]
         yield batch
 
     def _overlay_marks(self) -> tuple[set[str], dict[str, int], set[str]]:
@@ -184,7 +198,7 @@ class LayerScan:
         """The row of a node with a link count or a flag to fix (`rows` keeps the others' rows
         as encoded while streaming); it may still turn out to need none."""
         kind, encoded, _ = node
-        is_dir = kind is EntryType.DIR
+        is_dir = kind is _DIR
         if path in whiteouts:
             attr = NodeAttr(WHITEOUT_MODE, mtime=whiteouts[path], flags=NodeFlag.WHITEOUT)
         elif (is_dir and subdirs == 0 or not is_dir and names == 1) and path not in hides and path not in opaque:
@@ -198,19 +212,25 @@ class LayerScan:
             attr.flags |= NodeFlag.OPAQUE
         return attr.encode()
 
-    def _chunk_rows(self, layer_id: int, node_id: int, chunks: tuple[ChunkSpec, ...]) -> list[tuple[bytes, bytes]]:
-        end_after, encode = self._starts.end_after, FileChunk.encode_fields
-        rows = []
-        for chunk_offset, size, blob_offset, inner, digest in chunks:
-            if digest:
-                key = digest_key(bytes.fromhex(digest[7:]))
-            else:
-                key = unverified_key(self.layer_digest, blob_offset, inner)
-            self.payload_bytes += size
-            rows.append((_CHUNK_KEY.pack(layer_id, node_id, chunk_offset),
-                         encode(size, blob_offset, inner, end_after(blob_offset), digest, key)))
-        self.chunk_count += len(rows)
-        return rows
+    def _chunk_rows_of(self, layer_id: int) -> Callable[[int, tuple[ChunkSpec, ...]], list[tuple[bytes, bytes]]]:
+        """The file-chunk rows of one node, for `rows` (the lookups it needs bound once)."""
+        end_after, encode, chunk_key = self._starts.end_after, FileChunk.encode_fields, _CHUNK_KEY.pack
+        layer_digest = self.layer_digest
+
+        def chunk_rows(node_id: int, chunks: tuple[ChunkSpec, ...]) -> list[tuple[bytes, bytes]]:
+            rows = []
+            payload = 0
+            for chunk_offset, size, blob_offset, inner, digest in chunks:
+                key = (digest_key(bytes.fromhex(digest[7:])) if digest
+                       else unverified_key(layer_digest, blob_offset, inner))
+                payload += size
+                rows.append((chunk_key(layer_id, node_id, chunk_offset),
+                             encode(size, blob_offset, inner, end_after(blob_offset), digest, key)))
+            self.payload_bytes += payload
+            self.chunk_count += len(rows)
+            return rows
+
+        return chunk_rows
 
 
 def _shows(path: str) -> bool:
@@ -237,5 +257,5 @@ def _dirent(path: str, nodes: dict[str, Value], hardlinks: dict[str, str]) -> tu
     return parent, base
 
 
-_IMPLICIT_DIR: _Node = (EntryType.DIR, attr_of(TOCEntry(name="", type=EntryType.DIR, mode=0o755)).encode(), ())
+_IMPLICIT_DIR: _Node = (_DIR, attr_of(TOCEntry(name="", type=_DIR, mode=0o755)).encode(), ())
 
