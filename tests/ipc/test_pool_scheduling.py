@@ -144,6 +144,28 @@ async def test_foreground_then_prefetch_then_background(endpoint, notifier, run_
 
 
 @trio_test
+async def test_prefetch_leaves_a_slot_for_a_read(endpoint, notifier, run_dir):
+    """Prefetch pieces queued first never take a worker's last slot of their registry: a read
+    submitted after them starts while they still run (it used to wait for one to end)."""
+    gate = run_dir / "gate"
+    async with one_worker(endpoint, capacity=2) as pool, trio.open_nursery() as nursery:
+
+        def submit(tag: str, priority: Priority) -> None:
+            params = {"gate": str(gate), "notify": notifier.path, "tag": tag}
+            nursery.start_soon(functools.partial(pool.submit, "gate", params, priority=priority, group="registry"))
+
+        for i in range(3):
+            submit(f"p{i}", Priority.PREFETCH)
+        first = (await notifier.next()).tag
+        await pool.wait_for(lambda s: s.queued["prefetch"] == 2)  # one piece runs, two wait
+        submit("read", Priority.FOREGROUND)
+        assert (await notifier.next()).tag == "read"  # started beside the piece, the gate still shut
+        assert pool.status().queued["prefetch"] == 2
+        gate.touch()
+    assert sorted(n.tag for n in notifier.pending()) == sorted({"p0", "p1", "p2"} - {first})
+
+
+@trio_test
 async def test_workers_run_disjoint_jobs_concurrently(endpoint, notifier, run_dir):
     gate = run_dir / "gate"
     async with make_pool(endpoint, spawn=2, capacity=2) as pool:
