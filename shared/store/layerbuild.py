@@ -200,16 +200,16 @@ class LayerScan:
         kind, encoded, _ = node
         is_dir = kind is _DIR
         if path in whiteouts:
-            attr = NodeAttr(WHITEOUT_MODE, mtime=whiteouts[path], flags=NodeFlag.WHITEOUT)
+            attr = NodeAttr(WHITEOUT_MODE, mtime=whiteouts[path], flags=int(NodeFlag.WHITEOUT))
         elif (is_dir and subdirs == 0 or not is_dir and names == 1) and path not in hides and path not in opaque:
             return encoded
         else:
             attr = NodeAttr.decode(encoded)
             attr.nlink = 2 + subdirs if is_dir else names
         if path in hides:
-            attr.flags |= NodeFlag.HIDES_LOWER
+            attr.flags |= int(NodeFlag.HIDES_LOWER)
         if path in opaque:
-            attr.flags |= NodeFlag.OPAQUE
+            attr.flags |= int(NodeFlag.OPAQUE)
         return attr.encode()
 
     def _chunk_rows_of(self, layer_id: int) -> Callable[[int, tuple[ChunkSpec, ...]], list[tuple[bytes, bytes]]]:

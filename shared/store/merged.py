@@ -33,7 +33,7 @@ from lazylayer.shared.store.metadata import (
     ROOT_ID, LayerMetadata, Metadata, NodeAttr, NodeFlag, NodeRef, delete_metadata, write_metadata,
 )
 
-_STOPS_MERGE = NodeFlag.OPAQUE | NodeFlag.HIDES_LOWER
+_STOPS_MERGE = int(NodeFlag.OPAQUE | NodeFlag.HIDES_LOWER)  # `NodeAttr.flags` is a plain int
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class MergedViews:
             top = self.meta.getattr(sources[0])
             if top is None:
                 raise NotFoundError(f"layer node {sources[0]} vanished while building a merged view")
-            attr = replace(top, nlink=2, flags=NodeFlag.NONE)
+            attr = replace(top, nlink=2, flags=int(NodeFlag.NONE))
             nodes[view_id] = attr
             for name, winner in sorted(self._merge_dir(sources).items()):
                 if isinstance(winner, list):
