@@ -133,7 +133,8 @@ _TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Ready, Heartbeat, Request, 
 _WITH_PAYLOADS = (Request, Reply)
 # Resolved once: get_type_hints is far too slow to run per message.
 _SCHEMA: dict[type, list[tuple[dataclasses.Field[Any], Any]]] = {
-    cls: [(f, typing.get_type_hints(cls)[f.name]) for f in dataclasses.fields(cls)] for cls in _TYPES.values()
+    cls: [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+    for cls, hints in ((cls, typing.get_type_hints(cls)) for cls in _TYPES.values())
 }
 _NAMES = {cls: {f.name for f, _ in schema} for cls, schema in _SCHEMA.items()}
 
