@@ -54,6 +54,12 @@ class EntryType(str, Enum):
     CHUNK = "chunk"
 
 
+#: The members as plain module globals, for code that compares entry types once per TOC entry
+#: (registration): ``EntryType.X`` is a lookup through the enum's metaclass, ~105 ns against ~17.
+DIR, REG, SYMLINK, HARDLINK, CHAR, BLOCK, CHUNK = (EntryType.DIR, EntryType.REG, EntryType.SYMLINK, EntryType.HARDLINK,
+                                                   EntryType.CHAR, EntryType.BLOCK, EntryType.CHUNK)
+
+
 class ModTime(int):
     """Unix seconds the fast TOC decoder (`decode_entries`) read from an RFC 3339 ``modtime``
     string: the decoder's hook must hand back the annotated type, and this one is an int."""

@@ -21,20 +21,13 @@ from typing import Generic, TypeVar
 
 from lazylayer.shared.errors import TOCError, TOCLimitError
 from lazylayer.shared.estargz.toc import (
-    TOC, TOC_VERSION, Chunk, EntryType, TOCEntry, TOCLimits, is_digest, normalize_name, not_a_digest, parent_of,
+    CHUNK, DIR, HARDLINK, REG, SYMLINK, TOC, TOC_VERSION, Chunk, EntryType, TOCEntry, TOCLimits, is_digest,
+    normalize_name, not_a_digest, parent_of,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
 
 #: One validated chunk of a file: (chunk offset, size, blob offset, inner offset, digest).
 ChunkSpec = tuple[int, int, int, int, str]
-
-#: Members as module globals: ``EntryType.X`` is a lookup through the enum's metaclass (~90 ns),
-#: and registration compares entry types several times per TOC entry.
-_DIR = EntryType.DIR
-_REG = EntryType.REG
-_SYMLINK = EntryType.SYMLINK
-_HARDLINK = EntryType.HARDLINK
-_CHUNK = EntryType.CHUNK
 
 
 V = TypeVar("V")
@@ -51,8 +44,8 @@ def grouped(entries: Iterable[TOCEntry]) -> Iterator[tuple[TOCEntry, list[TOCEnt
     groups: dict[int, str] = {}
     current: tuple[TOCEntry, list[TOCEntry]] | None = None
     for entry in entries:
-        if entry.type is _CHUNK:
-            if current is None or current[0].type is not _REG:
+        if entry.type is CHUNK:
+            if current is None or current[0].type is not REG:
                 raise TOCError(f"entry {entry.name!r}: chunk entry does not follow a regular file")
             entry.name = current[0].name
             current[1].append(entry)
@@ -96,19 +89,19 @@ class TreeBuilder(Generic[V]):
         """Apply one non-chunk entry, keeping ``value`` for its path."""
         path = entry.name
         kind = entry.type
-        if path == "" and kind is not _DIR:
+        if path == "" and kind is not DIR:
             raise TOCError(f"entry {path!r}: the layer root is a {kind.value}, not a dir")
-        if (kind is _SYMLINK or kind is _HARDLINK) and not entry.link_name:
+        if (kind is SYMLINK or kind is HARDLINK) and not entry.link_name:
             raise TOCError(f"entry {path!r}: {kind.value} has no target (linkName)")
         # ``_children`` has a key for each directory there is, and only for those
         parent = parent_of(path)
         if path and parent not in self._children:
             self._ensure_parent(path)
-        if kind is not _DIR and path in self._children:
+        if kind is not DIR and path in self._children:
             self._drop_subtree(path)
         self.nodes[path] = value
         self.implicit.discard(path)
-        if kind is _DIR:
+        if kind is DIR:
             self._children.setdefault(path, set())
         if path:
             self._children[parent].add(path)
@@ -120,7 +113,7 @@ class TreeBuilder(Generic[V]):
             missing.append(parent)
             parent = parent_of(parent)
         kind = self.kind_of(self.nodes[parent])
-        if kind is not _DIR:
+        if kind is not DIR:
             raise TOCError(f"entry {path!r}: parent {parent!r} is a {kind.value}, not a directory")
         for name in reversed(missing):
             self.nodes[name] = self.implicit_dir(name)
@@ -212,7 +205,7 @@ def file_chunks(pieces: list[TOCEntry], payload_end: int, limits: TOCLimits) -> 
 def resolve_hardlinks(nodes: Mapping[str, V], kind_of: Callable[[V], EntryType]) -> dict[str, str]:
     """hardlink path -> final target path; refuses missing targets, loops and directories.
     A hardlink's value in ``nodes`` must be its `TOCEntry`."""
-    links = {path: value for path, value in nodes.items() if kind_of(value) is _HARDLINK}
+    links = {path: value for path, value in nodes.items() if kind_of(value) is HARDLINK}
     resolved: dict[str, str] = {}
     for path in links:
         if path in resolved:
@@ -224,7 +217,7 @@ def resolve_hardlinks(nodes: Mapping[str, V], kind_of: Callable[[V], EntryType])
             if current in resolved:
                 target = resolved[current]
                 break
-            if kind_of(nodes[current]) is not _HARDLINK:
+            if kind_of(nodes[current]) is not HARDLINK:
                 target = current
                 break
             if current in seen:
@@ -241,7 +234,7 @@ def resolve_hardlinks(nodes: Mapping[str, V], kind_of: Callable[[V], EntryType])
                 ) from None
             if current not in nodes:
                 raise TOCError(f"entry {node.name!r}: hardlink target {node.link_name!r} is not in the layer")
-        if kind_of(nodes[target]) is _DIR:
+        if kind_of(nodes[target]) is DIR:
             raise TOCError(f"entry {path!r}: hardlink to a directory ({target!r})")
         for name in chain:
             resolved[name] = target
@@ -256,7 +249,7 @@ def build_toc(stream: TOCStream) -> TOC:
     chunks: dict[str, tuple[Chunk, ...]] = {}
     for entry, pieces in grouped(_kept(stream, entries)):
         tree.add(entry, entry)
-        if entry.type is _REG:
+        if entry.type is REG:
             specs = file_chunks(pieces, stream.payload_end, stream.limits)
             for spec in specs:
                 starts.append(spec[2])
@@ -264,7 +257,7 @@ def build_toc(stream: TOCStream) -> TOC:
     starts.finish(stream.payload_end)
     kept = {
         path: tuple(replace(c, blob_end=starts.end_after(c.blob_offset)) for c in chunks[path])
-        for path, node in tree.nodes.items() if node.type is _REG
+        for path, node in tree.nodes.items() if node.type is REG
     }
     hardlinks = resolve_hardlinks(tree.nodes, type_of)
     assert stream.digest is not None  # the stream is exhausted
@@ -279,4 +272,4 @@ def _kept(stream: TOCStream, entries: list[TOCEntry]) -> Iterator[TOCEntry]:
 
 
 def _implicit_dir(name: str) -> TOCEntry:
-    return TOCEntry(name=name, type=_DIR, mode=0o755)
+    return TOCEntry(name=name, type=DIR, mode=0o755)

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from lazylayer.shared.errors import FormatError, TOCLimitError
 from lazylayer.shared.estargz.fields import file_time
 from lazylayer.shared.estargz.toc import (
-    NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, WHITEOUT_PREFIX, EntryType, TOCEntry,
-    TOCLimits, parent_of, split_name,
+    DIR, HARDLINK, NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, REG, WHITEOUT_PREFIX, EntryType,
+    TOCEntry, TOCLimits, parent_of, split_name,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
@@ -36,12 +36,6 @@ from lazylayer.shared.store.metadata import (
 _ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
 _NODE_KEY = struct.Struct(">II")
 _CHUNK_KEY = struct.Struct(">IIQ")
-
-#: Members as module globals: ``EntryType.X`` is a lookup through the enum's metaclass (~90 ns),
-#: and registration compares entry types several times per TOC entry.
-_DIR = EntryType.DIR
-_REG = EntryType.REG
-_HARDLINK = EntryType.HARDLINK
 
 
 #: What one path keeps while the TOC streams: (type, its encoded `NodeAttr`, for a regular file
@@ -91,17 +85,17 @@ class LayerScan:
         landmark = self._tree.nodes.get(PREFETCH_LANDMARK)
         if NO_PREFETCH_LANDMARK in self._tree.nodes:
             self.prefetch_end = 0
-        elif landmark is not None and _kind(landmark) is _REG:
+        elif landmark is not None and _kind(landmark) is REG:
             self.prefetch_end = landmark_offset
         self.node_count = len(self._tree.nodes) - len(self._hardlinks)
         if self.node_count > MAX_NODE_ID - ROOT_ID:
             raise TOCLimitError(f"layer has {self.node_count} nodes; at most {MAX_NODE_ID - ROOT_ID} fit")
 
     def _keep(self, entry: TOCEntry, pieces: list[TOCEntry]) -> Value:
-        if entry.type is _HARDLINK:
+        if entry.type is HARDLINK:
             return entry
         chunks: tuple[ChunkSpec, ...] = ()
-        if entry.type is _REG:
+        if entry.type is REG:
             chunks = tuple(file_chunks(pieces, self._payload_end, self._limits))
             for offset, _, blob_offset, _, digest in chunks:
                 if not digest and not self.allow_unverified:
@@ -122,7 +116,7 @@ class LayerScan:
         for path, value in nodes.items():
             if isinstance(value, TOCEntry):  # a hardlink: its target's node
                 continue
-            is_dir = value[0] is _DIR
+            is_dir = value[0] is DIR
             if is_dir or path in needed:
                 ids[path] = next_id
             next_id += 1
@@ -198,7 +192,7 @@ class LayerScan:
         """The row of a node with a link count or a flag to fix (`rows` keeps the others' rows
         as encoded while streaming); it may still turn out to need none."""
         kind, encoded, _ = node
-        is_dir = kind is _DIR
+        is_dir = kind is DIR
         if path in whiteouts:
             attr = NodeAttr(WHITEOUT_MODE, mtime=whiteouts[path], flags=int(NodeFlag.WHITEOUT))
         elif (is_dir and subdirs == 0 or not is_dir and names == 1) and path not in hides and path not in opaque:
@@ -257,5 +251,5 @@ def _dirent(path: str, nodes: dict[str, Value], hardlinks: dict[str, str]) -> tu
     return parent, base
 
 
-_IMPLICIT_DIR: _Node = (_DIR, attr_of(TOCEntry(name="", type=_DIR, mode=0o755)).encode(), ())
+_IMPLICIT_DIR: _Node = (DIR, attr_of(TOCEntry(name="", type=DIR, mode=0o755)).encode(), ())
 

@@ -32,7 +32,7 @@ import msgspec
 
 from lazylayer.shared.errors import NotFoundError, TOCError
 from lazylayer.shared.estargz.fields import file_time
-from lazylayer.shared.estargz.toc import EntryType, TOCEntry, normalize_name
+from lazylayer.shared.estargz.toc import BLOCK, CHAR, DIR, REG, SYMLINK, EntryType, TOCEntry, normalize_name
 from lazylayer.shared.store.corrupt import decoding
 from lazylayer.shared.store.env import Store
 
@@ -55,9 +55,6 @@ _TYPE_BITS = {
     EntryType.BLOCK: stat.S_IFBLK,
     EntryType.FIFO: stat.S_IFIFO,
 }
-#: Members as module globals: ``EntryType.X`` is a lookup through the enum's metaclass (~90 ns),
-#: and registration reads one node's attributes per TOC entry.
-_REG, _DIR, _SYMLINK, _CHAR, _BLOCK = EntryType.REG, EntryType.DIR, EntryType.SYMLINK, EntryType.CHAR, EntryType.BLOCK
 
 
 class NodeFlag(IntFlag):
@@ -252,13 +249,13 @@ def _attr_fields(entry: TOCEntry) -> list[Any]:
     """`NodeAttr`'s fields but the flags, in its order, from a TOC entry (its own xattrs dict)."""
     kind = entry.type
     size, link, rdev, nlink = 0, "", 0, 1
-    if kind is _REG:
+    if kind is REG:
         size = entry.size
-    elif kind is _DIR:
+    elif kind is DIR:
         nlink = 2
-    elif kind is _SYMLINK:
+    elif kind is SYMLINK:
         size, link = len(name_bytes(entry.link_name)), entry.link_name
-    elif kind is _CHAR or kind is _BLOCK:
+    elif kind is CHAR or kind is BLOCK:
         rdev = os.makedev(entry.dev_major, entry.dev_minor)
     return [_TYPE_BITS[kind] | entry.mode, entry.uid, entry.gid, size, file_time(entry.mtime), rdev, nlink, link,
             entry.xattrs]
