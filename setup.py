@@ -1,11 +1,11 @@
 """Only what pyproject.toml cannot say yet without an experimental table: one C library.
 
-daemon/dircache.c is not a Python module but a shared library the front loads with ctypes
-before pyfuse3 starts its session (daemon/dircache.py says why and how). It is built here
+daemon/dircache.c (with daemon/attrcache.c) is not a Python module but a shared library the front
+loads with ctypes before pyfuse3 starts its session (daemon/dircache.py says why and how). It is built here
 because pyfuse3 itself is built from source against the same libfuse3-dev.
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("lazylayer.daemon._dircache", sources=["daemon/dircache.c"],
-                             libraries=["fuse3", "dl"])])
+setup(ext_modules=[Extension("lazylayer.daemon._dircache", sources=["daemon/dircache.c", "daemon/attrcache.c"],
+                             depends=["daemon/attrcache.h"], libraries=["fuse3", "dl"])])

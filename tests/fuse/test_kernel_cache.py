@@ -68,7 +68,8 @@ def test_the_store_layout_is_not_cached_for_long(daemon: RunningDaemon, app_imag
 
 def test_layer_directory_listings_are_cached_by_the_kernel(daemon: RunningDaemon, app_image: PushedImage):
     """daemon/dircache.py: a listing read once is the kernel's to serve again."""
-    assert daemon.call("status")["dircache"] == {"active": True, "problem": None}
+    dircache = daemon.call("status")["dircache"]
+    assert (dircache["active"], dircache["problem"]) == (True, None)
     diff = daemon.layer_dir(app_image.ref, app_image.layers[0].digest)
     listed, unlisted = [d for d in sorted(diff.iterdir()) if d.is_dir()][:2]
     expected = sorted(os.listdir(listed))
@@ -96,3 +97,24 @@ def test_store_layout_listings_follow_what_they_list(daemon: RunningDaemon, app_
     assert ref_dir.name in os.listdir(daemon.mountpoint)
     assert os.listdir(ref_dir) == [digest]
 
+
+
+def test_attributes_asked_again_are_answered_without_python(daemon: RunningDaemon, app_image: PushedImage):
+    """Reading a directory through FUSE makes the kernel ask for its attributes again (its atime,
+    on a writable mount): daemon/attrcache.c answers a layer node's GETATTR from the reply
+    pyfuse3 sent before, the same attributes; the store layout's nodes always go to Python."""
+    layer = app_image.layers[0]
+    source = sorted(d for d in layer.root.rglob("*") if d.is_dir() and not d.is_symlink())[-1]
+    directory = daemon.layer_dir(app_image.ref, layer.digest) / source.relative_to(layer.root)
+    before = os.lstat(directory)
+    hits = daemon.call("status")["dircache"]["attr_hits"]
+    os.listdir(directory)
+    after = os.lstat(directory)
+    assert daemon.call("status")["dircache"]["attr_hits"] == hits + 1
+    fields = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_blocks")
+    assert [getattr(after, f) for f in fields] == [getattr(before, f) for f in fields]
+
+    info = daemon.layer_root(app_image.ref, app_image.layers[0].digest) / "info"
+    os.lstat(info)
+    os.lstat(info)  # never kept by the kernel: both reach the front, neither is answered in C
+    assert daemon.call("status")["dircache"]["attr_hits"] == hits + 1
