@@ -5,12 +5,13 @@
  * (bound before libfuse's, as fuse_session_new in dircache.c is) and is kept with the deadline
  * the kernel was given. A GETATTR for a kept node is answered from here, with what is left of
  * that deadline, and never reaches Python; anything else goes on to pyfuse3. Nothing is kept
- * longer than the kernel itself was allowed to keep it, and layout nodes (< 2**32) never are.
+ * longer than the kernel itself was allowed to keep it, and layout nodes (< 2**32) never are
+ * (a layer evicted meanwhile answers as the kernel's own cache would, until that deadline).
  *
  * Such a GETATTR is answered before pyfuse3 sees that a request came: fuse_session_receive_buf,
  * also defined here, serves it and takes the next request that arrives within SPIN_NS (polling,
  * not sleeping), up to SERVE_AT_MOST of them or BUDGET_NS in all, then tells pyfuse3 EINTR (it
- * waits again through trio). A client stat-ing one directory after another (a `find` just after a cold one) gets a
+ * waits again, through trio: lazylayer_attrcache_burst_ended). A client stat-ing one directory after another (a `find` just after a cold one) gets a
  * reply in a few microseconds of C instead of a trio round and a Python handler each.
  */
 #define FUSE_USE_VERSION 32
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "attrcache.h"
 
@@ -31,7 +33,7 @@
 #define SLOTS (1U << 17) /* a power of two; half of it filled at most, then emptied */
 #define SERVE_AT_MOST 64
 #define SPIN_NS 100000ULL
-#define BUDGET_NS 2000000ULL
+#define BUDGET_NS 1000000ULL /* how long one burst here holds up trio's other tasks (worker replies) */
 
 struct kept {
     uint64_t ino; /* 0: a free slot */
@@ -41,8 +43,12 @@ struct kept {
 
 /* GETATTRs answered here: daemon/dircache.py reads it for `lazylayer status`. */
 unsigned long long lazylayer_attrcache_hits;
+/* Set when a burst served here ends: daemon/fusedispatch.py then waits through trio once, so
+ * other tasks get their turn after every burst, not after every YIELD_EVERY of them. */
+int lazylayer_attrcache_burst_ended;
 
 static struct kept *table;
+static int spin; /* only with another CPU to run the client meanwhile */
 static unsigned int filled;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static void (*their_getattr)(fuse_req_t, fuse_ino_t, struct fuse_file_info *);
@@ -209,10 +215,11 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
         if (res <= 0 || !answerable(buf, res))
             return res;
         fuse_session_process_buf(se, buf);
-        if (served + 1 >= SERVE_AT_MOST || now_ns() - start > BUDGET_NS)
+        if (served + 1 >= SERVE_AT_MOST || now_ns() - start > BUDGET_NS || !spin
+            || !next_within(fuse_session_fd(se), SPIN_NS)) {
+            lazylayer_attrcache_burst_ended = 1;
             return -EINTR;
-        if (!next_within(fuse_session_fd(se), SPIN_NS))
-            return -EINTR;
+        }
     }
 }
 
@@ -224,6 +231,7 @@ void lazylayer_attrcache_install(struct fuse_lowlevel_ops *ops)
         table = calloc(SLOTS, sizeof(struct kept));
     if (table == NULL)
         return;
+    spin = sysconf(_SC_NPROCESSORS_ONLN) > 1;
     their_getattr = ops->getattr;
     ops->getattr = getattr_kept;
 }

@@ -81,6 +81,14 @@ def attr_hits() -> int:
     return ctypes.c_ulonglong.in_dll(_library, "lazylayer_attrcache_hits").value
 
 
+def burst_ended_flag() -> ctypes.c_int | None:
+    """daemon/attrcache.c's flag for "a burst of GETATTRs served in C ended" (None without the
+    library): daemon/fusedispatch.py clears it and lets trio's other tasks run."""
+    if _library is None:
+        return None
+    return ctypes.c_int.in_dll(_library, "lazylayer_attrcache_burst_ended")
+
+
 def status() -> dict[str, Any]:
     """For `lazylayer status`."""
     why = problem()

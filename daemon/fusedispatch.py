@@ -10,17 +10,20 @@ the same way), so `install` gives it a namespace that is trio but for those two:
 task coming back takes again without yielding, and a wait that asks poll(2) first and returns at
 once when a request is already queued. Every ``YIELD_EVERY`` requests it still waits through
 trio, so replies that other tasks wait for (worker answers, timers) are not starved by a stream
-of requests.
+of requests, and after every burst of GETATTRs daemon/attrcache.c served without Python.
 """
 
 from __future__ import annotations
 
+import ctypes
 import select
 import types
 from typing import Any
 
 import pyfuse3
 import trio
+
+from lazylayer.daemon import dircache
 
 #: requests taken without a scheduler round before the next one waits through trio
 YIELD_EVERY = 16
@@ -56,15 +59,19 @@ class _ReadLock:
 class _Readiness:
     """wait_readable for the FUSE fd: poll(2) with no timeout first."""
 
-    def __init__(self) -> None:
+    def __init__(self, burst_ended: ctypes.c_int | None) -> None:
         self._polls: dict[int, Any] = {}
         self._credit = YIELD_EVERY
+        self._burst_ended = burst_ended
 
     async def wait_readable(self, fd: int) -> None:
         poller = self._polls.get(fd)
         if poller is None:
             poller = self._polls[fd] = select.poll()
             poller.register(fd, select.POLLIN)
+        if self._burst_ended is not None and self._burst_ended.value:
+            self._burst_ended.value = 0
+            self._credit = 0
         if self._credit and poller.poll(0):
             self._credit -= 1
             return
@@ -85,6 +92,6 @@ class _Namespace(types.SimpleNamespace):
 
 def install() -> None:
     """Point pyfuse3 at the fast lock and wait (before `pyfuse3.main`)."""
-    readiness = _Readiness()
+    readiness = _Readiness(dircache.burst_ended_flag())
     lowlevel = _Namespace(trio.lowlevel, wait_readable=readiness.wait_readable)
     pyfuse3.trio = _Namespace(trio, Lock=_ReadLock, lowlevel=lowlevel)  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ mount, where a read held by a stalled registry must not stop the other requests.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
@@ -69,13 +70,14 @@ def test_a_parked_reader_takes_the_lock_when_the_holder_blocks():
     trio.run(main)
 
 
-def _on_a_socket_pair(body: Callable[[socket.socket, socket.socket, _Readiness], Awaitable[None]]) -> None:
+def _on_a_socket_pair(body: Callable[[socket.socket, socket.socket, _Readiness], Awaitable[None]],
+                      burst_ended: ctypes.c_int | None = None) -> None:
     """``body(ours, theirs, readiness)`` under trio on a fresh socket pair: ``ours`` stands for
     the FUSE fd, what ``theirs`` sends for queued requests."""
     async def main() -> None:
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            await body(ours, theirs, _Readiness())
+            await body(ours, theirs, _Readiness(burst_ended))
 
     trio.run(main)
 
@@ -90,6 +92,24 @@ def test_a_queued_request_is_taken_at_once_and_every_so_often_through_trio():
             await readiness.wait_readable(ours.fileno())
 
     _on_a_socket_pair(body)
+
+
+def test_after_a_burst_served_in_c_other_tasks_get_their_turn():
+    """daemon/attrcache.c raises the flag when it hands back after serving requests itself."""
+    flag = ctypes.c_int(0)
+
+    async def body(ours: socket.socket, theirs: socket.socket, readiness: _Readiness) -> None:
+        theirs.send(b"x")
+        with trio.testing.assert_no_checkpoints():
+            await readiness.wait_readable(ours.fileno())
+        flag.value = 1
+        with trio.testing.assert_checkpoints():
+            await readiness.wait_readable(ours.fileno())
+        assert flag.value == 0
+        with trio.testing.assert_no_checkpoints():  # a fresh credit
+            await readiness.wait_readable(ours.fileno())
+
+    _on_a_socket_pair(body, flag)
 
 
 def test_an_empty_fd_is_waited_for():
