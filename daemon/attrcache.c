@@ -1,4 +1,5 @@
-/* Attributes of layer nodes answered in C (built into daemon/dircache.c's library; why: daemon/dircache.py).
+/* Attributes of layer nodes answered in C (built into daemon/dircache.c's library; why: see
+ * daemon/dircache.py).
  *
  * Every attribute reply pyfuse3 sends for a node of a layer or merged view (inode >= 2**32) passes
  * through the definitions of fuse_reply_entry, fuse_reply_attr and fuse_add_direntry_plus here
@@ -11,8 +12,9 @@
  * Such a GETATTR is answered before pyfuse3 sees that a request came: fuse_session_receive_buf,
  * also defined here, serves it and takes the next request that arrives within SPIN_NS (polling,
  * not sleeping), up to SERVE_AT_MOST of them or BUDGET_NS in all, then tells pyfuse3 EINTR (it
- * waits again, through trio: lazylayer_attrcache_burst_ended). A client stat-ing one directory after another (a `find` just after a cold one) gets a
- * reply in a few microseconds of C instead of a trio round and a Python handler each.
+ * waits again, through trio: lazylayer_attrcache_burst_ended). A client stat-ing one directory
+ * after another (a `find` just after a cold one) gets a reply in a few microseconds of C instead
+ * of a trio round and a Python handler each.
  */
 #define FUSE_USE_VERSION 32
 #include <fuse3/fuse_lowlevel.h>
@@ -215,6 +217,7 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
         if (res <= 0 || !answerable(buf, res))
             return res;
         fuse_session_process_buf(se, buf);
+        taken_left = 0.0; /* used by getattr_kept, or by nobody if libfuse refused the request */
         if (served + 1 >= SERVE_AT_MOST || now_ns() - start > BUDGET_NS || !spin
             || !next_within(fuse_session_fd(se), SPIN_NS)) {
             lazylayer_attrcache_burst_ended = 1;
