@@ -182,7 +182,9 @@ def test_restart_after_sigkill_serves_from_the_warm_cache(registry: RunningRegis
             os.stat(diff)  # resolving may ask the registry for the manifest
             proxy.seen.clear()
             assert (diff / "opt/data/blob.bin").read_bytes() == data
-            assert [s for s in proxy.seen if "/blobs/" in s.path] == []
+            # a layer registered by another daemon is checked (a 1-byte GET) on its next resolve,
+            # which the resolve-ahead of the image's layers or a re-lookup may make at any time
+            assert [s for s in proxy.seen if "/blobs/" in s.path and s.range != "bytes=0-0"] == []
             (diff / "opt/exact").read_bytes()  # never read before: fetched, and the proxy sees it
             assert [s for s in proxy.seen if "/blobs/" in s.path]
         finally:
