@@ -19,12 +19,15 @@ spawner supervises like any other; restarts are exec'd (`python -m lazylayer.wor
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from typing import Sequence
 
-from lazylayer.shared.procs import watch_parent
-from lazylayer.workers import main as worker
+gc.disable()  # the imports below make ~100k objects and no cycle: collections would only cost time
+
+from lazylayer.shared.procs import watch_parent  # noqa: E402
+from lazylayer.workers import main as worker  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"lazylayer prefork: the daemon (pid {parent_pid}) is gone", file=sys.stderr)
             return 1
     pids: list[int] = []
+    gc.freeze()  # the imports' objects are the workers' for life: no collection walks (or copies) them
+    gc.enable()
     for _ in range(count):
         pid = os.fork()
         if pid == 0:

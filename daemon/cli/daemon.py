@@ -10,9 +10,12 @@ says why), so every other module is imported only once it runs."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
+from lazylayer.daemon import startfiles
 from lazylayer.daemon.earlyworkers import EarlyWorkers
+from lazylayer.shared.gcpause import gc_paused
 
 HELP = "run the FUSE front (layer store + image views) with its fetcher workers, in the foreground"
 
@@ -28,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    startfiles.start()  # the disk reads what both processes are about to import, ahead of them
     # first: its imports overlap everything below (`--workers 0`: there is nothing to fork)
     workers = EarlyWorkers.launch() if args.workers != 0 else EarlyWorkers(0)
     try:
@@ -58,10 +62,11 @@ def _run(args: argparse.Namespace, workers: EarlyWorkers) -> int:
         lock = lock_run_dir(options.run_dir)
         workers.begin(config.workers.count, worker_command(options))
         try:
-            import trio
+            with gc_paused():  # ~300 modules' objects, no cycles to find: collections only cost time
+                import trio
 
-            from lazylayer.daemon.service import run_daemon
-
+                from lazylayer.daemon.service import run_daemon
+            gc.freeze()  # what start-up made lives as long as the front: later collections skip it
             return trio.run(run_daemon, options, lock, workers, holder, handover)
         finally:
             workers.stop()  # before a front waiting for our hand-over can start its own
