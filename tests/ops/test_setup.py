@@ -33,7 +33,7 @@ def stand_ins(bin_dir: Path, log: Path, missing: str) -> None:
         path.chmod(0o755)
 
 
-def run_setup(tmp_path: Path, missing: str) -> list[str]:
+def run_setup(tmp_path: Path, missing: str, repo: Path = REPO) -> list[str]:
     """Run scripts/setup in a private mount namespace whose /usr/sbin has no policy-rc.d (this
     machine's image ships one; the script must behave as on a plain Debian install)."""
     log = tmp_path / "calls.log"
@@ -41,7 +41,7 @@ def run_setup(tmp_path: Path, missing: str) -> list[str]:
     stand_ins(tmp_path / "bin", log, missing)
     sbin = tmp_path / "sbin"
     shell = (f"cp -a /usr/sbin {sbin} && rm -f {sbin}/policy-rc.d && mount --bind {sbin} /usr/sbin && "
-             f"exec {REPO / 'scripts' / 'setup'}")
+             f"exec {repo / 'scripts' / 'setup'}")
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", shell],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
@@ -60,3 +60,16 @@ def test_our_own_install_starts_no_registry_and_leaves_no_policy(tmp_path):
     assert "policy-rc.d 101" in calls  # postinst's invoke-rc.d / deb-systemd-invoke start nothing
     assert [c for c in calls if c.startswith("systemctl")] == ["systemctl disable docker-registry"]
     assert not (tmp_path / "sbin" / "policy-rc.d").exists()
+
+
+def test_a_fresh_clone_is_set_up_to_the_end(tmp_path):
+    """A clone has no venv and no install stamp: setup makes the venv, installs the project (its C
+    library built), compiles the bytecode and writes the daemon's start-up list, exit status 0."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    run_setup(tmp_path, missing="nothing-is-missing", repo=clone)
+    venv = clone / ".venv"
+    assert (venv / ".lazylayer-installed").exists()
+    assert list(clone.glob("daemon/_dircache*.so"))
+    names = (venv / "share" / "lazylayer" / "start-files").read_text().splitlines()
+    assert str(clone / "daemon" / "__pycache__" / "service.cpython-311.pyc") in names
