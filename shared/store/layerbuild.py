@@ -30,7 +30,8 @@ from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
 from lazylayer.shared.store.chunks import digest_key, unverified_key
 from lazylayer.shared.store.metadata import (
-    BATCH_ROWS, MAX_NODE_ID, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of, encoded_attr_of,
+    BATCH_ROWS, MAX_NODE_ID, OVERLAY_PRIVATE, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of,
+    encoded_attr_of,
 )
 
 _ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
@@ -66,6 +67,9 @@ class LayerScan:
         #: Compressed end of the prefetch range: the landmark's offset, 0 for
         #: ``.no.prefetch.landmark``, None when the layer has neither.
         self.prefetch_end: int | None = None
+        #: Entries naming overlayfs's own xattrs, which are not served (`OVERLAY_PRIVATE`), and the first.
+        self.overlay_xattrs = 0
+        self.first_overlay_xattr = ""
         self._tree: TreeBuilder[Value] = TreeBuilder(lambda name: _IMPLICIT_DIR, _kind)
         self._starts = PayloadStarts()
         self._hardlinks: dict[str, str] = {}
@@ -92,6 +96,9 @@ class LayerScan:
             raise TOCLimitError(f"layer has {self.node_count} nodes; at most {MAX_NODE_ID - ROOT_ID} fit")
 
     def _keep(self, entry: TOCEntry, pieces: list[TOCEntry]) -> Value:
+        if entry.xattrs and any(key.startswith(OVERLAY_PRIVATE) for key in entry.xattrs):
+            self.overlay_xattrs += 1
+            self.first_overlay_xattr = self.first_overlay_xattr or entry.name
         if entry.type is HARDLINK:
             return entry
         chunks: tuple[ChunkSpec, ...] = ()

@@ -144,6 +144,10 @@ class Layers:
         scan = LayerScan(digest, allow_unverified=allow_unverified)
         scan.scan(stream)
         toc_digest = _digest_of(stream)
+        if scan.overlay_xattrs:
+            log.warning("layer %s: overlayfs's own xattrs (trusted.overlay.*, user.overlay.*) on %d TOC entries, "
+                        "first %r, are not served: an image marks opaque dirs with .wh..wh..opq",
+                        digest, scan.overlay_xattrs, scan.first_overlay_xattr)
         self._sweep()
         layer_id = self.store.write(lambda txn: self._begin(txn, digest))
 

@@ -154,13 +154,22 @@ class NodeAttr:
             return cls(mode, uid, gid, size, mtime, rdev, nlink, link, xattrs, flags)
 
 
+#: overlayfs keeps its own state in a lower layer's xattrs of these namespaces (opaque dirs,
+#: redirects, metacopy origins, escaped nested-overlay keys; ``user.`` under userxattr) and obeys
+#: them in every container stacked on the layer. An image says opaque with `.wh..wh..opq` (OCI);
+#: its TOC naming such a key is served nothing (upstream serves it verbatim).
+OVERLAY_PRIVATE = ("trusted.overlay.", "user.overlay.")
+
+
 def visible_xattrs(attr: NodeAttr, opaque: OpaqueXattr) -> dict[str, bytes]:
     """The xattrs getxattr/listxattr show, in listxattr order: opaque key(s) first, then the
-    TOC's. One helper so the FUSE front and the conformance suite cannot disagree."""
+    TOC's but overlayfs's own. One helper so the FUSE front and the conformance suite cannot
+    disagree."""
     out: dict[str, bytes] = {}
     if attr.is_opaque:
         out.update((key, b"y") for key in _OPAQUE_KEYS[opaque])
-    out.update(attr.xattrs)
+    if attr.xattrs:
+        out.update((key, value) for key, value in attr.xattrs.items() if not key.startswith(OVERLAY_PRIVATE))
     return out
 
 
