@@ -134,18 +134,19 @@ class PayloadStarts:
     """Compressed offsets where payloads start: a chunk's data ends where the next one begins."""
 
     def __init__(self) -> None:
-        self._starts = array("q")
+        #: sorted once `finish` ran, the payload end last (registration's C row encoder reads it)
+        self.starts = array("q")
 
     def append(self, offset: int) -> None:
         """A payload (one chunk of `file_chunks`) starts at ``offset``."""
-        self._starts.append(offset)
+        self.starts.append(offset)
 
     def finish(self, payload_end: int) -> None:
-        self._starts.append(payload_end)
-        self._starts = array("q", sorted(self._starts))
+        self.starts.append(payload_end)
+        self.starts = array("q", sorted(self.starts))
 
     def end_after(self, offset: int) -> int:
-        return self._starts[bisect_right(self._starts, offset)]
+        return self.starts[bisect_right(self.starts, offset)]
 
 
 def file_chunks(pieces: list[TOCEntry], payload_end: int, limits: TOCLimits) -> list[ChunkSpec]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from lazylayer.shared.errors import FormatError, TOCLimitError
 from lazylayer.shared.estargz.fields import file_time
@@ -28,15 +28,15 @@ from lazylayer.shared.estargz.toc import (
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
+from lazylayer.shared.store._rowcodec import encode_rows
 from lazylayer.shared.store.chunks import digest_key, unverified_key
 from lazylayer.shared.store.metadata import (
-    BATCH_ROWS, MAX_NODE_ID, OVERLAY_PRIVATE, ROOT_ID, WHITEOUT_MODE, FileChunk, NodeAttr, NodeFlag, attr_of,
+    BATCH_ROWS, MAX_NODE_ID, OVERLAY_PRIVATE, ROOT_ID, WHITEOUT_MODE, NodeAttr, NodeFlag, attr_of,
     encoded_attr_of,
 )
 
 _ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
 _NODE_KEY = struct.Struct(">II")
-_CHUNK_KEY = struct.Struct(">IIQ")
 
 
 #: What one path keeps while the TOC streams: (type, its encoded `NodeAttr`, for a regular file
@@ -133,39 +133,28 @@ class LayerScan:
         special = hides | whiteouts.keys() | opaque | links.keys() | subdirs.keys()
         prefix = struct.pack(">I", layer_id)
         parent_keys = {path: prefix + struct.pack(">I", node) for path, node in ids.items()}
-        node_key, chunk_rows = _NODE_KEY.pack, self._chunk_rows_of(layer_id)
-        batch: Rows = {"nodes": [], "dirents": [], "file_chunks": []}
-        node_rows, dirent_rows, file_chunk_rows = batch["nodes"], batch["dirents"], batch["file_chunks"]
-        count = 0
+        hardlink_keys = {path: _NODE_KEY.pack(layer_id, ids[target]) for path, target in hardlinks.items()}
+
+        def special_attr(path: str, node: _Node) -> bytes:
+            return self._attr(path, node, 1 + links.get(path, 0), subdirs.get(path, 0), hides, whiteouts, opaque)
+
+        def special_dirent(path: str) -> tuple[str, str] | None:
+            return _dirent(path, nodes, hardlinks)
+
+        def chunk_key(digest: str, blob_offset: int, inner: int) -> bytes:
+            return (digest_key(bytes.fromhex(digest[7:])) if digest
+                    else unverified_key(self.layer_digest, blob_offset, inner))
+
+        # the per-node loop is C (rowcodec.c): it runs once per TOC entry and chunk of the layer
+        items = list(nodes.items())
         node_id = ROOT_ID - 1
-        # one pass in node order; the per-node calls are inlined for the common case (a plain
-        # name under a directory): this loop runs once per TOC entry of the layer
-        for path, value in nodes.items():
-            if type(value) is tuple:  # a node of its own (`_Node`)
-                node_id += 1
-                target = node_key(layer_id, node_id)
-                node_rows.append((target, value[1] if path not in special else self._attr(
-                    path, value, 1 + links.get(path, 0), subdirs.get(path, 0), hides, whiteouts, opaque)))
-                if value[2]:
-                    file_chunk_rows.extend(chunk_rows(node_id, value[2]))
-            else:  # a hardlink: its target's node
-                target = node_key(layer_id, ids[hardlinks[path]])
-            if path:
-                parent, _, base = path.rpartition("/")
-                if base.startswith(WHITEOUT_PREFIX) or not parent and base in _ROOT_LANDMARKS:
-                    dirent = _dirent(path, nodes, hardlinks)
-                    if dirent is None:
-                        parent = None
-                    else:
-                        parent, base = dirent
-                if parent is not None:
-                    dirent_rows.append((parent_keys[parent] + base.encode("utf-8", "surrogateescape"), target))
-            count += 1
-            if count >= BATCH_ROWS:
-                yield batch
-                batch, count = {"nodes": [], "dirents": [], "file_chunks": []}, 0
-                node_rows, dirent_rows, file_chunk_rows = batch["nodes"], batch["dirents"], batch["file_chunks"]
-        yield batch
+        for start in range(0, max(len(items), 1), BATCH_ROWS):
+            node_rows, dirent_rows, file_chunk_rows, node_id, payload, chunks = encode_rows(
+                items, start, start + BATCH_ROWS, node_id, layer_id, special, special_attr, hardlink_keys,
+                parent_keys, _ROOT_LANDMARKS, special_dirent, self._starts.starts, chunk_key)
+            self.payload_bytes += payload
+            self.chunk_count += chunks
+            yield {"nodes": node_rows, "dirents": dirent_rows, "file_chunks": file_chunk_rows}
 
     def _overlay_marks(self) -> tuple[set[str], dict[str, int], set[str]]:
         """From the ``.wh.*`` names: the nodes a whiteout of their own name sits beside
@@ -212,26 +201,6 @@ class LayerScan:
         if path in opaque:
             attr.flags |= int(NodeFlag.OPAQUE)
         return attr.encode()
-
-    def _chunk_rows_of(self, layer_id: int) -> Callable[[int, tuple[ChunkSpec, ...]], list[tuple[bytes, bytes]]]:
-        """The file-chunk rows of one node, for `rows` (the lookups it needs bound once)."""
-        end_after, encode, chunk_key = self._starts.end_after, FileChunk.encode_fields, _CHUNK_KEY.pack
-        layer_digest = self.layer_digest
-
-        def chunk_rows(node_id: int, chunks: tuple[ChunkSpec, ...]) -> list[tuple[bytes, bytes]]:
-            rows = []
-            payload = 0
-            for chunk_offset, size, blob_offset, inner, digest in chunks:
-                key = (digest_key(bytes.fromhex(digest[7:])) if digest
-                       else unverified_key(layer_digest, blob_offset, inner))
-                payload += size
-                rows.append((chunk_key(layer_id, node_id, chunk_offset),
-                             encode(size, blob_offset, inner, end_after(blob_offset), digest, key)))
-            self.payload_bytes += payload
-            self.chunk_count += len(rows)
-            return rows
-
-        return chunk_rows
 
 
 def _shows(path: str) -> bool:

@@ -190,14 +190,8 @@ class FileChunk:
         return self.chunk_offset + self.size
 
     def encode(self) -> bytes:
-        return self.encode_fields(self.size, self.blob_offset, self.inner_offset, self.blob_end, self.digest,
-                                  self.data_key)
-
-    @staticmethod
-    def encode_fields(size: int, blob_offset: int, inner_offset: int, blob_end: int, digest: str,
-                      data_key: bytes) -> bytes:
-        """`encode` without building the record (registration writes millions of them)."""
-        return packed([size, blob_offset, inner_offset, blob_end, digest, data_key])
+        """What registration writes (in C, byte for byte the same: shared/store/rowcodec.c)."""
+        return packed([self.size, self.blob_offset, self.inner_offset, self.blob_end, self.digest, self.data_key])
 
     @classmethod
     def decode(cls, chunk_offset: int, raw: bytes | memoryview) -> "FileChunk":
