@@ -31,6 +31,7 @@ Why it is shaped like this:
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -70,6 +71,11 @@ from lazylayer.workers.sources.registry import RegistrySource
 from lazylayer.workers.wholeblob import StreamBusy, Streams, WholeBody, settle_layer
 
 log = logging.getLogger(__name__)
+
+# Registration's own modules (shared/store/layers.py imports them late, for the front's sake):
+# imported with the rest of a worker's, in the forker before it forks, not by the first resolve,
+# which on a cold page cache (a host's first start) would read them from disk on its way.
+importlib.import_module("lazylayer.shared.store.layerbuild")
 
 #: Compressed bytes one HTTP request of a job may ask for (several chunks coalesce up to it).
 MAX_REQUEST_BYTES = 16 << 20

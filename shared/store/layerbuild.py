@@ -12,6 +12,9 @@ The overlay rules (metadata.py's module docstring) are applied in the same passe
 opaque directories, hidden landmarks, hardlinks sharing their target's node, directory link
 counts. Rows go under a layer id no reader can reach until `Layers.register` publishes the layer
 record last; see `PENDING_PREFIX` for what happens to the rows of a registration that dies.
+
+What is decided stays here, in Python; what runs once per entry, node or chunk only to lay
+decided values out as bytes (a node's attributes, the rows' keys and values) is C, rowcodec.c.
 """
 
 from __future__ import annotations
@@ -21,21 +24,24 @@ from collections import Counter
 from collections.abc import Iterator
 
 from lazylayer.shared.errors import FormatError, TOCLimitError
-from lazylayer.shared.estargz.fields import file_time
+from lazylayer.shared.estargz.fields import MTIME_MAX, file_time
 from lazylayer.shared.estargz.toc import (
-    DIR, HARDLINK, NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, REG, WHITEOUT_PREFIX, EntryType,
-    TOCEntry, TOCLimits, parent_of, split_name,
+    BLOCK, CHAR, DIR, HARDLINK, NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, REG, SYMLINK,
+    WHITEOUT_PREFIX, EntryType, TOCEntry, TOCLimits, parent_of, split_name,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
-from lazylayer.shared.store._rowcodec import encode_rows
+from lazylayer.shared.store._rowcodec import encode_attr, encode_rows
 from lazylayer.shared.store.chunks import digest_key, unverified_key
 from lazylayer.shared.store.metadata import (
-    BATCH_ROWS, MAX_NODE_ID, OVERLAY_PRIVATE, ROOT_ID, WHITEOUT_MODE, NodeAttr, NodeFlag, attr_of,
-    encoded_attr_of,
+    BATCH_ROWS, MAX_NODE_ID, OVERLAY_PRIVATE, ROOT_ID, TYPE_BITS, WHITEOUT_MODE, NodeAttr, NodeFlag, attr_of,
 )
 
 _ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
+#: entry type -> (st_mode type bits, shape) for rowcodec.c's `encode_attr`: what a kind shows
+#: besides mode, ids and time (1 its size, 2 two links, 3 its target and its length, 4 rdev)
+_ATTR_KINDS = {kind: (bits, {REG: 1, DIR: 2, SYMLINK: 3, CHAR: 4, BLOCK: 4}.get(kind, 0))
+               for kind, bits in TYPE_BITS.items()}
 _NODE_KEY = struct.Struct(">II")
 
 
@@ -201,6 +207,12 @@ class LayerScan:
         if path in opaque:
             attr.flags |= int(NodeFlag.OPAQUE)
         return attr.encode()
+
+
+def encoded_attr_of(entry: TOCEntry) -> bytes:
+    """``attr_of(entry).encode()`` (metadata.py), in C and without the object in between:
+    registration encodes one per TOC entry."""
+    return encode_attr(entry, _ATTR_KINDS, MTIME_MAX)
 
 
 def _shows(path: str) -> bool:

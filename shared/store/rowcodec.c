@@ -12,8 +12,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 
 static unsigned char *put_be(unsigned char *p, uint64_t value, int bytes) {
     for (int i = bytes - 1; i >= 0; i--)
@@ -22,6 +24,25 @@ static unsigned char *put_be(unsigned char *p, uint64_t value, int bytes) {
 }
 
 /* msgpack's smallest form of an integer, as msgspec chooses it */
+static unsigned char *put_ll(unsigned char *p, long long value) {
+    if (value >= 0) {
+        uint64_t u = (uint64_t)value;
+        if (u < 128) { *p++ = (unsigned char)u; return p; }
+        if (u <= 0xff) { *p++ = 0xcc; return put_be(p, u, 1); }
+        if (u <= 0xffff) { *p++ = 0xcd; return put_be(p, u, 2); }
+        if (u <= 0xffffffffULL) { *p++ = 0xce; return put_be(p, u, 4); }
+        *p++ = 0xcf;
+        return put_be(p, u, 8);
+    }
+    if (value >= -32) { *p++ = (unsigned char)(int8_t)value; return p; }
+    if (value >= -128) { *p++ = 0xd0; return put_be(p, (uint64_t)value, 1); }
+    if (value >= -32768) { *p++ = 0xd1; return put_be(p, (uint64_t)value, 2); }
+    if (value >= INT32_MIN) { *p++ = 0xd2; return put_be(p, (uint64_t)value, 4); }
+    *p++ = 0xd3;
+    return put_be(p, (uint64_t)value, 8);
+}
+
+/* `put_ll` of a Python int, up to 2**64 - 1; NULL with an error set past that */
 static unsigned char *put_int(unsigned char *p, PyObject *number) {
     int overflow = 0;
     long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
@@ -38,21 +59,7 @@ static unsigned char *put_int(unsigned char *p, PyObject *number) {
     }
     if (value == -1 && PyErr_Occurred())
         return NULL;
-    if (value >= 0) {
-        uint64_t u = (uint64_t)value;
-        if (u < 128) { *p++ = (unsigned char)u; return p; }
-        if (u <= 0xff) { *p++ = 0xcc; return put_be(p, u, 1); }
-        if (u <= 0xffff) { *p++ = 0xcd; return put_be(p, u, 2); }
-        if (u <= 0xffffffffULL) { *p++ = 0xce; return put_be(p, u, 4); }
-        *p++ = 0xcf;
-        return put_be(p, u, 8);
-    }
-    if (value >= -32) { *p++ = (unsigned char)(int8_t)value; return p; }
-    if (value >= -128) { *p++ = 0xd0; return put_be(p, (uint64_t)value, 1); }
-    if (value >= -32768) { *p++ = 0xd1; return put_be(p, (uint64_t)value, 2); }
-    if (value >= INT32_MIN) { *p++ = 0xd2; return put_be(p, (uint64_t)value, 4); }
-    *p++ = 0xd3;
-    return put_be(p, (uint64_t)value, 8);
+    return put_ll(p, value);
 }
 
 static unsigned char *put_raw(unsigned char *p, const char *data, Py_ssize_t size, int is_str) {
@@ -323,6 +330,151 @@ static PyObject *plain_dirent_key(LastParent *last, PyObject *parent_keys, PyObj
     return row_key;
 }
 
+/* -- a node's attributes, from its TOC entry -------------------------------------------------- */
+
+enum shape { PLAIN, REGULAR, DIRECTORY, SYMLINK, DEVICE };
+
+static PyObject *name_type, *name_mode, *name_uid, *name_gid, *name_size, *name_mtime, *name_link_name,
+    *name_dev_major, *name_dev_minor, *name_xattrs;
+
+static int intern_names(void) {
+    return (name_type = PyUnicode_InternFromString("type")) && (name_mode = PyUnicode_InternFromString("mode"))
+        && (name_uid = PyUnicode_InternFromString("uid")) && (name_gid = PyUnicode_InternFromString("gid"))
+        && (name_size = PyUnicode_InternFromString("size")) && (name_mtime = PyUnicode_InternFromString("mtime"))
+        && (name_link_name = PyUnicode_InternFromString("link_name"))
+        && (name_dev_major = PyUnicode_InternFromString("dev_major"))
+        && (name_dev_minor = PyUnicode_InternFromString("dev_minor"))
+        && (name_xattrs = PyUnicode_InternFromString("xattrs")) ? 0 : -1;
+}
+
+static int long_of(PyObject *entry, PyObject *name, long long *out) {
+    PyObject *value = PyObject_GetAttr(entry, name);
+    if (value == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+PyDoc_STRVAR(encode_attr_doc,
+"encode_attr(entry, kinds, mtime_max) -> bytes\n\n"
+"A TOC entry's `NodeAttr` row as msgpack, flags 0 (metadata.py `encoded_attr_of`, which says\n"
+"what each kind shows). ``kinds``: entry type -> (its st_mode type bits, its shape: 0 plain,\n"
+"1 regular, 2 directory, 3 symlink, 4 device); ``mtime_max``: what a time is clamped to.");
+
+static PyObject *encode_attr(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3 || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "encode_attr(entry, kinds: dict, mtime_max)");
+        return NULL;
+    }
+    PyObject *entry = args[0];
+    long long mtime_max = PyLong_AsLongLong(args[2]);
+    if (mtime_max == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *kind = PyObject_GetAttr(entry, name_type);
+    if (kind == NULL)
+        return NULL;
+    PyObject *known = PyDict_GetItemWithError(args[1], kind);
+    if (known == NULL && !PyErr_Occurred())
+        PyErr_SetObject(PyExc_KeyError, kind);
+    Py_DECREF(kind);
+    if (known == NULL)
+        return NULL;
+    if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a kind is (type bits, shape)");
+        return NULL;
+    }
+    long bits = PyLong_AsLong(PyTuple_GET_ITEM(known, 0)), shape = PyLong_AsLong(PyTuple_GET_ITEM(known, 1));
+    if (PyErr_Occurred())
+        return NULL;
+    long long mode, uid, gid, mtime, size = 0, rdev = 0, nlink = shape == DIRECTORY ? 2 : 1;
+    if (long_of(entry, name_mode, &mode) < 0 || long_of(entry, name_uid, &uid) < 0
+        || long_of(entry, name_gid, &gid) < 0 || long_of(entry, name_mtime, &mtime) < 0)
+        return NULL;
+    if (mtime > mtime_max || mtime < -mtime_max) /* fields.py `file_time` */
+        mtime = mtime > 0 ? mtime_max : -mtime_max;
+    if (shape == REGULAR && long_of(entry, name_size, &size) < 0)
+        return NULL;
+    if (shape == DEVICE) {
+        long long major, minor;
+        if (long_of(entry, name_dev_major, &major) < 0 || long_of(entry, name_dev_minor, &minor) < 0)
+            return NULL;
+        if (major < 0 || major > INT_MAX || minor < 0 || minor > INT_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "device number out of range");
+            return NULL;
+        }
+        rdev = (long long)makedev((unsigned int)major, (unsigned int)minor);
+    }
+    const char *link = "";
+    Py_ssize_t link_size = 0;
+    PyObject *link_name = NULL, *xattrs = PyObject_GetAttr(entry, name_xattrs), *value = NULL;
+    if (xattrs == NULL)
+        return NULL;
+    if (!PyDict_Check(xattrs)) {
+        PyErr_SetString(PyExc_TypeError, "xattrs is a dict");
+        goto done;
+    }
+    if (shape == SYMLINK) {
+        link_name = PyObject_GetAttr(entry, name_link_name);
+        if (link_name == NULL)
+            goto done;
+        PyObject *escaped = PyUnicode_AsEncodedString(link_name, "utf-8", "surrogateescape");
+        if (escaped == NULL)
+            goto done;
+        size = PyBytes_GET_SIZE(escaped);
+        Py_DECREF(escaped);
+        if ((link = PyUnicode_AsUTF8AndSize(link_name, &link_size)) == NULL) /* msgpack's own: strict */
+            goto done;
+    }
+    Py_ssize_t room = 1 + 8 * 9 + 5 + link_size + 5 + 1, position = 0;
+    PyObject *key, *item;
+    while (PyDict_Next(xattrs, &position, &key, &item)) {
+        if (!PyUnicode_Check(key) || !PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "an xattr is str -> bytes");
+            goto done;
+        }
+        room += 10 + PyUnicode_GET_LENGTH(key) * 4 + PyBytes_GET_SIZE(item);
+    }
+    value = PyBytes_FromStringAndSize(NULL, room);
+    if (value == NULL)
+        goto done;
+    unsigned char *start = (unsigned char *)PyBytes_AS_STRING(value), *p = start;
+    *p++ = 0x9a;
+    p = put_ll(put_ll(put_ll(put_ll(p, bits | mode), uid), gid), size);
+    p = put_ll(put_ll(put_ll(p, mtime), rdev), nlink);
+    p = put_raw(p, link, link_size, 1);
+    Py_ssize_t count = PyDict_GET_SIZE(xattrs);
+    if (count < 16) {
+        *p++ = (unsigned char)(0x80 | count);
+    } else if (count <= 0xffff) {
+        *p++ = 0xde;
+        p = put_be(p, (uint64_t)count, 2);
+    } else {
+        *p++ = 0xdf;
+        p = put_be(p, (uint64_t)count, 4);
+    }
+    position = 0;
+    while (PyDict_Next(xattrs, &position, &key, &item)) {
+        Py_ssize_t key_size;
+        const char *key_text = PyUnicode_AsUTF8AndSize(key, &key_size);
+        if (key_text == NULL) {
+            Py_CLEAR(value);
+            goto done;
+        }
+        p = put_raw(p, key_text, key_size, 1);
+        p = put_raw(p, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item), 0);
+    }
+    *p++ = 0; /* flags */
+    _PyBytes_Resize(&value, p - start); /* NULL, an error set, if it fails */
+done:
+    Py_XDECREF(link_name);
+    Py_DECREF(xattrs);
+    return value;
+}
+
+/* -- a batch of rows ----------------------------------------------------------------------------- */
+
 PyDoc_STRVAR(encode_rows_doc,
 "encode_rows(items, start, stop, node_id, layer_id, special, special_attr, hardlink_keys,\n"
 "            parent_keys, landmarks, special_dirent, starts, chunk_key)\n"
@@ -456,6 +608,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_FASTCALL, encode_rows_doc},
+    {"encode_attr", (PyCFunction)(void (*)(void))encode_attr, METH_FASTCALL, encode_attr_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -466,5 +619,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__rowcodec(void) {
     fill_hex_values();
+    if (intern_names() < 0)
+        return NULL;
     return PyModule_Create(&module);
 }

@@ -14,7 +14,8 @@ from lazylayer.shared.estargz.reader import BlobReader
 from lazylayer.shared.estargz.toc import EntryType, TOCEntry
 from lazylayer.shared.store.env import StoreOptions, open_store
 from lazylayer.shared.store.layers import Layers
-from lazylayer.shared.store.metadata import Metadata, attr_of, encoded_attr_of
+from lazylayer.shared.store.layerbuild import encoded_attr_of
+from lazylayer.shared.store.metadata import Metadata, attr_of
 from tests.format.blobkit import BlobBuilder
 
 

@@ -1,5 +1,5 @@
-"""The C row encoder (shared/store/rowcodec.c) writes what the readers decode: file-chunk values
-byte for byte as msgpack packs them, keys as the structs say, and it hands every uncommon case to
+"""The C row encoder (shared/store/rowcodec.c) writes what the readers decode: node and
+file-chunk values byte for byte as msgpack packs them, keys as the structs say, and it hands every uncommon case to
 its caller's Python functions. What rows a whole layer gets is the metadata suites' to check
 (tests/conformance), which register through it."""
 
@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazylayer.shared.estargz.toc import DIR, REG
+from lazylayer.shared.estargz.fields import DEV_MAJOR_MAX, DEV_MINOR_MAX, MTIME_MAX, UINT32_MAX
+from lazylayer.shared.estargz.toc import DIR, REG, EntryType, ModTime, TOCEntry
 from lazylayer.shared.store._rowcodec import encode_rows
 from lazylayer.shared.store.chunks import digest_key
-from lazylayer.shared.store.metadata import FileChunk
+from lazylayer.shared.store.layerbuild import encoded_attr_of
+from lazylayer.shared.store.metadata import FileChunk, attr_of
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 LANDMARKS = (".prefetch.landmark", ".no.prefetch.landmark")
@@ -104,3 +106,18 @@ def test_a_chunk_past_the_payload_end_is_an_error_not_a_read_past_the_array():
 def test_malformed_input_is_a_type_error(items):
     with pytest.raises(TypeError):
         encode(items)
+
+
+_kinds = st.sampled_from([k for k in EntryType if k not in (EntryType.HARDLINK, EntryType.CHUNK)])
+
+
+@given(kind=_kinds, mode=st.integers(0, 0o7777), uid=st.integers(0, UINT32_MAX), gid=st.integers(0, UINT32_MAX),
+       size=st.integers(0, 2**63 - 1), mtime=st.integers(-2 * MTIME_MAX, 2 * MTIME_MAX),
+       link=st.text(st.characters(exclude_categories=("Cs",)), max_size=300),
+       major=st.integers(0, DEV_MAJOR_MAX), minor=st.integers(0, DEV_MINOR_MAX),
+       xattrs=st.dictionaries(st.text(st.characters(exclude_categories=("Cs",)), max_size=40),
+                              st.binary(max_size=70_000) | st.binary(max_size=40), max_size=20))
+def test_a_node_row_is_what_nodeattr_encodes(kind, mode, uid, gid, size, mtime, link, major, minor, xattrs):
+    entry = TOCEntry(name="n", type=kind, mode=mode, uid=uid, gid=gid, size=size, mtime=ModTime(mtime),
+                     link_name=link, dev_major=major, dev_minor=minor, xattrs=xattrs)
+    assert encoded_attr_of(entry) == attr_of(entry).encode()
