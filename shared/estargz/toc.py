@@ -188,6 +188,8 @@ def entry_from_json(obj: Any) -> TOCEntry:
     raw_name = obj.get("name")
     if type(raw_name) is not str:
         raw_name = text_field(obj, "name", repr(raw_name))
+    if not raw_name.isascii():
+        _whole_characters(raw_name, "name", raw_name)
     raw_type = obj.get("type")
     kind = ENTRY_TYPES.get(raw_type) if type(raw_type) is str else None
     if kind is None:
@@ -204,6 +206,8 @@ def entry_from_json(obj: Any) -> TOCEntry:
         elif key in _TEXT_FIELDS:
             if type(value) is not str:
                 value = text_field(obj, key, raw_name)
+            elif not value.isascii():
+                _whole_characters(value, key, raw_name)
             setattr(entry, _TEXT_FIELDS[key], value)
     _trim(entry)
     modtime = obj.get("modtime")
@@ -216,6 +220,7 @@ def entry_from_json(obj: Any) -> TOCEntry:
         if not isinstance(raw_xattrs, dict):
             raise TOCError(f"entry {raw_name!r}: xattrs is not an object")
         for key, value in raw_xattrs.items():
+            _whole_characters(key, "an xattr name", raw_name)
             if not isinstance(value, str):
                 raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not a base64 string")
             try:
@@ -223,6 +228,17 @@ def entry_from_json(obj: Any) -> TOCEntry:
             except binascii.Error:
                 raise TOCError(f"entry {raw_name!r}: xattr {key!r} is not valid base64") from None
     return entry
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _whole_characters(value: str, what: str, raw_name: str) -> None:
+    """JSON can escape half of a UTF-16 pair (``"\\udcff"``): no UTF-8 text holds one, Go's writer
+    never emits one (it writes U+FFFD), and the store could not keep it (a symlink target's row
+    failed to encode). Refused, as the whole-document decoder (msgspec) refuses it."""
+    if _SURROGATE.search(value):
+        raise TOCError(f"entry {raw_name!r}: {what} holds a lone UTF-16 surrogate")
 
 
 def _trim(entry: TOCEntry) -> None:

@@ -89,3 +89,16 @@ def test_invalid_utf8_gets_one_verdict(monkeypatch, raw):
     assert tocstream._whole_document(document) is None
     verdict = outcome(document, True, monkeypatch)
     assert verdict == outcome(document, False, monkeypatch) and verdict[0] == "TOCError"
+
+
+@pytest.mark.parametrize("field,value", [("name", "a\udcff"), ("linkName", "\udcff"), ("userName", "\ud800x"),
+                                         ("groupName", "g\udfff"), ("xattrs", {"user.\udc80": "eA=="})])
+def test_a_lone_surrogate_escape_is_refused_by_both_decoders(monkeypatch, field, value):
+    """``"\\udcff"`` is valid JSON but no text: msgspec refuses it, and the stream must too (a
+    symlink target holding one used to fail registration with a bare UnicodeEncodeError)."""
+    entry = {"name": "l", "type": "symlink", "linkName": "t", field: value}
+    document = json.dumps({"version": 1, "entries": [entry]}).encode()
+    assert b"\\ud" in document  # json.dumps escapes it, as a hostile writer would
+    verdict = outcome(document, True, monkeypatch)
+    assert verdict == outcome(document, False, monkeypatch)
+    assert verdict[0] == "TOCError" and "lone UTF-16 surrogate" in verdict[1]

@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 
 import pyfuse3
+import pytest
 
 from lazylayer.shared.blobsource import BytesSource
+from lazylayer.shared.errors import TOCError
 from lazylayer.shared.estargz.fields import DEV_MAJOR_MAX, DEV_MINOR_MAX, MTIME_MAX, UINT32_MAX
 from lazylayer.shared.estargz.reader import BlobReader
 from lazylayer.shared.estargz.toc import EntryType, TOCEntry
@@ -52,3 +54,13 @@ def test_registration_encodes_the_attributes_attr_of_gives():
     ]
     for entry in entries:
         assert encoded_attr_of(entry) == attr_of(entry).encode(), entry.name
+
+
+def test_a_symlink_target_with_a_lone_surrogate_is_a_toc_error(tmp_path):
+    builder = BlobBuilder()
+    builder.add(name="l", type="symlink", linkName="\udcff")
+    blob = builder.build()
+    with open_store(StoreOptions(str(tmp_path / "cache"), map_size=64 << 20)) as store:
+        with pytest.raises(TOCError, match="linkName holds a lone UTF-16 surrogate"):
+            toc = BlobReader.open(BytesSource(blob)).toc
+            Layers(store).register("sha256:" + hashlib.sha256(blob).hexdigest(), len(blob), toc, verified=True)
