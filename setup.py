@@ -10,4 +10,5 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("lazylayer.daemon._dircache", sources=["daemon/dircache.c", "daemon/attrcache.c"],
                              depends=["daemon/attrcache.h"], libraries=["fuse3", "dl"]),
-                   Extension("lazylayer.shared.store._rowcodec", sources=["shared/store/rowcodec.c"])])
+                   Extension("lazylayer.shared.store._rowcodec", sources=["shared/store/rowcodec.c"],
+                             depends=["shared/store/msgpackwrite.h"])])
