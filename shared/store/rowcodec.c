@@ -206,6 +206,10 @@ static PyObject *dirent_key(PyObject *parent_keys, PyObject *shown) {
             PyErr_SetObject(PyExc_KeyError, PyTuple_GET_ITEM(shown, 0));
         return NULL;
     }
+    if (!PyBytes_Check(prefix)) {
+        PyErr_SetString(PyExc_TypeError, "a parent key is bytes");
+        return NULL;
+    }
     PyObject *name = PyUnicode_AsEncodedString(PyTuple_GET_ITEM(shown, 1), "utf-8", "surrogateescape");
     if (name == NULL)
         return NULL;

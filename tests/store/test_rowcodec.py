@@ -121,3 +121,9 @@ def test_a_node_row_is_what_nodeattr_encodes(kind, mode, uid, gid, size, mtime, 
     entry = TOCEntry(name="n", type=kind, mode=mode, uid=uid, gid=gid, size=size, mtime=ModTime(mtime),
                      link_name=link, dev_major=major, dev_minor=minor, xattrs=xattrs)
     assert encoded_attr_of(entry) == attr_of(entry).encode()
+
+
+@pytest.mark.parametrize("path", ["d/x", "d/\u00e9"])  # the ASCII way and the general one
+def test_a_parent_key_that_is_not_bytes_is_a_type_error(path):
+    with pytest.raises(TypeError):
+        encode([(path, (REG, b"a", ()))], parent_keys={"": b"\0" * 8, "d": "not bytes"})
