@@ -92,9 +92,6 @@ static PyObject *chunk_value(ChunkJob *job, PyObject *spec) {
         PyErr_SetString(PyExc_IndexError, "a chunk starts past the payload end");
         return NULL;
     }
-    PyObject *blob_end = PyLong_FromLongLong(job->starts[low]);
-    if (blob_end == NULL)
-        return NULL;
     Py_ssize_t digest_size;
     const char *digest_text = PyUnicode_AsUTF8AndSize(digest, &digest_size);
     PyObject *key = NULL;
@@ -113,8 +110,8 @@ static PyObject *chunk_value(ChunkJob *job, PyObject *spec) {
         if (p != NULL) {
             unsigned char *start = p;
             *p++ = 0x96;
-            if ((p = put_int(p, size)) && (p = put_int(p, blob_offset)) && (p = put_int(p, inner))
-                && (p = put_int(p, blob_end))) {
+            if ((p = put_int(p, size)) && (p = put_int(p, blob_offset)) && (p = put_int(p, inner))) {
+                p = put_ll(p, job->starts[low]); /* the blob end */
                 p = put_raw(p, digest_text, digest_size, 1);
                 p = put_raw(p, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), 0);
                 _PyBytes_Resize(&value, p - start); /* NULL, an error set, if it fails */
@@ -133,7 +130,6 @@ static PyObject *chunk_value(ChunkJob *job, PyObject *spec) {
         }
     }
     Py_XDECREF(key);
-    Py_DECREF(blob_end);
     return value;
 }
 
@@ -158,6 +154,16 @@ static int add_chunks(ChunkJob *job, uint32_t node_id, PyObject *specs) {
         job->chunks++;
     }
     return 0;
+}
+
+/* bytes ``prefix`` followed by ``size`` bytes of ``data``: a dirent's key, its parent's key and its name */
+static PyObject *joined_key(PyObject *prefix, const char *data, Py_ssize_t size) {
+    PyObject *key = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(prefix) + size);
+    if (key != NULL) {
+        memcpy(PyBytes_AS_STRING(key), PyBytes_AS_STRING(prefix), (size_t)PyBytes_GET_SIZE(prefix));
+        memcpy(PyBytes_AS_STRING(key) + PyBytes_GET_SIZE(prefix), data, (size_t)size);
+    }
+    return key;
 }
 
 /* The name ``path`` shows under its parent, as (parent, name); Py_None for no entry. */
@@ -213,11 +219,7 @@ static PyObject *dirent_key(PyObject *parent_keys, PyObject *shown) {
     PyObject *name = PyUnicode_AsEncodedString(PyTuple_GET_ITEM(shown, 1), "utf-8", "surrogateescape");
     if (name == NULL)
         return NULL;
-    PyObject *key = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(prefix) + PyBytes_GET_SIZE(name));
-    if (key != NULL) {
-        memcpy(PyBytes_AS_STRING(key), PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix));
-        memcpy(PyBytes_AS_STRING(key) + PyBytes_GET_SIZE(prefix), PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
-    }
+    PyObject *key = joined_key(prefix, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
     Py_DECREF(name);
     return key;
 }
@@ -265,13 +267,7 @@ static PyObject *plain_dirent_key(LastParent *last, PyObject *parent_keys, PyObj
         Py_XSETREF(last->key, key);
         last->length = slash;
     }
-    Py_ssize_t prefix_length = PyBytes_GET_SIZE(last->key);
-    PyObject *row_key = PyBytes_FromStringAndSize(NULL, prefix_length + base_length);
-    if (row_key != NULL) {
-        memcpy(PyBytes_AS_STRING(row_key), PyBytes_AS_STRING(last->key), (size_t)prefix_length);
-        memcpy(PyBytes_AS_STRING(row_key) + prefix_length, base, (size_t)base_length);
-    }
-    return row_key;
+    return joined_key(last->key, base, base_length);
 }
 
 /* -- a node's attributes, from its TOC entry -------------------------------------------------- */
@@ -302,8 +298,8 @@ static int long_of(PyObject *entry, PyObject *name, long long *out) {
 
 PyDoc_STRVAR(encode_attr_doc,
 "encode_attr(entry, kinds, mtime_max) -> bytes\n\n"
-"A TOC entry's `NodeAttr` row as msgpack, flags 0 (metadata.py `encoded_attr_of`, which says\n"
-"what each kind shows). ``kinds``: entry type -> (its st_mode type bits, its shape: 0 plain,\n"
+"A TOC entry's `NodeAttr` row as msgpack, flags 0 (layerbuild.py `encoded_attr_of`; what each\n"
+"kind shows is metadata.py `attr_of`'s). ``kinds``: entry type -> (its st_mode type bits, its shape: 0 plain,\n"
 "1 regular, 2 directory, 3 symlink, 4 device); ``mtime_max``: what a time is clamped to.");
 
 static PyObject *encode_attr(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
