@@ -43,6 +43,7 @@ import trio
 
 from lazylayer.daemon.fetchstats import FetchObserver, FetchStats, ReplayTally
 from lazylayer.daemon.hostbackoff import HostBackoff, MirrorRanges, is_host_failure
+from lazylayer.daemon.inflight import Pending, until_stored
 from lazylayer.daemon.neighbours import Neighbours
 from lazylayer.daemon.pieces import plan_pieces
 from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
@@ -148,19 +149,6 @@ class FetchSettings:
         )
 
 
-@dataclass(eq=False)
-class _Pending:
-    """A fetch_chunks job in flight and the chunk keys it will store."""
-
-    dedup_key: Hashable
-    params: dict[str, Any]
-    keys: tuple[bytes, ...]
-    waiters: int = 0
-    counted: bool = False
-    #: compressed bytes the job fetched (set when it finished)
-    fetched: int = 0
-
-
 def chunk_wire(chunk: FileChunk) -> list[Any]:
     """A chunk as the fetcher jobs expect it (workers/jobparams.WantedChunk)."""
     return [chunk.blob_offset, chunk.blob_end, chunk.inner_offset, chunk.size, chunk.digest, chunk.data_key,
@@ -199,7 +187,7 @@ class Remote:
         self.unstored = UnstoredChunks()
         self.stats = FetchStats()
         self._index = store.db("chunk_index")
-        self._inflight: dict[bytes, _Pending] = {}
+        self._inflight: dict[bytes, Pending] = {}
         #: layer digest -> until when (trio clock) a worker streams its whole blob into the store
         self._streaming: dict[str, float] = {}
         self._ids = itertools.count(1)
@@ -214,6 +202,14 @@ class Remote:
         self.replayed = ReplayTally()
         #: mirrors' range support as the workers report it, passed on to every job
         self.mirrors = MirrorRanges()
+        #: where jobs a read stopped waiting for are followed to their end (daemon/inflight.py)
+        self._followers: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """The daemon's nursery: side jobs run there, and jobs a demand read returned from
+        early (its own chunks stored) are followed there to their end."""
+        self._followers = nursery
+        self.neighbours.attach(nursery)
 
     async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
                       dedup_key: Hashable | None = None, timeout: float | None = None,
@@ -293,7 +289,8 @@ class Remote:
                     along, aside = self.neighbours.of(node, missing)
                     if aside:
                         self.neighbours.start(functools.partial(self._fetch_aside, ref, layer, aside))
-                await self.fetch_chunks(ref, layer, missing, Priority.FOREGROUND, replace=corrupt, along=along)
+                await self.fetch_chunks(ref, layer, missing, Priority.FOREGROUND, replace=corrupt, along=along,
+                                        early=True)
         raise CacheError(f"layer {layer.digest}: chunks were evicted again right after being fetched; "
                          "the cache budget is too small for the data being read")
 
@@ -328,21 +325,23 @@ class Remote:
 
     async def fetch_chunks(self, ref: str, layer: LayerRecord, chunks: Sequence[FileChunk],
                            priority: Priority, replace: Sequence[bytes] = (),
-                           along: Sequence[FileChunk] = ()) -> int:
+                           along: Sequence[FileChunk] = (), early: bool = False) -> int:
         """Make sure ``chunks`` are in the store (or, when the cache is full, in `unstored`):
         cached ones are skipped, chunks already being fetched are waited for, the rest are
         fetched by one new job. ``replace``: keys of stored chunks found corrupt, which the job
         checks and drops before fetching them again. Raises the first typed error among the
         jobs waited on. ``along``: chunks the new job also fetches if nobody has them or is
-        fetching them, never waited for on their own (neighbours of a miss). Returns the
-        compressed bytes the job this call started fetched (0 if it started none)."""
+        fetching them, never waited for on their own (neighbours of a miss). ``early``: return as
+        soon as ``chunks`` are stored, the jobs followed to their end in the daemon's nursery
+        (daemon/inflight.py). Returns the compressed bytes the job this call started fetched (0
+        if it started none or has not ended)."""
         wanted = {c.data_key: c for c in chunks}
         extra = {c.data_key: c for c in along if c.data_key not in wanted and c.data_key not in self._inflight}
         cached = self.store.read(lambda txn: {k for k in (*wanted, *extra) if k not in replace and (
             txn.get(k, db=self._index) is not None or k in self.unstored)})
-        waits: dict[int, _Pending] = {}
+        waits: dict[int, Pending] = {}
         mine: list[FileChunk] = []
-        started: _Pending | None = None
+        started: Pending | None = None
         for key, chunk in wanted.items():
             if key in cached:
                 continue
@@ -360,15 +359,24 @@ class Remote:
                       "replace": [c.digest for c in mine if c.data_key in replace],
                       # a reader waits: may read beside a filling pull-through cache (README "Running a fleet")
                       "urgent": priority is Priority.FOREGROUND}
-            started = _Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
+            started = Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
             for key in started.keys:
                 self._inflight[key] = started
             waits[id(started)] = started
             self.stats.jobs += 1
         errors: list[LazyLayerError] = []
-        async with trio.open_nursery() as nursery:
+        if early and self._followers is not None:
             for pending in waits.values():
-                nursery.start_soon(self._wait, pending, priority, errors)
+                self._followers.start_soon(self._follow, pending, priority)
+            needed = [] if replace else [key for key in wanted if key not in cached]
+            if await until_stored(self.store, self._index, list(waits.values()), needed):
+                self.audit.trust(needed)
+                return 0
+            errors = [pending.error for pending in waits.values() if pending.error is not None]
+        else:
+            async with trio.open_nursery() as nursery:
+                for pending in waits.values():
+                    nursery.start_soon(self._wait, pending, priority, errors)
         if errors:
             raise errors[0]
         return 0 if started is None else started.fetched
@@ -390,7 +398,7 @@ class Remote:
         self._streaming.pop(digest, None)
         return chunks
 
-    async def _wait(self, pending: _Pending, priority: Priority, errors: list[LazyLayerError]) -> None:
+    async def _wait(self, pending: Pending, priority: Priority, errors: list[LazyLayerError]) -> None:
         pending.waiters += 1
         try:
             reply = await self._submit("fetch_chunks", pending.params, priority, pending.dedup_key)
@@ -408,12 +416,24 @@ class Remote:
                 self.observer.fetched(priority, reply.result["bytes"])
         except LazyLayerError as exc:
             errors.append(exc)
+            pending.error = pending.error or exc
         finally:
             pending.waiters -= 1
             if pending.waiters == 0:
                 for key in pending.keys:
                     if self._inflight.get(key) is pending:
                         del self._inflight[key]
+        pending.done.set()  # not when cancelled: the job may go on for its other waiters
+
+    async def _follow(self, pending: Pending, priority: Priority) -> None:
+        """`_wait` in the daemon's nursery, for a read that may return before the job ends:
+        anything it raises stays here (logged) instead of ending the daemon."""
+        try:
+            await self._wait(pending, priority, [])
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the nursery down
+            log.exception("following fetch job %s", pending.dedup_key)
+            pending.error = pending.error or LazyLayerError(f"fetch job failed: {exc}")
+            pending.done.set()
 
     # -- whole-layer work ----------------------------------------------------------------------
 

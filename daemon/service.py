@@ -429,7 +429,7 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
                      f", takeover {daemon.takeovers}" if taken else "")
             async with trio.open_nursery() as nursery:
                 fs.attach(nursery)
-                remote.neighbours.attach(nursery)
+                remote.attach(nursery)
                 await nursery.start(resolver.run)
                 await nursery.start(ControlServer(options.run_dir, daemon.handlers()).serve)
                 nursery.start_soon(_signals, daemon, options)

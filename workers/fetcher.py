@@ -79,6 +79,9 @@ importlib.import_module("lazylayer.shared.store.layerbuild")
 
 #: Compressed bytes one HTTP request of a job may ask for (several chunks coalesce up to it).
 MAX_REQUEST_BYTES = 16 << 20
+#: Uncompressed bytes a job stores per write transaction after its first chunk (stored alone):
+#: a read waiting for one chunk of a large job gets it this soon (daemon/inflight.py).
+STORE_SLICE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -461,21 +464,33 @@ class Fetcher:
 
     def _store_chunks(self, digest: str, chunks: list[WantedChunk], compressed: Callable[[WantedChunk], bytes],
                       unstored: list[tuple[bytes, bytes]] | None = None) -> tuple[int, LazyLayerError | None]:
-        """Decompress and verify each chunk, then store them all; the first chunk error is
-        returned. A chunk the cache filesystem refuses (full) is kept in ``unstored`` when the
-        caller serves it."""
+        """Decompress and verify each chunk and store them in slices as they come: the first
+        chunk alone, then every `STORE_SLICE` bytes, so that a read waiting for one of them is
+        served before the rest of the job is done (daemon/inflight.py). The first chunk error
+        is returned. A chunk the cache filesystem refuses (full) is kept in ``unstored`` when
+        the caller serves it."""
         first_error: LazyLayerError | None = None
         verified: list[tuple[WantedChunk, bytes]] = []
+        stored = pending = 0
+        first = True
         # the decompressor the layer was registered with ("": a record older than the name)
         decoder = Layers(self.store()).require(digest).decompressor if chunks else ""
         for chunk in chunks:
             try:
-                verified.append((chunk, self.decompressors.decompress_chunk(
-                    decoder, compressed(chunk), chunk.toc_chunk(), allow_unverified=not chunk.digest)))
+                payload = self.decompressors.decompress_chunk(
+                    decoder, compressed(chunk), chunk.toc_chunk(), allow_unverified=not chunk.digest)
             except (DigestMismatchError, FormatError) as exc:
                 log.warning("layer %s: %s", digest, exc)
                 first_error = first_error or exc
-        return self._put_verified(digest, verified, unstored), first_error
+                continue
+            verified.append((chunk, payload))
+            pending += len(payload)
+            if first or pending >= STORE_SLICE:
+                stored += self._put_verified(digest, verified, unstored)
+                verified, pending, first = [], 0, False
+        if verified:
+            stored += self._put_verified(digest, verified, unstored)
+        return stored, first_error
 
     def _put_verified(self, digest: str, verified: list[tuple[WantedChunk, bytes]],
                       unstored: list[tuple[bytes, bytes]] | None) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+import time
 
 from lazylayer.shared.blobsource import BlobSource
 from lazylayer.shared.errors import FormatError, TOCLimitError
@@ -46,7 +48,29 @@ class RawChunked:
         data = bytes(compressed[chunk.inner_offset : chunk.inner_offset + chunk.size])
         if len(data) != chunk.size:
             raise FormatError(f"rawchunk chunk at blob offset {chunk.blob_offset} is truncated")
+        _wait_at_gate(data)
         return data
+
+
+#: A file whose bytes start with this, then a path and a NUL, is held in decompression until
+#: that path exists (at most `GATE_TIMEOUT`): a test's way to have a job stop half-way.
+GATE = b"\0lazylayer-testplugin-gate\0"
+GATE_TIMEOUT = 60.0
+
+
+def gated(path: str, size: int) -> bytes:
+    """File bytes that hold a worker decompressing them until ``path`` exists."""
+    head = GATE + path.encode() + b"\0"
+    return head + b"g" * max(0, size - len(head))
+
+
+def _wait_at_gate(data: bytes) -> None:
+    if not data.startswith(GATE):
+        return
+    path = data[len(GATE):data.index(b"\0", len(GATE))].decode()
+    deadline = time.monotonic() + GATE_TIMEOUT
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def write_blob(files: dict[str, bytes]) -> tuple[bytes, str]:
