@@ -67,6 +67,10 @@ _FINAL_LINGER_MS = 1000
 ABANDON_GRACE = 1.0
 #: exit code of a worker that leaves to reclaim stuck threads (its supervisor restarts it)
 EXIT_RECYCLE = 3
+#: ZeroMQ's retry of a connect the front's socket is not there for yet: the first after 5 ms,
+#: doubling up to 200 ms (a front that stays away is not asked 200 times a second) [ms]
+RECONNECT_FIRST_MS = 5
+RECONNECT_MAX_MS = 200
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,10 @@ class Worker:
         # A readable, unique id per socket: the front shows it in `status`; never reused, so a
         # reconnect is never refused as a duplicate routing id.
         sock.setsockopt(zmq.ROUTING_ID, f"w{os.getpid()}.{next(self._socket_ids)}".encode())
+        # Workers forked at daemon start are ready before the front has bound its socket; with
+        # ZeroMQ's default retry (100 ms, then later) the first resolve waited ~180 ms for them.
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         sock.connect(self.settings.endpoint)
         self._poller.register(sock, zmq.POLLIN)
         self._socket = sock
