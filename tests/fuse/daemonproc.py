@@ -20,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lazylayer.daemon import mounts
 from lazylayer.daemon.control import call
@@ -125,6 +126,16 @@ def start_daemon(workdir: Path, *, workers: int = 1, config: dict[str, dict[str,
             daemon.stop()
             raise
     return daemon
+
+
+@contextmanager
+def running_daemon(workdir: Path, **options: Any) -> Iterator[RunningDaemon]:
+    """`start_daemon` for the length of a ``with`` block (a fixture's body), stopped after it."""
+    daemon = start_daemon(workdir, **options)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 def wait_ready(daemon: RunningDaemon, workers: int, timeout: float = 60.0) -> None:

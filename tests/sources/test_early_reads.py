@@ -16,7 +16,7 @@ import pytest
 from lazylayer_testplugin.rawchunk import MEDIA_TYPE, gated, write_blob
 
 from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION
-from tests.fuse.daemonproc import RunningDaemon, start_daemon
+from tests.fuse.daemonproc import RunningDaemon, running_daemon
 from tests.sources.conftest import push_descriptors
 from tests.support.registry import RunningRegistry, digest_of, push_blob
 
@@ -27,12 +27,9 @@ READ_WAIT = 30.0
 @pytest.fixture
 def neighbour_daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
     """Default neighbour window (256 KiB): a miss's job carries the files after it."""
-    running = start_daemon(tmp_path / "daemon", workers=1,
-                           config={"prefetch": {"enabled": False}, "background": {"enabled": False}})
-    try:
-        yield running
-    finally:
-        running.stop()
+    with running_daemon(tmp_path / "daemon", config={"prefetch": {"enabled": False},
+                                                     "background": {"enabled": False}}) as daemon:
+        yield daemon
 
 
 def test_a_read_is_served_before_its_job_ends(neighbour_daemon: RunningDaemon, registry: RunningRegistry,
