@@ -130,7 +130,7 @@ class Worker:
         # reconnect is never refused as a duplicate routing id.
         sock.setsockopt(zmq.ROUTING_ID, f"w{os.getpid()}.{next(self._socket_ids)}".encode())
         # Workers forked at daemon start are ready before the front has bound its socket; with
-        # ZeroMQ's default retry (100 ms, then later) the first resolve waited ~180 ms for them.
+        # ZeroMQ's default retry (100 ms, then later) the first resolve could wait ~180 ms for them.
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         sock.connect(self.settings.endpoint)
