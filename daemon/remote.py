@@ -399,9 +399,15 @@ class Remote:
         return chunks
 
     async def _wait(self, pending: Pending, priority: Priority, errors: list[LazyLayerError]) -> None:
+        """One waiter on ``pending``'s job. The job has ended for every waiter when one gets
+        its reply, or when the last one leaves with an error: one waiter's own timeout, while
+        others (with later deadlines) still wait, does not end it (`Pending.done`)."""
         pending.waiters += 1
+        answered = False
         try:
             reply = await self._submit("fetch_chunks", pending.params, priority, pending.dedup_key)
+            answered = True
+            pending.error = None
             if not pending.counted:
                 pending.counted = True
                 self.audit.trust(pending.keys)  # the worker checked every one just now
@@ -416,14 +422,15 @@ class Remote:
                 self.observer.fetched(priority, reply.result["bytes"])
         except LazyLayerError as exc:
             errors.append(exc)
-            pending.error = pending.error or exc
+            pending.error = exc
         finally:
             pending.waiters -= 1
             if pending.waiters == 0:
                 for key in pending.keys:
                     if self._inflight.get(key) is pending:
                         del self._inflight[key]
-        pending.done.set()  # not when cancelled: the job may go on for its other waiters
+        if answered or pending.waiters == 0:  # not when cancelled: the job may go on for the others
+            pending.done.set()
 
     async def _follow(self, pending: Pending, priority: Priority) -> None:
         """`_wait` in the daemon's nursery, for a read that may return before the job ends:
