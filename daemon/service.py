@@ -43,7 +43,8 @@ from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.pool import WorkerPool
 from lazylayer.daemon.profiles import ProfileSettings, Profiling
-from lazylayer.daemon.remote import EXCLUSIVE_KINDS, FetchSettings, Remote
+from lazylayer.daemon.fetchsettings import FetchSettings
+from lazylayer.daemon.remote import EXCLUSIVE_KINDS, Remote
 from lazylayer.daemon.startup import DaemonOptions, clean_run_dir, worker_command
 from lazylayer.shared.config import Config, config_changes, load_config
 from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from lazylayer.daemon.pool import Priority
-from lazylayer.daemon.remote import FetchSettings
+from lazylayer.daemon.fetchsettings import FetchSettings
 from lazylayer.shared.errors import DigestMismatchError, PoolUnavailableError
 from lazylayer.shared.store.layers import Layers, LayerState
 from lazylayer.shared.store.metadata import Metadata

@@ -9,7 +9,8 @@ import pytest
 import trio
 
 from lazylayer.daemon.pieces import plan_pieces
-from lazylayer.daemon.remote import FetchSettings, LayerDescriptor
+from lazylayer.daemon.fetchsettings import FetchSettings
+from lazylayer.daemon.remote import LayerDescriptor
 from lazylayer.shared.blobsource import BytesSource
 from lazylayer.shared.errors import DigestMismatchError, NotFoundError, UnverifiedLayerError
 from lazylayer.shared.estargz.formats import TAIL_SIZE

@@ -51,7 +51,8 @@ from typing import Any, AsyncIterator
 import trio
 
 from lazylayer.daemon.pool import WorkerPool
-from lazylayer.daemon.remote import EXCLUSIVE_KINDS, FetchSettings, LayerDescriptor, Remote
+from lazylayer.daemon.fetchsettings import FetchSettings
+from lazylayer.daemon.remote import EXCLUSIVE_KINDS, LayerDescriptor, Remote
 from lazylayer.shared.config import load_config
 from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION
 from lazylayer.shared.estargz.writer import ConvertResult, WriterOptions, convert_dir
