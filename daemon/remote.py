@@ -408,8 +408,10 @@ class Remote:
         chunks stored and only moves the layer's state."""
         end = layer.prefetch_end if layer.prefetch_end is not None else min(self.settings.prefetch_size,
                                                                             layer.blob_size)
-        # a thread: the scan walks every chunk row of the layer (2 s for 200k), the loop must not wait
-        chunks = await trio.to_thread.run_sync(self.meta.prefetch_chunks, layer.layer_id, end) if end > 0 else []
+        # a thread: without a node bound the scan walks every chunk row of the layer (2 s for
+        # 200k), and the loop must not wait
+        chunks = await trio.to_thread.run_sync(self.meta.prefetch_chunks, layer.layer_id, end,
+                                               layer.prefetch_nodes) if end > 0 else []
         fetched = 0
         if chunks:
             pieces = plan_pieces(chunks, max(c.blob_end for c in chunks), PREFETCH_PIECE)

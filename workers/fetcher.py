@@ -272,7 +272,8 @@ class Fetcher:
             layers.modify(digest, lambda r: _advance(r, LayerState.READY, prefetch_size=0))
             return JobResult({"bytes": 0, "chunks": 0})
         layers.modify(digest, lambda r: _advance(r, LayerState.PREFETCHING))
-        wanted = [wanted_from_store(c) for c in Metadata(self.store()).prefetch_chunks(record.layer_id, end)]
+        wanted = [wanted_from_store(c)
+                  for c in Metadata(self.store()).prefetch_chunks(record.layer_id, end, record.prefetch_nodes)]
         try:
             outcome = self._fetch(ref, digest, wanted)
             if outcome.error is not None:

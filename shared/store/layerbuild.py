@@ -73,6 +73,8 @@ class LayerScan:
         #: Compressed end of the prefetch range: the landmark's offset, 0 for
         #: ``.no.prefetch.landmark``, None when the layer has neither.
         self.prefetch_end: int | None = None
+        #: No file of the prefetch range has a node id above this (`LayerRecord.prefetch_nodes`).
+        self.prefetch_nodes: int | None = None
         #: Entries naming overlayfs's own xattrs, which are not served (`OVERLAY_PRIVATE`), and the first.
         self.overlay_xattrs = 0
         self.first_overlay_xattr = ""
@@ -86,10 +88,18 @@ class LayerScan:
         """Apply every entry of ``stream``; raises what the TOC is refused for."""
         self._payload_end, self._limits = stream.payload_end, stream.limits
         landmark_offset = 0
+        # Node ids follow the tree's path order, one per path but hardlinks, so a path's id is
+        # at most ROOT_ID + its index there: its count when the landmark (written after the
+        # prefetched files) or a later file still starting before it was added bounds them all.
+        nodes = self._tree.nodes
+        landmark_bound: int | None = None
         for entry, pieces in grouped(stream):
-            self._tree.add(entry, self._keep(entry, pieces))
+            kept = self._keep(entry, pieces)
+            self._tree.add(entry, kept)
             if entry.name == PREFETCH_LANDMARK:
-                landmark_offset = entry.offset
+                landmark_offset, landmark_bound = entry.offset, len(nodes)
+            elif landmark_bound is not None and _starts_before(kept, landmark_offset):
+                landmark_bound = len(nodes)
         self._starts.finish(stream.payload_end)
         self._hardlinks = resolve_hardlinks(self._tree.nodes, _kind)
         landmark = self._tree.nodes.get(PREFETCH_LANDMARK)
@@ -97,6 +107,7 @@ class LayerScan:
             self.prefetch_end = 0
         elif landmark is not None and _kind(landmark) is REG:
             self.prefetch_end = landmark_offset
+            self.prefetch_nodes = None if landmark_bound is None else ROOT_ID - 1 + landmark_bound
         self.node_count = len(self._tree.nodes) - len(self._hardlinks)
         if self.node_count > MAX_NODE_ID - ROOT_ID:
             raise TOCLimitError(f"layer has {self.node_count} nodes; at most {MAX_NODE_ID - ROOT_ID} fit")
@@ -207,6 +218,11 @@ class LayerScan:
         if path in opaque:
             attr.flags |= int(NodeFlag.OPAQUE)
         return attr.encode()
+
+
+def _starts_before(value: Value, offset: int) -> bool:
+    """A regular file whose first chunk starts in the blob before ``offset``."""
+    return not isinstance(value, TOCEntry) and bool(value[2]) and value[2][0][2] < offset
 
 
 def encoded_attr_of(entry: TOCEntry) -> bytes:

@@ -64,6 +64,9 @@ class LayerRecord:
     #: Compressed end of the prefetch range: the landmark's offset, 0 for ``.no.prefetch.landmark``,
     #: None when the layer has neither (legacy: the configured prefetch size applies).
     prefetch_end: int | None = None
+    #: Every file of that range has a node id at most this (registration knows it from the TOC's
+    #: order; a prefetch walks only those rows); None: unknown, every file is looked at.
+    prefetch_nodes: int | None = None
     last_read: float = 0.0
     last_error: str = ""
     node_count: int = 0
@@ -162,6 +165,7 @@ class Layers:
                 toc_digest=toc_digest,
                 verified=verified,
                 prefetch_end=scan.prefetch_end,
+                prefetch_nodes=scan.prefetch_nodes,
                 node_count=scan.node_count,
                 chunk_count=scan.chunk_count,
                 payload_bytes=scan.payload_bytes,

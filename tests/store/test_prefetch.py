@@ -3,10 +3,18 @@ prefetched file afterwards never touches the blob."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
+from lazylayer.shared.blobsource import BytesSource
 from lazylayer.shared.errors import CorruptCacheError
+from lazylayer.shared.estargz.reader import BlobReader
+from lazylayer.shared.estargz.toc import PREFETCH_LANDMARK
+from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.store.env import StoreOptions, open_store
+from lazylayer.shared.store.layers import Layers
+from lazylayer.shared.store.metadata import Metadata
 from tests.conformance.store_view import StoreLayerView
 from tests.store.procs import MiB
 from tests.support.layers import build_layer, directory, file
@@ -64,6 +72,40 @@ def test_prefetch_chunks_take_whole_files_before_the_landmark_and_nothing_after(
     assert all(c.blob_offset < view.record.prefetch_end for c in listed)
     assert [c.chunk_offset for c in listed] == [0, 3, 6, 9] * 2
     assert set(listed) < set(every)
+
+
+def test_the_node_bound_stops_the_walk_after_the_prefetched_files(store):
+    """Registration bounds the node ids of the prefetched files (they come first in an eStargz),
+    so a prefetch walks their rows, not every chunk row of the layer."""
+    items = [file(f"f{i}.txt", FOO) for i in range(20)]
+    view = view_of(store, items, prefetch=("f0.txt", "f1.txt"))
+    meta, record = view.meta, view.record
+    bounded = meta.prefetch_chunks(record.layer_id, record.prefetch_end, record.prefetch_nodes)
+    assert bounded == meta.prefetch_chunks(record.layer_id, record.prefetch_end)
+    assert len(bounded) == 8
+    # root, f0.txt, f1.txt and the (hidden) landmark: the other 18 files lie beyond the bound
+    assert record.prefetch_nodes == meta.resolve(record.root, "f1.txt").node_id + 1
+    assert meta.resolve(record.root, "f2.txt").node_id > record.prefetch_nodes
+
+
+def test_a_prefetched_file_listed_after_the_landmark_is_still_within_the_bound(store):
+    """A TOC out of blob order: the file whose payload starts first is listed after the
+    landmark. The bound grows to cover it, so the bounded walk still finds it."""
+    layer = build_layer([file("foo.txt", FOO), file("bar.txt", BAR), file("baz.txt", FOO)], chunk_size=3,
+                        prefetch=("foo.txt",))
+    toc = BlobReader.open(BytesSource(layer.blob)).toc
+    foo = [e for e in toc.entries if e.name == "foo.txt"]
+    rest = [e for e in toc.entries if e.name != "foo.txt"]
+    after = max(i for i, e in enumerate(rest) if e.name == PREFETCH_LANDMARK or e.name == "bar.txt")
+    reordered = copy.copy(toc)
+    reordered.entries = rest[:after + 1] + foo + rest[after + 1:]
+    record = Layers(store).register(layer.digest, len(layer.blob), TOCStream.of(reordered), verified=True)
+    meta = Metadata(store)
+    foo_node = meta.resolve(record.root, "foo.txt").node_id
+    assert foo_node <= record.prefetch_nodes
+    bounded = meta.prefetch_chunks(record.layer_id, record.prefetch_end, record.prefetch_nodes)
+    assert bounded == meta.prefetch_chunks(record.layer_id, record.prefetch_end)
+    assert [c.chunk_offset for c in bounded] == [0, 3, 6, 9]
 
 
 def test_a_damaged_chunk_row_is_a_corrupt_cache_not_a_crash(store):
