@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from lazylayer.daemon.pool import Priority
+from lazylayer.daemon.jobqueue import Priority
 
 
 @dataclass

@@ -37,6 +37,8 @@ class Pending:
     dedup_key: Hashable
     params: dict[str, Any]
     keys: tuple[bytes, ...]
+    #: its place among the jobs of its priority (daemon/jobqueue.py)
+    rank: int = 0
     waiters: int = 0
     counted: bool = False
     #: compressed bytes the job fetched (set when it finished)

@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from lazylayer.daemon.pool import Priority
+from lazylayer.daemon.jobqueue import Priority
 from lazylayer.daemon.profiles import Profiling
 from lazylayer.daemon.remote import LayerDescriptor, Remote, ResolvedImage
 from lazylayer.shared.config import Config

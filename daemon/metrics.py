@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lazylayer.daemon.pool import PoolStatus, Priority
+from lazylayer.daemon.jobqueue import Priority
+from lazylayer.daemon.pool import PoolStatus
 from lazylayer.daemon.fetchstats import FetchObserver
 from lazylayer.shared.errors import ConfigError
 from lazylayer.shared.store.chunks import ChunkStats

@@ -26,7 +26,8 @@ Why it is built this way:
   (minus a margin for the answer to arrive first); the worker cuts its waits to it, so a job
   re-dispatched after a death gets what is left of the budget, not a fresh one.
 - **Dedup.** Concurrent submits with the same ``(kind, dedup_key)`` share one job and its result.
-- **Priorities.** foreground > prefetch > background; background jobs are held while any
+- **Priorities.** foreground > prefetch > background, and within one by rank (daemon/jobqueue.py:
+  a prefetch's pieces, the first ones of every layer first); background jobs are held while any
   foreground job is live and for ``quiet_period`` after the last one ended (upstream: 5 s).
   Prefetch and background jobs leave one of a group's slots on each worker free (when it has
   two or more): queue order alone let prefetch pieces fill every slot, and a read then waited
@@ -43,12 +44,10 @@ Why it is built this way:
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import itertools
 import logging
 import math
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
@@ -56,6 +55,7 @@ import trio
 import zmq
 
 from lazylayer.daemon.earlyworkers import EarlyWorkers
+from lazylayer.daemon.jobqueue import JobQueues, Priority
 from lazylayer.daemon.poolstatus import PoolStatus, WorkerStatus
 from lazylayer.daemon.quietgate import QuietGate
 from lazylayer.daemon.spawner import SpawnSettings, WorkerSpawner, default_worker_command
@@ -66,14 +66,6 @@ from lazylayer.shared.errors import (LazyLayerError, PoolUnavailableError, Proto
 from lazylayer.shared.perms import private_file
 
 log = logging.getLogger(__name__)
-
-
-class Priority(enum.IntEnum):
-    """Lower value = served first."""
-
-    FOREGROUND = 0
-    PREFETCH = 1
-    BACKGROUND = 2
 
 
 @dataclass(frozen=True)
@@ -93,6 +85,8 @@ class _Job:
     payloads: list[protocol.Buffer]
     priority: Priority
     dedup_key: Hashable | None
+    #: its place among the jobs of its priority (daemon/jobqueue.py)
+    rank: int = 0
     done: trio.Event = field(default_factory=trio.Event)
     outcome: PoolReply | LazyLayerError | None = None
     waiters: int = 0
@@ -163,7 +157,7 @@ class WorkerPool:
         self._workers: dict[bytes, _Worker] = {}
         self._jobs: dict[int, _Job] = {}
         self._dedup: dict[tuple[str, Hashable], _Job] = {}
-        self._queues: dict[Priority, deque[_Job]] = {p: deque() for p in Priority}
+        self._queues: JobQueues[_Job] = JobQueues()
         self._ids = itertools.count(1)
         self._dispatch_seq = itertools.count(1)
         self._workers_lost = 0
@@ -230,6 +224,7 @@ class WorkerPool:
         dedup_key: Hashable | None = None,
         timeout: float = 30.0,
         group: Hashable | None = None,
+        rank: int = 0,
     ) -> PoolReply:
         """Run one job on some worker and return its reply.
 
@@ -239,20 +234,21 @@ class WorkerPool:
         Submits with the same ``(kind, dedup_key)`` while the first is live share its job (the
         job takes the highest priority among them, and the latest deadline, though a worker
         already running it keeps the one it was sent); params of later ones are ignored.
-        ``group`` names the registry the job talks to (see the module docstring).
+        ``group`` names the registry the job talks to (see the module docstring); ``rank`` orders
+        the jobs of one priority, lower first (daemon/jobqueue.py).
         """
         if self._closing or self._socket is None:
             raise PoolUnavailableError("the worker pool is not running")
         job = self._dedup.get((kind, dedup_key)) if dedup_key is not None else None
         if job is None:
             job = _Job(next(self._ids), kind, dict(params or {}), list(payloads), Priority(priority), dedup_key,
-                       group=group)
+                       rank, group=group)
             self._jobs[job.id] = job
             if dedup_key is not None:
                 self._dedup[(kind, dedup_key)] = job
             if job.priority is Priority.FOREGROUND:
                 self.background_gate.started()
-            self._enqueue(job)
+            self._queues.push(job)
             self._notify_changed()
         elif priority < job.priority:
             self._promote(job, Priority(priority))
@@ -299,7 +295,7 @@ class WorkerPool:
                                   round(now - w.last_seen, 3), restarts.get(w.pid, 0))
                      for w in self._workers.values()],
             processes=self.spawner.status(),
-            queued={p.name.lower(): len(q) for p, q in self._queues.items()},
+            queued={p.name.lower(): len(q) for p, q in self._queues.by_priority()},
             in_flight=sum(1 for j in self._jobs.values() if j.worker is not None),
             foreground_active=self.background_gate.live > 0,
             background_held=not self.background_gate.is_open(now),
@@ -371,28 +367,18 @@ class WorkerPool:
 
     # -- job bookkeeping -----------------------------------------------------------------------
 
-    def _enqueue(self, job: _Job, front: bool = False) -> None:
-        queue = self._queues[job.priority]
-        queue.appendleft(job) if front else queue.append(job)
-        job.queued = True
-
-    def _unqueue(self, job: _Job) -> None:
-        if job.queued:
-            self._queues[job.priority].remove(job)
-            job.queued = False
-
     def _promote(self, job: _Job, priority: Priority) -> None:
         was_queued = job.queued
-        self._unqueue(job)
+        self._queues.remove(job)
         if priority is Priority.FOREGROUND:
             self.background_gate.started()
         job.priority = priority
         if was_queued:
-            self._enqueue(job)
+            self._queues.push(job)
 
     def _retire(self, job: _Job) -> None:
         """Forget a job that is finished or that nobody waits for any more."""
-        self._unqueue(job)
+        self._queues.remove(job)
         self._jobs.pop(job.id, None)
         if job.dedup_key is not None and self._dedup.get((job.kind, job.dedup_key)) is job:
             del self._dedup[(job.kind, job.dedup_key)]
@@ -418,7 +404,7 @@ class WorkerPool:
             self._finish(job, WorkerLostError(
                 f"{job.kind} request {job.id}: {job.attempts} worker(s) died while running it"))
         else:
-            self._enqueue(job, front=True)
+            self._queues.push(job, front=True)
 
     def _timeout_error(self, job: _Job, timeout: float) -> LazyLayerError:
         able = [w for w in self._workers.values() if w.capacity > 0 and job.kind in w.kinds]
@@ -449,13 +435,13 @@ class WorkerPool:
         return best
 
     def _next_assignment(self) -> tuple[_Job, _Worker] | None:
-        """The first queued job (by priority, then queue order) some worker has a slot for; a
+        """The first queued job (by priority, then rank and arrival) some worker has a slot for; a
         job whose group finds no slot does not hold up other groups' jobs behind it. With every
         worker full nothing can go, so the queues (thousands of prefetch pieces) are not walked."""
         if not any(not w.blocked and len(w.in_flight) < w.capacity * self.max_groups for w in self._workers.values()):
             return None
         now = trio.current_time()
-        for priority, queue in self._queues.items():
+        for priority, queue in self._queues.by_priority():
             if not queue or (priority is Priority.BACKGROUND and not self.background_gate.is_open(now)):
                 continue
             tried: set[tuple[str, Hashable | None]] = set()
@@ -481,7 +467,7 @@ class WorkerPool:
             self._dispatching = False
 
     def _send_job(self, job: _Job, worker: _Worker) -> None:
-        self._unqueue(job)
+        self._queues.remove(job)
         job.worker = worker
         job.attempts += 1
         worker.in_flight[job.id] = job.group
@@ -561,7 +547,7 @@ class WorkerPool:
             self._dispatch()
             deadline = next_beat
             opens = self.background_gate.opens_at
-            if self._queues[Priority.BACKGROUND] and now < opens:  # once open, only a free slot helps
+            if self._queues.waiting(Priority.BACKGROUND) and now < opens:  # once open, only a free slot helps
                 deadline = min(deadline, opens)
             with trio.move_on_at(deadline):
                 await self._wake.wait()

@@ -41,13 +41,14 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 import msgpack
 import trio
 
+from lazylayer.daemon.fetchsettings import FetchSettings
 from lazylayer.daemon.fetchstats import FetchObserver, FetchStats, ReplayTally
 from lazylayer.daemon.hostbackoff import HostBackoff, MirrorRanges, is_host_failure
-from lazylayer.daemon.fetchsettings import FetchSettings
 from lazylayer.daemon.inflight import Pending, until_stored
+from lazylayer.daemon.jobqueue import Priority
 from lazylayer.daemon.neighbours import Neighbours
 from lazylayer.daemon.pieces import plan_pieces
-from lazylayer.daemon.pool import PoolReply, Priority, WorkerPool
+from lazylayer.daemon.pool import PoolReply, WorkerPool
 from lazylayer.daemon.unstored import UnstoredChunks
 from lazylayer.shared.errors import CacheError, LazyLayerError
 from lazylayer.shared.estargz.annotations import TOC_DIGEST_ANNOTATION
@@ -166,7 +167,7 @@ class Remote:
 
     async def _submit(self, kind: str, params: dict[str, Any], priority: Priority = Priority.FOREGROUND,
                       dedup_key: Hashable | None = None, timeout: float | None = None,
-                      payloads: Sequence[bytes] = ()) -> PoolReply:
+                      payloads: Sequence[bytes] = (), rank: int = 0) -> PoolReply:
         registry = registry_of(params["ref"]) if "ref" in params else None
         if registry is not None:
             self.host_backoff.check(registry)
@@ -176,7 +177,7 @@ class Remote:
         started = time.monotonic()
         try:
             reply = await self.pool.submit(kind, params, payloads, priority=priority, dedup_key=dedup_key,
-                                           group=registry,
+                                           group=registry, rank=rank,
                                            timeout=self.settings.request_timeout if timeout is None else timeout)
         except LazyLayerError as exc:
             if registry is not None and is_host_failure(exc):
@@ -278,7 +279,7 @@ class Remote:
 
     async def fetch_chunks(self, ref: str, layer: LayerRecord, chunks: Sequence[FileChunk],
                            priority: Priority, replace: Sequence[bytes] = (),
-                           along: Sequence[FileChunk] = (), early: bool = False) -> int:
+                           along: Sequence[FileChunk] = (), early: bool = False, rank: int = 0) -> int:
         """Make sure ``chunks`` are in the store (or, when the cache is full, in `unstored`):
         cached ones are skipped, chunks already being fetched are waited for, the rest are
         fetched by one new job. ``replace``: keys of stored chunks found corrupt, which the job
@@ -286,8 +287,9 @@ class Remote:
         jobs waited on. ``along``: chunks the new job also fetches if nobody has them or is
         fetching them, never waited for on their own (neighbours of a miss). ``early``: return as
         soon as ``chunks`` are stored, the jobs followed to their end in the daemon's nursery
-        (daemon/inflight.py). Returns the compressed bytes the job this call started fetched (0
-        if it started none or has not ended)."""
+        (daemon/inflight.py). ``rank``: the new job's place among those of its priority (a
+        prefetch piece's index: daemon/jobqueue.py). Returns the compressed bytes the job this
+        call started fetched (0 if it started none or has not ended)."""
         wanted = {c.data_key: c for c in chunks}
         extra = {c.data_key: c for c in along if c.data_key not in wanted and c.data_key not in self._inflight}
         cached = self.store.read(lambda txn: {k for k in (*wanted, *extra) if k not in replace and (
@@ -312,7 +314,7 @@ class Remote:
                       "replace": [c.digest for c in mine if c.data_key in replace],
                       # a reader waits: may read beside a filling pull-through cache (README "Running a fleet")
                       "urgent": priority is Priority.FOREGROUND}
-            started = Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine))
+            started = Pending(("fetch_chunks", next(self._ids)), params, tuple(c.data_key for c in mine), rank)
             for key in started.keys:
                 self._inflight[key] = started
             waits[id(started)] = started
@@ -358,7 +360,8 @@ class Remote:
         pending.waiters += 1
         answered = False
         try:
-            reply = await self._submit("fetch_chunks", pending.params, priority, pending.dedup_key)
+            reply = await self._submit("fetch_chunks", pending.params, priority, pending.dedup_key,
+                                       rank=pending.rank)
             answered = True
             pending.error = None
             if not pending.counted:
@@ -424,21 +427,22 @@ class Remote:
 
     async def fetch_pieces(self, ref: str, layer: LayerRecord, pieces: Sequence[Sequence[FileChunk]]) -> int:
         """One PREFETCH chunk job per piece, all submitted at once, so every worker takes a share
-        and a demand read of a chunk in flight joins its piece (raising it to FOREGROUND).
+        and a demand read of a chunk in flight joins its piece (raising it to FOREGROUND); ranked
+        by their order, so the first pieces of several layers go before the later ones of any.
         Raises the first error once all are done; returns the compressed bytes fetched."""
         fetched = 0
         errors: list[LazyLayerError] = []
 
-        async def piece(members: Sequence[FileChunk]) -> None:
+        async def piece(members: Sequence[FileChunk], rank: int) -> None:
             nonlocal fetched
             try:
-                fetched += await self.fetch_chunks(ref, layer, members, Priority.PREFETCH)
+                fetched += await self.fetch_chunks(ref, layer, members, Priority.PREFETCH, rank=rank)
             except LazyLayerError as exc:
                 errors.append(exc)
 
         async with trio.open_nursery() as nursery:
-            for members in pieces:
-                nursery.start_soon(piece, members)
+            for rank, members in enumerate(pieces):
+                nursery.start_soon(piece, members, rank)
         if errors:
             raise errors[0]
         return fetched

@@ -8,7 +8,7 @@ import signal
 import pytest
 import trio
 
-from lazylayer.daemon.pool import Priority
+from lazylayer.daemon.jobqueue import Priority
 from lazylayer.daemon.fetchsettings import FetchSettings
 from lazylayer.shared.errors import DigestMismatchError, PoolUnavailableError
 from lazylayer.shared.store.layers import Layers, LayerState

@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from lazylayer.daemon.pool import Priority, WorkerPool
+from lazylayer.daemon.jobqueue import Priority
+from lazylayer.daemon.pool import WorkerPool
 from lazylayer.shared.errors import DigestMismatchError, PoolUnavailableError, RegistryError, WorkerError
 from tests.ipc.harness import DEADLINE, QUIET, make_pool, trio_test
 
@@ -141,6 +142,27 @@ async def test_foreground_then_prefetch_then_background(endpoint, notifier, run_
             # (trio does not promise FIFO start order of tasks, so only the classes are compared)
             classes = [n.tag[0] for n in notifier.pending()]
             assert classes == ["f", "p", "p", "p", "b", "b", "b"]
+
+
+@trio_test
+async def test_ranked_pieces_of_two_layers_interleave(endpoint, notifier, run_dir):
+    """Within a priority, lower ranks go first: a layer's first piece, queued after all of an
+    earlier layer's pieces, is sent before that layer's later ones (daemon/jobqueue.py)."""
+    gate = run_dir / "gate"
+    async with one_worker(endpoint, capacity=1) as pool, trio.open_nursery() as nursery:
+
+        async def submit(tag: str, rank: int, kind: str = "echo") -> None:
+            params = {"gate": str(gate), "notify": notifier.path, "tag": tag}
+            await pool.submit(kind, params, priority=Priority.PREFETCH, rank=rank)
+
+        nursery.start_soon(submit, "blocker", 0, "gate")
+        assert (await notifier.next()).tag == "blocker"
+        queued = [("a0", 0), ("a1", 1), ("a2", 2), ("b0", 0), ("b1", 1)]
+        for count, (tag, rank) in enumerate(queued, 1):  # one by one: trio starts tasks in no set order
+            nursery.start_soon(submit, tag, rank)
+            await pool.wait_for(lambda s, count=count: s.queued["prefetch"] == count)
+        gate.touch()
+    assert [n.tag for n in notifier.pending()] == ["a0", "b0", "a1", "b1", "a2"]
 
 
 @trio_test
