@@ -9,13 +9,15 @@
  *     that does not say it can, in FUSE_INIT, gets pyfuse3's own opendir);
  *   - READDIR and READDIRPLUS carry the directory's inode in fi->fh (without an opendir the
  *     kernel sends fh 0, and pyfuse3 hands its handler the fh only);
- *   - GETATTR of a layer node is answered by daemon/attrcache.c when it can.
+ *   - GETATTR of a layer node is answered by daemon/attrcache.c when it can, GETXATTR and
+ *     LISTXATTR of a node of a layer without xattrs by daemon/xattrless.c.
  */
 #include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 
 #include "attrcache.h"
+#include "xattrless.h"
 
 typedef void (*init_fn)(void *, struct fuse_conn_info *);
 typedef void (*opendir_fn)(fuse_req_t, fuse_ino_t, struct fuse_file_info *);
@@ -83,6 +85,7 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
     if (their_readdirplus != NULL)
         ops.readdirplus = readdirplus_by_inode;
     lazylayer_attrcache_install(&ops);
+    lazylayer_xattrless_install(&ops);
     struct fuse_session *session = libfuse_session_new(args, &ops, sizeof ops, userdata);
     if (session != NULL)
         lazylayer_dircache_sessions++;

@@ -20,7 +20,8 @@ readdir.c; only a read-only superblock is spared, and the store takes `use` and 
 next stat of each directory is a GETATTR: 2,904 of them in a `find` of the bench image just after
 a cold one, about 100 us each through pyfuse3 and trio, the walk 2.2x a local disk's.
 daemon/attrcache.c, in the same library, answers a layer node's GETATTR from the attributes pyfuse3
-last replied for it, within the timeout the kernel was given, before pyfuse3 learns a request came.
+last replied for it, within the timeout the kernel was given, before pyfuse3 learns a request came;
+daemon/xattrless.c answers the xattr requests (overlayfs's, mostly) of layers without xattrs.
 
 How: daemon/dircache.c defines libfuse's `fuse_session_new`. The package's __init__ loads
 it RTLD_GLOBAL before anything imports pyfuse3, whose references are bound at import to the
@@ -81,6 +82,20 @@ def attr_hits() -> int:
     return ctypes.c_ulonglong.in_dll(_library, "lazylayer_attrcache_hits").value
 
 
+def xattrless(layer_id: int) -> None:
+    """Layer ``layer_id`` has no node with an xattr: daemon/xattrless.c answers its nodes' xattr
+    requests from now on (without the library they keep coming to `LazyFS`)."""
+    if _library is not None:
+        _library.lazylayer_xattrless_add(ctypes.c_uint32(layer_id))
+
+
+def xattr_hits() -> int:
+    """GETXATTRs and LISTXATTRs daemon/xattrless.c answered without pyfuse3 (0 without the library)."""
+    if _library is None:
+        return 0
+    return ctypes.c_ulonglong.in_dll(_library, "lazylayer_xattrless_hits").value
+
+
 def burst_ended_flag() -> ctypes.c_int | None:
     """daemon/attrcache.c's flag for "a burst of GETATTRs served in C ended" (None without the
     library): daemon/fusedispatch.py clears it and lets trio's other tasks run."""
@@ -92,4 +107,4 @@ def burst_ended_flag() -> ctypes.c_int | None:
 def status() -> dict[str, Any]:
     """For `lazylayer status`."""
     why = problem()
-    return {"active": why is None, "problem": why, "attr_hits": attr_hits()}
+    return {"active": why is None, "problem": why, "attr_hits": attr_hits(), "xattr_hits": xattr_hits()}

@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
+from lazylayer.daemon import dircache
 from lazylayer.daemon.jobqueue import Priority
 from lazylayer.daemon.profiles import Profiling
 from lazylayer.daemon.remote import LayerDescriptor, Remote, ResolvedImage
@@ -495,6 +496,8 @@ class Resolver:
         image = self._images.get(ref)
         manifest = image[1].manifest_digest if image is not None else ""
         layer = Layer(self.remote, ref, desc, record, self.settings, self.profiling, manifest)
+        if record.xattr_nodes == 0:  # overlayfs asks every node it looks up for xattrs: answered in C
+            dircache.xattrless(record.layer_id)
         if record.registered_at >= asked:  # registered for us: its blob answered just now
             layer.checked()
         if self._nursery is not None:

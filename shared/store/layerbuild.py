@@ -75,6 +75,8 @@ class LayerScan:
         self.prefetch_end: int | None = None
         #: No file of the prefetch range has a node id above this (`LayerRecord.prefetch_nodes`).
         self.prefetch_nodes: int | None = None
+        #: Nodes that may show an xattr: entries with xattrs, and (counted by `rows`) opaque dirs.
+        self.xattr_nodes = 0
         #: Entries naming overlayfs's own xattrs, which are not served (`OVERLAY_PRIVATE`), and the first.
         self.overlay_xattrs = 0
         self.first_overlay_xattr = ""
@@ -113,9 +115,11 @@ class LayerScan:
             raise TOCLimitError(f"layer has {self.node_count} nodes; at most {MAX_NODE_ID - ROOT_ID} fit")
 
     def _keep(self, entry: TOCEntry, pieces: list[TOCEntry]) -> Value:
-        if entry.xattrs and any(key.startswith(OVERLAY_PRIVATE) for key in entry.xattrs):
-            self.overlay_xattrs += 1
-            self.first_overlay_xattr = self.first_overlay_xattr or entry.name
+        if entry.xattrs:
+            self.xattr_nodes += 1
+            if any(key.startswith(OVERLAY_PRIVATE) for key in entry.xattrs):
+                self.overlay_xattrs += 1
+                self.first_overlay_xattr = self.first_overlay_xattr or entry.name
         if entry.type is HARDLINK:
             return entry
         chunks: tuple[ChunkSpec, ...] = ()
@@ -131,6 +135,7 @@ class LayerScan:
         """The layer's node, dirent and file-chunk rows under ``layer_id``, in batches."""
         nodes, hardlinks = self._tree.nodes, self._hardlinks
         hides, whiteouts, opaque = self._overlay_marks()
+        self.xattr_nodes += len(opaque)
         # Ids of the nodes other rows point at: directories (parents), hardlink targets, and
         # what a whiteout marks. Everything else gets its id as it is written.
         needed = set(hardlinks.values()) | hides | set(whiteouts)

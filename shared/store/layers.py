@@ -67,6 +67,9 @@ class LayerRecord:
     #: Every file of that range has a node id at most this (registration knows it from the TOC's
     #: order; a prefetch walks only those rows); None: unknown, every file is looked at.
     prefetch_nodes: int | None = None
+    #: At least the nodes that show an xattr (0: none does, and the front answers their xattr
+    #: requests in C: daemon/xattrless.c); None: not counted (older records).
+    xattr_nodes: int | None = None
     last_read: float = 0.0
     last_error: str = ""
     node_count: int = 0
@@ -166,6 +169,7 @@ class Layers:
                 verified=verified,
                 prefetch_end=scan.prefetch_end,
                 prefetch_nodes=scan.prefetch_nodes,
+                xattr_nodes=scan.xattr_nodes,
                 node_count=scan.node_count,
                 chunk_count=scan.chunk_count,
                 payload_bytes=scan.payload_bytes,

@@ -139,6 +139,41 @@ def test_xattr_size_rules(daemon: RunningDaemon, registry):
     assert raw_listxattr(str(diff / "d/f"), 0) == (0, 0)
 
 
+def test_xattr_requests_of_a_layer_without_xattrs_are_answered_in_c(daemon: RunningDaemon, registry):
+    """overlayfs asks every lower node it looks up for its xattrs: for a layer none of whose
+    nodes has one, daemon/xattrless.c answers (ENODATA, the empty list) without pyfuse3. A
+    layer with an xattr anywhere, or an opaque dir, still has all its nodes answered by Python."""
+    from tests.support.layers import build_layer, directory, file, opaque
+    from tests.support.registry import Layer, push_image
+
+    def pushed(name: str, items: list) -> object:
+        built = build_layer(items)
+        push_image(registry, f"fuse/{name}", "v1", [Layer(built.blob, annotations=dict(built.result.annotations()))])
+        return daemon.layer_dir(f"{registry.host}/fuse/{name}:v1", built.digest)
+
+    def hits() -> int:
+        return daemon.call("status")["dircache"]["xattr_hits"]
+
+    plain = pushed("noxattr", [directory("d/"), file("d/f", b"x")])
+    os.stat(plain / "d/f")  # resolves the layer
+    before = hits()
+    assert raw_getxattr(str(plain / "d/f"), "trusted.overlay.opaque", 10) == (-1, errno.ENODATA)
+    assert raw_getxattr(str(plain / "d"), "user.k", 0) == (-1, errno.ENODATA)
+    assert raw_listxattr(str(plain / "d/f"), 0) == (0, 0)
+    assert raw_listxattr(str(plain / "d"), 100) == (0, 0)
+    assert hits() == before + 4
+
+    for name, items in (("onexattr", [directory("d/"), file("d/f", b"x", xattrs={"user.k": "v"}), file("d/g")]),
+                        ("opaquedir", [directory("d/"), opaque("d"), file("d/g")])):
+        layer = pushed(name, items)
+        os.stat(layer / "d/g")
+        before = hits()
+        assert raw_getxattr(str(layer / "d/g"), "user.k", 10) == (-1, errno.ENODATA)
+        assert raw_listxattr(str(layer / "d/g"), 0) == (0, 0)
+        assert hits() == before, name  # Python answered
+    assert os.getxattr(layer / "d", "trusted.overlay.opaque") == b"y"
+
+
 def test_use_and_release(daemon: RunningDaemon, app_image: PushedImage):
     """containers' additional layer store: creating `use` takes a reference, rmdir of the layer
     dir releases one; both answer ENOENT (as upstream stargz-store)."""
