@@ -1,6 +1,6 @@
 """Only what pyproject.toml cannot say yet without an experimental table: two C extensions.
 
-daemon/dircache.c (with daemon/attrcache.c and daemon/xattrless.c) is not a Python module but a
+daemon/dircache.c (with attrcache.c, xattrless.c and layeropen.c) is not a Python module but a
 shared library the front loads with ctypes before pyfuse3 starts its session (daemon/dircache.py
 says why and how). It is built here because pyfuse3 itself is built from source against the same
 libfuse3-dev. shared/store/rowcodec.c is a plain extension module: a layer's metadata rows encoded
@@ -10,7 +10,9 @@ at registration (layerbuild.py).
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("lazylayer.daemon._dircache",
-                             sources=["daemon/dircache.c", "daemon/attrcache.c", "daemon/xattrless.c"],
-                             depends=["daemon/attrcache.h", "daemon/xattrless.h"], libraries=["fuse3", "dl"]),
+                             sources=["daemon/dircache.c", "daemon/attrcache.c", "daemon/xattrless.c",
+                                      "daemon/layeropen.c"],
+                             depends=["daemon/attrcache.h", "daemon/xattrless.h", "daemon/layeropen.h"],
+                             libraries=["fuse3", "dl"]),
                    Extension("lazylayer.shared.store._rowcodec", sources=["shared/store/rowcodec.c"],
                              depends=["shared/store/msgpackwrite.h"])])

@@ -9,8 +9,9 @@
  * longer than the kernel itself was allowed to keep it, and layout nodes (< 2**32) never are
  * (a layer evicted meanwhile answers as the kernel's own cache would, until that deadline).
  *
- * Such a GETATTR (or an xattr request of a layer without xattrs: daemon/xattrless.c) is answered
- * before pyfuse3 sees that a request came: fuse_session_receive_buf,
+ * Such a GETATTR (or an xattr request of a layer without xattrs, daemon/xattrless.c, or the
+ * open of a layer file, daemon/layeropen.c) is answered before pyfuse3 sees that a request
+ * came: fuse_session_receive_buf,
  * also defined here, serves it and takes the next request that arrives within SPIN_NS (polling,
  * not sleeping), up to SERVE_AT_MOST of them or BUDGET_NS in all, then tells pyfuse3 EINTR (it
  * waits again, through trio: lazylayer_attrcache_burst_ended). A client stat-ing one directory
@@ -31,6 +32,7 @@
 #include <unistd.h>
 
 #include "attrcache.h"
+#include "layeropen.h"
 #include "xattrless.h"
 
 #define LAYER_INODES (1ULL << 32)
@@ -180,14 +182,14 @@ static void getattr_kept(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
     their_getattr(req, ino, fi);
 }
 
-/* Whether buf holds a GETATTR this file answers (its attributes then in taken_*), or an xattr
- * request daemon/xattrless.c does. */
+/* Whether buf holds a GETATTR this file answers (its attributes then in taken_*), an xattr
+ * request daemon/xattrless.c does, or an open or release daemon/layeropen.c does. */
 static int answerable(const struct fuse_buf *buf, int size)
 {
     if ((buf->flags & FUSE_BUF_IS_FD) || size < (int)sizeof(struct fuse_in_header))
         return 0;
     const struct fuse_in_header *in = buf->mem;
-    if (lazylayer_xattrless_takes(in))
+    if (lazylayer_xattrless_takes(in) || lazylayer_layeropen_takes(in, size))
         return 1;
     if (their_getattr == NULL || in->opcode != FUSE_GETATTR || in->nodeid < LAYER_INODES)
         return 0;

@@ -10,13 +10,15 @@
  *   - READDIR and READDIRPLUS carry the directory's inode in fi->fh (without an opendir the
  *     kernel sends fh 0, and pyfuse3 hands its handler the fh only);
  *   - GETATTR of a layer node is answered by daemon/attrcache.c when it can, GETXATTR and
- *     LISTXATTR of a node of a layer without xattrs by daemon/xattrless.c.
+ *     LISTXATTR of a node of a layer without xattrs by daemon/xattrless.c, a read-only OPEN of
+ *     a layer file (and its RELEASE) by daemon/layeropen.c.
  */
 #include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 
 #include "attrcache.h"
+#include "layeropen.h"
 #include "xattrless.h"
 
 typedef void (*init_fn)(void *, struct fuse_conn_info *);
@@ -86,6 +88,7 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
         ops.readdirplus = readdirplus_by_inode;
     lazylayer_attrcache_install(&ops);
     lazylayer_xattrless_install(&ops);
+    lazylayer_layeropen_install(&ops);
     struct fuse_session *session = libfuse_session_new(args, &ops, sizeof ops, userdata);
     if (session != NULL)
         lazylayer_dircache_sessions++;

@@ -21,7 +21,8 @@ next stat of each directory is a GETATTR: 2,904 of them in a `find` of the bench
 a cold one, about 100 us each through pyfuse3 and trio, the walk 2.2x a local disk's.
 daemon/attrcache.c, in the same library, answers a layer node's GETATTR from the attributes pyfuse3
 last replied for it, within the timeout the kernel was given, before pyfuse3 learns a request came;
-daemon/xattrless.c answers the xattr requests (overlayfs's, mostly) of layers without xattrs.
+daemon/xattrless.c answers the xattr requests (overlayfs's, mostly) of layers without xattrs, and
+daemon/layeropen.c the read-only opens of layer files.
 
 How: daemon/dircache.c defines libfuse's `fuse_session_new`. The package's __init__ loads
 it RTLD_GLOBAL before anything imports pyfuse3, whose references are bound at import to the
@@ -96,6 +97,13 @@ def xattr_hits() -> int:
     return ctypes.c_ulonglong.in_dll(_library, "lazylayer_xattrless_hits").value
 
 
+def open_hits() -> int:
+    """Opens of layer files daemon/layeropen.c answered without pyfuse3 (0 without the library)."""
+    if _library is None:
+        return 0
+    return ctypes.c_ulonglong.in_dll(_library, "lazylayer_layeropen_hits").value
+
+
 def burst_ended_flag() -> ctypes.c_int | None:
     """daemon/attrcache.c's flag for "a burst of GETATTRs served in C ended" (None without the
     library): daemon/fusedispatch.py clears it and lets trio's other tasks run."""
@@ -107,4 +115,5 @@ def burst_ended_flag() -> ctypes.c_int | None:
 def status() -> dict[str, Any]:
     """For `lazylayer status`."""
     why = problem()
-    return {"active": why is None, "problem": why, "attr_hits": attr_hits(), "xattr_hits": xattr_hits()}
+    return {"active": why is None, "problem": why, "attr_hits": attr_hits(), "xattr_hits": xattr_hits(),
+            "open_hits": open_hits()}

@@ -174,6 +174,32 @@ def test_xattr_requests_of_a_layer_without_xattrs_are_answered_in_c(daemon: Runn
     assert os.getxattr(layer / "d", "trusted.overlay.opaque") == b"y"
 
 
+def test_read_only_opens_of_layer_files_are_answered_in_c(daemon: RunningDaemon, app_image: PushedImage):
+    """daemon/layeropen.c answers a read-only OPEN of a layer file (and its RELEASE): the front
+    builds the read handle from the fh on the first read. Opens that could write, and the
+    layout's own files, still go to Python."""
+    layer = app_image.layers[0]
+    diff = daemon.layer_dir(app_image.ref, layer.digest)
+    files = list(expected_files(layer.root).items())[:3]
+    os.stat(diff / files[0][0])  # resolves the layer
+
+    def hits() -> int:
+        return daemon.call("status")["dircache"]["open_hits"]
+
+    before = hits()
+    for path, data in files:
+        with open(diff / path, "rb") as first, open(diff / path, "rb") as second:  # one fh for both
+            assert first.read() == data and second.read() == data
+    assert hits() == before + 2 * len(files)
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_APPEND):
+        with pytest.raises(OSError) as refused:
+            os.open(diff / files[0][0], flags)
+        assert refused.value.errno == errno.EROFS
+    info = daemon.layer_root(app_image.ref, layer.digest) / "info"
+    assert json.loads(info.read_text())["compressed-diff-digest"] == layer.digest
+    assert hits() == before + 2 * len(files)
+
+
 def test_use_and_release(daemon: RunningDaemon, app_image: PushedImage):
     """containers' additional layer store: creating `use` takes a reference, rmdir of the layer
     dir releases one; both answer ENOENT (as upstream stargz-store)."""
