@@ -474,7 +474,8 @@ class WorkerPool:
         if job.kind in self.exclusive_kinds:
             worker.exclusive.add(job.id)
         worker.last_dispatch = next(self._dispatch_seq)
-        request = protocol.Request(job.id, job.kind, job.params, job.payloads, self._job_timeout(job))
+        request = protocol.Request(job.id, job.kind, job.params, job.payloads, self._job_timeout(job),
+                                   job.priority is not Priority.FOREGROUND)
         sent = self._send(worker.identity, request)
         if sent is True:
             return

@@ -79,6 +79,8 @@ class Request:
     payloads: list[Buffer] = field(default_factory=list)
     #: seconds the front still waits for the answer (None: no limit); the worker's deadline
     timeout: float | None = None
+    #: nobody waits on it now (prefetch, background fetch): the worker runs it at a low CPU share
+    background: bool = False
     TYPE: ClassVar[str] = "req"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -276,3 +277,19 @@ async def test_worker_errors_arrive_typed(endpoint):
             assert [(w.jobs_done, w.jobs_failed) for w in status.workers] == [(0, 3)]
             assert (await pool.submit("echo", {"x": 1})).result["params"] == {"x": 1}
             assert status.to_dict()["workers"][0]["pid"] == status.workers[0].pid
+
+
+@trio_test
+async def test_jobs_nobody_waits_on_run_nicer(endpoint):
+    """Prefetch and background jobs run in a thread 10 nice steps below its worker (capped at
+    19); a foreground job's thread keeps the worker's own share."""
+    async with make_pool(endpoint, spawn=1) as pool:
+        with trio.fail_after(DEADLINE):
+            await pool.wait_workers(1)
+            foreground = (await pool.submit("echo", {})).result
+            worker_nice = os.getpriority(os.PRIO_PROCESS, foreground["pid"])
+            assert foreground["nice"] == worker_nice
+            for priority in (Priority.PREFETCH, Priority.BACKGROUND):
+                reply = await pool.submit("echo", {}, priority=priority)
+                assert reply.result["nice"] == min(19, worker_nice + 10), priority
+            assert (await pool.submit("echo", {})).result["nice"] == worker_nice  # a new thread, full share

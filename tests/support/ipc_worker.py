@@ -4,7 +4,7 @@ It runs the production worker loop (lazylayer.workers.main) with a handler table
 exercising the pool. Jobs tell the test what they do through a Unix datagram socket
 (``params["notify"]``), so tests await events instead of sleeping:
 
-- ``echo``: returns ``{"pid", "params"}`` and its payloads unchanged.
+- ``echo``: returns ``{"pid", "params", "nice"}`` (its thread's nice value) and its payloads unchanged.
 - ``gate``: reports ``start``, then blocks until the file ``params["gate"]`` exists.
 - ``fail``: raises the typed error named by ``params["error"]`` (``registry`` carries a status).
 - ``crash``: reports ``start``, then dies at once (``os._exit``), like a segfaulting fetch.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 
 from lazylayer.shared.errors import DigestMismatchError, RegistryError
@@ -37,7 +38,8 @@ def _report(job: Job, event: str) -> None:
 def echo(job: Job) -> JobResult:
     _report(job, "start")
     params = {k: v for k, v in job.params.items() if k != "notify"}
-    return JobResult({"pid": os.getpid(), "params": params}, list(job.payloads))
+    nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    return JobResult({"pid": os.getpid(), "params": params, "nice": nice}, list(job.payloads))
 
 
 def gate(job: Job) -> JobResult:
