@@ -83,7 +83,9 @@ class TreeBuilder(Generic[V]):
         self.kind_of = kind_of
         self.nodes: dict[str, V] = {"": implicit_dir("")}
         self.implicit: set[str] = {""}
-        self._children: dict[str, set[str]] = {"": set()}
+        #: directory path -> the paths directly under it: a key for each directory there is, and
+        #: only for those (store/scanloop.c adds the common entries itself, keeping it so)
+        self.children: dict[str, set[str]] = {"": set()}
 
     def add(self, entry: TOCEntry, value: V) -> None:
         """Apply one non-chunk entry, keeping ``value`` for its path."""
@@ -93,18 +95,17 @@ class TreeBuilder(Generic[V]):
             raise TOCError(f"entry {path!r}: the layer root is a {kind.value}, not a dir")
         if (kind is SYMLINK or kind is HARDLINK) and not entry.link_name:
             raise TOCError(f"entry {path!r}: {kind.value} has no target (linkName)")
-        # ``_children`` has a key for each directory there is, and only for those
         parent = parent_of(path)
-        if path and parent not in self._children:
+        if path and parent not in self.children:
             self._ensure_parent(path)
-        if kind is not DIR and path in self._children:
+        if kind is not DIR and path in self.children:
             self._drop_subtree(path)
         self.nodes[path] = value
         self.implicit.discard(path)
         if kind is DIR:
-            self._children.setdefault(path, set())
+            self.children.setdefault(path, set())
         if path:
-            self._children[parent].add(path)
+            self.children[parent].add(path)
 
     def _ensure_parent(self, path: str) -> None:
         parent = parent_of(path)
@@ -118,16 +119,16 @@ class TreeBuilder(Generic[V]):
         for name in reversed(missing):
             self.nodes[name] = self.implicit_dir(name)
             self.implicit.add(name)
-            self._children[name] = set()
-            self._children[parent_of(name)].add(name)
+            self.children[name] = set()
+            self.children[parent_of(name)].add(name)
 
     def _drop_subtree(self, path: str) -> None:
-        stack = list(self._children.pop(path, ()))
+        stack = list(self.children.pop(path, ()))
         while stack:
             name = stack.pop()
             del self.nodes[name]
             self.implicit.discard(name)
-            stack.extend(self._children.pop(name, ()))
+            stack.extend(self.children.pop(name, ()))
 
 
 class PayloadStarts:

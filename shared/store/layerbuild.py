@@ -13,8 +13,10 @@ opaque directories, hidden landmarks, hardlinks sharing their target's node, dir
 counts. Rows go under a layer id no reader can reach until `Layers.register` publishes the layer
 record last; see `PENDING_PREFIX` for what happens to the rows of a registration that dies.
 
-What is decided stays here, in Python; what runs once per entry, node or chunk only to lay
-decided values out as bytes (a node's attributes, the rows' keys and values) is C, rowcodec.c.
+The rules stay here, in Python. Two loops that run once per entry, node or chunk are C: the one
+applying the common entries (a plain file, dir or symlink at a new path; scanloop.c, which
+declines everything else to `_apply`) and the one laying decided values out as bytes (a node's
+attributes, the rows' keys and values; rowcodec.c).
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ import struct
 from collections import Counter
 from collections.abc import Iterator
 
-from lazylayer.shared.errors import FormatError, TOCLimitError
+from lazylayer.shared.errors import FormatError, TOCError, TOCLimitError
 from lazylayer.shared.estargz.fields import MTIME_MAX, file_time
 from lazylayer.shared.estargz.toc import (
-    BLOCK, CHAR, DIR, HARDLINK, NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, REG, SYMLINK,
+    BLOCK, CHAR, CHUNK, DIR, HARDLINK, NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, REG, SYMLINK,
     WHITEOUT_PREFIX, EntryType, TOCEntry, TOCLimits, parent_of, split_name,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
-from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder, file_chunks, grouped, resolve_hardlinks
-from lazylayer.shared.store._rowcodec import encode_attr, encode_rows
+from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder, file_chunks, resolve_hardlinks
+from lazylayer.shared.store._rowcodec import encode_attr, encode_rows, scan_groups
 from lazylayer.shared.store.chunks import digest_key, unverified_key
 from lazylayer.shared.store.metadata import (
     BATCH_ROWS, MAX_NODE_ID, OVERLAY_PRIVATE, ROOT_ID, TYPE_BITS, WHITEOUT_MODE, NodeAttr, NodeFlag, attr_of,
@@ -43,6 +45,8 @@ _ROOT_LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
 _ATTR_KINDS = {kind: (bits, {REG: 1, DIR: 2, SYMLINK: 3, CHAR: 4, BLOCK: 4}.get(kind, 0))
                for kind, bits in TYPE_BITS.items()}
 _NODE_KEY = struct.Struct(">II")
+#: the entry types scanloop.c tells apart
+_SCAN_TYPES = (REG, DIR, SYMLINK, CHUNK)
 
 
 #: What one path keeps while the TOC streams: (type, its encoded `NodeAttr`, for a regular file
@@ -89,19 +93,15 @@ class LayerScan:
     def scan(self, stream: TOCStream) -> None:
         """Apply every entry of ``stream``; raises what the TOC is refused for."""
         self._payload_end, self._limits = stream.payload_end, stream.limits
-        landmark_offset = 0
+        # The loop is C (scanloop.c): tree.py's `grouped`, each common group kept and added
+        # there as `_keep` and `TreeBuilder.add` would, every other one by `_apply`.
         # Node ids follow the tree's path order, one per path but hardlinks, so a path's id is
-        # at most ROOT_ID + its index there: its count when the landmark (written after the
-        # prefetched files) or a later file still starting before it was added bounds them all.
-        nodes = self._tree.nodes
-        landmark_bound: int | None = None
-        for entry, pieces in grouped(stream):
-            kept = self._keep(entry, pieces)
-            self._tree.add(entry, kept)
-            if entry.name == PREFETCH_LANDMARK:
-                landmark_offset, landmark_bound = entry.offset, len(nodes)
-            elif landmark_bound is not None and _starts_before(kept, landmark_offset):
-                landmark_bound = len(nodes)
+        # at most ROOT_ID + its index there: the loop counts the nodes when the landmark (written
+        # after the prefetched files), or a later file still starting before it, was added.
+        landmark_offset, landmark_bound = scan_groups(
+            stream, _SCAN_TYPES, self._tree.nodes, self._tree.children, self._apply, self._starts.starts.append,
+            _ATTR_KINDS, MTIME_MAX, stream.payload_end, self._limits.max_chunk_bytes, self.allow_unverified,
+            PREFETCH_LANDMARK, TOCError)
         self._starts.finish(stream.payload_end)
         self._hardlinks = resolve_hardlinks(self._tree.nodes, _kind)
         landmark = self._tree.nodes.get(PREFETCH_LANDMARK)
@@ -113,6 +113,12 @@ class LayerScan:
         self.node_count = len(self._tree.nodes) - len(self._hardlinks)
         if self.node_count > MAX_NODE_ID - ROOT_ID:
             raise TOCLimitError(f"layer has {self.node_count} nodes; at most {MAX_NODE_ID - ROOT_ID} fit")
+
+    def _apply(self, entry: TOCEntry, pieces: list[TOCEntry]) -> Value:
+        """A group scanloop.c left to Python: kept (validated, refused if it must be) and added."""
+        kept = self._keep(entry, pieces)
+        self._tree.add(entry, kept)
+        return kept
 
     def _keep(self, entry: TOCEntry, pieces: list[TOCEntry]) -> Value:
         if entry.xattrs:
@@ -223,11 +229,6 @@ class LayerScan:
         if path in opaque:
             attr.flags |= int(NodeFlag.OPAQUE)
         return attr.encode()
-
-
-def _starts_before(value: Value, offset: int) -> bool:
-    """A regular file whose first chunk starts in the blob before ``offset``."""
-    return not isinstance(value, TOCEntry) and bool(value[2]) and value[2][0][2] < offset
 
 
 def encoded_attr_of(entry: TOCEntry) -> bytes:

@@ -9,6 +9,7 @@
  * whose attributes need fixing, a whiteout or root landmark name, a chunk without a plain sha256
  * digest). The values are byte for byte what `msgspec.msgpack` writes (msgpackwrite.h), so the
  * readers (metadata.py) decode them as before; tests/store/test_rowcodec.py compares the two.
+ * The module's other half, scanloop.c, is the loop that applies the TOC's entries before.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -18,6 +19,7 @@
 #include <sys/sysmacros.h>
 
 #include "msgpackwrite.h"
+#include "rowcodec.h"
 
 /* hex digit -> value, -1 for anything else (filled by the module's init) */
 static signed char hex_values[256];
@@ -308,14 +310,17 @@ static PyObject *encode_attr(PyObject *module, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "encode_attr(entry, kinds: dict, mtime_max)");
         return NULL;
     }
-    PyObject *entry = args[0];
     long long mtime_max = PyLong_AsLongLong(args[2]);
     if (mtime_max == -1 && PyErr_Occurred())
         return NULL;
+    return attr_row(args[0], args[1], mtime_max);
+}
+
+PyObject *attr_row(PyObject *entry, PyObject *kinds, long long mtime_max) {
     PyObject *kind = PyObject_GetAttr(entry, name_type);
     if (kind == NULL)
         return NULL;
-    PyObject *known = PyDict_GetItemWithError(args[1], kind);
+    PyObject *known = PyDict_GetItemWithError(kinds, kind);
     if (known == NULL && !PyErr_Occurred())
         PyErr_SetObject(PyExc_KeyError, kind);
     Py_DECREF(kind);
@@ -549,6 +554,7 @@ done:
 static PyMethodDef methods[] = {
     {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_FASTCALL, encode_rows_doc},
     {"encode_attr", (PyCFunction)(void (*)(void))encode_attr, METH_FASTCALL, encode_attr_doc},
+    {"scan_groups", (PyCFunction)(void (*)(void))scan_groups, METH_FASTCALL, scan_groups_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -559,7 +565,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__rowcodec(void) {
     fill_hex_values();
-    if (intern_names() < 0)
+    if (intern_names() < 0 || scanloop_init() < 0)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -1,0 +1,17 @@
+/* What the two halves of the _rowcodec module share: rowcodec.c (rows laid out as bytes) and
+ * scanloop.c (the registration's per-entry loop). */
+#ifndef LAZYLAYER_ROWCODEC_H
+#define LAZYLAYER_ROWCODEC_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* A TOC entry's `NodeAttr` row as msgpack (rowcodec.c; `encode_attr` in Python). */
+PyObject *attr_row(PyObject *entry, PyObject *kinds, long long mtime_max);
+
+/* scanloop.c */
+int scanloop_init(void);
+PyObject *scan_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+extern const char scan_groups_doc[];
+
+#endif
