@@ -82,6 +82,12 @@ class TOCStream:
         return stream
 
     def __iter__(self) -> Iterator[TOCEntry]:
+        return map(settled, self.decoded())
+
+    def decoded(self) -> Iterator[TOCEntry]:
+        """The entries as decoded, for a consumer that applies `settled` to each itself
+        (store/scanloop.c does it in C): a whole document's are not settled yet, a streamed
+        one's already are (`settled` again changes nothing)."""
         if self._used:
             raise RuntimeError("a TOCStream is consumed once")
         self._used = True
@@ -102,8 +108,7 @@ class TOCStream:
             if entries is not None:
                 self._finish(hasher)
                 self._check_count(len(entries))
-                for entry in entries:
-                    yield settled(entry)
+                yield from entries
                 return
         text = _Text(_replayed(head, pieces))
         count = 0

@@ -29,7 +29,7 @@ from lazylayer.shared.errors import FormatError, TOCError, TOCLimitError
 from lazylayer.shared.estargz.fields import MTIME_MAX, file_time
 from lazylayer.shared.estargz.toc import (
     BLOCK, CHAR, CHUNK, DIR, HARDLINK, NO_PREFETCH_LANDMARK, OPAQUE_WHITEOUT, PREFETCH_LANDMARK, REG, SYMLINK,
-    WHITEOUT_PREFIX, EntryType, TOCEntry, TOCLimits, parent_of, split_name,
+    WHITEOUT_PREFIX, EntryType, TOCEntry, TOCLimits, parent_of, settled, split_name,
 )
 from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import ChunkSpec, PayloadStarts, TreeBuilder, file_chunks, resolve_hardlinks
@@ -93,15 +93,15 @@ class LayerScan:
     def scan(self, stream: TOCStream) -> None:
         """Apply every entry of ``stream``; raises what the TOC is refused for."""
         self._payload_end, self._limits = stream.payload_end, stream.limits
-        # The loop is C (scanloop.c): tree.py's `grouped`, each common group kept and added
-        # there as `_keep` and `TreeBuilder.add` would, every other one by `_apply`.
+        # The loop is C (scanloop.c): toc.py's `settled`, tree.py's `grouped`, each common group
+        # kept and added there as `_keep` and `TreeBuilder.add` would, every other one by `_apply`.
         # Node ids follow the tree's path order, one per path but hardlinks, so a path's id is
         # at most ROOT_ID + its index there: the loop counts the nodes when the landmark (written
         # after the prefetched files), or a later file still starting before it, was added.
         landmark_offset, landmark_bound = scan_groups(
-            stream, _SCAN_TYPES, self._tree.nodes, self._tree.children, self._apply, self._starts.starts.append,
-            _ATTR_KINDS, MTIME_MAX, stream.payload_end, self._limits.max_chunk_bytes, self.allow_unverified,
-            PREFETCH_LANDMARK, TOCError)
+            stream.decoded(), _SCAN_TYPES, self._tree.nodes, self._tree.children, self._apply,
+            self._starts.starts.append, _ATTR_KINDS, MTIME_MAX, stream.payload_end, self._limits.max_chunk_bytes, self.allow_unverified,
+            PREFETCH_LANDMARK, TOCError, settled)
         self._starts.finish(stream.payload_end)
         self._hardlinks = resolve_hardlinks(self._tree.nodes, _kind)
         landmark = self._tree.nodes.get(PREFETCH_LANDMARK)

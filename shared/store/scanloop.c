@@ -7,7 +7,8 @@
  * a regular file of one chunk, a directory or a symlink, without xattrs, at a new clean path
  * under a directory already there.
  *
- * What it does: it groups the stream's entries as tree.py `grouped` does (chunk entries join
+ * What it does: it settles each entry as toc.py `settled` does (a name that is not already clean
+ * goes to Python's), groups them as tree.py `grouped` does (chunk entries join
  * their file and take its name; user and group names are not backfilled: no row holds them,
  * and neither `_keep` nor `TreeBuilder.add` reads them), and for a group that is
  * that common case keeps what layerbuild.py `_keep` keeps and adds it to the tree as tree.py
@@ -22,13 +23,14 @@
 #include <string.h>
 
 static PyObject *s_type, *s_name, *s_xattrs, *s_size, *s_digest, *s_offset, *s_chunk_offset, *s_chunk_size,
-    *s_chunk_digest, *s_inner_offset, *s_link_name, *s_empty;
+    *s_chunk_digest, *s_inner_offset, *s_link_name, *s_mode, *s_empty, *s_double_slash, *s_slash_dot;
 
 int scanloop_init(void) {
     const char *names[] = {"type", "name", "xattrs", "size", "digest", "offset", "chunk_offset", "chunk_size",
-                           "chunk_digest", "inner_offset", "link_name", ""};
+                           "chunk_digest", "inner_offset", "link_name", "mode", "", "//", "/."};
     PyObject **slots[] = {&s_type, &s_name, &s_xattrs, &s_size, &s_digest, &s_offset, &s_chunk_offset,
-                          &s_chunk_size, &s_chunk_digest, &s_inner_offset, &s_link_name, &s_empty};
+                          &s_chunk_size, &s_chunk_digest, &s_inner_offset, &s_link_name, &s_mode, &s_empty,
+                          &s_double_slash, &s_slash_dot};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL)
             return -1;
@@ -38,7 +40,7 @@ int scanloop_init(void) {
 typedef struct {
     PyObject *reg, *dir, *symlink, *chunk; /* the EntryType members */
     PyObject *nodes, *children;            /* the TreeBuilder's: path -> value, dir -> set of paths */
-    PyObject *apply, *starts_append, *kinds, *landmark;
+    PyObject *apply, *settle, *starts_append, *kinds, *landmark;
     long long mtime_max, payload_end, max_chunk_bytes;
     int allow_unverified;
     long long landmark_offset;
@@ -69,6 +71,68 @@ static int is_digest(PyObject *text) {
 
 static int is_empty_text(PyObject *text) {
     return PyUnicode_Check(text) && PyUnicode_GET_LENGTH(text) == 0;
+}
+
+/* toc.py `settled`, in place: a name already clean (`normalize_name`'s fast case) loses a
+ * trailing slash here, any other goes to ``settle`` (Python: it normalises or refuses it and
+ * does the rest); the mode is cut to 07777; a chunk digest equal to the file's becomes the same
+ * string. Applying it to a settled entry changes nothing. */
+static int settle(Scan *scan, PyObject *entry) {
+    PyObject *name = PyObject_GetAttr(entry, s_name), *chunk_digest = NULL, *digest = NULL;
+    int result = -1;
+    if (name == NULL)
+        return -1;
+    Py_ssize_t length = PyUnicode_Check(name) ? PyUnicode_GET_LENGTH(name) : -1;
+    int clean = length >= 0;
+    if (clean && length > 0) {
+        Py_UCS4 first = PyUnicode_READ_CHAR(name, 0);
+        Py_ssize_t nul = PyUnicode_FindChar(name, 0, 0, length, 1);
+        Py_ssize_t slashes = nul == -1 ? PyUnicode_Find(name, s_double_slash, 0, length, 1) : nul;
+        Py_ssize_t dot = slashes == -1 ? PyUnicode_Find(name, s_slash_dot, 0, length, 1) : slashes;
+        if (nul == -2 || slashes == -2 || dot == -2)
+            goto done;
+        clean = first != '.' && first != '/' && nul == -1 && slashes == -1 && dot == -1;
+    }
+    if (!clean) {
+        PyObject *settled = PyObject_CallOneArg(scan->settle, entry);
+        Py_XDECREF(settled);
+        result = settled != NULL ? 0 : -1;
+        goto done;
+    }
+    if (length > 0 && PyUnicode_READ_CHAR(name, length - 1) == '/') {
+        PyObject *trimmed = PyUnicode_Substring(name, 0, length - 1);
+        int set = trimmed != NULL ? PyObject_SetAttr(entry, s_name, trimmed) : -1;
+        Py_XDECREF(trimmed);
+        if (set < 0)
+            goto done;
+    }
+    long long mode;
+    if (entry_ll(entry, s_mode, &mode) < 0)
+        goto done;
+    if (mode & ~07777LL) {
+        PyObject *cut = PyLong_FromLongLong(mode & 07777LL);
+        int set = cut != NULL ? PyObject_SetAttr(entry, s_mode, cut) : -1;
+        Py_XDECREF(cut);
+        if (set < 0)
+            goto done;
+    }
+    if ((chunk_digest = PyObject_GetAttr(entry, s_chunk_digest)) == NULL
+        || (digest = PyObject_GetAttr(entry, s_digest)) == NULL)
+        goto done;
+    if (chunk_digest != digest && PyUnicode_Check(chunk_digest) && PyUnicode_Check(digest)
+        && PyUnicode_GET_LENGTH(chunk_digest) > 0) {
+        int same = PyUnicode_Compare(chunk_digest, digest);
+        if (same == -1 && PyErr_Occurred())
+            goto done;
+        if (same == 0 && PyObject_SetAttr(entry, s_chunk_digest, digest) < 0)
+            goto done;
+    }
+    result = 0;
+done:
+    Py_DECREF(name);
+    Py_XDECREF(chunk_digest);
+    Py_XDECREF(digest);
+    return result;
 }
 
 /* The chunks a one-piece regular file keeps (tree.py `file_chunks`), or NULL: declined (no
@@ -256,22 +320,23 @@ done:
 
 const char scan_groups_doc[] =
 "scan_groups(entries, types, nodes, children, apply, starts_append, kinds, mtime_max, payload_end,\n"
-"            max_chunk_bytes, allow_unverified, landmark, toc_error) -> (landmark offset, landmark bound)\n\n"
-"Every entry of ``entries`` (settled TOC entries) grouped and applied to the tree ``nodes`` /\n"
-"``children``: the common case here, any other group by ``apply(entry, pieces) -> kept``.\n"
+"            max_chunk_bytes, allow_unverified, landmark, toc_error, settle) -> (landmark offset, landmark bound)\n\n"
+"Every entry of ``entries`` settled (a name not already clean by ``settle``), grouped and applied\n"
+"to the tree ``nodes`` / ``children``: the common case here, any other group by\n"
+"``apply(entry, pieces) -> kept``.\n"
 "``types``: (REG, DIR, SYMLINK, CHUNK). The bound is None when there is no prefetch landmark.\n"
 "See layerbuild.py `LayerScan.scan`.";
 
 PyObject *scan_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 13 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 4 || !PyDict_Check(args[2])
+    if (nargs != 14 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 4 || !PyDict_Check(args[2])
         || !PyDict_Check(args[3]) || !PyDict_Check(args[6]) || !PyUnicode_Check(args[11])) {
-        PyErr_SetString(PyExc_TypeError, "scan_groups: see its doc for the 13 arguments");
+        PyErr_SetString(PyExc_TypeError, "scan_groups: see its doc for the 14 arguments");
         return NULL;
     }
     Scan scan = {
         PyTuple_GET_ITEM(args[1], 0), PyTuple_GET_ITEM(args[1], 1), PyTuple_GET_ITEM(args[1], 2),
-        PyTuple_GET_ITEM(args[1], 3), args[2], args[3], args[4], args[5], args[6], args[11],
+        PyTuple_GET_ITEM(args[1], 3), args[2], args[3], args[4], args[13], args[5], args[6], args[11],
         PyLong_AsLongLong(args[7]), PyLong_AsLongLong(args[8]), PyLong_AsLongLong(args[9]), PyObject_IsTrue(args[10]),
         0, -1,
     };
@@ -282,6 +347,10 @@ PyObject *scan_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if ((iterator = PyObject_GetIter(args[0])) == NULL)
         goto done;
     while ((entry = PyIter_Next(iterator)) != NULL) {
+        if (settle(&scan, entry) < 0) {
+            Py_DECREF(entry);
+            goto done;
+        }
         PyObject *type = PyObject_GetAttr(entry, s_type);
         if (type == NULL) {
             Py_DECREF(entry);

@@ -23,10 +23,11 @@ from tests.format.blobkit import BlobBuilder, sha
 
 
 def python_scan_groups(entries, types, nodes, children, apply, starts_append, kinds, mtime_max, payload_end,
-                       max_chunk_bytes, allow_unverified, landmark, toc_error) -> tuple[int, int | None]:
-    """The loop before scanloop.c, every group applied by ``apply`` (the reference)."""
+                       max_chunk_bytes, allow_unverified, landmark, toc_error, settle) -> tuple[int, int | None]:
+    """The loop before scanloop.c, every entry settled and every group applied by Python (the
+    reference)."""
     landmark_offset, bound = 0, None
-    for entry, pieces in grouped(entries):
+    for entry, pieces in grouped(map(settle, entries)):
         kept = apply(entry, pieces)
         if entry.name == landmark:
             landmark_offset, bound = entry.offset, len(nodes)
