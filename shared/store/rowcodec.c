@@ -289,7 +289,7 @@ static int intern_names(void) {
         && (name_xattrs = PyUnicode_InternFromString("xattrs")) ? 0 : -1;
 }
 
-static int long_of(PyObject *entry, PyObject *name, long long *out) {
+int long_of(PyObject *entry, PyObject *name, long long *out) {
     PyObject *value = PyObject_GetAttr(entry, name);
     if (value == NULL)
         return -1;

@@ -6,6 +6,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* ``entry.<name>`` as a long long (rowcodec.c); -1 with an error set when it is not one. */
+int long_of(PyObject *entry, PyObject *name, long long *out);
+
 /* A TOC entry's `NodeAttr` row as msgpack (rowcodec.c; `encode_attr` in Python). */
 PyObject *attr_row(PyObject *entry, PyObject *kinds, long long mtime_max);
 

@@ -47,15 +47,6 @@ typedef struct {
     Py_ssize_t landmark_bound;  /* -1: no landmark yet */
 } Scan;
 
-static int entry_ll(PyObject *entry, PyObject *name, long long *out) {
-    PyObject *value = PyObject_GetAttr(entry, name);
-    if (value == NULL)
-        return -1;
-    *out = PyLong_AsLongLong(value);
-    Py_DECREF(value);
-    return *out == -1 && PyErr_Occurred() ? -1 : 0;
-}
-
 /* toc.py `is_digest`: sha256: and 64 lowercase hex digits */
 static int is_digest(PyObject *text) {
     if (!PyUnicode_Check(text) || PyUnicode_GET_LENGTH(text) != 71 || !PyUnicode_IS_ASCII(text))
@@ -107,7 +98,7 @@ static int settle(Scan *scan, PyObject *entry) {
             goto done;
     }
     long long mode;
-    if (entry_ll(entry, s_mode, &mode) < 0)
+    if (long_of(entry, s_mode, &mode) < 0)
         goto done;
     if (mode & ~07777LL) {
         PyObject *cut = PyLong_FromLongLong(mode & 07777LL);
@@ -144,14 +135,14 @@ static PyObject *one_chunk(Scan *scan, PyObject *entry, long long *offset) {
         return NULL;
     if (!PyUnicode_Check(digest) || (!is_empty_text(digest) && !is_digest(digest)))
         goto done;
-    if (entry_ll(entry, s_size, &size) < 0)
+    if (long_of(entry, s_size, &size) < 0)
         goto done;
     if (size == 0) {
         chunks = PyTuple_New(0);
         goto done;
     }
-    if (entry_ll(entry, s_chunk_offset, &chunk_offset) < 0 || entry_ll(entry, s_chunk_size, &chunk_size) < 0
-        || entry_ll(entry, s_inner_offset, &inner) < 0 || entry_ll(entry, s_offset, offset) < 0)
+    if (long_of(entry, s_chunk_offset, &chunk_offset) < 0 || long_of(entry, s_chunk_size, &chunk_size) < 0
+        || long_of(entry, s_inner_offset, &inner) < 0 || long_of(entry, s_offset, offset) < 0)
         goto done;
     if (chunk_offset != 0 || (chunk_size != 0 && chunk_size != size) || size < 0 || inner < 0
         || size > scan->max_chunk_bytes || inner > scan->max_chunk_bytes - size || *offset >= scan->payload_end)
@@ -301,7 +292,7 @@ static int finish(Scan *scan, PyObject *entry, PyObject *pieces) {
     if (landmark == -1 && PyErr_Occurred())
         goto done;
     if (landmark == 0) {
-        if (entry_ll(entry, s_offset, &scan->landmark_offset) < 0)
+        if (long_of(entry, s_offset, &scan->landmark_offset) < 0)
             goto done;
         scan->landmark_bound = PyDict_GET_SIZE(scan->nodes);
     } else if (scan->landmark_bound >= 0) {
