@@ -249,7 +249,8 @@ done:
     return value;
 }
 
-/* layerbuild.py `_starts_before`: a regular file whose first chunk starts before ``offset`` */
+/* Whether ``kept`` is a regular file whose first chunk starts in the blob before ``offset``: such a file,
+ * listed after the prefetch landmark, raises the landmark's bound (layerbuild.py `LayerScan.scan`) */
 static int starts_before(PyObject *kept, long long offset) {
     if (!PyTuple_CheckExact(kept) || PyTuple_GET_SIZE(kept) != 3)
         return 0;
