@@ -100,7 +100,7 @@ class LayerScan:
         # after the prefetched files), or a later file still starting before it, was added.
         landmark_offset, landmark_bound = scan_groups(
             stream.decoded(), _SCAN_TYPES, self._tree.nodes, self._tree.children, self._apply,
-            self._starts.starts.append, _ATTR_KINDS, MTIME_MAX, stream.payload_end, self._limits.max_chunk_bytes, self.allow_unverified,
+            self._starts.starts, _ATTR_KINDS, MTIME_MAX, stream.payload_end, self._limits.max_chunk_bytes, self.allow_unverified,
             PREFETCH_LANDMARK, TOCError, settled)
         self._starts.finish(stream.payload_end)
         self._hardlinks = resolve_hardlinks(self._tree.nodes, _kind)

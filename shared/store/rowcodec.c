@@ -290,7 +290,7 @@ static int intern_names(void) {
 }
 
 int long_of(PyObject *entry, PyObject *name, long long *out) {
-    PyObject *value = PyObject_GetAttr(entry, name);
+    PyObject *value = entry_get(entry, name);
     if (value == NULL)
         return -1;
     *out = PyLong_AsLongLong(value);
@@ -317,7 +317,7 @@ static PyObject *encode_attr(PyObject *module, PyObject *const *args, Py_ssize_t
 }
 
 PyObject *attr_row(PyObject *entry, PyObject *kinds, long long mtime_max) {
-    PyObject *kind = PyObject_GetAttr(entry, name_type);
+    PyObject *kind = entry_get(entry, name_type);
     if (kind == NULL)
         return NULL;
     PyObject *known = PyDict_GetItemWithError(kinds, kind);
@@ -353,7 +353,7 @@ PyObject *attr_row(PyObject *entry, PyObject *kinds, long long mtime_max) {
     }
     const char *link = "";
     Py_ssize_t link_size = 0;
-    PyObject *link_name = NULL, *xattrs = PyObject_GetAttr(entry, name_xattrs), *value = NULL;
+    PyObject *link_name = NULL, *xattrs = entry_get(entry, name_xattrs), *value = NULL;
     if (xattrs == NULL)
         return NULL;
     if (!PyDict_Check(xattrs)) {
@@ -361,7 +361,7 @@ PyObject *attr_row(PyObject *entry, PyObject *kinds, long long mtime_max) {
         goto done;
     }
     if (shape == SYMLINK) {
-        link_name = PyObject_GetAttr(entry, name_link_name);
+        link_name = entry_get(entry, name_link_name);
         if (link_name == NULL)
             goto done;
         PyObject *escaped = PyUnicode_AsEncodedString(link_name, "utf-8", "surrogateescape");

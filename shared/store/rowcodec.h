@@ -6,6 +6,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* ``entry.<name>`` (a new reference, or NULL with an error set), read from its slot when it is one
+ * of a msgspec Struct field (entryslots.c); ``name`` interned. */
+PyObject *entry_get(PyObject *entry, PyObject *name);
+
 /* ``entry.<name>`` as a long long (rowcodec.c); -1 with an error set when it is not one. */
 int long_of(PyObject *entry, PyObject *name, long long *out);
 

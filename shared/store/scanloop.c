@@ -40,12 +40,30 @@ int scanloop_init(void) {
 typedef struct {
     PyObject *reg, *dir, *symlink, *chunk; /* the EntryType members */
     PyObject *nodes, *children;            /* the TreeBuilder's: path -> value, dir -> set of paths */
-    PyObject *apply, *settle, *starts_append, *kinds, *landmark;
+    PyObject *apply, *settle, *starts, *kinds, *landmark;
     long long mtime_max, payload_end, max_chunk_bytes;
     int allow_unverified;
     long long landmark_offset;
     Py_ssize_t landmark_bound;  /* -1: no landmark yet */
+    long long *kept_starts;     /* payload starts of the files kept here, added to ``starts`` at the end */
+    Py_ssize_t kept_count, kept_room;
 } Scan;
+
+/* ``offset`` kept for ``starts`` (one call of its frombytes at the end, not one append each). */
+static int keep_start(Scan *scan, long long offset) {
+    if (scan->kept_count == scan->kept_room) {
+        Py_ssize_t room = scan->kept_room ? scan->kept_room * 2 : 4096;
+        long long *grown = PyMem_Realloc(scan->kept_starts, (size_t)room * sizeof(long long));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        scan->kept_starts = grown;
+        scan->kept_room = room;
+    }
+    scan->kept_starts[scan->kept_count++] = offset;
+    return 0;
+}
 
 /* toc.py `is_digest`: sha256: and 64 lowercase hex digits */
 static int is_digest(PyObject *text) {
@@ -69,7 +87,7 @@ static int is_empty_text(PyObject *text) {
  * does the rest); the mode is cut to 07777; a chunk digest equal to the file's becomes the same
  * string. Applying it to a settled entry changes nothing. */
 static int settle(Scan *scan, PyObject *entry) {
-    PyObject *name = PyObject_GetAttr(entry, s_name), *chunk_digest = NULL, *digest = NULL;
+    PyObject *name = entry_get(entry, s_name), *chunk_digest = NULL, *digest = NULL;
     int result = -1;
     if (name == NULL)
         return -1;
@@ -107,8 +125,8 @@ static int settle(Scan *scan, PyObject *entry) {
         if (set < 0)
             goto done;
     }
-    if ((chunk_digest = PyObject_GetAttr(entry, s_chunk_digest)) == NULL
-        || (digest = PyObject_GetAttr(entry, s_digest)) == NULL)
+    if ((chunk_digest = entry_get(entry, s_chunk_digest)) == NULL
+        || (digest = entry_get(entry, s_digest)) == NULL)
         goto done;
     if (chunk_digest != digest && PyUnicode_Check(chunk_digest) && PyUnicode_Check(digest)
         && PyUnicode_GET_LENGTH(chunk_digest) > 0) {
@@ -130,7 +148,7 @@ done:
  * error set) or failed. ``offset`` is where its payload starts. */
 static PyObject *one_chunk(Scan *scan, PyObject *entry, long long *offset) {
     long long size, chunk_offset, chunk_size, inner;
-    PyObject *digest = PyObject_GetAttr(entry, s_digest), *chunk_digest = NULL, *chunks = NULL;
+    PyObject *digest = entry_get(entry, s_digest), *chunk_digest = NULL, *chunks = NULL;
     if (digest == NULL)
         return NULL;
     if (!PyUnicode_Check(digest) || (!is_empty_text(digest) && !is_digest(digest)))
@@ -147,7 +165,7 @@ static PyObject *one_chunk(Scan *scan, PyObject *entry, long long *offset) {
     if (chunk_offset != 0 || (chunk_size != 0 && chunk_size != size) || size < 0 || inner < 0
         || size > scan->max_chunk_bytes || inner > scan->max_chunk_bytes - size || *offset >= scan->payload_end)
         goto done;
-    if ((chunk_digest = PyObject_GetAttr(entry, s_chunk_digest)) == NULL)
+    if ((chunk_digest = entry_get(entry, s_chunk_digest)) == NULL)
         goto done;
     PyObject *kept = digest;
     if (!is_empty_text(chunk_digest)) {
@@ -157,11 +175,18 @@ static PyObject *one_chunk(Scan *scan, PyObject *entry, long long *offset) {
     }
     if (is_empty_text(kept) && !scan->allow_unverified)
         goto done;
-    PyObject *spec = Py_BuildValue("(iLLLO)", 0, size, *offset, inner, kept);
-    if (spec != NULL) {
+    PyObject *spec = PyTuple_New(5);
+    if (spec == NULL)
+        goto done;
+    PyObject *fields[4] = {PyLong_FromLong(0), PyLong_FromLongLong(size), PyLong_FromLongLong(*offset),
+                           PyLong_FromLongLong(inner)};
+    for (int i = 0; i < 4; i++)
+        PyTuple_SET_ITEM(spec, i, fields[i]); /* a NULL among them is checked below */
+    Py_INCREF(kept);
+    PyTuple_SET_ITEM(spec, 4, kept);
+    if (fields[0] != NULL && fields[1] != NULL && fields[2] != NULL && fields[3] != NULL)
         chunks = PyTuple_Pack(1, spec);
-        Py_DECREF(spec);
-    }
+    Py_DECREF(spec);
 done:
     Py_DECREF(digest);
     Py_XDECREF(chunk_digest);
@@ -170,20 +195,20 @@ done:
 
 /* The common case kept and added to the tree; NULL: declined (no error set) or failed. */
 static PyObject *apply_common(Scan *scan, PyObject *entry) {
-    PyObject *type = PyObject_GetAttr(entry, s_type), *xattrs = NULL, *path = NULL, *link = NULL;
+    PyObject *type = entry_get(entry, s_type), *xattrs = NULL, *path = NULL, *link = NULL;
     PyObject *parent = NULL, *chunks = NULL, *attr = NULL, *value = NULL;
     if (type == NULL)
         return NULL;
     if (type != scan->reg && type != scan->dir && type != scan->symlink)
         goto done;
-    if ((xattrs = PyObject_GetAttr(entry, s_xattrs)) == NULL || !PyDict_Check(xattrs) || PyDict_GET_SIZE(xattrs))
+    if ((xattrs = entry_get(entry, s_xattrs)) == NULL || !PyDict_Check(xattrs) || PyDict_GET_SIZE(xattrs))
         goto done;
-    if ((path = PyObject_GetAttr(entry, s_name)) == NULL || !PyUnicode_Check(path) || PyUnicode_GET_LENGTH(path) == 0)
+    if ((path = entry_get(entry, s_name)) == NULL || !PyUnicode_Check(path) || PyUnicode_GET_LENGTH(path) == 0)
         goto done;
     int landmark = PyUnicode_Compare(path, scan->landmark);
     if (landmark == 0 || (landmark == -1 && PyErr_Occurred()))
         goto done;
-    if (type == scan->symlink && ((link = PyObject_GetAttr(entry, s_link_name)) == NULL || !PyUnicode_Check(link)
+    if (type == scan->symlink && ((link = entry_get(entry, s_link_name)) == NULL || !PyUnicode_Check(link)
                                   || PyUnicode_GET_LENGTH(link) == 0))
         goto done;
     Py_ssize_t slash = PyUnicode_FindChar(path, '/', 0, PyUnicode_GET_LENGTH(path), -1);
@@ -214,16 +239,8 @@ static PyObject *apply_common(Scan *scan, PyObject *entry) {
         goto done;
     if ((value = PyTuple_Pack(3, type, attr, chunks)) == NULL)
         goto done;
-    if (PyTuple_GET_SIZE(chunks)) {
-        PyObject *start = PyLong_FromLongLong(offset), *done = NULL;
-        if (start != NULL) {
-            done = PyObject_CallOneArg(scan->starts_append, start);
-            Py_DECREF(start);
-        }
-        if (done == NULL)
-            goto failed;
-        Py_DECREF(done);
-    }
+    if (PyTuple_GET_SIZE(chunks) && keep_start(scan, offset) < 0)
+        goto failed;
     if (PyDict_SetItem(scan->nodes, path, value) < 0)
         goto failed;
     if (type == scan->dir) {
@@ -286,7 +303,7 @@ static int finish(Scan *scan, PyObject *entry, PyObject *pieces) {
             return -1;
     }
     int result = -1;
-    PyObject *path = PyObject_GetAttr(entry, s_name);
+    PyObject *path = entry_get(entry, s_name);
     if (path == NULL)
         goto done;
     int landmark = PyUnicode_Check(path) ? PyUnicode_Compare(path, scan->landmark) : 1;
@@ -311,12 +328,13 @@ done:
 }
 
 const char scan_groups_doc[] =
-"scan_groups(entries, types, nodes, children, apply, starts_append, kinds, mtime_max, payload_end,\n"
+"scan_groups(entries, types, nodes, children, apply, starts, kinds, mtime_max, payload_end,\n"
 "            max_chunk_bytes, allow_unverified, landmark, toc_error, settle) -> (landmark offset, landmark bound)\n\n"
 "Every entry of ``entries`` settled (a name not already clean by ``settle``), grouped and applied\n"
 "to the tree ``nodes`` / ``children``: the common case here, any other group by\n"
 "``apply(entry, pieces) -> kept``.\n"
-"``types``: (REG, DIR, SYMLINK, CHUNK). The bound is None when there is no prefetch landmark.\n"
+"``types``: (REG, DIR, SYMLINK, CHUNK); ``starts``: the array('q') of payload starts, which gets\n"
+"those of the files kept here. The bound is None when there is no prefetch landmark.\n"
 "See layerbuild.py `LayerScan.scan`.";
 
 PyObject *scan_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -330,12 +348,21 @@ PyObject *scan_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyTuple_GET_ITEM(args[1], 0), PyTuple_GET_ITEM(args[1], 1), PyTuple_GET_ITEM(args[1], 2),
         PyTuple_GET_ITEM(args[1], 3), args[2], args[3], args[4], args[13], args[5], args[6], args[11],
         PyLong_AsLongLong(args[7]), PyLong_AsLongLong(args[8]), PyLong_AsLongLong(args[9]), PyObject_IsTrue(args[10]),
-        0, -1,
+        0, -1, NULL, 0, 0,
     };
     PyObject *toc_error = args[12], *iterator = NULL, *entry, *current = NULL, *pieces = NULL, *result = NULL;
     int current_is_reg = 0;
     if (PyErr_Occurred() || scan.allow_unverified < 0)
         goto done;
+    PyObject *typecode = PyObject_GetAttrString(scan.starts, "typecode");
+    int int64s = typecode != NULL && PyUnicode_Check(typecode) && PyUnicode_CompareWithASCIIString(typecode, "q") == 0
+        && sizeof(long long) == 8;
+    Py_XDECREF(typecode);
+    if (!int64s) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "scan_groups: starts is an array('q')");
+        goto done;
+    }
     if ((iterator = PyObject_GetIter(args[0])) == NULL)
         goto done;
     while ((entry = PyIter_Next(iterator)) != NULL) {
@@ -343,7 +370,7 @@ PyObject *scan_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(entry);
             goto done;
         }
-        PyObject *type = PyObject_GetAttr(entry, s_type);
+        PyObject *type = entry_get(entry, s_type);
         if (type == NULL) {
             Py_DECREF(entry);
             goto done;
@@ -352,13 +379,13 @@ PyObject *scan_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (type == scan.chunk) {
             int joined = -1;
             if (current == NULL || !current_is_reg) {
-                PyObject *name = PyObject_GetAttr(entry, s_name);
+                PyObject *name = entry_get(entry, s_name);
                 if (name != NULL) {
                     PyErr_Format(toc_error, "entry %R: chunk entry does not follow a regular file", name);
                     Py_DECREF(name);
                 }
             } else {
-                PyObject *name = PyObject_GetAttr(current, s_name);
+                PyObject *name = entry_get(current, s_name);
                 if (name != NULL && PyObject_SetAttr(entry, s_name, name) == 0) {
                     if (pieces == NULL && (pieces = PyList_New(1)) != NULL) {
                         Py_INCREF(current);
@@ -389,6 +416,15 @@ PyObject *scan_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     if (current != NULL && finish(&scan, current, pieces) < 0)
         goto done;
+    if (scan.kept_count) {
+        PyObject *packed = PyBytes_FromStringAndSize((const char *)scan.kept_starts,
+                                                     scan.kept_count * (Py_ssize_t)sizeof(long long));
+        PyObject *added = packed != NULL ? PyObject_CallMethod(scan.starts, "frombytes", "O", packed) : NULL;
+        Py_XDECREF(packed);
+        if (added == NULL)
+            goto done;
+        Py_DECREF(added);
+    }
     if (scan.landmark_bound < 0)
         result = Py_BuildValue("(LO)", scan.landmark_offset, Py_None);
     else
@@ -397,5 +433,6 @@ done:
     Py_XDECREF(iterator);
     Py_XDECREF(current);
     Py_XDECREF(pieces);
+    PyMem_Free(scan.kept_starts);
     return result;
 }

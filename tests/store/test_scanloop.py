@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import types
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lazylayer.shared.errors import LazyLayerError
-from lazylayer.shared.estargz.toc import TOCEntry
+from lazylayer.shared.estargz.toc import EntryType, ModTime, TOCEntry
 from lazylayer.shared.estargz.tocstream import TOCStream
 from lazylayer.shared.estargz.tree import grouped
 from lazylayer.shared.store import layerbuild
@@ -22,7 +23,7 @@ from lazylayer.shared.store.layers import Layers
 from tests.format.blobkit import BlobBuilder, sha
 
 
-def python_scan_groups(entries, types, nodes, children, apply, starts_append, kinds, mtime_max, payload_end,
+def python_scan_groups(entries, types, nodes, children, apply, starts, kinds, mtime_max, payload_end,
                        max_chunk_bytes, allow_unverified, landmark, toc_error, settle) -> tuple[int, int | None]:
     """The loop before scanloop.c, every entry settled and every group applied by Python (the
     reference)."""
@@ -131,6 +132,15 @@ def test_a_large_plain_layer_takes_the_c_way(tmp_path, monkeypatch):
     rows, record = _register(tmp_path, builder, layerbuild.scan_groups, monkeypatch)
     assert sorted(applied) == ["d/big", "d/h", "d/x"]
     assert record["node_count"] == 1 + 1 + 400 + 2 and record["chunk_count"] == 200 + 3
+
+
+def test_fields_are_read_alike_from_a_toc_entry_and_from_any_other_object():
+    """The loop reads a TOCEntry's fields straight from their slots (entryslots.c); an object of
+    another type is read the generic way, and gives the same row."""
+    entry = TOCEntry(name="d/f", type=EntryType.REG, size=3, mtime=ModTime(5), mode=0o644, uid=1, gid=2)
+    other = types.SimpleNamespace(**{name: getattr(entry, name) for name in TOCEntry.__struct_fields__})
+    assert layerbuild.encoded_attr_of(entry) == layerbuild.encoded_attr_of(other) == \
+        layerbuild.encoded_attr_of(entry)
 
 
 def test_a_chunk_entry_without_its_file_is_refused_as_before(tmp_path, monkeypatch):
