@@ -78,6 +78,20 @@ static int is_digest(PyObject *text) {
     return 1;
 }
 
+/* Whether a name of one-byte characters is clean as the slower path below judges it: no NUL,
+ * no "//", no "/.", not starting with '.' or '/'. */
+static int one_byte_clean(const Py_UCS1 *text, Py_ssize_t length) {
+    if (text[0] == '.' || text[0] == '/')
+        return 0;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        if (text[i] == 0)
+            return 0;
+        if (text[i] == '/' && i + 1 < length && (text[i + 1] == '/' || text[i + 1] == '.'))
+            return 0;
+    }
+    return 1;
+}
+
 static int is_empty_text(PyObject *text) {
     return PyUnicode_Check(text) && PyUnicode_GET_LENGTH(text) == 0;
 }
@@ -93,7 +107,9 @@ static int settle(Scan *scan, PyObject *entry) {
         return -1;
     Py_ssize_t length = PyUnicode_Check(name) ? PyUnicode_GET_LENGTH(name) : -1;
     int clean = length >= 0;
-    if (clean && length > 0) {
+    if (clean && length > 0 && PyUnicode_KIND(name) == PyUnicode_1BYTE_KIND) {
+        clean = one_byte_clean(PyUnicode_1BYTE_DATA(name), length); /* one pass, the common case */
+    } else if (clean && length > 0) {
         Py_UCS4 first = PyUnicode_READ_CHAR(name, 0);
         Py_ssize_t nul = PyUnicode_FindChar(name, 0, 0, length, 1);
         Py_ssize_t slashes = nul == -1 ? PyUnicode_Find(name, s_double_slash, 0, length, 1) : nul;

@@ -39,7 +39,7 @@ def python_scan_groups(entries, types, nodes, children, apply, starts, kinds, mt
 
 # mostly what real layers hold, so that most TOCs register; each hostile choice now and then
 _PARTS = st.sampled_from(["a", "b", "c", "é", "x y"] * 20 + [".prefetch.landmark", ".no.prefetch.landmark", ".wh.a",
-                                                             ".wh..wh..opq", "..", ".", ""])
+                                                             ".wh..wh..opq", "..", ".", "", "n\x00ul", "/", "ж"])
 _NAMES = st.lists(_PARTS, min_size=1, max_size=3).map("/".join) | st.sampled_from(["", "./a", "/b", "a/", "a//b"])
 _DIGESTS = st.sampled_from(["good"] * 100 + ["", "sha256:" + "A" * 64, "md5:0", "sha256:" + "0" * 63])
 _ENTRY = st.fixed_dictionaries({
