@@ -15,7 +15,7 @@
 #include <structmember.h>
 
 #define MAX_FIELDS 32
-#define CACHE 64 /* a power of two: a name's place is a few bits of its address */
+#define CACHE_BITS 7 /* a name's place in `cache`: the top bits of its address times a large odd constant */
 
 static PyTypeObject *bound; /* the one type whose slots are below; NULL until the first entry */
 static int generic; /* whether `bound` reads attributes the generic way (else: never from slots) */
@@ -24,7 +24,7 @@ static struct field {
     Py_ssize_t offset; /* -1: not an object slot of `bound`: through PyObject_GetAttr */
 } fields[MAX_FIELDS];
 static int field_count;
-static struct field *cache[CACHE]; /* the last field seen at each place */
+static struct field *cache[1 << CACHE_BITS]; /* the last field seen at each place */
 
 static struct field *bind(PyTypeObject *type, PyObject *name) {
     for (int i = 0; i < field_count; i++)
@@ -55,7 +55,7 @@ static Py_ssize_t slot_of(PyObject *entry, PyObject *name) {
     }
     if (type != bound || !generic)
         return -1;
-    struct field **place = &cache[((uintptr_t)name >> 4) & (CACHE - 1)];
+    struct field **place = &cache[((uint64_t)(uintptr_t)name * 0x9E3779B97F4A7C15ULL) >> (64 - CACHE_BITS)];
     if (*place == NULL || (*place)->name != name) {
         struct field *found = bind(type, name);
         if (found == NULL)

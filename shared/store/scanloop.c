@@ -72,10 +72,17 @@ static int is_digest(PyObject *text) {
     const char *data = (const char *)PyUnicode_DATA(text);
     if (memcmp(data, "sha256:", 7) != 0)
         return 0;
+    static unsigned char hex[256];
+    if (!hex['0']) {
+        for (int c = '0'; c <= '9'; c++)
+            hex[c] = 1;
+        for (int c = 'a'; c <= 'f'; c++)
+            hex[c] = 1;
+    }
+    unsigned char all = 1;
     for (int i = 7; i < 71; i++)
-        if (!((data[i] >= '0' && data[i] <= '9') || (data[i] >= 'a' && data[i] <= 'f')))
-            return 0;
-    return 1;
+        all &= hex[(unsigned char)data[i]];
+    return all;
 }
 
 /* Whether a name of one-byte characters is clean as the slower path below judges it: no NUL,
