@@ -6,8 +6,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-/* ``entry.<name>`` (a new reference, or NULL with an error set), read from its slot when it is one
- * of a msgspec Struct field (entryslots.c); ``name`` interned. */
+/* ``entry.<name>`` (a new reference, or NULL with an error set), read straight from its slot when
+ * the name is an object slot of the entry's type (entryslots.c); ``name`` interned. */
 PyObject *entry_get(PyObject *entry, PyObject *name);
 
 /* ``entry.<name>`` as a long long (rowcodec.c); -1 with an error set when it is not one. */
