@@ -1,6 +1,6 @@
 """Only what pyproject.toml cannot say yet without an experimental table: two C extensions.
 
-daemon/dircache.c (with attrcache.c, xattrless.c and layeropen.c) is not a Python module but a
+daemon/dircache.c (with attrcache.c, xattrless.c, layeropen.c and viewconn.c) is not a Python module but a
 shared library the front loads with ctypes before pyfuse3 starts its session (daemon/dircache.py
 says why and how). It is built here because pyfuse3 itself is built from source against the same
 libfuse3-dev. shared/store/rowcodec.c (with scanloop.c and entryslots.c) is a plain extension
@@ -11,8 +11,8 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("lazylayer.daemon._dircache",
                              sources=["daemon/dircache.c", "daemon/attrcache.c", "daemon/xattrless.c",
-                                      "daemon/layeropen.c"],
-                             depends=["daemon/attrcache.h", "daemon/xattrless.h", "daemon/layeropen.h"],
+                                      "daemon/layeropen.c", "daemon/viewconn.c"],
+                             depends=["daemon/attrcache.h", "daemon/xattrless.h", "daemon/layeropen.h", "daemon/viewconn.h"],
                              libraries=["fuse3", "dl"]),
                    Extension("lazylayer.shared.store._rowcodec",
                              sources=["shared/store/rowcodec.c", "shared/store/scanloop.c", "shared/store/entryslots.c"],

@@ -19,6 +19,7 @@
 
 #include "attrcache.h"
 #include "layeropen.h"
+#include "viewconn.h"
 #include "xattrless.h"
 
 typedef void (*init_fn)(void *, struct fuse_conn_info *);
@@ -90,7 +91,9 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
     lazylayer_xattrless_install(&ops);
     lazylayer_layeropen_install(&ops);
     struct fuse_session *session = libfuse_session_new(args, &ops, sizeof ops, userdata);
-    if (session != NULL)
+    if (session != NULL) {
         lazylayer_dircache_sessions++;
+        lazylayer_viewconn_install(session);
+    }
     return session;
 }

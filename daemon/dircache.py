@@ -18,7 +18,8 @@ empties a kept listing whose directory's mtime changed (auto_inval_data, libfuse
 Reading a listing through FUSE also makes the kernel forget the directory's atime (fs/fuse
 readdir.c; only a read-only superblock is spared, and the store takes `use` and `rmdir`), so the
 next stat of each directory is a GETATTR: 2,904 of them in a `find` of the bench image just after
-a cold one, about 100 us each through pyfuse3 and trio, the walk 2.2x a local disk's.
+a cold one, about 100 us each through pyfuse3 and trio, the walk 2.2x a local disk's. Merged views
+now have a read-only connection of their own (daemon/viewconn.py, whose io is in this library too).
 daemon/attrcache.c, in the same library, answers a layer node's GETATTR from the attributes pyfuse3
 last replied for it, within the timeout the kernel was given, before pyfuse3 learns a request came;
 daemon/xattrless.c answers the xattr requests (overlayfs's, mostly) of layers without xattrs, and
@@ -62,6 +63,18 @@ def load() -> None:
                 _missing = f"cannot load {path}: {exc}"
             return
     _missing = f"{here}/_dircache*.so is not built (pip install builds it)"
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library (daemon/viewconn.py calls into it), or None."""
+    return _library
+
+
+def serve(fuse_fd: int, session_fd: int) -> bool:
+    """Make ``session_fd`` (what pyfuse3 waits on) the set of this process's FUSE connections,
+    the store's ``fuse_fd`` first (daemon/viewconn.c); False without the library's io, and the
+    caller puts ``fuse_fd`` there itself."""
+    return _library is not None and _library.lazylayer_viewconn_serve(fuse_fd, session_fd) == 0
 
 
 def problem() -> str | None:

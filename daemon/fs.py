@@ -181,6 +181,8 @@ class LazyFS(pyfuse3.Operations):
             return self._entry(inode, self._layout_attr(node), 0.0)
         entry = self._entry(inode, self._layout_attr(node))
         entry.st_mtime_ns = self.held.mtime_ns
+        if node.kind is Kind.IMAGES:  # the views' mountpoint (daemon/viewconn.py): unmounting it
+            entry.entry_timeout = self.settings.layer_timeout  # walks here, front or no front
         return entry
 
     def _node_attr(self, ref: NodeRef, txn: lmdb.Transaction | None = None) -> NodeAttr:

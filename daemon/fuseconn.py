@@ -9,7 +9,9 @@ INIT once per connection, so a second front given the same /dev/fuse fd could ne
 2. `start_session` starts pyfuse3 on one end of a SOCK_SEQPACKET socketpair named
    ``/dev/fd/N`` (libfuse takes that as an already-open fd: no mount) and writes the saved INIT
    into the other end. While libfuse processes it, pyfuse3 calls ``ops.init()`` (before the reply
-   is written and before any task waits on fd N): `dup2` puts /dev/fuse at fd N, so the INIT
+   is written and before any task waits on fd N): fd N becomes an epoll set of /dev/fuse (and,
+   later, the merged views' connection: daemon/viewconn.py), which libfuse reads and writes
+   through daemon/viewconn.c, or, without that library, `dup2` puts /dev/fuse at fd N. So the INIT
    reply goes to the kernel (a fresh mount completes; after a takeover the kernel answers ENOENT
    for the old unique, which libfuse ignores) and every later read is the kernel's queue.
    Same INIT bytes and same libfuse: the session negotiates exactly what the kernel agreed.
@@ -35,7 +37,7 @@ from lazylayer.shared.errors import MountError
 
 log = logging.getLogger(__name__)
 
-_MS_NOSUID, _MS_NODEV = 2, 4
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV = 1, 2, 4
 #: enum fuse_notify_code in include/uapi/linux/fuse.h
 _FUSE_NOTIFY_RESEND = 7
 #: mount(2) data options the kernel's fuse takes (anything else in our option set is libfuse's)
@@ -57,6 +59,7 @@ def mount_fuse(mountpoint: str, options: set[str]) -> Connection:
         data = [f"fd={fd}", "rootmode=40000", f"user_id={os.getuid()}", f"group_id={os.getgid()}"]
         data += [o for o in _KERNEL_OPTIONS if o in options]
         flags = (_MS_NOSUID if "nosuid" in options else 0) | (_MS_NODEV if "nodev" in options else 0)
+        flags |= _MS_RDONLY if "ro" in options else 0
         source = _option(options, "fsname", "lazylayer")
         fstype = "fuse." + _option(options, "subtype", "lazylayer")
         libc = ctypes.CDLL(None, use_errno=True)
@@ -78,7 +81,8 @@ def start_session(ops: Any, conn: Connection) -> None:
     fuse_fd = conn.fd
 
     def on_init() -> None:
-        os.dup2(fuse_fd, session_fd, inheritable=False)
+        if not dircache.serve(fuse_fd, session_fd):
+            os.dup2(fuse_fd, session_fd, inheritable=False)
         problem = dircache.problem()  # known once the kernel's FUSE_INIT was read
         if problem is not None:
             log.warning("directory listings go through FUSE every time: %s", problem)

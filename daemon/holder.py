@@ -81,6 +81,8 @@ class Connection:
 class _Held:
     conn: Connection
     journal: list[dict[str, Any]] = field(default_factory=list)
+    #: the merged views' read-only connection mounted on the store's .images (daemon/viewconn.py)
+    views: Connection | None = None
 
 
 @dataclass
@@ -94,8 +96,8 @@ class _Stop(Exception):
 
 
 class Holder:
-    """One run dir's connection (the layer store's; `lazylayer mount` views are bind and
-    overlay mounts of it) and whichever front serves it."""
+    """One run dir's connections (the layer store's, and the merged views' mounted on its
+    .images, which `lazylayer mount` binds) and whichever front serves them."""
 
     def __init__(self, run_dir: str) -> None:
         self.path = socket_path(run_dir)
@@ -176,8 +178,13 @@ class Holder:
                 self._attach(front)
         elif op == "adopt" and fd is not None:
             if self.held is not None:
-                os.close(self.held.conn.fd)
+                _close(self.held)
             self.held = _Held(Connection(fd, bytes.fromhex(message["init"]), message["mountpoint"]))
+            log.info("holding the FUSE connection of %s", message["mountpoint"])
+        elif op == "adopt_views" and fd is not None and self.held is not None:
+            if self.held.views is not None:
+                os.close(self.held.views.fd)
+            self.held.views = Connection(fd, bytes.fromhex(message["init"]), message["mountpoint"])
             log.info("holding the FUSE connection of %s", message["mountpoint"])
         elif op == "journal" and self.held is not None:
             self.held.journal.append(message["record"])
@@ -194,7 +201,10 @@ class Holder:
         log.info("front %d takes the connection of %s over (takeover %d)", front.pid, held.conn.mountpoint,
                  self.takeovers)
         _send(front.sock, {"takeovers": self.takeovers, "mountpoint": held.conn.mountpoint,
-                           "init": held.conn.init.hex(), "records": len(held.journal)}, held.conn.fd)
+                           "init": held.conn.init.hex(), "records": len(held.journal),
+                           "views": held.views is not None}, held.conn.fd)
+        if held.views is not None:
+            _send(front.sock, {"mountpoint": held.views.mountpoint, "init": held.views.init.hex()}, held.views.fd)
         for start in range(0, len(held.journal), _BATCH):
             _send(front.sock, {"journal": held.journal[start:start + _BATCH]})
 
@@ -216,9 +226,15 @@ class Holder:
             return
         for target in live_mounts(self.held.journal):
             _unmount(target)
-        _unmount(self.held.conn.mountpoint)
-        os.close(self.held.conn.fd)
+        _unmount(self.held.conn.mountpoint)  # lazily: the views' mount on its .images goes with it
+        _close(self.held)
         self.held = None
+
+
+def _close(held: _Held) -> None:
+    os.close(held.conn.fd)
+    if held.views is not None:
+        os.close(held.views.fd)
 
 
 def _unmount(path: str) -> None:
@@ -235,6 +251,8 @@ class Handover:
     takeovers: int
     conn: Connection | None
     journal: list[dict[str, Any]]
+    #: the merged views' connection (daemon/viewconn.py), held beside ``conn``
+    views: Connection | None = None
 
 
 class HolderLink:
@@ -263,6 +281,12 @@ class HolderLink:
             header, fd = _recv(self.sock)
             if header is None:
                 raise MountError("the FUSE connection holder closed the connection")
+            views = None
+            if header.get("views"):
+                message, views_fd = _recv(self.sock)
+                if message is None or views_fd is None:
+                    raise MountError("the FUSE connection holder closed the connection before the views'")
+                views = Connection(views_fd, bytes.fromhex(message["init"]), message["mountpoint"])
             journal: list[dict[str, Any]] = []
             while len(journal) < header.get("records", 0):
                 batch, _ = _recv(self.sock)
@@ -276,10 +300,12 @@ class HolderLink:
         conn = None
         if fd is not None:
             conn = Connection(fd, bytes.fromhex(header["init"]), header["mountpoint"])
-        return Handover(header["takeovers"], conn, journal)
+        return Handover(header["takeovers"], conn, journal, views)
 
-    def adopt(self, conn: Connection) -> None:
-        _send(self.sock, {"op": "adopt", "mountpoint": conn.mountpoint, "init": conn.init.hex()}, conn.fd)
+    def adopt(self, conn: Connection, op: str = "adopt") -> None:
+        """Hand the holder the store's connection (``op`` "adopt") or the views' ("adopt_views",
+        after the store's)."""
+        _send(self.sock, {"op": op, "mountpoint": conn.mountpoint, "init": conn.init.hex()}, conn.fd)
 
     def record(self, record: dict[str, Any]) -> None:
         """Append to the journal. A holder gone (restarted) costs the next takeover, not this front."""
@@ -319,7 +345,12 @@ def take_connection(run_dir: str, mountpoint: str, required: bool) -> tuple[Hold
                 raise MountError(f"the holder's connection is mounted at {handover.conn.mountpoint}, not at {mountpoint}")
             if not _still_mounted(handover.conn):
                 os.close(handover.conn.fd)
+                if handover.views is not None:
+                    os.close(handover.views.fd)
                 handover = Handover(handover.takeovers, None, [])
+            elif handover.views is not None and not _still_mounted(handover.views):
+                os.close(handover.views.fd)
+                handover.views = None
         if required and (handover is None or handover.conn is None):
             raise MountError(f"--takeover: no FUSE connection holder with a connection runs for {run_dir} "
                              "(start `lazylayer holder` before the first front)")

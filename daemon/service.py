@@ -39,13 +39,14 @@ from lazylayer.daemon.fs import FsSettings, LazyFS
 from lazylayer.daemon.fuseconn import Connection, mount_fuse, resend, start_session
 from lazylayer.daemon.holder import Handover, HolderLink
 from lazylayer.daemon.journal import live_mounts
-from lazylayer.daemon.layout import IMAGES_DIR, encode_ref
+from lazylayer.daemon.layout import IMAGES_DIR, Kind, LayoutNode, encode_ref
 from lazylayer.daemon.layer import Layer, Resolver, ResolverSettings
 from lazylayer.daemon.pool import WorkerPool
 from lazylayer.daemon.profiles import ProfileSettings, Profiling
 from lazylayer.daemon.fetchsettings import FetchSettings
 from lazylayer.daemon.remote import EXCLUSIVE_KINDS, Remote
 from lazylayer.daemon.startup import DaemonOptions, clean_run_dir, worker_command
+from lazylayer.daemon.viewconn import ViewsConnection
 from lazylayer.shared.config import Config, config_changes, load_config
 from lazylayer.shared.errors import LazyLayerError, MountError, NotFoundError
 from lazylayer.shared.logs import redact, setup_logging
@@ -89,6 +90,8 @@ class Daemon:
     #: the FUSE connection holder (None: none runs, a stop unmounts) and how often it was taken over
     holder: HolderLink | None = None
     takeovers: int = 0
+    #: the merged views' read-only connection (None in tests that build a Daemon without FUSE)
+    views: ViewsConnection | None = None
 
     # -- cache upkeep --------------------------------------------------------------------------
 
@@ -179,6 +182,8 @@ class Daemon:
         if view is None:
             raise NotFoundError(f"no merged view of {len(digests)} layers of {ref} in the cache")
         layers = await self._acquire_all(ref, digests)
+        if self.views is not None:
+            await self.views.ready.wait()  # bound after it: the CLI binds what the path is then
         self.fs.views[view.view_id] = layers
         self.user_mounts[target] = UserMount(target, ref, layers, False, view.view_id)
         self._journal_mount(self.user_mounts[target])
@@ -219,8 +224,12 @@ class Daemon:
         handover = await trio.to_thread.run_sync(link.hello, 10.0)
         if handover.conn is not None:  # it holds another connection: not ours to replace
             os.close(handover.conn.fd)
+            if handover.views is not None:
+                os.close(handover.views.fd)
             raise MountError(f"the holder already holds a connection of {handover.conn.mountpoint}")
         link.adopt(conn)
+        if self.views is not None:
+            self.views.adopt(link)
         for record in self.fs.journal.records():
             link.record(record)
         old, self.holder = self.holder, link
@@ -315,6 +324,7 @@ class Daemon:
             "takeovers": self.takeovers,
             "cache_dir": self.options.cache_dir,
             "dircache": dircache.status(),
+            "views": self.views.status() if self.views is not None else {"read_only": False, "requests": 0},
             "layers": layers,
             "cached_layers": cached,
             # trio's clock is monotonic: `when` is shown on the wall clock, as every other time
@@ -404,8 +414,9 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
                             allow_unverified=config.verification.allow_unverified, profiling=profiling)
 
         fs = LazyFS(store, resolver, FsSettings.from_config(config), metrics.read_done if metrics else None)
+        views = ViewsConnection(options.mountpoint, fuse_options(config), config.fuse.read_ahead_kb)
         daemon = Daemon(options, fs, resolver, remote, pool, config, profiling, holder=holder,
-                        takeovers=handover.takeovers if handover else 0)
+                        takeovers=handover.takeovers if handover else 0, views=views)
         daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
         if metrics is not None:
             from lazylayer.daemon.metrics import StateSources
@@ -437,6 +448,7 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
                 nursery.start_soon(daemon.janitor_loop, config.cache.janitor_interval)
                 nursery.start_soon(profiling.run)
                 nursery.start_soon(daemon.watch_holder, conn)
+                nursery.start_soon(_serve_views, daemon, handover.views if taken is not None else None)  # type: ignore[union-attr]
                 if taken is not None:
                     nursery.start_soon(_restore, daemon, handover.journal)  # type: ignore[union-attr]
                     resend(conn)
@@ -451,6 +463,7 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
                 daemon.unmount_user_mounts()
             fs.held.clear()
             pyfuse3.close(unmount=False)
+            views.close()
             _drop(conn, unmount=not handing_over)
             if not handing_over:
                 fs.journal.withdraw(options.run_dir)
@@ -508,6 +521,20 @@ async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
     thread returns only after INIT, since the loop must answer it."""
     await trio.to_thread.run_sync(os.stat, mountpoint)
     mounts.set_read_ahead(mountpoint, read_ahead_kb)
+
+
+async def _serve_views(daemon: Daemon, taken: Connection | None) -> None:
+    """Once the store's INIT is done (see `_after_init`): the merged views on their own connection."""
+    assert daemon.views is not None
+    try:
+        await trio.to_thread.run_sync(os.stat, daemon.options.mountpoint)
+    except OSError as exc:
+        log.warning("merged views stay on the store's connection: %s", exc)
+        daemon.views.ready.set()
+        return
+    root = daemon.fs.layout.inode(LayoutNode(Kind.IMAGES))
+    assert root is not None  # the first layout nodes always have room
+    await daemon.views.serve(root, taken, daemon.holder)
 
 
 #: how long a stopping daemon tries to store the recordings under way [s]

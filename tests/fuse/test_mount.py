@@ -124,3 +124,50 @@ def test_mount_errors_are_one_line(daemon: RunningDaemon, registry: RunningRegis
     assert done.stderr.startswith("lazylayer mount: ") and len(done.stderr.strip().splitlines()) == 1
     done = daemon.cli("umount", str(tmp_path / "x"))
     assert done.returncode == 1 and "not mounted" in done.stderr
+
+
+def _walk(root: Path) -> list[str]:
+    """What `find ROOT` does below ROOT: list every directory, lstat every entry."""
+    seen = []
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.lstat(os.path.join(top, name))
+            seen.append(os.path.relpath(os.path.join(top, name), root))
+    return sorted(seen)
+
+
+def test_a_view_is_walked_again_without_asking_for_attributes(daemon: RunningDaemon, stack: str, tmp_path: Path):
+    """daemon/viewconn.py: merged views live on a read-only connection of their own, whose
+    kernel keeps a directory's atime after reading its listing; so a walk right after the first
+    one asks for no directory's attributes again (on the store's connection it asked for every
+    one: daemon/attrcache.c answered them), and the store stays writable."""
+    target = tmp_path / "view"
+    done = daemon.cli("mount", stack, str(target))
+    assert done.returncode == 0, done.stderr
+    try:
+        views = daemon.call("status")["views"]
+        assert views["read_only"] is True
+        images = mounts.mount_at(daemon.mountpoint / ".images")
+        assert images is not None and images.fstype == mounts.FUSE_TYPE
+        assert {"ro", "nosuid", "nodev"} <= _mount_flags(images.mountpoint)
+        assert os.statvfs(target).f_flag & os.ST_RDONLY
+        assert not os.statvfs(daemon.mountpoint).f_flag & os.ST_RDONLY
+        first = _walk(target)
+        status = daemon.call("status")
+        assert status["views"]["requests"] > views["requests"]
+        again = _walk(target)
+        assert again == first and "opt/new" in first
+        assert daemon.call("status")["dircache"]["attr_hits"] == status["dircache"]["attr_hits"]
+    finally:
+        done = daemon.cli("umount", str(target))
+    assert done.returncode == 0, done.stderr
+
+
+def _mount_flags(mountpoint: str) -> set[str]:
+    """The per-mount flags (ro, nosuid, nodev, ...) of the mount at ``mountpoint``."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == mountpoint:
+                return set(fields[5].split(","))
+    return set()
