@@ -127,6 +127,12 @@ class Daemon:
                 "record_mount": self.record_mount, "umount": self.umount, "prefetch_layer": self.prefetch_layer,
                 "fetch_layer": self.fetch_layer, "profile_flush": self.profile_flush}
 
+    def images_inode(self) -> int:
+        """MNT/.images's inode: the views connection's root (daemon/viewconn.py)."""
+        inode = self.fs.layout.inode(LayoutNode(Kind.IMAGES))
+        assert inode is not None  # the first layout nodes always have room
+        return inode
+
     def layer_path(self, ref: str, digest: str) -> str:
         return os.path.join(self.options.mountpoint, encode_ref(ref), digest, "diff")
 
@@ -182,8 +188,8 @@ class Daemon:
         if view is None:
             raise NotFoundError(f"no merged view of {len(digests)} layers of {ref} in the cache")
         layers = await self._acquire_all(ref, digests)
-        if self.views is not None:
-            await self.views.ready.wait()  # bound after it: the CLI binds what the path is then
+        if self.views is not None:  # first: the CLI binds whatever the path is then
+            await self.views.ensure(self.images_inode(), self.holder)
         self.fs.views[view.view_id] = layers
         self.user_mounts[target] = UserMount(target, ref, layers, False, view.view_id)
         self._journal_mount(self.user_mounts[target])
@@ -448,7 +454,8 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
                 nursery.start_soon(daemon.janitor_loop, config.cache.janitor_interval)
                 nursery.start_soon(profiling.run)
                 nursery.start_soon(daemon.watch_holder, conn)
-                nursery.start_soon(_serve_views, daemon, handover.views if taken is not None else None)  # type: ignore[union-attr]
+                if taken is not None and handover.views is not None:  # type: ignore[union-attr]
+                    nursery.start_soon(views.take_over, handover.views, daemon.images_inode())  # type: ignore[union-attr]
                 if taken is not None:
                     nursery.start_soon(_restore, daemon, handover.journal)  # type: ignore[union-attr]
                     resend(conn)
@@ -521,20 +528,6 @@ async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
     thread returns only after INIT, since the loop must answer it."""
     await trio.to_thread.run_sync(os.stat, mountpoint)
     mounts.set_read_ahead(mountpoint, read_ahead_kb)
-
-
-async def _serve_views(daemon: Daemon, taken: Connection | None) -> None:
-    """Once the store's INIT is done (see `_after_init`): the merged views on their own connection."""
-    assert daemon.views is not None
-    try:
-        await trio.to_thread.run_sync(os.stat, daemon.options.mountpoint)
-    except OSError as exc:
-        log.warning("merged views stay on the store's connection: %s", exc)
-        daemon.views.ready.set()
-        return
-    root = daemon.fs.layout.inode(LayoutNode(Kind.IMAGES))
-    assert root is not None  # the first layout nodes always have room
-    await daemon.views.serve(root, taken, daemon.holder)
 
 
 #: how long a stopping daemon tries to store the recordings under way [s]

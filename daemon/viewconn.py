@@ -8,14 +8,14 @@ sent one GETATTR per directory (2,941 on the bench image, ~25 us each on two cor
 (podman creates `use` and removes layer directories), and a superblock is one connection's.
 
 How: the front mounts a second /dev/fuse connection read-only (and nosuid, nodev like the store)
-on MNT/.images once the store's INIT is done, answers its INIT with the bytes libfuse answered
-the store's, and daemon/viewconn.c (in daemon/dircache.py's library) multiplexes it into the one
-pyfuse3 session: its root is the .images directory's inode, everything below has the same inodes
-as before, so LazyFS serves both alike. The holder keeps this fd beside the store's, so views
+on MNT/.images, answers its INIT with the bytes libfuse answered the store's, and
+daemon/viewconn.c (in daemon/dircache.py's library) multiplexes it into the one pyfuse3 session:
+its root is the .images directory's inode, everything below has the same inodes as before, so
+LazyFS serves both alike. The holder keeps this fd beside the store's, so views
 survive a takeover like the store does; a stop unmounts the store lazily, which takes this mount
-with it. Without the library (or if the mount fails) views are served on the store's connection
-as before, only slower to walk again. `open_view` waits until it is known which: the CLI binds
-whatever MNT/.images/<id> is then.
+with it. It is mounted when the first view is (`open_view` waits for it: the CLI binds whatever
+MNT/.images/<id> is then), so the store alone starts as before. Without the library (or if the
+mount fails) views are served on the store's connection as before, only slower to walk again.
 """
 
 from __future__ import annotations
@@ -36,29 +36,41 @@ log = logging.getLogger(__name__)
 
 
 class ViewsConnection:
-    """The views' connection of one front: mounted (or taken over), attached, closed."""
+    """The views' connection of one front: taken over at start, or mounted before the first
+    view is bound (a host that only runs podman or containerd never has it); closed at stop."""
 
     def __init__(self, mountpoint: str, options: set[str], read_ahead_kb: int) -> None:
+        self.mountpoint = mountpoint
         self.path = os.path.join(mountpoint, IMAGES_DIR.decode())
         self.options = options | {"ro"}
         self.read_ahead_kb = read_ahead_kb
         self.conn: Connection | None = None
-        #: set once the views are served on their connection, or known not to be
-        self.ready = trio.Event()
+        self._lock = trio.Lock()
+        self._tried = False
 
-    async def serve(self, root_inode: int, taken: Connection | None, holder: HolderLink | None) -> None:
-        """After the store's INIT: attach ``taken`` (a takeover's, already initialised) or mount
-        a new connection and give it to ``holder``. Failing costs the speed-up, nothing else."""
-        try:
-            if taken is not None:
-                try:
-                    self._attach(taken, None, root_inode)
-                except MountError:  # nobody would answer it: the store's .images shows again
-                    mounts.unmount(self.path, lazy=True)
-                    os.close(taken.fd)
-                    raise
+    async def take_over(self, taken: Connection, root_inode: int) -> None:
+        """A takeover's views connection (initialised, bound at the user's mounts): served from
+        the store's INIT on, with the requests the previous front had read sent again."""
+        async with self._lock:
+            self._tried = True
+            try:
+                await self._after_store_init()
+                self._attach(taken, None, root_inode)
                 resend(taken)
-            else:
+            except (MountError, OSError) as exc:
+                mounts.unmount(self.path, lazy=True)  # nobody would answer it: the store's .images shows
+                os.close(taken.fd)
+                self._fallback(exc)
+
+    async def ensure(self, root_inode: int, holder: HolderLink | None) -> None:
+        """Before a view is bound (`open_view`): mount the connection once and give it to
+        ``holder``. Failing costs the speed-up, nothing else."""
+        async with self._lock:
+            if self._tried:
+                return
+            self._tried = True
+            try:
+                await self._after_store_init()
                 conn = await trio.to_thread.run_sync(mount_fuse, self.path, self.options)
                 try:
                     self._attach(conn, conn.init, root_inode)
@@ -69,11 +81,17 @@ class ViewsConnection:
                 if holder is not None:
                     self.adopt(holder)
                 mounts.set_read_ahead(self.path, self.read_ahead_kb)  # its own bdi: as the store's
-        except (MountError, OSError) as exc:
-            log.warning("merged views stay on the store's connection (every walk after a cold one sends a "
-                        "GETATTR per directory): %s", exc)
-        finally:
-            self.ready.set()  # also when cancelled: `open_view` waits for it
+            except (MountError, OSError) as exc:
+                self._fallback(exc)
+
+    async def _after_store_init(self) -> None:
+        """A stat of the store from a thread returns once the loop answered its INIT."""
+        await trio.to_thread.run_sync(os.stat, self.mountpoint)
+
+    @staticmethod
+    def _fallback(exc: BaseException) -> None:
+        log.warning("merged views stay on the store's connection (every walk after a cold one sends a "
+                    "GETATTR per directory): %s", exc)
 
     def _attach(self, conn: Connection, init: bytes | None, root_inode: int) -> None:
         library = dircache.library()

@@ -45,6 +45,7 @@ def test_reads_survive_three_front_kills(stack: Stack, app_image: PushedImage, t
             status = front.call("status")
             assert status["takeovers"] == round
             assert [m["target"] for m in status["mounts"]] == [str(view)]
+            wait_for("the holder's views connection taken over", lambda: front.call("status")["views"]["read_only"])
         time.sleep(1.0)
     finally:
         stuck = readers.stop()
