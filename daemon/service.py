@@ -83,6 +83,8 @@ class Daemon:
     #: the config in effect (SIGHUP compares the file against it)
     config: Config
     profiling: Profiling
+    #: the merged views' read-only connection (daemon/viewconn.py)
+    views: ViewsConnection
     user_mounts: dict[str, UserMount] = field(default_factory=dict)
     #: cap the next janitor job makes the shared one (the config's at start, then on SIGHUP)
     pending_budget: int | None = None
@@ -90,8 +92,6 @@ class Daemon:
     #: the FUSE connection holder (None: none runs, a stop unmounts) and how often it was taken over
     holder: HolderLink | None = None
     takeovers: int = 0
-    #: the merged views' read-only connection (None in tests that build a Daemon without FUSE)
-    views: ViewsConnection | None = None
 
     # -- cache upkeep --------------------------------------------------------------------------
 
@@ -188,8 +188,7 @@ class Daemon:
         if view is None:
             raise NotFoundError(f"no merged view of {len(digests)} layers of {ref} in the cache")
         layers = await self._acquire_all(ref, digests)
-        if self.views is not None:  # first: the CLI binds whatever the path is then
-            await self.views.ensure(self.images_inode(), self.holder)
+        await self.views.ensure(self.images_inode(), self.holder)  # first: the CLI binds what the path is then
         self.fs.views[view.view_id] = layers
         self.user_mounts[target] = UserMount(target, ref, layers, False, view.view_id)
         self._journal_mount(self.user_mounts[target])
@@ -234,8 +233,7 @@ class Daemon:
                 os.close(handover.views.fd)
             raise MountError(f"the holder already holds a connection of {handover.conn.mountpoint}")
         link.adopt(conn)
-        if self.views is not None:
-            self.views.adopt(link)
+        self.views.adopt(link)
         for record in self.fs.journal.records():
             link.record(record)
         old, self.holder = self.holder, link
@@ -330,7 +328,7 @@ class Daemon:
             "takeovers": self.takeovers,
             "cache_dir": self.options.cache_dir,
             "dircache": dircache.status(),
-            "views": self.views.status() if self.views is not None else {"read_only": False, "requests": 0},
+            "views": self.views.status(),
             "layers": layers,
             "cached_layers": cached,
             # trio's clock is monotonic: `when` is shown on the wall clock, as every other time
@@ -421,8 +419,8 @@ async def _serve(options: DaemonOptions, store: Any, early_workers: EarlyWorkers
 
         fs = LazyFS(store, resolver, FsSettings.from_config(config), metrics.read_done if metrics else None)
         views = ViewsConnection(options.mountpoint, fuse_options(config), config.fuse.read_ahead_kb)
-        daemon = Daemon(options, fs, resolver, remote, pool, config, profiling, holder=holder,
-                        takeovers=handover.takeovers if handover else 0, views=views)
+        daemon = Daemon(options, fs, resolver, remote, pool, config, profiling, views, holder=holder,
+                        takeovers=handover.takeovers if handover else 0)
         daemon.set_budget(config.cache.max_size)  # the config's cap wins over one a past reload left in LMDB
         if metrics is not None:
             from lazylayer.daemon.metrics import StateSources

@@ -52,15 +52,15 @@ class ViewsConnection:
         """A takeover's views connection (initialised, bound at the user's mounts): served from
         the store's INIT on, with the requests the previous front had read sent again."""
         async with self._lock:
-            self._tried = True
             try:
                 await self._after_store_init()
                 self._attach(taken, None, root_inode)
-                resend(taken)
             except (MountError, OSError) as exc:
-                mounts.unmount(self.path, lazy=True)  # nobody would answer it: the store's .images shows
-                os.close(taken.fd)
+                self._detach(taken)  # nobody would answer it: the store's .images shows again
                 self._fallback(exc)
+                return
+            self._tried = True
+            resend(taken)
 
     async def ensure(self, root_inode: int, holder: HolderLink | None) -> None:
         """Before a view is bound (`open_view`): mount the connection once and give it to
@@ -75,8 +75,7 @@ class ViewsConnection:
                 try:
                     self._attach(conn, conn.init, root_inode)
                 except MountError:
-                    mounts.unmount(self.path, lazy=True)
-                    os.close(conn.fd)
+                    self._detach(conn)
                     raise
                 if holder is not None:
                     self.adopt(holder)
@@ -87,6 +86,13 @@ class ViewsConnection:
     async def _after_store_init(self) -> None:
         """A stat of the store from a thread returns once the loop answered its INIT."""
         await trio.to_thread.run_sync(os.stat, self.mountpoint)
+
+    def _detach(self, conn: Connection) -> None:
+        try:
+            mounts.unmount(self.path, lazy=True)
+        except MountError as exc:
+            log.warning("%s", exc)
+        os.close(conn.fd)
 
     @staticmethod
     def _fallback(exc: BaseException) -> None:
