@@ -8,8 +8,8 @@
  * gets there; bit 63 is the kernel's own mark of a request sent again, FUSE_UNIQUE_RESEND, which
  * a store request carries after a takeover) and its root (nodeid 1) is renamed the .images
  * directory's inode, so pyfuse3 and LazyFS serve it like any other; a reply whose unique is
- * marked goes back to the views' fd. Notifications go to the store, and a copy naming the
- * .images inode as 1 to the views. Before the store's INIT (which daemon/fuseconn.py feeds in on
+ * marked goes back to the views' fd. Notifications go to the store, and a copy (the .images
+ * inode named 1) to the views. Before the store's INIT (which daemon/fuseconn.py feeds in on
  * a socket) reads and writes go to the fd libfuse names; the INIT reply is kept, to answer the
  * views' INIT with.
  */
@@ -119,8 +119,9 @@ static size_t iov_bytes(const struct iovec *iov, int count)
     return total;
 }
 
-/* A notification about the .images directory (or below it) told to the views' connection too,
- * with that directory named as its root. */
+/* A notification told to the views' connection too (every one: the views' kernel answers ENOENT
+ * for a node it never heard of, and notifications are rare), the .images directory named as its
+ * root there. */
 static void notify_views(struct iovec *iov, int count, int code)
 {
     if (count < 2 || iov[1].iov_len < sizeof(uint64_t))
