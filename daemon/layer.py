@@ -216,10 +216,17 @@ class Layer:
         if self.profiling is not None:
             self.profiling.note(self.digest, node, offset, size)
         try:
-            return await self.remote.read(self.ref, self.record, node, file_size, offset, size)
+            return await self.remote.read(self.ref, self.record, node, file_size, offset, size,
+                                          prefetched=self.landmark_prefetched)
         except LazyLayerError as exc:
             self.record_error(exc)
             raise
+
+    @property
+    def landmark_prefetched(self) -> bool:
+        """Whether prefetch fetches what the image's start reads (a landmark range, not a
+        configured size): then a miss is a straggler, not the start of a directory's reads."""
+        return self.settings.prefetch and bool(self.record.prefetch_end)
 
     async def read_at(self, offset: int, size: int) -> bytes:
         """Bytes of the compressed blob (the layer store's `blob` file). The blob can only be

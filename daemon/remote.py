@@ -215,9 +215,10 @@ class Remote:
     # -- reads ---------------------------------------------------------------------------------
 
     async def read(self, ref: str, layer: LayerRecord, node: NodeRef, file_size: int,
-                   offset: int, size: int) -> bytes:
+                   offset: int, size: int, prefetched: bool = False) -> bytes:
         """Bytes ``[offset, offset+size)`` of a regular file (clipped at ``file_size``): cached
-        chunks from one read txn, missing ones fetched (one FOREGROUND job) and read again."""
+        chunks from one read txn, missing ones fetched (one FOREGROUND job) and read again.
+        ``prefetched``: the layer's start-up reads were prefetched (a miss starts no side job)."""
         for attempt in range(READ_ATTEMPTS):
             got = read_range(self.meta, self.chunks, node, file_size, offset, size, audit=self.audit,
                              unstored=self.unstored)
@@ -240,7 +241,7 @@ class Remote:
             if missing:
                 along: list[FileChunk] = []
                 if attempt == 0:
-                    along, aside = self.neighbours.of(node, missing)
+                    along, aside = self.neighbours.of(node, missing, prefetched=prefetched)
                     if aside:
                         self.neighbours.start(functools.partial(self._fetch_aside, ref, layer, aside))
                 await self.fetch_chunks(ref, layer, missing, Priority.FOREGROUND, replace=corrupt, along=along,

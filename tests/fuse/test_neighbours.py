@@ -46,3 +46,36 @@ def test_a_miss_brings_the_other_files_of_its_directory(small_files: str, tmp_pa
         assert daemon.call("status")["fetch"]["jobs"] == jobs_for_six_files
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def landmarked_files(registry: RunningRegistry) -> str:
+    """The same files, with a prefetch landmark after the first one."""
+    built = build_layer([directory("pkg/"), *[file(n, d) for n, d in FILES.items()]], prefetch=(sorted(FILES)[0],))
+    push_image(registry, "fuse/small-landmark", "v1",
+               [Layer(built.blob, annotations=dict(built.result.annotations()), diff_id=built.result.diff_id)])
+    return f"{registry.host}/fuse/small-landmark:v1"
+
+
+@pytest.mark.parametrize("prefetch, jobs_for_six_misses", [(True, 6), (False, 2)])
+def test_a_miss_past_a_prefetched_landmark_starts_no_side_job(landmarked_files: str, tmp_path: Path, prefetch: bool,
+                                                              jobs_for_six_misses: int):
+    """With the landmark range prefetched, the start's reads are known and a miss is a straggler:
+    its side job would only guess at them (it took CPU from the bench's prefetch-on app start).
+    Without prefetch the same misses still bring their neighbours along."""
+    daemon = start_daemon(tmp_path / "d", workers=1,
+                          config={"fuse": {"neighbour_window": 0, "neighbour_ahead": 256 << 10,
+                                           "neighbour_behind": 0},
+                                  "background": {"enabled": False},
+                                  "prefetch": {"enabled": prefetch, "timeout": 30.0}})
+    try:
+        diff = Path(daemon.call("image", {"ref": landmarked_files})["layers"][0]["path"])
+        before = daemon.call("status")["fetch"]["jobs"]
+        assert before == (1 if prefetch else 0)  # the landmark range, fetched before the resolve answered
+        for name in sorted(FILES)[6:12]:
+            with open(diff / name, "rb") as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                assert f.read() == FILES[name]
+        assert daemon.call("status")["fetch"]["jobs"] - before == jobs_for_six_misses
+    finally:
+        daemon.stop()
